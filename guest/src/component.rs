@@ -1,0 +1,433 @@
+//! The WebAssembly component: WIT bindings, conversions, and a [`Platform`] over the
+//! imports. No token logic lives here.
+
+use crate::error::{ProviderFailure, VaultError};
+use crate::model;
+use crate::platform::{Entry, HttpError, KeyPage, Platform, SealingKey, StorageError};
+use crate::vault::Vault;
+
+wit_bindgen::generate!({
+    path: "../wit",
+    world: "tokenvault:vault/vault",
+    with: {
+        "wasi:http/types@0.2.12": wasip2::http::types,
+        "wasi:http/outgoing-handler@0.2.12": wasip2::http::outgoing_handler,
+        "wasi:io/poll@0.2.12": wasip2::io::poll,
+        "wasi:io/error@0.2.12": wasip2::io::error,
+        "wasi:io/streams@0.2.12": wasip2::io::streams,
+        "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
+        "wasi:clocks/wall-clock@0.2.12": wasip2::clocks::wall_clock,
+        "wasi:random/random@0.2.12": wasip2::random::random,
+    },
+});
+
+use exports::tokenvault::vault::{providers, tokens};
+use tokenvault::vault::{audit, keyring, storage, types as wit};
+
+/// Guest-side cap on a response body, for hosts that set none.
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+struct Component;
+export!(Component);
+
+fn vault() -> Vault<Imports> {
+    Vault::new(Imports)
+}
+
+type WitResult<T> = Result<T, wit::Error>;
+
+impl tokens::Guest for Component {
+    fn get(key: wit::ConnectionKey) -> WitResult<wit::TokenSet> {
+        Ok(vault().get(&key.into())?.into())
+    }
+
+    fn refresh(key: wit::ConnectionKey) -> WitResult<wit::TokenSet> {
+        Ok(vault().refresh(&key.into())?.into())
+    }
+
+    fn remove(key: wit::ConnectionKey) -> WitResult<()> {
+        Ok(vault().remove(&key.into())?)
+    }
+
+    fn list(tenant: String, user: String) -> WitResult<Vec<wit::ConnectionInfo>> {
+        Ok(vault()
+            .list(&tenant, &user)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    fn revoke_all(tenant: String, user: String) -> WitResult<u32> {
+        Ok(vault().revoke_all(&tenant, &user)?)
+    }
+
+    fn store(key: wit::ConnectionKey, grant: wit::TokenGrant) -> WitResult<wit::ConnectionInfo> {
+        let grant = model::TokenGrant {
+            access_token: grant.access_token,
+            token_type: grant.token_type,
+            expires_in: grant.expires_in,
+            refresh_token: grant.refresh_token,
+            scope: grant.scope,
+        };
+        Ok(vault().store(&key.into(), grant)?.into())
+    }
+}
+
+impl providers::Guest for Component {
+    fn put(config: wit::ProviderConfig) -> WitResult<wit::ProviderInfo> {
+        let config = model::ProviderConfig {
+            name: config.name,
+            token_url: config.token_url,
+            client_id: config.client_id,
+            client_secret: config.client_secret,
+            client_auth: match config.client_auth {
+                wit::ClientAuth::ClientSecretBasic => model::ClientAuth::ClientSecretBasic,
+                wit::ClientAuth::ClientSecretPost => model::ClientAuth::ClientSecretPost,
+            },
+            revocation_url: config.revocation_url,
+            scopes: config.scopes,
+            refresh_buffer_secs: config.refresh_buffer_secs,
+        };
+        Ok(vault().put_provider(config)?.into())
+    }
+
+    fn get(name: String) -> WitResult<wit::ProviderInfo> {
+        Ok(vault().get_provider(&name)?.into())
+    }
+
+    fn list() -> WitResult<Vec<wit::ProviderInfo>> {
+        Ok(vault()
+            .list_providers()?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    fn remove(name: String) -> WitResult<()> {
+        Ok(vault().remove_provider(&name)?)
+    }
+}
+
+// ---- conversions ------------------------------------------------------------------
+
+impl From<wit::ConnectionKey> for model::ConnectionKey {
+    fn from(k: wit::ConnectionKey) -> Self {
+        model::ConnectionKey {
+            tenant: k.tenant,
+            user: k.user,
+            provider: k.provider,
+            name: k.name,
+        }
+    }
+}
+
+impl From<model::TokenSet> for wit::TokenSet {
+    fn from(t: model::TokenSet) -> Self {
+        wit::TokenSet {
+            access_token: t.access_token,
+            token_type: t.token_type,
+            expires_at: t.expires_at,
+            scope: t.scope,
+            refresh_token: t.refresh_token,
+        }
+    }
+}
+
+impl From<model::ConnectionInfo> for wit::ConnectionInfo {
+    fn from(i: model::ConnectionInfo) -> Self {
+        wit::ConnectionInfo {
+            provider: i.provider,
+            name: i.name,
+            scopes: i.scopes,
+            expires_at: i.expires_at,
+            has_refresh_token: i.has_refresh_token,
+            status: match i.status {
+                model::ConnectionStatus::Active => wit::ConnectionStatus::Active,
+                model::ConnectionStatus::ReconnectRequired => {
+                    wit::ConnectionStatus::ReconnectRequired
+                }
+            },
+            updated_at: i.updated_at,
+        }
+    }
+}
+
+impl From<model::ProviderInfo> for wit::ProviderInfo {
+    fn from(p: model::ProviderInfo) -> Self {
+        wit::ProviderInfo {
+            name: p.name,
+            token_url: p.token_url,
+            client_id: p.client_id,
+            has_client_secret: p.has_client_secret,
+            client_auth: match p.client_auth {
+                model::ClientAuth::ClientSecretBasic => wit::ClientAuth::ClientSecretBasic,
+                model::ClientAuth::ClientSecretPost => wit::ClientAuth::ClientSecretPost,
+            },
+            revocation_url: p.revocation_url,
+            scopes: p.scopes,
+            refresh_buffer_secs: p.refresh_buffer_secs,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+impl From<VaultError> for wit::Error {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::NotFound(m) => wit::Error::NotFound(m),
+            VaultError::InvalidInput(m) => wit::Error::InvalidInput(m),
+            VaultError::ReconnectRequired(m) => wit::Error::ReconnectRequired(m),
+            VaultError::Provider(ProviderFailure {
+                status,
+                code,
+                message,
+            }) => wit::Error::ProviderError(wit::ProviderFailure {
+                status,
+                code,
+                message,
+            }),
+            VaultError::Storage(m) => wit::Error::Storage(m),
+            VaultError::Integrity(m) => wit::Error::Integrity(m),
+            VaultError::EgressDenied(m) => wit::Error::EgressDenied(m),
+        }
+    }
+}
+
+fn audit_event(e: model::AuditEvent) -> audit::Event {
+    use model::{AuditAction as A, AuditOutcome as O};
+    audit::Event {
+        action: match e.action {
+            A::TokenStore => audit::Action::TokenStore,
+            A::TokenGet => audit::Action::TokenGet,
+            A::TokenRefresh => audit::Action::TokenRefresh,
+            A::TokenRemove => audit::Action::TokenRemove,
+            A::RevokeAll => audit::Action::RevokeAll,
+            A::ProviderPut => audit::Action::ProviderPut,
+            A::ProviderRemove => audit::Action::ProviderRemove,
+        },
+        outcome: match e.outcome {
+            O::Ok => audit::Outcome::Ok,
+            O::NotFound => audit::Outcome::NotFound,
+            O::InvalidInput => audit::Outcome::InvalidInput,
+            O::ReconnectRequired => audit::Outcome::ReconnectRequired,
+            O::ProviderError => audit::Outcome::ProviderError,
+            O::Storage => audit::Outcome::Storage,
+            O::Integrity => audit::Outcome::Integrity,
+            O::EgressDenied => audit::Outcome::EgressDenied,
+        },
+        tenant: e.tenant,
+        user: e.user,
+        provider: e.provider,
+        name: e.name,
+        at: e.at_ms,
+    }
+}
+
+// ---- the platform, over the imports -----------------------------------------------
+
+struct Imports;
+
+fn storage_error(e: storage::StorageError) -> StorageError {
+    match e {
+        storage::StorageError::Conflict => StorageError::Conflict,
+        storage::StorageError::Unavailable(why) => StorageError::Unavailable(why),
+    }
+}
+
+impl Platform for Imports {
+    fn storage_get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
+        let entry = storage::get(key).map_err(storage_error)?;
+        Ok(entry.map(|e| Entry {
+            value: e.value,
+            version: e.version,
+        }))
+    }
+
+    fn storage_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        expected: Option<u64>,
+    ) -> Result<u64, StorageError> {
+        storage::put(key, value, expected).map_err(storage_error)
+    }
+
+    fn storage_delete(&self, key: &str, expected: u64) -> Result<(), StorageError> {
+        storage::delete(key, expected).map_err(storage_error)
+    }
+
+    fn storage_list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<KeyPage, StorageError> {
+        let page = storage::list(prefix, cursor, limit).map_err(storage_error)?;
+        Ok(KeyPage {
+            keys: page.keys,
+            cursor: page.cursor,
+        })
+    }
+
+    fn active_key(&self) -> Result<SealingKey, String> {
+        let key = keyring::active_key()?;
+        Ok(SealingKey {
+            id: key.id,
+            material: key.material,
+        })
+    }
+
+    fn key_by_id(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+        keyring::key_by_id(id)
+    }
+
+    fn audit(&self, event: model::AuditEvent) {
+        audit::emit(&audit_event(event));
+    }
+
+    fn now_ms(&self) -> u64 {
+        let now = wasip2::clocks::wall_clock::now();
+        now.seconds * 1000 + u64::from(now.nanoseconds / 1_000_000)
+    }
+
+    fn http(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+        http_call(request)
+    }
+}
+
+// ---- outgoing HTTP over wasi:http -------------------------------------------------
+
+use wasip2::http::types::{
+    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method,
+    OutgoingBody, OutgoingRequest, Scheme,
+};
+use wasip2::io::streams::StreamError;
+
+fn failed(what: &str) -> impl Fn(()) -> HttpError + '_ {
+    move |()| HttpError::Failed(format!("could not {what}"))
+}
+
+fn http_call(request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+    let (parts, body) = request.into_parts();
+    let headers = Fields::new();
+    for (name, value) in &parts.headers {
+        headers
+            .append(name.as_str(), value.as_bytes())
+            .map_err(|e| HttpError::Failed(format!("header {name} refused: {e:?}")))?;
+    }
+    // Without a length wasmtime sends the body chunked, which some token endpoints read as empty.
+    headers
+        .set("content-length", &[body.len().to_string().into_bytes()])
+        .map_err(|e| HttpError::Failed(format!("content-length refused: {e:?}")))?;
+
+    let outgoing = OutgoingRequest::new(headers);
+    let method = match parts.method.as_str() {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        other => Method::Other(other.to_owned()),
+    };
+    outgoing
+        .set_method(&method)
+        .map_err(failed("set the method"))?;
+    let scheme = match parts.uri.scheme_str() {
+        Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
+        _ => {
+            return Err(HttpError::Failed(
+                "only http and https URLs are supported".into(),
+            ));
+        }
+    };
+    outgoing
+        .set_scheme(Some(&scheme))
+        .map_err(failed("set the scheme"))?;
+    outgoing
+        .set_authority(parts.uri.authority().map(|a| a.as_str()))
+        .map_err(failed("set the authority"))?;
+    outgoing
+        .set_path_with_query(parts.uri.path_and_query().map(|p| p.as_str()))
+        .map_err(failed("set the path"))?;
+    let outgoing_body = outgoing.body().map_err(failed("open the request body"))?;
+
+    let future = wasip2::http::outgoing_handler::handle(outgoing, None).map_err(http_error)?;
+    let written = write_body(outgoing_body, &body);
+    // A denied request first shows as a body write error; the response says why.
+    let response = await_response(&future)?;
+    written?;
+    read_response(response)
+}
+
+fn write_body(body: OutgoingBody, bytes: &[u8]) -> Result<(), HttpError> {
+    {
+        let stream = body
+            .write()
+            .map_err(failed("open the request body stream"))?;
+        for chunk in bytes.chunks(4096) {
+            stream
+                .blocking_write_and_flush(chunk)
+                .map_err(|_| HttpError::Failed("could not write the request body".into()))?;
+        }
+    }
+    OutgoingBody::finish(body, None).map_err(http_error)
+}
+
+fn await_response(future: &FutureIncomingResponse) -> Result<IncomingResponse, HttpError> {
+    loop {
+        match future.get() {
+            Some(Ok(Ok(response))) => return Ok(response),
+            Some(Ok(Err(code))) => return Err(http_error(code)),
+            Some(Err(())) => return Err(HttpError::Failed("response already taken".into())),
+            None => future.subscribe().block(),
+        }
+    }
+}
+
+fn read_response(response: IncomingResponse) -> Result<oauth2::HttpResponse, HttpError> {
+    let mut builder = http::Response::builder().status(response.status());
+    for (name, value) in response.headers().entries() {
+        builder = builder.header(name, value);
+    }
+    let incoming = response
+        .consume()
+        .map_err(failed("read the response body"))?;
+    let mut body = Vec::new();
+    {
+        let stream = incoming
+            .stream()
+            .map_err(failed("read the response body"))?;
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) => body.extend_from_slice(&chunk),
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(e)) => {
+                    return Err(HttpError::Failed(format!(
+                        "response body failed: {}",
+                        e.to_debug_string()
+                    )));
+                }
+            }
+            if body.len() > MAX_RESPONSE_BYTES {
+                return Err(HttpError::Failed(format!(
+                    "response body larger than {MAX_RESPONSE_BYTES} bytes"
+                )));
+            }
+        }
+    }
+    drop(IncomingBody::finish(incoming));
+    builder
+        .body(body)
+        .map_err(|_| HttpError::Failed("response has invalid headers".into()))
+}
+
+fn http_error(code: ErrorCode) -> HttpError {
+    match code {
+        ErrorCode::HttpRequestDenied => HttpError::Denied,
+        ErrorCode::ConnectionTimeout
+        | ErrorCode::ConnectionReadTimeout
+        | ErrorCode::HttpResponseTimeout => HttpError::Timeout,
+        ErrorCode::HttpResponseBodySize(_) => {
+            HttpError::Failed("response body larger than the host allows".into())
+        }
+        other => HttpError::Failed(format!("{other:?}")),
+    }
+}

@@ -1,0 +1,134 @@
+//! An in-process [`Platform`] for native unit tests: versioned map storage, a fixed
+//! keyring, a settable clock, recorded audit events and a scripted token endpoint.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+use crate::model::AuditEvent;
+use crate::platform::{Entry, HttpError, KeyPage, Platform, SealingKey, StorageError};
+
+type Responder = Box<dyn Fn(&oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError>>;
+
+pub struct MemoryPlatform {
+    pub records: RefCell<BTreeMap<String, (Vec<u8>, u64)>>,
+    next_version: Cell<u64>,
+    pub keys: RefCell<Vec<(String, Vec<u8>)>>,
+    pub events: RefCell<Vec<AuditEvent>>,
+    pub now_ms: Cell<u64>,
+    pub requests: RefCell<Vec<oauth2::HttpRequest>>,
+    responder: RefCell<Responder>,
+}
+
+impl MemoryPlatform {
+    pub fn new() -> Self {
+        MemoryPlatform {
+            records: RefCell::default(),
+            next_version: Cell::new(1),
+            keys: RefCell::new(vec![("k1".into(), vec![1; 32])]),
+            events: RefCell::default(),
+            now_ms: Cell::new(1_700_000_000_000),
+            requests: RefCell::default(),
+            responder: RefCell::new(Box::new(|_| Err(HttpError::Denied))),
+        }
+    }
+
+    pub fn respond(
+        &self,
+        responder: impl Fn(&oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> + 'static,
+    ) {
+        *self.responder.borrow_mut() = Box::new(responder);
+    }
+
+    pub fn advance_secs(&self, secs: u64) {
+        self.now_ms.set(self.now_ms.get() + secs * 1000);
+    }
+}
+
+impl Platform for MemoryPlatform {
+    fn storage_get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
+        Ok(self
+            .records
+            .borrow()
+            .get(key)
+            .map(|(value, version)| Entry {
+                value: value.clone(),
+                version: *version,
+            }))
+    }
+
+    fn storage_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        expected: Option<u64>,
+    ) -> Result<u64, StorageError> {
+        let mut records = self.records.borrow_mut();
+        if records.get(key).map(|(_, v)| *v) != expected {
+            return Err(StorageError::Conflict);
+        }
+        let version = self.next_version.get();
+        self.next_version.set(version + 1);
+        records.insert(key.into(), (value.to_vec(), version));
+        Ok(version)
+    }
+
+    fn storage_delete(&self, key: &str, expected: u64) -> Result<(), StorageError> {
+        let mut records = self.records.borrow_mut();
+        if records.get(key).map(|(_, v)| *v) != Some(expected) {
+            return Err(StorageError::Conflict);
+        }
+        records.remove(key);
+        Ok(())
+    }
+
+    fn storage_list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<KeyPage, StorageError> {
+        let records = self.records.borrow();
+        let keys: Vec<String> = records
+            .keys()
+            .filter(|k| k.starts_with(prefix) && cursor.is_none_or(|c| k.as_str() > c))
+            .take(limit as usize)
+            .cloned()
+            .collect();
+        let cursor = (keys.len() == limit as usize)
+            .then(|| keys.last().cloned())
+            .flatten();
+        Ok(KeyPage { keys, cursor })
+    }
+
+    fn active_key(&self) -> Result<SealingKey, String> {
+        let keys = self.keys.borrow();
+        let (id, material) = keys.last().ok_or("empty keyring")?;
+        Ok(SealingKey {
+            id: id.clone(),
+            material: material.clone(),
+        })
+    }
+
+    fn key_by_id(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(self
+            .keys
+            .borrow()
+            .iter()
+            .find(|(k, _)| k == id)
+            .map(|(_, m)| m.clone()))
+    }
+
+    fn audit(&self, event: AuditEvent) {
+        self.events.borrow_mut().push(event);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now_ms.get()
+    }
+
+    fn http(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+        let result = (self.responder.borrow())(&request);
+        self.requests.borrow_mut().push(request);
+        result
+    }
+}

@@ -1,0 +1,146 @@
+//! The vault's public values, mirroring the WIT `types` interface.
+//!
+//! Types that hold a secret deliberately do not derive `Debug`, so that no `{:?}` can
+//! print one.
+
+use crate::error::ProviderFailure;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionKey {
+    pub tenant: String,
+    pub user: String,
+    pub provider: String,
+    pub name: String,
+}
+
+impl ConnectionKey {
+    pub fn new(tenant: &str, user: &str, provider: &str, name: &str) -> Self {
+        Self {
+            tenant: tenant.into(),
+            user: user.into(),
+            provider: provider.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// A usable token set, as `get` and `refresh` return it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenSet {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_at: Option<u64>,
+    pub scope: Option<String>,
+    pub refresh_token: Option<String>,
+}
+
+/// A token response as a provider returns it (RFC 6749 §5.1).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: Option<u64>,
+    pub refresh_token: Option<String>,
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionStatus {
+    Active,
+    ReconnectRequired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    pub provider: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<u64>,
+    pub has_refresh_token: bool,
+    pub status: ConnectionStatus,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuth {
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub client_auth: ClientAuth,
+    pub revocation_url: Option<String>,
+    pub scopes: Vec<String>,
+    pub refresh_buffer_secs: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderInfo {
+    pub name: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub has_client_secret: bool,
+    pub client_auth: ClientAuth,
+    pub revocation_url: Option<String>,
+    pub scopes: Vec<String>,
+    pub refresh_buffer_secs: u32,
+    pub updated_at: u64,
+}
+
+/// Audit event, mirroring the WIT `audit` interface: no field can carry a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub action: AuditAction,
+    pub outcome: AuditOutcome,
+    pub tenant: Option<String>,
+    pub user: Option<String>,
+    pub provider: Option<String>,
+    pub name: Option<String>,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    TokenStore,
+    TokenGet,
+    TokenRefresh,
+    TokenRemove,
+    RevokeAll,
+    ProviderPut,
+    ProviderRemove,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditOutcome {
+    Ok,
+    NotFound,
+    InvalidInput,
+    ReconnectRequired,
+    ProviderError,
+    Storage,
+    Integrity,
+    EgressDenied,
+}
+
+impl<T> From<&crate::error::Result<T>> for AuditOutcome {
+    fn from(result: &crate::error::Result<T>) -> Self {
+        use crate::error::VaultError as E;
+        match result {
+            Ok(_) => AuditOutcome::Ok,
+            Err(E::NotFound(_)) => AuditOutcome::NotFound,
+            Err(E::InvalidInput(_)) => AuditOutcome::InvalidInput,
+            Err(E::ReconnectRequired(_)) => AuditOutcome::ReconnectRequired,
+            Err(E::Provider(ProviderFailure { .. })) => AuditOutcome::ProviderError,
+            Err(E::Storage(_)) => AuditOutcome::Storage,
+            Err(E::Integrity(_)) => AuditOutcome::Integrity,
+            Err(E::EgressDenied(_)) => AuditOutcome::EgressDenied,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! What the vault needs from outside the sandbox. In the component each method is a WIT
+//! import; natively (unit tests) it is [`crate::memory::MemoryPlatform`].
+
+use crate::model::AuditEvent;
+
+/// A stored value and its version.
+pub struct Entry {
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+pub struct KeyPage {
+    pub keys: Vec<String>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageError {
+    /// The expected version did not match, or the record is absent.
+    Conflict,
+    Unavailable(String),
+}
+
+/// A sealing key: its id and 32 bytes of material.
+pub struct SealingKey {
+    pub id: String,
+    pub material: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// The host refused to let the request leave.
+    Denied,
+    Timeout,
+    Failed(String),
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpError::Denied => f.write_str("the host denied the request"),
+            HttpError::Timeout => f.write_str("the request timed out"),
+            HttpError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+pub trait Platform {
+    fn storage_get(&self, key: &str) -> Result<Option<Entry>, StorageError>;
+    fn storage_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        expected: Option<u64>,
+    ) -> Result<u64, StorageError>;
+    fn storage_delete(&self, key: &str, expected: u64) -> Result<(), StorageError>;
+    fn storage_list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<KeyPage, StorageError>;
+
+    fn active_key(&self) -> Result<SealingKey, String>;
+    fn key_by_id(&self, id: &str) -> Result<Option<Vec<u8>>, String>;
+
+    fn audit(&self, event: AuditEvent);
+
+    /// Wall-clock time, Unix milliseconds.
+    fn now_ms(&self) -> u64;
+
+    fn http(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError>;
+}
+
+/// Several vaults (callers) may share one platform.
+impl<T: Platform + ?Sized> Platform for &T {
+    fn storage_get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
+        (**self).storage_get(key)
+    }
+    fn storage_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        expected: Option<u64>,
+    ) -> Result<u64, StorageError> {
+        (**self).storage_put(key, value, expected)
+    }
+    fn storage_delete(&self, key: &str, expected: u64) -> Result<(), StorageError> {
+        (**self).storage_delete(key, expected)
+    }
+    fn storage_list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<KeyPage, StorageError> {
+        (**self).storage_list(prefix, cursor, limit)
+    }
+    fn active_key(&self) -> Result<SealingKey, String> {
+        (**self).active_key()
+    }
+    fn key_by_id(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+        (**self).key_by_id(id)
+    }
+    fn audit(&self, event: AuditEvent) {
+        (**self).audit(event)
+    }
+    fn now_ms(&self) -> u64 {
+        (**self).now_ms()
+    }
+    fn http(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+        (**self).http(request)
+    }
+}

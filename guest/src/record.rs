@@ -1,0 +1,244 @@
+//! What the vault stores: storage key layout and the plaintext inside sealed records.
+//!
+//! Storage keys carry identifiers (tenant, user, provider, name), never values. Each
+//! identifier is escaped so it cannot contain the `/` separator.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, VaultError};
+use crate::model::{
+    ClientAuth, ConnectionInfo, ConnectionKey, ConnectionStatus, ProviderConfig, ProviderInfo,
+    TokenSet,
+};
+
+const TOKEN_PREFIX: &str = "tok/";
+const PROVIDER_PREFIX: &str = "prov/";
+const MAX_ID_LEN: usize = 256;
+
+pub fn token_key(key: &ConnectionKey) -> String {
+    format!(
+        "{TOKEN_PREFIX}{}/{}/{}/{}",
+        escape(&key.tenant),
+        escape(&key.user),
+        escape(&key.provider),
+        escape(&key.name)
+    )
+}
+
+/// The prefix under which all of one user's connections are stored.
+pub fn user_prefix(tenant: &str, user: &str) -> String {
+    format!("{TOKEN_PREFIX}{}/{}/", escape(tenant), escape(user))
+}
+
+/// The connection a storage key under [`user_prefix`] names.
+pub fn parse_token_key(storage_key: &str) -> Option<ConnectionKey> {
+    let mut parts = storage_key.strip_prefix(TOKEN_PREFIX)?.split('/');
+    let key = ConnectionKey {
+        tenant: unescape(parts.next()?)?,
+        user: unescape(parts.next()?)?,
+        provider: unescape(parts.next()?)?,
+        name: unescape(parts.next()?)?,
+    };
+    parts.next().is_none().then_some(key)
+}
+
+pub fn provider_key(name: &str) -> String {
+    format!("{PROVIDER_PREFIX}{}", escape(name))
+}
+
+pub const fn provider_prefix() -> &'static str {
+    PROVIDER_PREFIX
+}
+
+pub fn parse_provider_key(storage_key: &str) -> Option<String> {
+    unescape(storage_key.strip_prefix(PROVIDER_PREFIX)?)
+}
+
+/// The sealing context of a token record: it binds the record to its connection.
+pub fn token_context(key: &ConnectionKey) -> [&str; 5] {
+    ["token", &key.tenant, &key.user, &key.provider, &key.name]
+}
+
+pub fn provider_context(name: &str) -> [&str; 2] {
+    ["provider", name]
+}
+
+/// Identifiers are free text (user ids are often e-mail addresses) but bounded and
+/// printable.
+pub fn validate_id(what: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(VaultError::InvalidInput(format!(
+            "{what} must not be empty"
+        )));
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(VaultError::InvalidInput(format!(
+            "{what} is longer than {MAX_ID_LEN} bytes"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(VaultError::InvalidInput(format!(
+            "{what} contains a control character"
+        )));
+    }
+    Ok(())
+}
+
+pub fn validate_key(key: &ConnectionKey) -> Result<()> {
+    validate_id("tenant", &key.tenant)?;
+    validate_id("user", &key.user)?;
+    validate_id("provider", &key.provider)?;
+    validate_id("connection name", &key.name)
+}
+
+fn escape(id: &str) -> String {
+    id.replace('%', "%25").replace('/', "%2F")
+}
+
+fn unescape(part: &str) -> Option<String> {
+    let unescaped = part.replace("%2F", "/").replace("%25", "%");
+    (escape(&unescaped) == part).then_some(unescaped)
+}
+
+/// The plaintext of a token record.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub access_token: String,
+    pub token_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Unix seconds; none = does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// When the current access token was obtained (Unix seconds): with `expires_at` it
+    /// gives the token's original lifetime.
+    pub obtained_at: u64,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub status: ConnectionStatus,
+    pub updated_at: u64,
+}
+
+impl TokenRecord {
+    pub fn token_set(&self) -> TokenSet {
+        TokenSet {
+            access_token: self.access_token.clone(),
+            token_type: self.token_type.clone(),
+            expires_at: self.expires_at,
+            scope: (!self.scopes.is_empty()).then(|| self.scopes.join(" ")),
+            refresh_token: self.refresh_token.clone(),
+        }
+    }
+
+    pub fn info(&self, key: &ConnectionKey) -> ConnectionInfo {
+        ConnectionInfo {
+            provider: key.provider.clone(),
+            name: key.name.clone(),
+            scopes: self.scopes.clone(),
+            expires_at: self.expires_at,
+            has_refresh_token: self.refresh_token.is_some(),
+            status: self.status,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+pub fn split_scopes(scope: Option<&str>) -> Vec<String> {
+    scope
+        .map(|s| s.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// The plaintext of a provider record (the client secret is why it is sealed).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ProviderRecord {
+    pub token_url: String,
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    pub client_auth: ClientAuth,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_url: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub refresh_buffer_secs: u32,
+    pub updated_at: u64,
+}
+
+impl ProviderRecord {
+    pub fn from_config(config: ProviderConfig, refresh_buffer_secs: u32, now: u64) -> Self {
+        ProviderRecord {
+            token_url: config.token_url,
+            client_id: config.client_id,
+            client_secret: config.client_secret,
+            client_auth: config.client_auth,
+            revocation_url: config.revocation_url,
+            scopes: config.scopes,
+            refresh_buffer_secs,
+            updated_at: now,
+        }
+    }
+
+    pub fn info(&self, name: &str) -> ProviderInfo {
+        ProviderInfo {
+            name: name.into(),
+            token_url: self.token_url.clone(),
+            client_id: self.client_id.clone(),
+            has_client_secret: self.client_secret.is_some(),
+            client_auth: self.client_auth,
+            revocation_url: self.revocation_url.clone(),
+            scopes: self.scopes.clone(),
+            refresh_buffer_secs: self.refresh_buffer_secs,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_keys_round_trip_awkward_ids() {
+        let key = ConnectionKey::new("acme/eu", "alice+1@example.com", "git%hub", "work/2");
+        let storage_key = token_key(&key);
+        assert_eq!(storage_key.matches('/').count(), 4);
+        assert!(storage_key.starts_with(&user_prefix("acme/eu", "alice+1@example.com")));
+        assert_eq!(parse_token_key(&storage_key), Some(key));
+    }
+
+    #[test]
+    fn user_prefix_does_not_cover_other_users() {
+        let alice = token_key(&ConnectionKey::new("t", "alice2", "p", "n"));
+        assert!(!alice.starts_with(&user_prefix("t", "alice")));
+    }
+
+    #[test]
+    fn foreign_keys_do_not_parse() {
+        assert_eq!(parse_token_key("tok/a/b/c"), None);
+        assert_eq!(parse_token_key("tok/a/b/c/d/e"), None);
+        assert_eq!(
+            parse_token_key("tok/a/b/c/%2f"),
+            None,
+            "non-canonical escape"
+        );
+        assert_eq!(parse_provider_key("prov/git%2Fhub"), Some("git/hub".into()));
+    }
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(validate_id("user", "").is_err());
+        assert!(validate_id("user", "a\nb").is_err());
+        assert!(validate_id("user", &"x".repeat(257)).is_err());
+        assert!(validate_id("user", "alice@example.com").is_ok());
+    }
+
+    #[test]
+    fn scopes_split_on_whitespace() {
+        assert_eq!(
+            split_scopes(Some("read  write\tadmin")),
+            vec!["read", "write", "admin"]
+        );
+        assert!(split_scopes(None).is_empty());
+    }
+}

@@ -1,0 +1,972 @@
+//! The vault's operations, over any [`Platform`].
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Result, VaultError};
+use crate::expiry::{self, DEFAULT_REFRESH_BUFFER_SECS};
+use crate::model::*;
+use crate::oauth;
+use crate::platform::{Platform, StorageError};
+use crate::record::{self, ProviderRecord, TokenRecord};
+use crate::seal;
+
+/// How often a write that keeps losing compare-and-swap races is retried.
+const MAX_ATTEMPTS: usize = 5;
+const LIST_PAGE: u32 = 100;
+
+pub struct Vault<P> {
+    platform: P,
+}
+
+enum Put {
+    Written,
+    Conflict,
+}
+
+impl<P: Platform> Vault<P> {
+    pub fn new(platform: P) -> Self {
+        Vault { platform }
+    }
+
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    // ---- tokens -------------------------------------------------------------------
+
+    /// Seal and save a token response, replacing what the connection held.
+    pub fn store(&self, key: &ConnectionKey, grant: TokenGrant) -> Result<ConnectionInfo> {
+        let result = self.store_inner(key, grant);
+        self.audit_token(AuditAction::TokenStore, key, AuditOutcome::from(&result));
+        result
+    }
+
+    /// A token fresh enough to use, refreshed first when due.
+    pub fn get(&self, key: &ConnectionKey) -> Result<TokenSet> {
+        let result = self.get_inner(key);
+        self.audit_token(AuditAction::TokenGet, key, AuditOutcome::from(&result));
+        result
+    }
+
+    /// Refresh now, whatever the expiry.
+    pub fn refresh(&self, key: &ConnectionKey) -> Result<TokenSet> {
+        let result = self.refresh_inner(key);
+        self.audit_token(AuditAction::TokenRefresh, key, AuditOutcome::from(&result));
+        result
+    }
+
+    pub fn remove(&self, key: &ConnectionKey) -> Result<()> {
+        let result = record::validate_key(key)
+            .and_then(|()| self.delete_record(&record::token_key(key), "connection"));
+        self.audit_token(AuditAction::TokenRemove, key, AuditOutcome::from(&result));
+        result
+    }
+
+    pub fn list(&self, tenant: &str, user: &str) -> Result<Vec<ConnectionInfo>> {
+        record::validate_id("tenant", tenant)?;
+        record::validate_id("user", user)?;
+        let mut infos = Vec::new();
+        for storage_key in self.list_keys(&record::user_prefix(tenant, user))? {
+            let Some(key) = record::parse_token_key(&storage_key) else {
+                continue;
+            };
+            match self.load_token(&key) {
+                Ok((token, _)) => infos.push(token.info(&key)),
+                Err(VaultError::NotFound(_)) => {} // removed since it was listed
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(infos)
+    }
+
+    /// Remove every connection of a user; returns how many were removed.
+    pub fn revoke_all(&self, tenant: &str, user: &str) -> Result<u32> {
+        let result = self.revoke_all_inner(tenant, user);
+        self.emit(
+            AuditAction::RevokeAll,
+            AuditOutcome::from(&result),
+            Some(tenant),
+            Some(user),
+            None,
+            None,
+        );
+        result
+    }
+
+    fn store_inner(&self, key: &ConnectionKey, grant: TokenGrant) -> Result<ConnectionInfo> {
+        record::validate_key(key)?;
+        validate_grant(&grant)?;
+        self.load_provider(&key.provider)?;
+        let now = self.now();
+        let token = TokenRecord {
+            expires_at: expiry::expires_at(now, grant.expires_in),
+            scopes: record::split_scopes(grant.scope.as_deref()),
+            access_token: grant.access_token,
+            token_type: grant.token_type,
+            refresh_token: grant.refresh_token,
+            obtained_at: now,
+            status: ConnectionStatus::Active,
+            updated_at: now,
+        };
+        let storage_key = record::token_key(key);
+        let context = record::token_context(key);
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.storage_get(&storage_key)?.map(|entry| entry.version);
+            if let Put::Written = self.put_sealed(&storage_key, &context, &token, current)? {
+                return Ok(token.info(key));
+            }
+        }
+        Err(too_contended("connection"))
+    }
+
+    fn get_inner(&self, key: &ConnectionKey) -> Result<TokenSet> {
+        record::validate_key(key)?;
+        let (token, version) = self.load_token(key)?;
+        ensure_active(&token)?;
+        let now = self.now();
+        // The common case, decided without reading the provider.
+        if !expiry::could_be_due(now, token.obtained_at, token.expires_at) {
+            return Ok(token.token_set());
+        }
+        let provider = self.load_provider(&key.provider)?;
+        if !expiry::refresh_due(
+            now,
+            token.obtained_at,
+            token.expires_at,
+            provider.refresh_buffer_secs,
+        ) {
+            return Ok(token.token_set());
+        }
+        if token.refresh_token.is_none() {
+            return if expiry::is_expired(now, token.expires_at) {
+                Err(VaultError::ReconnectRequired(
+                    "the access token expired and the connection has no refresh token".into(),
+                ))
+            } else {
+                Ok(token.token_set())
+            };
+        }
+        self.refresh_upstream(key, token, version, &provider)
+    }
+
+    fn refresh_inner(&self, key: &ConnectionKey) -> Result<TokenSet> {
+        record::validate_key(key)?;
+        let (token, version) = self.load_token(key)?;
+        ensure_active(&token)?;
+        if token.refresh_token.is_none() {
+            return Err(VaultError::InvalidInput(
+                "the connection has no refresh token to refresh with".into(),
+            ));
+        }
+        let provider = self.load_provider(&key.provider)?;
+        self.refresh_upstream(key, token, version, &provider)
+    }
+
+    /// One refresh at the provider, and its result saved before anything else happens.
+    fn refresh_upstream(
+        &self,
+        key: &ConnectionKey,
+        token: TokenRecord,
+        version: u64,
+        provider: &ProviderRecord,
+    ) -> Result<TokenSet> {
+        let used = token.refresh_token.clone().unwrap_or_default();
+        match oauth::refresh(provider, &used, &|request| self.platform.http(request)) {
+            Ok(grant) => self.save_refreshed(key, token, version, grant),
+            Err(VaultError::ReconnectRequired(why)) => {
+                self.mark_reconnect_required(key, token, version);
+                Err(VaultError::ReconnectRequired(why))
+            }
+            // Any other failure leaves the stored token as it was.
+            Err(err) => Err(err),
+        }
+    }
+
+    fn save_refreshed(
+        &self,
+        key: &ConnectionKey,
+        old: TokenRecord,
+        mut version: u64,
+        grant: TokenGrant,
+    ) -> Result<TokenSet> {
+        let now = self.now();
+        let used_refresh_token = old.refresh_token.clone();
+        let renewed = TokenRecord {
+            expires_at: expiry::expires_at(now, grant.expires_in),
+            scopes: match grant.scope.as_deref() {
+                Some(scope) => record::split_scopes(Some(scope)),
+                None => old.scopes,
+            },
+            access_token: grant.access_token,
+            token_type: grant.token_type,
+            // A response without a refresh token keeps the one we have.
+            refresh_token: grant.refresh_token.or(old.refresh_token),
+            obtained_at: now,
+            status: ConnectionStatus::Active,
+            updated_at: now,
+        };
+        let storage_key = record::token_key(key);
+        let context = record::token_context(key);
+        for _ in 0..MAX_ATTEMPTS {
+            if let Put::Written =
+                self.put_sealed(&storage_key, &context, &renewed, Some(version))?
+            {
+                return Ok(renewed.token_set());
+            }
+            // Lost a race: re-read, never overwrite a newer token.
+            let (current, current_version) = self.load_token(key)?;
+            if current.refresh_token != used_refresh_token {
+                // Someone else renewed (or replaced) the connection: theirs stands.
+                return Ok(current.token_set());
+            }
+            version = current_version;
+        }
+        Err(too_contended("connection"))
+    }
+
+    fn mark_reconnect_required(&self, key: &ConnectionKey, mut token: TokenRecord, version: u64) {
+        token.status = ConnectionStatus::ReconnectRequired;
+        token.updated_at = self.now();
+        // A conflict means someone wrote a newer record, which then stands; a storage
+        // failure leaves the old record, which will be refused again next time.
+        let _ = self.put_sealed(
+            &record::token_key(key),
+            &record::token_context(key),
+            &token,
+            Some(version),
+        );
+    }
+
+    fn revoke_all_inner(&self, tenant: &str, user: &str) -> Result<u32> {
+        record::validate_id("tenant", tenant)?;
+        record::validate_id("user", user)?;
+        let mut removed = 0;
+        for storage_key in self.list_keys(&record::user_prefix(tenant, user))? {
+            match self.delete_record(&storage_key, "connection") {
+                Ok(()) => removed += 1,
+                Err(VaultError::NotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(removed)
+    }
+
+    fn load_token(&self, key: &ConnectionKey) -> Result<(TokenRecord, u64)> {
+        self.load_sealed(&record::token_key(key), &record::token_context(key))?
+            .ok_or_else(|| {
+                VaultError::NotFound(format!(
+                    "no {} connection named {:?} for this user",
+                    key.provider, key.name
+                ))
+            })
+    }
+
+    // ---- providers ----------------------------------------------------------------
+
+    pub fn put_provider(&self, config: ProviderConfig) -> Result<ProviderInfo> {
+        let name = config.name.clone();
+        let result = self.put_provider_inner(config);
+        self.emit(
+            AuditAction::ProviderPut,
+            AuditOutcome::from(&result),
+            None,
+            None,
+            Some(&name),
+            None,
+        );
+        result
+    }
+
+    pub fn get_provider(&self, name: &str) -> Result<ProviderInfo> {
+        validate_provider_name(name)?;
+        Ok(self.load_provider(name)?.info(name))
+    }
+
+    pub fn list_providers(&self) -> Result<Vec<ProviderInfo>> {
+        let mut infos = Vec::new();
+        for storage_key in self.list_keys(record::provider_prefix())? {
+            let Some(name) = record::parse_provider_key(&storage_key) else {
+                continue;
+            };
+            match self.load_provider(&name) {
+                Ok(provider) => infos.push(provider.info(&name)),
+                Err(VaultError::NotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(infos)
+    }
+
+    pub fn remove_provider(&self, name: &str) -> Result<()> {
+        let result = validate_provider_name(name)
+            .and_then(|()| self.delete_record(&record::provider_key(name), "provider"));
+        self.emit(
+            AuditAction::ProviderRemove,
+            AuditOutcome::from(&result),
+            None,
+            None,
+            Some(name),
+            None,
+        );
+        result
+    }
+
+    fn put_provider_inner(&self, config: ProviderConfig) -> Result<ProviderInfo> {
+        validate_provider(&config)?;
+        let name = config.name.clone();
+        let buffer = config
+            .refresh_buffer_secs
+            .unwrap_or(DEFAULT_REFRESH_BUFFER_SECS);
+        let provider = ProviderRecord::from_config(config, buffer, self.now());
+        let storage_key = record::provider_key(&name);
+        let context = record::provider_context(&name);
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.storage_get(&storage_key)?.map(|entry| entry.version);
+            if let Put::Written = self.put_sealed(&storage_key, &context, &provider, current)? {
+                return Ok(provider.info(&name));
+            }
+        }
+        Err(too_contended("provider"))
+    }
+
+    fn load_provider(&self, name: &str) -> Result<ProviderRecord> {
+        self.load_sealed(&record::provider_key(name), &record::provider_context(name))?
+            .map(|(provider, _)| provider)
+            .ok_or_else(|| VaultError::NotFound(format!("provider {name:?} is not registered")))
+    }
+
+    // ---- sealed storage -----------------------------------------------------------
+
+    fn load_sealed<T: DeserializeOwned>(
+        &self,
+        storage_key: &str,
+        context: &seal::Context,
+    ) -> Result<Option<(T, u64)>> {
+        let Some(entry) = self.storage_get(storage_key)? else {
+            return Ok(None);
+        };
+        let key_id = seal::key_id(&entry.value)?;
+        let key = self
+            .platform
+            .key_by_id(key_id)
+            .map_err(|why| VaultError::Storage(format!("keyring: {why}")))?
+            .ok_or_else(|| {
+                VaultError::Integrity(format!(
+                    "{} record is sealed with unknown key {key_id:?}",
+                    context[0]
+                ))
+            })?;
+        let plaintext = seal::open(&entry.value, &key, context)?;
+        let value = serde_json::from_slice(&plaintext).map_err(|_| {
+            VaultError::Integrity(format!("{} record opened but does not parse", context[0]))
+        })?;
+        Ok(Some((value, entry.version)))
+    }
+
+    fn put_sealed<T: Serialize>(
+        &self,
+        storage_key: &str,
+        context: &seal::Context,
+        value: &T,
+        expected: Option<u64>,
+    ) -> Result<Put> {
+        let key = self
+            .platform
+            .active_key()
+            .map_err(|why| VaultError::Storage(format!("keyring: {why}")))?;
+        let plaintext = serde_json::to_vec(value).expect("records serialize");
+        let mut nonce = [0; 12];
+        getrandom::fill(&mut nonce)
+            .map_err(|_| VaultError::Storage("no randomness for a nonce".into()))?;
+        let sealed = seal::seal(&key.id, &key.material, context, &plaintext, nonce)?;
+        match self.platform.storage_put(storage_key, &sealed, expected) {
+            Ok(_) => Ok(Put::Written),
+            Err(StorageError::Conflict) => Ok(Put::Conflict),
+            Err(StorageError::Unavailable(why)) => Err(VaultError::Storage(why)),
+        }
+    }
+
+    fn storage_get(&self, storage_key: &str) -> Result<Option<crate::platform::Entry>> {
+        self.platform
+            .storage_get(storage_key)
+            .map_err(storage_error)
+    }
+
+    fn delete_record(&self, storage_key: &str, what: &str) -> Result<()> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(entry) = self.storage_get(storage_key)? else {
+                return Err(VaultError::NotFound(format!("no such {what}")));
+            };
+            match self.platform.storage_delete(storage_key, entry.version) {
+                Ok(()) => return Ok(()),
+                Err(StorageError::Conflict) => continue,
+                Err(StorageError::Unavailable(why)) => return Err(VaultError::Storage(why)),
+            }
+        }
+        Err(too_contended(what))
+    }
+
+    fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .platform
+                .storage_list(prefix, cursor.as_deref(), LIST_PAGE)
+                .map_err(storage_error)?;
+            keys.extend(page.keys.into_iter().filter(|key| key.starts_with(prefix)));
+            match page.cursor {
+                Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    // ---- audit and time -----------------------------------------------------------
+
+    fn audit_token(&self, action: AuditAction, key: &ConnectionKey, outcome: AuditOutcome) {
+        self.emit(
+            action,
+            outcome,
+            Some(&key.tenant),
+            Some(&key.user),
+            Some(&key.provider),
+            Some(&key.name),
+        );
+    }
+
+    fn emit(
+        &self,
+        action: AuditAction,
+        outcome: AuditOutcome,
+        tenant: Option<&str>,
+        user: Option<&str>,
+        provider: Option<&str>,
+        name: Option<&str>,
+    ) {
+        self.platform.audit(AuditEvent {
+            action,
+            outcome,
+            tenant: tenant.map(String::from),
+            user: user.map(String::from),
+            provider: provider.map(String::from),
+            name: name.map(String::from),
+            at_ms: self.platform.now_ms(),
+        });
+    }
+
+    fn now(&self) -> u64 {
+        self.platform.now_ms() / 1000
+    }
+}
+
+fn ensure_active(token: &TokenRecord) -> Result<()> {
+    match token.status {
+        ConnectionStatus::Active => Ok(()),
+        ConnectionStatus::ReconnectRequired => Err(VaultError::ReconnectRequired(
+            "the provider rejected this connection's refresh token; connect again".into(),
+        )),
+    }
+}
+
+fn storage_error(err: StorageError) -> VaultError {
+    match err {
+        StorageError::Conflict => VaultError::Storage("unexpected version conflict".into()),
+        StorageError::Unavailable(why) => VaultError::Storage(why),
+    }
+}
+
+fn too_contended(what: &str) -> VaultError {
+    VaultError::Storage(format!(
+        "the {what} record kept changing; gave up after {MAX_ATTEMPTS} attempts"
+    ))
+}
+
+fn validate_grant(grant: &TokenGrant) -> Result<()> {
+    if grant.access_token.is_empty() {
+        return Err(VaultError::InvalidInput(
+            "access_token must not be empty".into(),
+        ));
+    }
+    if grant.token_type.is_empty() {
+        return Err(VaultError::InvalidInput(
+            "token_type must not be empty".into(),
+        ));
+    }
+    if grant.refresh_token.as_deref() == Some("") {
+        return Err(VaultError::InvalidInput(
+            "refresh_token must not be empty when given".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_provider_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(VaultError::InvalidInput(
+            "provider name must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'".into(),
+        ))
+    }
+}
+
+fn validate_url(what: &str, url: &str) -> Result<()> {
+    let parsed = oauth2::url::Url::parse(url)
+        .map_err(|_| VaultError::InvalidInput(format!("{what} is not a valid URL")))?;
+    if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none() {
+        return Err(VaultError::InvalidInput(format!(
+            "{what} must be an http(s) URL with a host"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_provider(config: &ProviderConfig) -> Result<()> {
+    validate_provider_name(&config.name)?;
+    validate_url("token URL", &config.token_url)?;
+    if let Some(url) = &config.revocation_url {
+        validate_url("revocation URL", url)?;
+    }
+    if config.client_id.is_empty() {
+        return Err(VaultError::InvalidInput(
+            "client id must not be empty".into(),
+        ));
+    }
+    if config.client_secret.as_deref() == Some("") {
+        return Err(VaultError::InvalidInput(
+            "client secret must not be empty when given".into(),
+        ));
+    }
+    if config
+        .scopes
+        .iter()
+        .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+    {
+        return Err(VaultError::InvalidInput(
+            "each scope must be one non-empty word".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryPlatform;
+    use crate::platform::HttpError;
+
+    fn vault() -> Vault<MemoryPlatform> {
+        vault_on(MemoryPlatform::new())
+    }
+
+    fn vault_on<P: Platform>(platform: P) -> Vault<P> {
+        let vault = Vault::new(platform);
+        vault
+            .put_provider(ProviderConfig {
+                name: "acme".into(),
+                token_url: "https://idp.example/token".into(),
+                client_id: "client".into(),
+                client_secret: Some("client-secret-canary".into()),
+                client_auth: ClientAuth::ClientSecretBasic,
+                revocation_url: None,
+                scopes: vec!["read".into()],
+                refresh_buffer_secs: None,
+            })
+            .unwrap();
+        vault
+    }
+
+    fn key() -> ConnectionKey {
+        ConnectionKey::new("t1", "alice", "acme", "default")
+    }
+
+    fn grant(access: &str, refresh: Option<&str>, expires_in: Option<u64>) -> TokenGrant {
+        TokenGrant {
+            access_token: access.into(),
+            token_type: "Bearer".into(),
+            expires_in,
+            refresh_token: refresh.map(String::from),
+            scope: Some("read write".into()),
+        }
+    }
+
+    fn json(
+        status: u16,
+        body: &'static str,
+    ) -> impl Fn(&oauth2::HttpRequest) -> std::result::Result<oauth2::HttpResponse, HttpError> {
+        move |_| {
+            Ok(http::Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(body.as_bytes().to_vec())
+                .unwrap())
+        }
+    }
+
+    fn form_of(request: &oauth2::HttpRequest) -> String {
+        String::from_utf8(request.body().clone()).unwrap()
+    }
+
+    #[test]
+    fn store_then_get_returns_the_token_without_a_request() {
+        let vault = vault();
+        let info = vault
+            .store(&key(), grant("at-1", Some("rt-1"), Some(3600)))
+            .unwrap();
+        assert!(info.has_refresh_token);
+        assert_eq!(info.scopes, vec!["read", "write"]);
+        let token = vault.get(&key()).unwrap();
+        assert_eq!(token.access_token, "at-1");
+        assert_eq!(token.expires_at, Some(vault.now() + 3600));
+        assert!(vault.platform().requests.borrow().is_empty());
+    }
+
+    #[test]
+    fn storage_holds_only_ciphertext() {
+        let vault = vault();
+        vault
+            .store(
+                &key(),
+                grant("at-canary-123", Some("rt-canary-456"), Some(3600)),
+            )
+            .unwrap();
+        for (storage_key, (value, _)) in vault.platform().records.borrow().iter() {
+            for canary in ["at-canary-123", "rt-canary-456", "client-secret-canary"] {
+                assert!(
+                    !value.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                    "{canary} in {storage_key}"
+                );
+                assert!(!storage_key.contains(canary));
+            }
+        }
+    }
+
+    #[test]
+    fn expiring_token_is_refreshed_and_rotation_is_saved() {
+        let vault = vault();
+        vault
+            .store(&key(), grant("at-1", Some("rt-1"), Some(3600)))
+            .unwrap();
+        vault.platform().respond(json(200, r#"{"access_token":"at-2","token_type":"bearer","expires_in":3600,"refresh_token":"rt-2"}"#));
+        vault.platform().advance_secs(3600 - 30);
+        let token = vault.get(&key()).unwrap();
+        assert_eq!(
+            (token.access_token.as_str(), token.refresh_token.as_deref()),
+            ("at-2", Some("rt-2"))
+        );
+        assert!(form_of(&vault.platform().requests.borrow()[0]).contains("refresh_token=rt-1"));
+        // Saved: the next get is served from storage with the rotated token.
+        let again = vault.get(&key()).unwrap();
+        assert_eq!(again.refresh_token.as_deref(), Some("rt-2"));
+        assert_eq!(vault.platform().requests.borrow().len(), 1);
+        assert_eq!(
+            again.scope.as_deref(),
+            Some("read write"),
+            "scope kept when the response has none"
+        );
+    }
+
+    #[test]
+    fn response_without_refresh_token_keeps_the_old_one_and_without_expiry_never_expires() {
+        let vault = vault();
+        vault
+            .store(&key(), grant("at-1", Some("rt-1"), Some(100)))
+            .unwrap();
+        vault.platform().respond(json(
+            200,
+            r#"{"access_token":"at-2","token_type":"bearer"}"#,
+        ));
+        let token = vault.refresh(&key()).unwrap();
+        assert_eq!(token.refresh_token.as_deref(), Some("rt-1"));
+        assert_eq!(token.expires_at, None);
+        vault.platform().advance_secs(10 * 365 * 86_400);
+        assert_eq!(vault.get(&key()).unwrap().access_token, "at-2");
+    }
+
+    #[test]
+    fn invalid_grant_marks_the_connection_for_reconnect() {
+        let vault = vault();
+        vault
+            .store(&key(), grant("at-1", Some("rt-1"), Some(100)))
+            .unwrap();
+        vault
+            .platform()
+            .respond(json(400, r#"{"error":"invalid_grant"}"#));
+        assert!(matches!(
+            vault.refresh(&key()),
+            Err(VaultError::ReconnectRequired(_))
+        ));
+        assert!(matches!(
+            vault.get(&key()),
+            Err(VaultError::ReconnectRequired(_))
+        ));
+        let listed = vault.list("t1", "alice").unwrap();
+        assert_eq!(listed[0].status, ConnectionStatus::ReconnectRequired);
+        assert_eq!(
+            vault.platform().requests.borrow().len(),
+            1,
+            "no further upstream calls"
+        );
+        // Storing a new grant (a reconnect) makes it usable again.
+        vault
+            .store(&key(), grant("at-3", Some("rt-3"), Some(100)))
+            .unwrap();
+        assert_eq!(vault.get(&key()).unwrap().access_token, "at-3");
+    }
+
+    #[test]
+    fn provider_failure_leaves_the_stored_token_intact() {
+        let vault = vault();
+        vault
+            .store(&key(), grant("at-1", Some("rt-1"), Some(100)))
+            .unwrap();
+        let before = vault.platform().records.borrow().clone();
+        vault
+            .platform()
+            .respond(json(500, r#"{"error":"server_error"}"#));
+        assert!(matches!(
+            vault.refresh(&key()),
+            Err(VaultError::Provider(_))
+        ));
+        vault.platform().respond(|_| Err(HttpError::Timeout));
+        assert!(matches!(
+            vault.refresh(&key()),
+            Err(VaultError::Provider(_))
+        ));
+        assert_eq!(*vault.platform().records.borrow(), before);
+        assert_eq!(vault.get(&key()).unwrap().access_token, "at-1");
+    }
+
+    #[test]
+    fn expired_token_without_refresh_token_needs_reconnect() {
+        let vault = vault();
+        vault.store(&key(), grant("at-1", None, Some(100))).unwrap();
+        vault.platform().advance_secs(60);
+        assert_eq!(
+            vault.get(&key()).unwrap().access_token,
+            "at-1",
+            "still valid inside the buffer"
+        );
+        vault.platform().advance_secs(40);
+        assert!(matches!(
+            vault.get(&key()),
+            Err(VaultError::ReconnectRequired(_))
+        ));
+        assert!(matches!(
+            vault.refresh(&key()),
+            Err(VaultError::InvalidInput(_))
+        ));
+    }
+
+    #[test]
+    fn a_lost_race_reads_the_winner_instead_of_overwriting() {
+        let platform: &'static MemoryPlatform = Box::leak(Box::new(MemoryPlatform::new()));
+        let vault = vault_on(platform);
+        vault
+            .store(&key(), grant("at-1", Some("rt-1"), Some(100)))
+            .unwrap();
+        // While our refresh is in flight, another caller saves its own rotation.
+        platform.respond(move |_| {
+            let other = Vault::new(platform);
+            other.store(&key(), grant("at-winner", Some("rt-winner"), Some(100))).unwrap();
+            Ok(http::Response::builder().status(200).header("content-type", "application/json")
+                .body(br#"{"access_token":"at-loser","token_type":"bearer","refresh_token":"rt-loser"}"#.to_vec()).unwrap())
+        });
+        assert_eq!(vault.refresh(&key()).unwrap().access_token, "at-winner");
+        assert_eq!(
+            vault.get(&key()).unwrap().refresh_token.as_deref(),
+            Some("rt-winner")
+        );
+    }
+
+    #[test]
+    fn list_remove_and_revoke_all() {
+        let vault = vault();
+        for name in ["default", "work", "home"] {
+            vault
+                .store(
+                    &ConnectionKey::new("t1", "alice", "acme", name),
+                    grant("a", Some("r"), None),
+                )
+                .unwrap();
+        }
+        vault
+            .store(
+                &ConnectionKey::new("t1", "alice2", "acme", "default"),
+                grant("a", None, None),
+            )
+            .unwrap();
+        vault
+            .store(
+                &ConnectionKey::new("t2", "alice", "acme", "default"),
+                grant("a", None, None),
+            )
+            .unwrap();
+        let names: Vec<_> = vault
+            .list("t1", "alice")
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(names, vec!["default", "home", "work"]);
+
+        vault
+            .remove(&ConnectionKey::new("t1", "alice", "acme", "home"))
+            .unwrap();
+        assert!(matches!(
+            vault.remove(&ConnectionKey::new("t1", "alice", "acme", "home")),
+            Err(VaultError::NotFound(_))
+        ));
+        assert_eq!(vault.revoke_all("t1", "alice").unwrap(), 2);
+        assert!(vault.list("t1", "alice").unwrap().is_empty());
+        assert_eq!(
+            vault.list("t1", "alice2").unwrap().len(),
+            1,
+            "other users untouched"
+        );
+        assert_eq!(
+            vault.list("t2", "alice").unwrap().len(),
+            1,
+            "other tenants untouched"
+        );
+    }
+
+    #[test]
+    fn list_pages_through_many_connections() {
+        let vault = vault();
+        for i in 0..250 {
+            vault
+                .store(
+                    &ConnectionKey::new("t1", "bob", "acme", &format!("c{i:03}")),
+                    grant("a", None, None),
+                )
+                .unwrap();
+        }
+        assert_eq!(vault.list("t1", "bob").unwrap().len(), 250);
+    }
+
+    #[test]
+    fn moved_or_tampered_records_are_integrity_errors() {
+        let vault = vault();
+        vault
+            .store(&key(), grant("at-1", Some("rt-1"), None))
+            .unwrap();
+        let alice_key = record::token_key(&key());
+        let bob = ConnectionKey::new("t1", "bob", "acme", "default");
+        let sealed = vault.platform().records.borrow()[&alice_key].0.clone();
+        vault
+            .platform()
+            .storage_put(&record::token_key(&bob), &sealed, None)
+            .unwrap();
+        assert!(matches!(vault.get(&bob), Err(VaultError::Integrity(_))));
+
+        let mut flipped = sealed.clone();
+        *flipped.last_mut().unwrap() ^= 0x80;
+        vault
+            .platform()
+            .records
+            .borrow_mut()
+            .get_mut(&alice_key)
+            .unwrap()
+            .0 = flipped;
+        assert!(matches!(vault.get(&key()), Err(VaultError::Integrity(_))));
+    }
+
+    #[test]
+    fn records_sealed_with_an_older_key_still_open_and_new_writes_use_the_active_key() {
+        let vault = vault();
+        vault.store(&key(), grant("at-1", None, None)).unwrap();
+        vault
+            .platform()
+            .keys
+            .borrow_mut()
+            .push(("k2".into(), vec![2; 32]));
+        assert_eq!(vault.get(&key()).unwrap().access_token, "at-1");
+        vault.store(&key(), grant("at-2", None, None)).unwrap();
+        let sealed = vault.platform().records.borrow()[&record::token_key(&key())]
+            .0
+            .clone();
+        assert_eq!(seal::key_id(&sealed).unwrap(), "k2");
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let vault = vault();
+        assert!(matches!(
+            vault.store(&key(), grant("", None, None)),
+            Err(VaultError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            vault.store(
+                &ConnectionKey::new("", "a", "acme", "d"),
+                grant("a", None, None)
+            ),
+            Err(VaultError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            vault.store(
+                &ConnectionKey::new("t", "a", "nope", "d"),
+                grant("a", None, None)
+            ),
+            Err(VaultError::NotFound(_))
+        ));
+        let mut config = ProviderConfig {
+            name: "bad name".into(),
+            token_url: "https://x/token".into(),
+            client_id: "c".into(),
+            client_secret: None,
+            client_auth: ClientAuth::ClientSecretPost,
+            revocation_url: None,
+            scopes: vec![],
+            refresh_buffer_secs: None,
+        };
+        assert!(matches!(
+            vault.put_provider(config.clone()),
+            Err(VaultError::InvalidInput(_))
+        ));
+        config.name = "ok".into();
+        config.token_url = "ftp://x/token".into();
+        assert!(matches!(
+            vault.put_provider(config.clone()),
+            Err(VaultError::InvalidInput(_))
+        ));
+    }
+
+    #[test]
+    fn providers_are_listed_without_secrets_and_every_operation_is_audited() {
+        let vault = vault();
+        let listed = vault.list_providers().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].has_client_secret);
+        assert_eq!(listed[0].refresh_buffer_secs, DEFAULT_REFRESH_BUFFER_SECS);
+        vault.store(&key(), grant("a", None, None)).unwrap();
+        let _ = vault.get(&key());
+        let _ = vault.get(&ConnectionKey::new("t1", "alice", "acme", "missing"));
+        vault.remove(&key()).unwrap();
+        vault.remove_provider("acme").unwrap();
+        let seen: Vec<_> = vault
+            .platform()
+            .events
+            .borrow()
+            .iter()
+            .map(|e| (e.action, e.outcome))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (AuditAction::ProviderPut, AuditOutcome::Ok),
+                (AuditAction::TokenStore, AuditOutcome::Ok),
+                (AuditAction::TokenGet, AuditOutcome::Ok),
+                (AuditAction::TokenGet, AuditOutcome::NotFound),
+                (AuditAction::TokenRemove, AuditOutcome::Ok),
+                (AuditAction::ProviderRemove, AuditOutcome::Ok),
+            ]
+        );
+    }
+}
