@@ -1,0 +1,359 @@
+//! The `tokenvault` command line. Output is JSON on stdout; an error is one line on
+//! stderr whose first word is its kind, and a non-zero exit.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use tokenvault::storage::StorageUrl;
+use tokenvault::{
+    ClientAuth, ConnectionKey, Error, Options, ProviderConfig, Result, TokenGrant, Vault,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "tokenvault",
+    version,
+    about = "OAuth token custody in a WebAssembly sandbox"
+)]
+struct Cli {
+    /// Where the vault keeps its database, keyring, audit log and tokenvault.toml.
+    #[arg(
+        long,
+        global = true,
+        env = "TOKENVAULT_DATA_DIR",
+        default_value = "./tokenvault-data"
+    )]
+    data_dir: PathBuf,
+    /// Let the component reach this origin (scheme://host[:port]); adds to the
+    /// allowed_outbound_hosts of tokenvault.toml. Repeatable.
+    #[arg(long = "allow-outbound", value_name = "URL", global = true)]
+    allow_outbound: Vec<String>,
+    /// Storage URL: sqlite://PATH or memory: (default: SQLite in the data directory).
+    #[arg(long, global = true, env = "TOKENVAULT_STORAGE")]
+    storage: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the OAuth providers the vault refreshes tokens with.
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+    /// Store, read, refresh and remove users' tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Remove every connection of a user.
+    RevokeAll { tenant: String, user: String },
+    /// A guided tour: store, list and read back a token, and look at the sealed record.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum ProviderCommand {
+    /// Register a provider, or replace one of the same name.
+    Add {
+        name: String,
+        #[arg(long)]
+        token_url: String,
+        #[arg(long)]
+        client_id: String,
+        /// Name of an environment variable holding the client secret (secrets are never
+        /// taken from arguments, which other users can see).
+        #[arg(long, value_name = "VAR")]
+        client_secret_env: Option<String>,
+        #[arg(long, value_enum, default_value_t = AuthMethod::Basic)]
+        client_auth: AuthMethod,
+        #[arg(long)]
+        revocation_url: Option<String>,
+        /// A default scope. Repeatable.
+        #[arg(long = "scope", value_name = "S")]
+        scopes: Vec<String>,
+        /// Refresh this many seconds before expiry [default: 60; capped at half a token's lifetime].
+        #[arg(long, value_name = "SECS")]
+        refresh_buffer: Option<u32>,
+    },
+    /// List providers (never their secrets).
+    Ls,
+    /// Show one provider.
+    Show { name: String },
+    /// Remove a provider.
+    Rm { name: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AuthMethod {
+    /// client_secret_basic: HTTP Basic authentication.
+    Basic,
+    /// client_secret_post: credentials in the form body.
+    Post,
+}
+
+#[derive(clap::Args)]
+struct ConnectionArgs {
+    tenant: String,
+    user: String,
+    provider: String,
+    /// Which of the user's connections to this provider.
+    #[arg(long, default_value = tokenvault::DEFAULT_CONNECTION_NAME)]
+    name: String,
+}
+
+impl ConnectionArgs {
+    fn key(&self) -> ConnectionKey {
+        ConnectionKey::new(&self.tenant, &self.user, &self.provider, &self.name)
+    }
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Store a token: reads an OAuth token response (JSON) on stdin.
+    Put(ConnectionArgs),
+    /// Print a fresh token set (refreshed first when it is about to expire).
+    Get(ConnectionArgs),
+    /// Refresh now and print the new token set.
+    Refresh(ConnectionArgs),
+    /// Remove a connection.
+    Rm(ConnectionArgs),
+    /// List a user's connections: metadata only.
+    Ls { tenant: String, user: String },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Ok(mut filter) = std::env::var("TOKENVAULT_LOG") {
+        // The compiler traces every instruction it emits: millions of lines, minutes of
+        // work. Keep it quiet unless asked for by name.
+        if !filter.contains("cranelift") && !filter.contains("regalloc") {
+            filter.push_str(",cranelift_codegen=info,cranelift_frontend=info,wasmtime_internal_cranelift=info,regalloc2=info");
+        }
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{}", err.to_string().replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn options(cli: &Cli) -> Result<Options> {
+    let mut options = Options::from_data_dir(&cli.data_dir)?;
+    options.allow_outbound(&cli.allow_outbound)?;
+    if let Some(url) = &cli.storage {
+        options.storage = StorageUrl::parse(url).map_err(Error::Config)?;
+    }
+    Ok(options)
+}
+
+fn print_json(value: &impl Serialize) {
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(value).expect("output serializes");
+    // A reader that went away (`| head`) is not an error worth a panic.
+    let _ = writeln!(std::io::stdout(), "{text}");
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let vault = Vault::open(&options(&cli)?)?;
+    match cli.command {
+        Command::Provider(command) => provider(&vault, command).await,
+        Command::Token(command) => token(&vault, command).await,
+        Command::RevokeAll { tenant, user } => {
+            let removed = vault.revoke_all(&tenant, &user).await?;
+            print_json(&serde_json::json!({ "removed": removed }));
+            Ok(())
+        }
+        Command::Demo => demo(&vault, &cli.data_dir).await,
+    }
+}
+
+async fn provider(vault: &Vault, command: ProviderCommand) -> Result<()> {
+    match command {
+        ProviderCommand::Add {
+            name,
+            token_url,
+            client_id,
+            client_secret_env,
+            client_auth,
+            revocation_url,
+            scopes,
+            refresh_buffer,
+        } => {
+            let client_secret = match client_secret_env {
+                Some(var) => Some(std::env::var(&var).map_err(|_| {
+                    Error::InvalidInput(format!("environment variable {var} is not set"))
+                })?),
+                None => None,
+            };
+            let config = ProviderConfig {
+                name,
+                token_url,
+                client_id,
+                client_secret,
+                client_auth: match client_auth {
+                    AuthMethod::Basic => ClientAuth::ClientSecretBasic,
+                    AuthMethod::Post => ClientAuth::ClientSecretPost,
+                },
+                revocation_url,
+                scopes,
+                refresh_buffer_secs: refresh_buffer,
+            };
+            print_json(&vault.put_provider(&config).await?);
+        }
+        ProviderCommand::Ls => print_json(&vault.providers().await?),
+        ProviderCommand::Show { name } => print_json(&vault.provider(&name).await?),
+        ProviderCommand::Rm { name } => {
+            vault.remove_provider(&name).await?;
+            print_json(&serde_json::json!({ "removed": name }));
+        }
+    }
+    Ok(())
+}
+
+async fn token(vault: &Vault, command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Put(args) => {
+            let mut input = Vec::new();
+            std::io::stdin().read_to_end(&mut input).map_err(|e| {
+                Error::InvalidInput(format!("cannot read the token response from stdin: {e}"))
+            })?;
+            let grant = TokenGrant::from_json(&input)?;
+            print_json(&vault.store(&args.key(), &grant).await?);
+        }
+        TokenCommand::Get(args) => print_json(&vault.get(&args.key()).await?),
+        TokenCommand::Refresh(args) => print_json(&vault.refresh(&args.key()).await?),
+        TokenCommand::Rm(args) => {
+            vault.remove(&args.key()).await?;
+            print_json(&serde_json::json!({ "removed": args.key() }));
+        }
+        TokenCommand::Ls { tenant, user } => print_json(&vault.list(&tenant, &user).await?),
+    }
+    Ok(())
+}
+
+/// The guided tour. It uses a provider on a reserved `.invalid` host that is not in the
+/// allow-list, so nothing leaves the machine: the refresh at the end shows the sandbox
+/// refusing it.
+async fn demo(vault: &Vault, data_dir: &std::path::Path) -> Result<()> {
+    let random = |prefix: &str| -> Result<String> {
+        let mut bytes = [0u8; 12];
+        getrandom::fill(&mut bytes).map_err(|e| Error::Config(format!("no randomness: {e}")))?;
+        Ok(format!("{prefix}{}", hex::encode(bytes)))
+    };
+    let bold = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let step = |n: u32, text: &str| {
+        if bold {
+            println!("\n\x1b[1m{n}. {text}\x1b[0m");
+        } else {
+            println!("\n{n}. {text}");
+        }
+    };
+
+    println!("tokenvault demo, data directory {}", data_dir.display());
+    step(
+        1,
+        "Register a provider (its client secret is sealed by the component)",
+    );
+    let provider = vault
+        .put_provider(&ProviderConfig {
+            name: "demo".into(),
+            token_url: "https://demo.tokenvault.invalid/oauth/token".into(),
+            client_id: "demo-client".into(),
+            client_secret: Some(random("demo-secret-")?),
+            client_auth: ClientAuth::ClientSecretBasic,
+            revocation_url: None,
+            scopes: vec!["read".into()],
+            refresh_buffer_secs: None,
+        })
+        .await?;
+    print_json(&provider);
+
+    step(
+        2,
+        "Store a token for user alice of tenant acme (as `token put` would from stdin)",
+    );
+    let key = ConnectionKey::new("acme", "alice", "demo", "default");
+    let access_token = random("demo-at-")?;
+    let grant = TokenGrant {
+        access_token: access_token.clone(),
+        token_type: "Bearer".into(),
+        expires_in: Some(3600),
+        refresh_token: Some(random("demo-rt-")?),
+        scope: Some("read write".into()),
+    };
+    print_json(&vault.store(&key, &grant).await?);
+
+    step(3, "List alice's connections: metadata only, never a value");
+    print_json(&vault.list("acme", "alice").await?);
+
+    step(4, "Read the token back (`token get`)");
+    let token = vault.get(&key).await?;
+    println!(
+        "access_token {} (the value stored in step 2: {})",
+        token.access_token,
+        token.access_token == access_token
+    );
+
+    step(5, "What storage actually holds");
+    let storage = &vault.services().storage;
+    println!("storage: {}", storage.describe());
+    for storage_key in storage
+        .list("tok/acme/alice/", None, 10)
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))?
+        .keys
+    {
+        if let Some(entry) = storage
+            .get(&storage_key)
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?
+        {
+            let preview: String = hex::encode(&entry.value[..entry.value.len().min(48)]);
+            let leaked = entry
+                .value
+                .windows(access_token.len())
+                .any(|w| w == access_token.as_bytes());
+            println!(
+                "key     {storage_key}\nversion {}\nbytes   {} (AES-256-GCM-SIV sealed)\nstart   {preview}…",
+                entry.version,
+                entry.value.len()
+            );
+            println!("access token visible in the stored bytes: {leaked}");
+        }
+    }
+
+    step(
+        6,
+        "Force a refresh: the provider's host is not in the allow-list, so the sandbox refuses",
+    );
+    match vault.refresh(&key).await {
+        Err(err) => println!("{err}"),
+        Ok(_) => println!("unexpected: the refresh went through"),
+    }
+    println!("(the stored token is untouched: `token get` still returns it)");
+
+    step(7, "The audit log records every operation, without values");
+    let audit_path = data_dir.join("audit.jsonl");
+    if let Ok(text) = std::fs::read_to_string(&audit_path) {
+        let lines: Vec<&str> = text.lines().collect();
+        for line in &lines[lines.len().saturating_sub(5)..] {
+            println!("{line}");
+        }
+    }
+    println!(
+        "\nTry next:\n  tokenvault --data-dir {dir} token ls acme alice\n  tokenvault --data-dir {dir} token get acme alice demo\n  tokenvault --data-dir {dir} provider ls",
+        dir = data_dir.display()
+    );
+    Ok(())
+}

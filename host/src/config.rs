@@ -1,0 +1,154 @@
+//! Operator configuration: the data directory and its `tokenvault.toml`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::http::{EgressPolicy, Origin};
+use crate::runtime::SandboxLimits;
+use crate::storage::StorageUrl;
+
+pub const CONFIG_FILE: &str = "tokenvault.toml";
+
+/// Everything the host needs to open a vault.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    pub storage: StorageUrl,
+    pub keyring: PathBuf,
+    pub audit_log: PathBuf,
+    pub egress: EgressPolicy,
+    pub sandbox: SandboxLimits,
+    /// Where the precompiled component is cached; none compiles on every start.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `<data-dir>/tokenvault.toml`. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<String>,
+    storage: Option<String>,
+    keyring: Option<PathBuf>,
+    memory_limit_mib: Option<usize>,
+    call_deadline_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    response_timeout_ms: Option<u64>,
+    max_response_bytes: Option<usize>,
+}
+
+impl Options {
+    /// Defaults for a data directory, overlaid with its `tokenvault.toml` if present.
+    pub fn from_data_dir(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join(CONFIG_FILE);
+        let file: ConfigFile = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ConfigFile::default(),
+            Err(e) => {
+                return Err(Error::Config(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+
+        let mut options = Options {
+            data_dir: data_dir.to_owned(),
+            storage: StorageUrl::default_in(data_dir),
+            keyring: data_dir.join("keyring.json"),
+            audit_log: data_dir.join("audit.jsonl"),
+            egress: EgressPolicy::default(),
+            sandbox: SandboxLimits::default(),
+            cache_dir: Some(data_dir.join("cache")),
+        };
+        options.allow_outbound(&file.allowed_outbound_hosts)?;
+        if let Some(url) = file.storage {
+            options.storage = StorageUrl::parse(&url).map_err(Error::Config)?;
+        }
+        if let Some(keyring) = file.keyring {
+            options.keyring = keyring;
+        }
+        if let Some(mib) = file.memory_limit_mib {
+            options.sandbox.memory_bytes = mib
+                .checked_mul(1 << 20)
+                .filter(|b| *b >= 1 << 20)
+                .ok_or_else(|| Error::Config("memory_limit_mib must be at least 1".into()))?;
+        }
+        let millis = |ms: u64, what: &str| {
+            if ms == 0 {
+                Err(Error::Config(format!("{what} must be positive")))
+            } else {
+                Ok(Duration::from_millis(ms))
+            }
+        };
+        if let Some(ms) = file.call_deadline_ms {
+            options.sandbox.deadline = millis(ms, "call_deadline_ms")?;
+        }
+        if let Some(ms) = file.connect_timeout_ms {
+            options.egress.connect_timeout = millis(ms, "connect_timeout_ms")?;
+        }
+        if let Some(ms) = file.response_timeout_ms {
+            options.egress.response_timeout = millis(ms, "response_timeout_ms")?;
+        }
+        if let Some(bytes) = file.max_response_bytes {
+            options.egress.max_response_bytes = bytes;
+        }
+        Ok(options)
+    }
+
+    /// Add origins (`scheme://host[:port]`) to the egress allow-list.
+    pub fn allow_outbound(&mut self, origins: &[String]) -> Result<()> {
+        for origin in origins {
+            let origin: Origin = origin.parse().map_err(Error::Config)?;
+            if !self.egress.allowed.contains(&origin) {
+                self.egress.allowed.push(origin);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_live_in_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options::from_data_dir(dir.path()).unwrap();
+        assert_eq!(
+            options.storage,
+            StorageUrl::Sqlite(dir.path().join("vault.db"))
+        );
+        assert!(
+            options.egress.allowed.is_empty(),
+            "nothing is reachable unless allowed"
+        );
+    }
+
+    #[test]
+    fn config_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "allowed_outbound_hosts = [\"https://idp.example\"]\nstorage = \"memory:\"\nmemory_limit_mib = 32\ncall_deadline_ms = 2000\n",
+        )
+        .unwrap();
+        let options = Options::from_data_dir(dir.path()).unwrap();
+        assert_eq!(options.egress.allowed.len(), 1);
+        assert_eq!(options.storage, StorageUrl::Memory);
+        assert_eq!(options.sandbox.memory_bytes, 32 << 20);
+        assert_eq!(options.sandbox.deadline, Duration::from_secs(2));
+
+        std::fs::write(dir.path().join(CONFIG_FILE), "allowed_outbound_host = []\n").unwrap();
+        let err = Options::from_data_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config:") && err.contains("unknown field"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! The host's error: the component's error kinds plus the host's own. Display starts with
+//! the kind, which is what the CLI prints as its first word.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderFailure {
+    pub status: Option<u16>,
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ProviderFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(status) = self.status {
+            write!(f, " (HTTP {status})")?;
+        }
+        if let Some(code) = &self.code {
+            write!(f, " [{code}]")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("not-found: {0}")]
+    NotFound(String),
+    #[error("invalid-input: {0}")]
+    InvalidInput(String),
+    #[error("reconnect-required: {0}")]
+    ReconnectRequired(String),
+    #[error("provider-error: {0}")]
+    Provider(ProviderFailure),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("integrity: {0}")]
+    Integrity(String),
+    #[error("egress-denied: {0}")]
+    EgressDenied(String),
+    /// The component trapped, ran past its deadline or out of memory. That call failed;
+    /// its instance was discarded.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
+    /// The host could not be set up (configuration, keyring, data directory).
+    #[error("config: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// The error's kind, as the CLI and the HTTP API name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound(_) => "not-found",
+            Error::InvalidInput(_) => "invalid-input",
+            Error::ReconnectRequired(_) => "reconnect-required",
+            Error::Provider(_) => "provider-error",
+            Error::Storage(_) => "storage",
+            Error::Integrity(_) => "integrity",
+            Error::EgressDenied(_) => "egress-denied",
+            Error::Sandbox(_) => "sandbox",
+            Error::Config(_) => "config",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

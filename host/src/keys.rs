@@ -1,0 +1,173 @@
+//! The keyring: sealing keys by id, and which one is active.
+//!
+//! Kept in a JSON file (mode 0600). On first use the host generates one into the data
+//! directory; an operator may point at their own file instead.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+pub const KEY_LEN: usize = 32;
+
+pub struct Keyring {
+    active: String,
+    keys: BTreeMap<String, [u8; KEY_LEN]>,
+    source: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyringFile {
+    active: String,
+    /// Key id to base64 key material.
+    keys: BTreeMap<String, String>,
+}
+
+impl Keyring {
+    /// Load the keyring at `path`, generating a new one there if it does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Self, Error> {
+        match std::fs::read(path) {
+            Ok(bytes) => Self::parse(&bytes, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path),
+            Err(e) => Err(Error::Config(format!(
+                "cannot read keyring {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Load an existing keyring; never creates one.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Config(format!("cannot read keyring {}: {e}", path.display())))?;
+        Self::parse(&bytes, path)
+    }
+
+    fn parse(bytes: &[u8], path: &Path) -> Result<Self, Error> {
+        let bad =
+            |why: &str| Error::Config(format!("keyring {} is invalid: {why}", path.display()));
+        let file: KeyringFile =
+            serde_json::from_slice(bytes).map_err(|_| bad("not a keyring JSON file"))?;
+        let mut keys = BTreeMap::new();
+        for (id, material) in &file.keys {
+            if id.is_empty() || id.len() > 255 {
+                return Err(bad("key ids must be 1 to 255 bytes"));
+            }
+            let material = BASE64
+                .decode(material)
+                .map_err(|_| bad(&format!("key {id:?} is not base64")))?;
+            let material: [u8; KEY_LEN] = material
+                .try_into()
+                .map_err(|_| bad(&format!("key {id:?} is not {KEY_LEN} bytes")))?;
+            keys.insert(id.clone(), material);
+        }
+        if !keys.contains_key(&file.active) {
+            return Err(bad(&format!(
+                "active key {:?} is not in the keyring",
+                file.active
+            )));
+        }
+        Ok(Keyring {
+            active: file.active,
+            keys,
+            source: path.to_owned(),
+        })
+    }
+
+    fn create(path: &Path) -> Result<Self, Error> {
+        let io = |e: std::io::Error| {
+            Error::Config(format!("cannot create keyring {}: {e}", path.display()))
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let id = new_key_id()?;
+        let mut material = [0u8; KEY_LEN];
+        getrandom::fill(&mut material)
+            .map_err(|e| Error::Config(format!("no randomness for a key: {e}")))?;
+        let file = KeyringFile {
+            active: id.clone(),
+            keys: BTreeMap::from([(id.clone(), BASE64.encode(material))]),
+        };
+
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(path) {
+            Ok(mut out) => {
+                out.write_all(&serde_json::to_vec_pretty(&file).expect("keyring serializes"))
+                    .map_err(io)?;
+                out.sync_all().map_err(io)?;
+                Ok(Keyring {
+                    active: id.clone(),
+                    keys: BTreeMap::from([(id, material)]),
+                    source: path.to_owned(),
+                })
+            }
+            // Another process created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load(path),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    pub fn active(&self) -> (&str, &[u8; KEY_LEN]) {
+        (&self.active, &self.keys[&self.active])
+    }
+
+    pub fn get(&self, id: &str) -> Option<&[u8; KEY_LEN]> {
+        self.keys.get(id)
+    }
+
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+}
+
+fn new_key_id() -> Result<String, Error> {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::Config(format!("no randomness for a key id: {e}")))?;
+    Ok(format!("k-{}", hex::encode(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_with_private_mode_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let first = Keyring::load_or_create(&path).unwrap();
+        let again = Keyring::load_or_create(&path).unwrap();
+        assert_eq!(first.active(), again.active());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_without_quoting_material() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        std::fs::write(&path, r#"{"active":"a","keys":{"a":"c2hvcnQ="}}"#).unwrap();
+        let err = Keyring::load(&path).err().unwrap().to_string();
+        assert!(
+            err.contains("not 32 bytes") && !err.contains("c2hvcnQ"),
+            "{err}"
+        );
+        std::fs::write(&path, r#"{"active":"b","keys":{}}"#).unwrap();
+        assert!(Keyring::load(&path).is_err());
+    }
+}

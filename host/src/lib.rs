@@ -1,0 +1,26 @@
+//! tokenvault's reference host: runs the token-custody component under wasmtime and
+//! supplies its capabilities (storage, keys, audit, outgoing HTTP behind an allow-list).
+//!
+//! ```no_run
+//! # async fn demo() -> tokenvault::Result<()> {
+//! use tokenvault::{ConnectionKey, Options, Vault};
+//! let vault = Vault::open(&Options::from_data_dir("./tokenvault-data".as_ref())?)?;
+//! let token = vault.get(&ConnectionKey::new("acme", "alice", "github", "default")).await?;
+//! # let _ = token; Ok(()) }
+//! ```
+
+pub mod audit;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod runtime;
+pub mod storage;
+pub mod types;
+mod vault;
+
+pub use config::Options;
+pub use error::{Error, ProviderFailure, Result};
+pub use runtime::{COMPONENT_WASM, SandboxLimits, Services};
+pub use types::*;
+pub use vault::Vault;

@@ -1,0 +1,402 @@
+//! The sandbox: one wasmtime `Engine`, the component pre-instantiated, and a fresh
+//! instance in its own `Store` for every call, with a memory cap and a deadline. A trap
+//! fails that call alone; its store (and instance) is dropped with it.
+
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder, Trap,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::audit::{AuditRecord, AuditSink};
+use crate::error::{Error, Result};
+use crate::http::{EgressHooks, EgressPolicy};
+use crate::keys::Keyring;
+use crate::storage::{self, Storage};
+
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "tokenvault:vault/vault",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+            "wasi:random": wasmtime_wasi::p2::bindings::random,
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        },
+    });
+}
+
+use bindings::tokenvault::vault::{audit, keyring, storage as wit_storage};
+
+/// The component this host was built with.
+pub const COMPONENT_WASM: &[u8] = include_bytes!(env!("TOKENVAULT_COMPONENT_PATH"));
+
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Clone)]
+pub struct SandboxLimits {
+    /// Linear memory one instance may grow to.
+    pub memory_bytes: usize,
+    /// How long one call may run, wall clock, before it is interrupted. It must exceed
+    /// the HTTP timeouts, since a refresh waits on the provider.
+    pub deadline: Duration,
+    /// Instances alive at once (the pooling allocator's size).
+    pub max_instances: u32,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits {
+            memory_bytes: 64 << 20,
+            deadline: Duration::from_secs(30),
+            max_instances: 256,
+        }
+    }
+}
+
+/// What the host supplies to the component's imports.
+#[derive(Clone)]
+pub struct Services {
+    pub storage: Arc<dyn Storage>,
+    pub keyring: Arc<Keyring>,
+    pub audit: Arc<dyn AuditSink>,
+}
+
+pub(crate) struct Runtime {
+    engine: Engine,
+    pre: bindings::VaultPre<HostState>,
+    pub(crate) services: Services,
+    pub(crate) egress: Arc<EgressPolicy>,
+    pub(crate) sandbox: SandboxLimits,
+    _ticker: EpochTicker,
+}
+
+/// The data of one call's store.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: EgressHooks,
+    limits: StoreLimits,
+    services: Services,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl Runtime {
+    pub(crate) fn new(
+        services: Services,
+        egress: EgressPolicy,
+        sandbox: SandboxLimits,
+        cache_dir: Option<&Path>,
+    ) -> Result<Self> {
+        let engine = new_engine(&sandbox)?;
+        let component = load_component(&engine, COMPONENT_WASM, cache_dir)?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        let link = |e: wasmtime::Error| Error::Config(format!("cannot link the component: {e}"));
+        // Standard WASI: the component's std imports cli, filesystem and friends; the
+        // WasiCtx below grants them nothing (no env, args, preopens, stdin, sockets).
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link)?;
+        wit_storage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
+        keyring::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
+        audit::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
+        let pre = linker.instantiate_pre(&component).map_err(link)?;
+        let pre = bindings::VaultPre::new(pre).map_err(link)?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Runtime {
+            engine,
+            pre,
+            services,
+            egress: Arc::new(egress),
+            sandbox,
+            _ticker: ticker,
+        })
+    }
+
+    /// A fresh instance in a fresh store, for one call.
+    pub(crate) async fn instantiate(&self) -> Result<(Store<HostState>, bindings::Vault)> {
+        let state = HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks: EgressHooks(self.egress.clone()),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.sandbox.memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            services: self.services.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        let ticks = self
+            .sandbox
+            .deadline
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        let vault = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(sandbox_error)?;
+        Ok((store, vault))
+    }
+}
+
+/// A failure of the sandbox itself, as one call's error.
+pub(crate) fn sandbox_error(err: wasmtime::Error) -> Error {
+    let message = match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => "the call ran past its deadline and was stopped".to_owned(),
+        Some(trap) => format!("the component trapped: {trap}"),
+        None => format!("the component failed: {err}"),
+    };
+    tracing::error!(error = ?err, "component call failed; its instance was discarded");
+    Error::Sandbox(message)
+}
+
+fn new_engine(sandbox: &SandboxLimits) -> Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    let n = sandbox.max_instances;
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(4))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        .max_memory_size(sandbox.memory_bytes);
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+        .map_err(|e| Error::Config(format!("cannot create the wasmtime engine: {e}")))
+}
+
+/// Compile the component, or load it precompiled from the cache when neither it nor the
+/// engine's settings changed.
+pub(crate) fn load_component(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+) -> Result<Component> {
+    let compile = || {
+        Component::new(engine, wasm)
+            .map_err(|e| Error::Config(format!("cannot compile the component: {e}")))
+    };
+    let Some(dir) = cache_dir else {
+        return compile();
+    };
+    let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut engine_hash);
+    let path = dir.join(format!(
+        "tokenvault-{}-{:016x}.cwasm",
+        &hex::encode(Sha256::digest(wasm))[..16],
+        engine_hash.finish()
+    ));
+    if path.exists() {
+        // SAFETY: the file is one this host wrote into the operator's data directory for
+        // this exact component and engine configuration (both are in its name); one that
+        // fails to load is compiled again and replaced.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(component) => return Ok(component),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "precompiled component unusable; compiling")
+            }
+        }
+    }
+    let component = compile()?;
+    let cached = component
+        .serialize()
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| {
+            std::fs::create_dir_all(dir)?;
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &path)
+        });
+    if let Err(e) = cached {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not cache the precompiled component");
+    }
+    Ok(component)
+}
+
+/// Advances the engine's epoch, which bounds every call's run time.
+struct EpochTicker(Arc<AtomicBool>);
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("tokenvault-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn epoch thread");
+        EpochTicker(stop)
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+// ---- the custom imports -------------------------------------------------------------
+
+fn storage_error(err: storage::StorageError) -> wit_storage::StorageError {
+    match err {
+        storage::StorageError::Conflict => wit_storage::StorageError::Conflict,
+        storage::StorageError::Unavailable(why) => wit_storage::StorageError::Unavailable(why),
+    }
+}
+
+impl wit_storage::Host for HostState {
+    async fn get(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<wit_storage::Entry>, wit_storage::StorageError>> {
+        Ok(self
+            .services
+            .storage
+            .get(&key)
+            .await
+            .map(|e| {
+                e.map(|e| wit_storage::Entry {
+                    value: e.value,
+                    version: e.version,
+                })
+            })
+            .map_err(storage_error))
+    }
+
+    async fn put(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        expected: Option<u64>,
+    ) -> wasmtime::Result<Result<u64, wit_storage::StorageError>> {
+        Ok(self
+            .services
+            .storage
+            .put(&key, &value, expected)
+            .await
+            .map_err(storage_error))
+    }
+
+    async fn delete(
+        &mut self,
+        key: String,
+        expected: u64,
+    ) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
+        Ok(self
+            .services
+            .storage
+            .delete(&key, expected)
+            .await
+            .map_err(storage_error))
+    }
+
+    async fn list(
+        &mut self,
+        prefix: String,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<wit_storage::KeyPage, wit_storage::StorageError>> {
+        Ok(self
+            .services
+            .storage
+            .list(&prefix, cursor.as_deref(), limit)
+            .await
+            .map(|p| wit_storage::KeyPage {
+                keys: p.keys,
+                cursor: p.cursor,
+            })
+            .map_err(storage_error))
+    }
+}
+
+impl keyring::Host for HostState {
+    async fn active_key(&mut self) -> wasmtime::Result<Result<keyring::Key, String>> {
+        let (id, material) = self.services.keyring.active();
+        Ok(Ok(keyring::Key {
+            id: id.to_owned(),
+            material: material.to_vec(),
+        }))
+    }
+
+    async fn key_by_id(&mut self, id: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+        Ok(Ok(self.services.keyring.get(&id).map(|k| k.to_vec())))
+    }
+}
+
+impl audit::Host for HostState {
+    async fn emit(&mut self, event: audit::Event) -> wasmtime::Result<()> {
+        use audit::{Action as A, Outcome as O};
+        let action = match event.action {
+            A::TokenStore => "token-store",
+            A::TokenGet => "token-get",
+            A::TokenRefresh => "token-refresh",
+            A::TokenRemove => "token-remove",
+            A::RevokeAll => "revoke-all",
+            A::ProviderPut => "provider-put",
+            A::ProviderRemove => "provider-remove",
+        };
+        let outcome = match event.outcome {
+            O::Ok => "ok",
+            O::NotFound => "not-found",
+            O::InvalidInput => "invalid-input",
+            O::ReconnectRequired => "reconnect-required",
+            O::ProviderError => "provider-error",
+            O::Storage => "storage",
+            O::Integrity => "integrity",
+            O::EgressDenied => "egress-denied",
+        };
+        self.services.audit.record(&AuditRecord {
+            at_ms: event.at,
+            action: action.into(),
+            outcome: outcome.into(),
+            tenant: event.tenant,
+            user: event.user,
+            provider: event.provider,
+            name: event.name,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,83 @@
+//! In-process storage, for tests and throwaway runs.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{Entry, KeyPage, Storage, StorageError, StorageResult};
+
+#[derive(Default)]
+pub struct MemoryStorage {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    records: BTreeMap<String, Entry>,
+    last_version: u64,
+}
+
+#[async_trait::async_trait]
+impl Storage for MemoryStorage {
+    async fn get(&self, key: &str) -> StorageResult<Option<Entry>> {
+        Ok(self.inner.lock().unwrap().records.get(key).cloned())
+    }
+
+    async fn put(&self, key: &str, value: &[u8], expected: Option<u64>) -> StorageResult<u64> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.records.get(key).map(|e| e.version) != expected {
+            return Err(StorageError::Conflict);
+        }
+        inner.last_version += 1;
+        let version = inner.last_version;
+        inner.records.insert(
+            key.to_owned(),
+            Entry {
+                value: value.to_vec(),
+                version,
+            },
+        );
+        Ok(version)
+    }
+
+    async fn delete(&self, key: &str, expected: u64) -> StorageResult<()> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.records.get(key).map(|e| e.version) != Some(expected) {
+            return Err(StorageError::Conflict);
+        }
+        inner.records.remove(key);
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<KeyPage> {
+        let inner = self.inner.lock().unwrap();
+        let start = match cursor {
+            Some(c) => std::ops::Bound::Excluded(c.to_owned()),
+            None => std::ops::Bound::Included(prefix.to_owned()),
+        };
+        let keys: Vec<String> = inner
+            .records
+            .range((start, std::ops::Bound::Unbounded))
+            .map(|(k, _)| k)
+            .skip_while(|k| k.as_str() < prefix)
+            .take_while(|k| k.starts_with(prefix))
+            .take(limit as usize)
+            .cloned()
+            .collect();
+        let cursor = (keys.len() == limit as usize)
+            .then(|| keys.last().cloned())
+            .flatten();
+        Ok(KeyPage { keys, cursor })
+    }
+
+    fn describe(&self) -> String {
+        "memory (in-process, not persisted)".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn conformance() {
+        super::super::conformance::run(&super::MemoryStorage::default()).await;
+    }
+}

@@ -1,0 +1,245 @@
+//! The vault's values as the host API shows them. Types holding a secret redact it from
+//! `Debug`, so a stray `{:?}` in an embedder's log prints no value.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConnectionKey {
+    pub tenant: String,
+    pub user: String,
+    pub provider: String,
+    pub name: String,
+}
+
+pub const DEFAULT_CONNECTION_NAME: &str = "default";
+
+impl ConnectionKey {
+    pub fn new(
+        tenant: impl Into<String>,
+        user: impl Into<String>,
+        provider: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        ConnectionKey {
+            tenant: tenant.into(),
+            user: user.into(),
+            provider: provider.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// A usable token set, as `get` and `refresh` return it.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct TokenSet {
+    pub access_token: String,
+    pub token_type: String,
+    /// Unix seconds; absent when the token does not expire.
+    pub expires_at: Option<u64>,
+    pub scope: Option<String>,
+    pub refresh_token: Option<String>,
+}
+
+impl fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("access_token", &"<redacted>")
+            .field("token_type", &self.token_type)
+            .field("expires_at", &self.expires_at)
+            .field("scope", &self.scope)
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// A token response as a provider returns it (RFC 6749 §5.1), e.g. read from stdin.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+pub struct TokenGrant {
+    pub access_token: String,
+    /// Defaults to `Bearer` when a response omits it.
+    #[serde(default = "bearer")]
+    pub token_type: String,
+    /// Seconds; some providers send it as a string.
+    #[serde(default, deserialize_with = "number_or_string")]
+    pub expires_in: Option<u64>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+impl fmt::Debug for TokenGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenGrant")
+            .field("access_token", &"<redacted>")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+fn bearer() -> String {
+    "Bearer".into()
+}
+
+fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        N(u64),
+        S(String),
+    }
+    match Option::<Either>::deserialize(d)? {
+        None => Ok(None),
+        Some(Either::N(n)) => Ok(Some(n)),
+        Some(Either::S(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom("expires_in is not a number")),
+    }
+}
+
+impl TokenGrant {
+    /// Parse a token response. Errors name the problem and its place, never a value
+    /// (serde's own messages can quote one).
+    pub fn from_json(json: &[u8]) -> Result<Self, crate::Error> {
+        serde_json::from_slice(json).map_err(|e| {
+            let (line, column) = (e.line(), e.column());
+            let text = e.to_string();
+            let why = match e.classify() {
+                serde_json::error::Category::Data if text.starts_with("missing field") => text
+                    .split(" at line")
+                    .next()
+                    .unwrap_or("missing field")
+                    .to_owned(),
+                serde_json::error::Category::Data => {
+                    format!("a field has the wrong type (line {line}, column {column})")
+                }
+                _ => format!("not valid JSON (line {line}, column {column})"),
+            };
+            crate::Error::InvalidInput(format!("token response: {why}"))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionStatus {
+    Active,
+    ReconnectRequired,
+}
+
+/// A connection's metadata: never a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    pub provider: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<u64>,
+    pub has_refresh_token: bool,
+    pub status: ConnectionStatus,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic authentication (RFC 6749 §2.3.1), the default.
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub client_auth: ClientAuth,
+    pub revocation_url: Option<String>,
+    pub scopes: Vec<String>,
+    pub refresh_buffer_secs: Option<u32>,
+}
+
+impl fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("name", &self.name)
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_auth", &self.client_auth)
+            .field("revocation_url", &self.revocation_url)
+            .field("scopes", &self.scopes)
+            .field("refresh_buffer_secs", &self.refresh_buffer_secs)
+            .finish()
+    }
+}
+
+/// A registered provider, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderInfo {
+    pub name: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub has_client_secret: bool,
+    pub client_auth: ClientAuth,
+    pub revocation_url: Option<String>,
+    pub scopes: Vec<String>,
+    pub refresh_buffer_secs: u32,
+    pub updated_at: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_responses_parse_leniently() {
+        let g =
+            TokenGrant::from_json(br#"{"access_token":"a","expires_in":"3600","id_token":"x"}"#)
+                .unwrap();
+        assert_eq!(
+            (g.token_type.as_str(), g.expires_in),
+            ("Bearer", Some(3600))
+        );
+        let g = TokenGrant::from_json(
+            br#"{"access_token":"a","token_type":"bearer","expires_in":60,"refresh_token":"r"}"#,
+        )
+        .unwrap();
+        assert_eq!(g.expires_in, Some(60));
+    }
+
+    #[test]
+    fn parse_errors_and_debug_never_quote_values() {
+        for bad in [
+            &br#"{"access_token":"canary-at","expires_in":"canary-x"}"#[..],
+            br#"{"access_token":123,"refresh_token":"canary-rt"}"#,
+            br#"{"refresh_token":"canary-rt"}"#,
+            br#"canary-at"#,
+        ] {
+            let err = TokenGrant::from_json(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid-input: token response"), "{err}");
+            assert!(!err.contains("canary"), "{err}");
+        }
+        let g =
+            TokenGrant::from_json(br#"{"access_token":"canary-at","refresh_token":"canary-rt"}"#)
+                .unwrap();
+        assert!(!format!("{g:?}").contains("canary"));
+    }
+}

@@ -1,0 +1,283 @@
+//! The typed API embedders call. Each call runs in a fresh instance of the component.
+
+use std::sync::Arc;
+
+use crate::audit::JsonLinesAudit;
+use crate::config::Options;
+use crate::error::{Error, ProviderFailure, Result};
+use crate::http::EgressPolicy;
+use crate::keys::Keyring;
+use crate::runtime::bindings::tokenvault::vault::types as wit;
+use crate::runtime::{Runtime, SandboxLimits, Services, sandbox_error};
+use crate::types::*;
+
+#[derive(Clone)]
+pub struct Vault {
+    runtime: Arc<Runtime>,
+}
+
+impl Vault {
+    /// Open the vault an operator configured: storage, keyring and audit log from `options`.
+    pub fn open(options: &Options) -> Result<Self> {
+        std::fs::create_dir_all(&options.data_dir).map_err(|e| {
+            Error::Config(format!(
+                "cannot create data directory {}: {e}",
+                options.data_dir.display()
+            ))
+        })?;
+        let services = Services {
+            storage: options
+                .storage
+                .open()
+                .map_err(|e| Error::Storage(e.to_string()))?,
+            keyring: Arc::new(Keyring::load_or_create(&options.keyring)?),
+            audit: Arc::new(JsonLinesAudit::open(&options.audit_log)?),
+        };
+        Self::with_services(
+            services,
+            options.egress.clone(),
+            options.sandbox.clone(),
+            options.cache_dir.as_deref(),
+        )
+    }
+
+    /// Open a vault over services the embedder supplies.
+    pub fn with_services(
+        services: Services,
+        egress: EgressPolicy,
+        sandbox: SandboxLimits,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        Ok(Vault {
+            runtime: Arc::new(Runtime::new(services, egress, sandbox, cache_dir)?),
+        })
+    }
+
+    pub fn services(&self) -> &Services {
+        &self.runtime.services
+    }
+
+    pub fn egress(&self) -> &EgressPolicy {
+        &self.runtime.egress
+    }
+
+    pub fn sandbox(&self) -> &SandboxLimits {
+        &self.runtime.sandbox
+    }
+
+    // ---- tokens ---------------------------------------------------------------------
+
+    pub async fn store(&self, key: &ConnectionKey, grant: &TokenGrant) -> Result<ConnectionInfo> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        let grant = wit::TokenGrant {
+            access_token: grant.access_token.clone(),
+            token_type: grant.token_type.clone(),
+            expires_in: grant.expires_in,
+            refresh_token: grant.refresh_token.clone(),
+            scope: grant.scope.clone(),
+        };
+        finish(
+            vault
+                .tokenvault_vault_tokens()
+                .call_store(&mut store, &key.into(), &grant)
+                .await,
+        )
+    }
+
+    /// A token fresh enough to use, refreshed first when it is about to expire.
+    pub async fn get(&self, key: &ConnectionKey) -> Result<TokenSet> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        finish(
+            vault
+                .tokenvault_vault_tokens()
+                .call_get(&mut store, &key.into())
+                .await,
+        )
+    }
+
+    pub async fn refresh(&self, key: &ConnectionKey) -> Result<TokenSet> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        finish(
+            vault
+                .tokenvault_vault_tokens()
+                .call_refresh(&mut store, &key.into())
+                .await,
+        )
+    }
+
+    pub async fn remove(&self, key: &ConnectionKey) -> Result<()> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        finish(
+            vault
+                .tokenvault_vault_tokens()
+                .call_remove(&mut store, &key.into())
+                .await,
+        )
+    }
+
+    pub async fn list(&self, tenant: &str, user: &str) -> Result<Vec<ConnectionInfo>> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        finish::<Vec<wit::ConnectionInfo>, Vec<wit::ConnectionInfo>>(
+            vault
+                .tokenvault_vault_tokens()
+                .call_list(&mut store, tenant, user)
+                .await,
+        )
+        .map(|infos| infos.into_iter().map(Into::into).collect())
+    }
+
+    /// Remove every connection of a user; returns how many were removed.
+    pub async fn revoke_all(&self, tenant: &str, user: &str) -> Result<u32> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        finish(
+            vault
+                .tokenvault_vault_tokens()
+                .call_revoke_all(&mut store, tenant, user)
+                .await,
+        )
+    }
+
+    // ---- providers ------------------------------------------------------------------
+
+    pub async fn put_provider(&self, config: &ProviderConfig) -> Result<ProviderInfo> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        let config = wit::ProviderConfig {
+            name: config.name.clone(),
+            token_url: config.token_url.clone(),
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+            client_auth: match config.client_auth {
+                ClientAuth::ClientSecretBasic => wit::ClientAuth::ClientSecretBasic,
+                ClientAuth::ClientSecretPost => wit::ClientAuth::ClientSecretPost,
+            },
+            revocation_url: config.revocation_url.clone(),
+            scopes: config.scopes.clone(),
+            refresh_buffer_secs: config.refresh_buffer_secs,
+        };
+        finish(
+            vault
+                .tokenvault_vault_providers()
+                .call_put(&mut store, &config)
+                .await,
+        )
+    }
+
+    pub async fn provider(&self, name: &str) -> Result<ProviderInfo> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        finish(
+            vault
+                .tokenvault_vault_providers()
+                .call_get(&mut store, name)
+                .await,
+        )
+    }
+
+    pub async fn providers(&self) -> Result<Vec<ProviderInfo>> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        finish::<Vec<wit::ProviderInfo>, Vec<wit::ProviderInfo>>(
+            vault
+                .tokenvault_vault_providers()
+                .call_list(&mut store)
+                .await,
+        )
+        .map(|infos| infos.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn remove_provider(&self, name: &str) -> Result<()> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        finish(
+            vault
+                .tokenvault_vault_providers()
+                .call_remove(&mut store, name)
+                .await,
+        )
+    }
+}
+
+/// One call's outcome: the component's answer, or the sandbox's failure.
+fn finish<T, U: From<T>>(result: wasmtime::Result<Result<T, wit::Error>>) -> Result<U> {
+    match result {
+        Ok(Ok(value)) => Ok(value.into()),
+        Ok(Err(err)) => Err(err.into()),
+        Err(trap) => Err(sandbox_error(trap)),
+    }
+}
+
+// ---- conversions ------------------------------------------------------------------
+
+impl From<&ConnectionKey> for wit::ConnectionKey {
+    fn from(k: &ConnectionKey) -> Self {
+        wit::ConnectionKey {
+            tenant: k.tenant.clone(),
+            user: k.user.clone(),
+            provider: k.provider.clone(),
+            name: k.name.clone(),
+        }
+    }
+}
+
+impl From<wit::TokenSet> for TokenSet {
+    fn from(t: wit::TokenSet) -> Self {
+        TokenSet {
+            access_token: t.access_token,
+            token_type: t.token_type,
+            expires_at: t.expires_at,
+            scope: t.scope,
+            refresh_token: t.refresh_token,
+        }
+    }
+}
+
+impl From<wit::ConnectionInfo> for ConnectionInfo {
+    fn from(i: wit::ConnectionInfo) -> Self {
+        ConnectionInfo {
+            provider: i.provider,
+            name: i.name,
+            scopes: i.scopes,
+            expires_at: i.expires_at,
+            has_refresh_token: i.has_refresh_token,
+            status: match i.status {
+                wit::ConnectionStatus::Active => ConnectionStatus::Active,
+                wit::ConnectionStatus::ReconnectRequired => ConnectionStatus::ReconnectRequired,
+            },
+            updated_at: i.updated_at,
+        }
+    }
+}
+
+impl From<wit::ProviderInfo> for ProviderInfo {
+    fn from(p: wit::ProviderInfo) -> Self {
+        ProviderInfo {
+            name: p.name,
+            token_url: p.token_url,
+            client_id: p.client_id,
+            has_client_secret: p.has_client_secret,
+            client_auth: match p.client_auth {
+                wit::ClientAuth::ClientSecretBasic => ClientAuth::ClientSecretBasic,
+                wit::ClientAuth::ClientSecretPost => ClientAuth::ClientSecretPost,
+            },
+            revocation_url: p.revocation_url,
+            scopes: p.scopes,
+            refresh_buffer_secs: p.refresh_buffer_secs,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+impl From<wit::Error> for Error {
+    fn from(e: wit::Error) -> Self {
+        match e {
+            wit::Error::NotFound(m) => Error::NotFound(m),
+            wit::Error::InvalidInput(m) => Error::InvalidInput(m),
+            wit::Error::ReconnectRequired(m) => Error::ReconnectRequired(m),
+            wit::Error::ProviderError(f) => Error::Provider(ProviderFailure {
+                status: f.status,
+                code: f.code,
+                message: f.message,
+            }),
+            wit::Error::Storage(m) => Error::Storage(m),
+            wit::Error::Integrity(m) => Error::Integrity(m),
+            wit::Error::EgressDenied(m) => Error::EgressDenied(m),
+        }
+    }
+}
