@@ -1,0 +1,195 @@
+// A real OAuth 2.0 / OpenID provider (oidc-provider) on 127.0.0.1 for tokenvault's tests.
+//
+// Started by the test harness (tests/src/lib.rs); prints one JSON line {issuer, port}
+// when ready and exits when its stdin closes. Besides the provider's own endpoints it
+// serves a few test controls under /__test/:
+//   POST /__test/grant   {client_id}            run a real authorization-code + PKCE flow
+//                                               (login and consent answered automatically)
+//                                               and return the token endpoint's response
+//   POST /__test/fault   {status, body, content_type, delay_ms, reset, count}
+//                                               the next `count` token requests get this
+//   GET  /__test/stats                          counts of refresh-token grants by outcome
+//
+// Environment: ACCESS_TTL (seconds, default 4), BASIC_SECRET, POST_SECRET.
+
+import http from 'node:http';
+import { createHash, randomBytes } from 'node:crypto';
+import Provider from 'oidc-provider';
+
+const ACCESS_TTL = Number(process.env.ACCESS_TTL ?? 4);
+const REDIRECT_URI = 'http://127.0.0.1/callback';
+const ACCOUNT = 'test-user';
+
+const server = http.createServer();
+await new Promise((resolve) => server.listen(Number(process.env.PORT ?? 0), '127.0.0.1', resolve));
+const { port } = server.address();
+const issuer = `http://127.0.0.1:${port}`;
+
+const clients = [
+  ['vault-basic', process.env.BASIC_SECRET ?? 'basic-secret', 'client_secret_basic'],
+  ['vault-post', process.env.POST_SECRET ?? 'post-secret', 'client_secret_post'],
+].map(([client_id, client_secret, token_endpoint_auth_method]) => ({
+  client_id,
+  client_secret,
+  token_endpoint_auth_method,
+  grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+  response_types: ['code'],
+  redirect_uris: [REDIRECT_URI],
+}));
+
+const provider = new Provider(issuer, {
+  clients,
+  features: {
+    devInteractions: { enabled: false },
+    revocation: { enabled: true },
+    introspection: { enabled: true },
+    clientCredentials: { enabled: true },
+  },
+  interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+  findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+  // Every refresh rotates the refresh token, as Slack and GitHub Apps do; reuse of a
+  // rotated token is refused (invalid_grant) and revokes the grant (RFC 9700).
+  rotateRefreshToken: true,
+  ttl: { AccessToken: ACCESS_TTL, RefreshToken: 24 * 3600, Grant: 24 * 3600, Session: 3600, Interaction: 600, AuthorizationCode: 60, ClientCredentials: ACCESS_TTL },
+});
+
+const stats = { refresh_ok: 0, refresh_error: 0, invalid_grant: 0 };
+provider.on('grant.success', (ctx) => {
+  if (ctx.oidc.params?.grant_type === 'refresh_token') stats.refresh_ok += 1;
+});
+provider.on('grant.error', (ctx, err) => {
+  if (ctx.oidc?.params?.grant_type === 'refresh_token') {
+    stats.refresh_error += 1;
+    if (err.error === 'invalid_grant') stats.invalid_grant += 1;
+  }
+});
+
+const faults = [];
+
+// Test controls and fault injection, ahead of the provider's own routes.
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/__test/stats') {
+    ctx.body = stats;
+    return;
+  }
+  if (ctx.path === '/__test/fault' && ctx.method === 'POST') {
+    const fault = await readJson(ctx.req);
+    for (let i = 0; i < (fault.count ?? 1); i += 1) faults.push(fault);
+    ctx.body = { queued: faults.length };
+    return;
+  }
+  if (ctx.path === '/__test/grant' && ctx.method === 'POST') {
+    const { client_id: clientId } = await readJson(ctx.req);
+    ctx.body = await codeFlow(clients.find((c) => c.client_id === clientId));
+    return;
+  }
+  if (ctx.path === '/token' && ctx.method === 'POST' && faults.length > 0) {
+    const fault = faults.shift();
+    if (fault.delay_ms) await new Promise((r) => setTimeout(r, fault.delay_ms));
+    if (fault.reset) {
+      ctx.req.socket.destroy();
+      ctx.respond = false;
+      return;
+    }
+    if (fault.status) {
+      ctx.status = fault.status;
+      ctx.type = fault.content_type ?? 'text/plain';
+      ctx.body = fault.body ?? '';
+      return;
+    }
+  }
+  // Login and consent, answered at once for the test account.
+  if (ctx.method === 'GET' && ctx.path.startsWith('/interaction/')) {
+    const details = await provider.interactionDetails(ctx.req, ctx.res);
+    const { prompt, params, session } = details;
+    let result;
+    if (prompt.name === 'login') {
+      result = { login: { accountId: ACCOUNT } };
+    } else {
+      const grant = details.grantId
+        ? await provider.Grant.find(details.grantId)
+        : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+      const missing = prompt.details;
+      if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+      if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+      for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+        grant.addResourceScope(indicator, scopes.join(' '));
+      }
+      result = { consent: { grantId: await grant.save() } };
+    }
+    const to = await provider.interactionResult(ctx.req, ctx.res, result, { mergeWithLastSubmission: false });
+    ctx.status = 303;
+    ctx.redirect(to);
+    return;
+  }
+  await next();
+});
+
+server.on('request', provider.callback());
+
+async function readJson(req) {
+  let text = '';
+  for await (const chunk of req) text += chunk;
+  return text ? JSON.parse(text) : {};
+}
+
+const base64url = (buf) => buf.toString('base64url');
+
+// A complete authorization-code flow with PKCE against this provider, as a browser and
+// a client would run it.
+async function codeFlow(client) {
+  if (!client) throw new Error('unknown client');
+  const cookies = new Map();
+  const get = async (url) => {
+    const res = await fetch(url, {
+      redirect: 'manual',
+      headers: { cookie: [...cookies].map(([k, v]) => `${k}=${v}`).join('; ') },
+    });
+    for (const cookie of res.headers.getSetCookie()) {
+      const pair = cookie.split(';')[0];
+      const eq = pair.indexOf('=');
+      cookies.set(pair.slice(0, eq), pair.slice(eq + 1));
+    }
+    return res;
+  };
+  const verifier = base64url(randomBytes(32));
+  const challenge = base64url(createHash('sha256').update(verifier).digest());
+  let url = `${issuer}/auth?${new URLSearchParams({
+    client_id: client.client_id,
+    response_type: 'code',
+    redirect_uri: REDIRECT_URI,
+    scope: 'openid offline_access',
+    prompt: 'consent',
+    state: base64url(randomBytes(8)),
+    code_challenge: challenge,
+    code_challenge_method: 'S256',
+  })}`;
+  let code;
+  for (let hop = 0; hop < 10 && !code; hop += 1) {
+    const res = await get(url);
+    const location = res.headers.get('location');
+    if (!location) throw new Error(`authorization stopped at ${new URL(url).pathname} with HTTP ${res.status}`);
+    const next = new URL(location, issuer);
+    if (next.href.startsWith(REDIRECT_URI)) code = next.searchParams.get('code');
+    else url = next.href;
+  }
+  if (!code) throw new Error('authorization did not return a code');
+
+  const form = new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: REDIRECT_URI, code_verifier: verifier });
+  const headers = { 'content-type': 'application/x-www-form-urlencoded' };
+  if (client.token_endpoint_auth_method === 'client_secret_basic') {
+    headers.authorization = `Basic ${Buffer.from(`${client.client_id}:${client.client_secret}`).toString('base64')}`;
+  } else {
+    form.set('client_id', client.client_id);
+    form.set('client_secret', client.client_secret);
+  }
+  const res = await fetch(`${issuer}/token`, { method: 'POST', headers, body: form });
+  const body = await res.json();
+  if (!res.ok) throw new Error(`code exchange failed: ${body.error}`);
+  return body;
+}
+
+process.stdout.write(`${JSON.stringify({ issuer, port })}\n`);
+process.stdin.on('end', () => process.exit(0));
+process.stdin.on('close', () => process.exit(0));
+process.stdin.resume();

@@ -1,0 +1,323 @@
+//! The end-to-end harness: a real OAuth server (oidc-provider on 127.0.0.1), the
+//! `tokenvault` binary, and helpers to drive both.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+/// The folder holding the oauth server's package.json and server.mjs.
+fn oauth_server_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("oauth-server")
+}
+
+/// Install the server's npm packages (pinned by package-lock.json) if they are missing.
+/// Test binaries run in parallel, so the install runs under a file lock.
+fn ensure_npm_packages() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let dir = oauth_server_dir();
+        let lock = std::fs::File::create(dir.join(".install.lock")).expect("create install lock");
+        lock.lock().expect("take install lock");
+        if !dir.join("node_modules/oidc-provider/package.json").exists() {
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir)
+                .status()
+                .expect("run npm (Node.js 20+ and npm are needed for the OAuth test server)");
+            assert!(status.success(), "npm ci in {} failed", dir.display());
+        }
+    });
+}
+
+/// A random value, e.g. a client secret that doubles as a canary.
+pub fn random_value(prefix: &str) -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).unwrap();
+    format!(
+        "{prefix}{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// oidc-provider on 127.0.0.1 with refresh-token rotation and short-lived access tokens.
+/// Stops when dropped.
+pub struct OAuthServer {
+    child: Child,
+    pub issuer: String,
+    pub port: u16,
+    /// Secret of client `vault-basic` (client_secret_basic).
+    pub basic_secret: String,
+    /// Secret of client `vault-post` (client_secret_post).
+    pub post_secret: String,
+    agent: ureq::Agent,
+}
+
+impl OAuthServer {
+    /// Start a server whose access tokens live `access_ttl_secs`.
+    pub fn start(access_ttl_secs: u32) -> Self {
+        ensure_npm_packages();
+        let basic_secret = random_value("basic-secret-");
+        let post_secret = random_value("post-secret-");
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .current_dir(oauth_server_dir())
+            .env("ACCESS_TTL", access_ttl_secs.to_string())
+            .env("BASIC_SECRET", &basic_secret)
+            .env("POST_SECRET", &post_secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start node (Node.js 20+ is needed for the OAuth test server)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read the server's ready line");
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("OAuth server did not start: {line:?}"));
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        OAuthServer {
+            child,
+            issuer: ready["issuer"].as_str().unwrap().to_owned(),
+            port: ready["port"].as_u64().unwrap() as u16,
+            basic_secret,
+            post_secret,
+            agent,
+        }
+    }
+
+    /// The origin to allow (`--allow-outbound`).
+    pub fn origin(&self) -> String {
+        self.issuer.clone()
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.issuer)
+    }
+
+    /// Tokens from a real authorization-code + PKCE flow for `client_id`.
+    pub fn grant(&self, client_id: &str) -> Value {
+        self.post_json("/__test/grant", json!({ "client_id": client_id }))
+    }
+
+    /// Make the next token request(s) fail: {status, body, content_type, delay_ms, reset, count}.
+    pub fn fault(&self, fault: Value) {
+        self.post_json("/__test/fault", fault);
+    }
+
+    /// Refresh-token grants the server saw: (succeeded, failed, of which invalid_grant).
+    pub fn refresh_stats(&self) -> (u64, u64, u64) {
+        let stats: Value = self
+            .agent
+            .get(format!("{}/__test/stats", self.issuer))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        let n = |k: &str| stats[k].as_u64().unwrap();
+        (n("refresh_ok"), n("refresh_error"), n("invalid_grant"))
+    }
+
+    /// A refresh grant sent straight to the token endpoint as `client_id`, bypassing the vault.
+    pub fn raw_refresh(&self, client_id: &str, refresh_token: &str) -> (u16, Value) {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ];
+        let request = self.agent.post(self.token_url());
+        let mut response = match client_id {
+            "vault-basic" => {
+                let credentials = format!("{client_id}:{}", self.basic_secret);
+                let basic = base64::engine::general_purpose::STANDARD.encode(credentials);
+                request
+                    .header("authorization", format!("Basic {basic}"))
+                    .send_form(form)
+            }
+            _ => request.send_form([
+                form[0],
+                form[1],
+                ("client_id", client_id),
+                ("client_secret", self.post_secret.as_str()),
+            ]),
+        }
+        .unwrap();
+        (
+            response.status().as_u16(),
+            response.body_mut().read_json().unwrap_or(Value::Null),
+        )
+    }
+
+    fn post_json(&self, path: &str, body: Value) -> Value {
+        let mut response = self
+            .agent
+            .post(format!("{}{path}", self.issuer))
+            .send_json(body)
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path} answered {}",
+            response.status()
+        );
+        response.body_mut().read_json().unwrap()
+    }
+}
+
+impl Drop for OAuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `tokenvault` binary cargo built next to this test (cargo builds the host's
+/// binary for its own integration tests, which `cargo test --workspace` includes).
+pub fn tokenvault_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join(format!("tokenvault{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p tokenvault`",
+        bin.display()
+    );
+    bin
+}
+
+/// One run of the CLI.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        assert_eq!(self.code, 0, "command failed: {}", self.stderr);
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+
+    /// The error's kind: the first word of the one stderr line.
+    pub fn error_kind(&self) -> String {
+        assert_ne!(self.code, 0, "command succeeded: {}", self.stdout);
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        let last = lines
+            .last()
+            .unwrap_or_else(|| panic!("no error line on stderr"));
+        last.split(':').next().unwrap().to_owned()
+    }
+}
+
+/// The CLI with its own data directory.
+pub struct Tokenvault {
+    pub data_dir: tempfile::TempDir,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Every run so far, for scans.
+    pub runs: std::cell::RefCell<Vec<(Vec<String>, Run)>>,
+}
+
+impl Tokenvault {
+    pub fn new(allowed: &[&str]) -> Self {
+        let mut args = Vec::new();
+        for origin in allowed {
+            args.push("--allow-outbound".to_owned());
+            args.push((*origin).to_owned());
+        }
+        Tokenvault {
+            data_dir: tempfile::tempdir().unwrap(),
+            args,
+            env: Vec::new(),
+            runs: Default::default(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        let mut child = Command::new(tokenvault_bin())
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(&self.args)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("TOKENVAULT_DATA_DIR")
+            .env_remove("TOKENVAULT_STORAGE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tokenvault");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        let output = child.wait_with_output().unwrap();
+        let run = Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        self.runs
+            .borrow_mut()
+            .push((args.iter().map(|s| s.to_string()).collect(), run.clone()));
+        run
+    }
+}
+
+/// A vault opened in-process over a fresh data directory, allowed to reach `allowed`.
+pub fn open_vault(data_dir: &Path, allowed: &[&str]) -> tokenvault::Vault {
+    let mut options = tokenvault::Options::from_data_dir(data_dir).unwrap();
+    options
+        .allow_outbound(&allowed.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .unwrap();
+    tokenvault::Vault::open(&options).unwrap()
+}
+
+/// A provider registration for one of the server's clients.
+pub fn provider_config(
+    server: &OAuthServer,
+    name: &str,
+    client_id: &str,
+) -> tokenvault::ProviderConfig {
+    let (secret, auth) = match client_id {
+        "vault-basic" => (
+            &server.basic_secret,
+            tokenvault::ClientAuth::ClientSecretBasic,
+        ),
+        _ => (
+            &server.post_secret,
+            tokenvault::ClientAuth::ClientSecretPost,
+        ),
+    };
+    tokenvault::ProviderConfig {
+        name: name.into(),
+        token_url: server.token_url(),
+        client_id: client_id.into(),
+        client_secret: Some(secret.clone()),
+        client_auth: auth,
+        revocation_url: None,
+        scopes: vec![],
+        refresh_buffer_secs: None,
+    }
+}
+
+/// A token response JSON as the grant gave it, parsed for `store`.
+pub fn grant_of(response: &Value) -> tokenvault::TokenGrant {
+    tokenvault::TokenGrant::from_json(response.to_string().as_bytes()).unwrap()
+}
