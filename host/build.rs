@@ -8,19 +8,13 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_owned();
     for watched in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock"] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            workspace.join(watched).display()
-        );
+        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=TOKENVAULT_GUEST_WASM");
 
     // A prebuilt component may be supplied instead (e.g. by packagers).
     if let Some(prebuilt) = std::env::var_os("TOKENVAULT_GUEST_WASM") {
-        println!(
-            "cargo:rustc-env=TOKENVAULT_COMPONENT_PATH={}",
-            PathBuf::from(prebuilt).display()
-        );
+        println!("cargo:rustc-env=TOKENVAULT_COMPONENT_PATH={}", PathBuf::from(prebuilt).display());
         return;
     }
 
@@ -34,15 +28,7 @@ fn main() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&workspace)
-        .args([
-            "build",
-            "--package",
-            "tokenvault-guest",
-            "--target",
-            "wasm32-wasip2",
-            "--profile",
-            "guest",
-        ])
+        .args(["build", "--package", "tokenvault-guest", "--target", "wasm32-wasip2", "--profile", "guest"])
         .arg("--target-dir")
         .arg(&target_dir);
     // What the outer build set for the host must not leak into the guest's build.
@@ -56,9 +42,7 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd
-        .status()
-        .expect("run cargo to build the guest component");
+    let status = cmd.status().expect("run cargo to build the guest component");
     if !status.success() {
         panic!(
             "building the guest component failed; is the wasm32-wasip2 target installed? (rustup target add wasm32-wasip2)"
@@ -66,37 +50,22 @@ fn main() {
     }
     let wasm = target_dir.join("wasm32-wasip2/guest/tokenvault_guest.wasm");
     assert!(wasm.exists(), "guest build produced no {}", wasm.display());
-    println!(
-        "cargo:rustc-env=TOKENVAULT_COMPONENT_PATH={}",
-        wasm.display()
-    );
+    println!("cargo:rustc-env=TOKENVAULT_COMPONENT_PATH={}", wasm.display());
 }
 
 /// A fresh machine lacks the wasm32-wasip2 standard library, and rustup does not fetch a
 /// target by itself; add it once, as `rustup target add` would.
 fn ensure_wasm_target() {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let sysroot = Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success());
+    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output().ok().filter(|o| o.status.success());
     let installed = sysroot
-        .map(|o| {
-            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
-                .join("lib/rustlib/wasm32-wasip2")
-                .exists()
-        })
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/wasm32-wasip2").exists())
         .unwrap_or(false);
     if !installed {
         println!("cargo:warning=installing the wasm32-wasip2 target with rustup");
-        let added = Command::new("rustup")
-            .args(["target", "add", "wasm32-wasip2"])
-            .status();
+        let added = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
         if !matches!(added, Ok(s) if s.success()) {
-            println!(
-                "cargo:warning=`rustup target add wasm32-wasip2` failed; install the target by hand"
-            );
+            println!("cargo:warning=`rustup target add wasm32-wasip2` failed; install the target by hand");
         }
     }
 }

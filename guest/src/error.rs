@@ -45,16 +45,8 @@ pub enum VaultError {
 }
 
 impl VaultError {
-    pub(crate) fn provider(
-        status: Option<u16>,
-        code: Option<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        VaultError::Provider(ProviderFailure {
-            status,
-            code,
-            message: message.into(),
-        })
+    pub(crate) fn provider(status: Option<u16>, code: Option<String>, message: impl Into<String>) -> Self {
+        VaultError::Provider(ProviderFailure { status, code, message: message.into() })
     }
 }
 

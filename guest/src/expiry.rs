@@ -68,10 +68,7 @@ mod tests {
         for now in obtained..exp + 10 {
             for buffer in [0, 1, 60, 299, 300, 301, u32::MAX] {
                 if refresh_due(now, obtained, Some(exp), buffer) {
-                    assert!(
-                        could_be_due(now, obtained, Some(exp)),
-                        "now={now} buffer={buffer}"
-                    );
+                    assert!(could_be_due(now, obtained, Some(exp)), "now={now} buffer={buffer}");
                 }
             }
         }

@@ -15,12 +15,7 @@ pub struct ConnectionKey {
 
 impl ConnectionKey {
     pub fn new(tenant: &str, user: &str, provider: &str, name: &str) -> Self {
-        Self {
-            tenant: tenant.into(),
-            user: user.into(),
-            provider: provider.into(),
-            name: name.into(),
-        }
+        Self { tenant: tenant.into(), user: user.into(), provider: provider.into(), name: name.into() }
     }
 }
 

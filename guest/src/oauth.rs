@@ -5,13 +5,8 @@
 
 use std::cell::Cell;
 
-use oauth2::basic::{
-    BasicClient, BasicErrorResponseType, BasicRequestTokenError, BasicTokenResponse,
-};
-use oauth2::{
-    AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RefreshToken, TokenResponse,
-    TokenUrl,
-};
+use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicRequestTokenError, BasicTokenResponse};
+use oauth2::{AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RefreshToken, TokenResponse, TokenUrl};
 
 use crate::error::{Result, VaultError};
 use crate::model::{ClientAuth, TokenGrant};
@@ -53,11 +48,7 @@ pub fn refresh(
 fn grant_from_response(response: &BasicTokenResponse) -> Result<TokenGrant> {
     let access_token = response.access_token().secret();
     if access_token.is_empty() {
-        return Err(VaultError::provider(
-            Some(200),
-            None,
-            "token endpoint returned an empty access_token",
-        ));
+        return Err(VaultError::provider(Some(200), None, "token endpoint returned an empty access_token"));
     }
     let token_type = match response.token_type().as_ref() {
         "bearer" => "Bearer".to_owned(),
@@ -67,17 +58,8 @@ fn grant_from_response(response: &BasicTokenResponse) -> Result<TokenGrant> {
         access_token: access_token.clone(),
         token_type,
         expires_in: response.expires_in().map(|d| d.as_secs()),
-        refresh_token: response
-            .refresh_token()
-            .map(|t| t.secret().clone())
-            .filter(|t| !t.is_empty()),
-        scope: response.scopes().map(|scopes| {
-            scopes
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        }),
+        refresh_token: response.refresh_token().map(|t| t.secret().clone()).filter(|t| !t.is_empty()),
+        scope: response.scopes().map(|scopes| scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
     })
 }
 
@@ -87,41 +69,29 @@ fn classify(err: BasicRequestTokenError<HttpError>, status: Option<u16>) -> Vaul
         E::ServerResponse(response) => {
             let code = response.error().as_ref().to_owned();
             if *response.error() == BasicErrorResponseType::InvalidGrant {
-                VaultError::ReconnectRequired(
-                    "the provider rejected the refresh token (invalid_grant)".into(),
-                )
+                VaultError::ReconnectRequired("the provider rejected the refresh token (invalid_grant)".into())
             } else {
                 VaultError::provider(status, Some(code), "token endpoint refused the request")
             }
         }
-        E::Request(HttpError::Denied) => VaultError::EgressDenied(
-            "the host does not allow requests to this provider's token URL".into(),
-        ),
-        E::Request(HttpError::Timeout) => {
-            VaultError::provider(None, None, "token endpoint timed out")
+        E::Request(HttpError::Denied) => {
+            VaultError::EgressDenied("the host does not allow requests to this provider's token URL".into())
         }
-        E::Request(HttpError::Failed(why)) => VaultError::provider(
-            None,
-            None,
-            format!("request to token endpoint failed: {why}"),
-        ),
+        E::Request(HttpError::Timeout) => VaultError::provider(None, None, "token endpoint timed out"),
+        E::Request(HttpError::Failed(why)) => {
+            VaultError::provider(None, None, format!("request to token endpoint failed: {why}"))
+        }
         // The parse error's own text can quote the body; name only where it failed.
         E::Parse(parse, _body) => {
             let what = match status {
-                Some(200) | None => format!(
-                    "token endpoint returned an invalid token response (at `{}`)",
-                    parse.path()
-                ),
-                Some(_) => "token endpoint returned an error that is not an OAuth error response"
-                    .to_owned(),
+                Some(200) | None => {
+                    format!("token endpoint returned an invalid token response (at `{}`)", parse.path())
+                }
+                Some(_) => "token endpoint returned an error that is not an OAuth error response".to_owned(),
             };
             VaultError::provider(status, None, what)
         }
-        E::Other(why) => VaultError::provider(
-            status,
-            None,
-            format!("token endpoint response rejected: {why}"),
-        ),
+        E::Other(why) => VaultError::provider(status, None, format!("token endpoint response rejected: {why}")),
     }
 }
 
@@ -164,10 +134,7 @@ mod tests {
     #[test]
     fn parses_a_rotating_response() {
         let body = r#"{"access_token":"at-new","token_type":"bearer","expires_in":3600,"refresh_token":"rt-new","scope":"read write"}"#;
-        let (grant, request) = run(
-            ClientAuth::ClientSecretBasic,
-            respond(200, "application/json", body),
-        );
+        let (grant, request) = run(ClientAuth::ClientSecretBasic, respond(200, "application/json", body));
         let grant = grant.unwrap();
         assert_eq!(grant.access_token, "at-new");
         assert_eq!(grant.token_type, "Bearer");
@@ -177,20 +144,14 @@ mod tests {
 
         let form = String::from_utf8(request.body().clone()).unwrap();
         assert!(form.contains("grant_type=refresh_token") && form.contains("refresh_token=rt-old"));
-        assert!(
-            request.headers().contains_key("authorization"),
-            "basic auth header missing"
-        );
+        assert!(request.headers().contains_key("authorization"), "basic auth header missing");
         assert!(!form.contains("client_secret"));
     }
 
     #[test]
     fn client_secret_post_sends_the_secret_in_the_body() {
         let body = r#"{"access_token":"a","token_type":"Bearer"}"#;
-        let (grant, request) = run(
-            ClientAuth::ClientSecretPost,
-            respond(200, "application/json", body),
-        );
+        let (grant, request) = run(ClientAuth::ClientSecretPost, respond(200, "application/json", body));
         let grant = grant.unwrap();
         assert_eq!(grant.expires_in, None);
         assert_eq!(grant.refresh_token, None);
@@ -201,19 +162,15 @@ mod tests {
 
     #[test]
     fn invalid_grant_means_reconnect() {
-        let (result, _) = run(
-            ClientAuth::ClientSecretBasic,
-            respond(400, "application/json", r#"{"error":"invalid_grant"}"#),
-        );
+        let (result, _) =
+            run(ClientAuth::ClientSecretBasic, respond(400, "application/json", r#"{"error":"invalid_grant"}"#));
         assert!(matches!(result, Err(VaultError::ReconnectRequired(_))));
     }
 
     #[test]
     fn other_oauth_errors_keep_status_and_code() {
-        let (result, _) = run(
-            ClientAuth::ClientSecretBasic,
-            respond(401, "application/json", r#"{"error":"invalid_client"}"#),
-        );
+        let (result, _) =
+            run(ClientAuth::ClientSecretBasic, respond(401, "application/json", r#"{"error":"invalid_client"}"#));
         match result {
             Err(VaultError::Provider(f)) => {
                 assert_eq!(f.status, Some(401));
@@ -227,16 +184,8 @@ mod tests {
     fn bodies_never_reach_error_messages() {
         let echoing = [
             respond(500, "text/html", "<h1>boom rt-old s3cret</h1>"),
-            respond(
-                200,
-                "application/json",
-                r#"{"access_token":123,"token_type":"rt-old"}"#,
-            ),
-            respond(
-                200,
-                "application/json",
-                r#"{"token_type":"bearer","refresh_token":"rt-old"}"#,
-            ),
+            respond(200, "application/json", r#"{"access_token":123,"token_type":"rt-old"}"#),
+            respond(200, "application/json", r#"{"token_type":"bearer","refresh_token":"rt-old"}"#),
             respond(200, "application/json", "not json rt-old"),
         ];
         for reply in echoing {
@@ -244,22 +193,15 @@ mod tests {
             let err = result.err().expect("must fail");
             assert!(matches!(err, VaultError::Provider(_)), "{err}");
             let text = err.to_string();
-            assert!(
-                !text.contains("rt-old") && !text.contains("s3cret") && !text.contains("boom"),
-                "{text}"
-            );
+            assert!(!text.contains("rt-old") && !text.contains("s3cret") && !text.contains("boom"), "{text}");
         }
     }
 
     #[test]
     fn http_failures_map_to_kinds() {
-        let denied = refresh(&provider(ClientAuth::ClientSecretBasic), "rt", &|_| {
-            Err(HttpError::Denied)
-        });
+        let denied = refresh(&provider(ClientAuth::ClientSecretBasic), "rt", &|_| Err(HttpError::Denied));
         assert!(matches!(denied, Err(VaultError::EgressDenied(_))));
-        let timeout = refresh(&provider(ClientAuth::ClientSecretBasic), "rt", &|_| {
-            Err(HttpError::Timeout)
-        });
+        let timeout = refresh(&provider(ClientAuth::ClientSecretBasic), "rt", &|_| Err(HttpError::Timeout));
         assert!(matches!(timeout, Err(VaultError::Provider(_))));
     }
 }

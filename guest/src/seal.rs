@@ -17,13 +17,7 @@ const KEY_LEN: usize = 32;
 /// Where a record belongs: its kind and identifying fields, in order.
 pub type Context<'a> = [&'a str];
 
-pub fn seal(
-    key_id: &str,
-    key: &[u8],
-    context: &Context,
-    plaintext: &[u8],
-    nonce: [u8; NONCE_LEN],
-) -> Result<Vec<u8>> {
+pub fn seal(key_id: &str, key: &[u8], context: &Context, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Result<Vec<u8>> {
     let id_len = u8::try_from(key_id.len())
         .ok()
         .filter(|len| *len > 0)
@@ -31,13 +25,7 @@ pub fn seal(
     let cipher = cipher(key, key_id)?;
     let aad = associated_data(context, key_id);
     let ciphertext = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad: &aad,
-            },
-        )
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
         .map_err(|_| VaultError::Integrity("sealing failed".into()))?;
 
     let mut out = Vec::with_capacity(2 + key_id.len() + NONCE_LEN + ciphertext.len());
@@ -58,40 +46,26 @@ pub fn open(envelope: &[u8], key: &[u8], context: &Context) -> Result<Vec<u8>> {
     let (key_id, nonce, ciphertext) = parse(envelope)?;
     let cipher = cipher(key, key_id)?;
     let aad = associated_data(context, key_id);
-    cipher
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: ciphertext,
-                aad: &aad,
-            },
-        )
-        .map_err(|_| {
-            VaultError::Integrity(format!(
-                "{} record failed to open: altered, moved or sealed with another key",
-                context[0]
-            ))
-        })
+    cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad }).map_err(|_| {
+        VaultError::Integrity(format!(
+            "{} record failed to open: altered, moved or sealed with another key",
+            context[0]
+        ))
+    })
 }
 
 fn cipher(key: &[u8], key_id: &str) -> Result<Aes256GcmSiv> {
     if key.len() != KEY_LEN {
-        return Err(VaultError::Integrity(format!(
-            "key {key_id:?} is {} bytes, expected {KEY_LEN}",
-            key.len()
-        )));
+        return Err(VaultError::Integrity(format!("key {key_id:?} is {} bytes, expected {KEY_LEN}", key.len())));
     }
-    Aes256GcmSiv::new_from_slice(key)
-        .map_err(|_| VaultError::Integrity(format!("key {key_id:?} is unusable")))
+    Aes256GcmSiv::new_from_slice(key).map_err(|_| VaultError::Integrity(format!("key {key_id:?} is unusable")))
 }
 
 fn parse(envelope: &[u8]) -> Result<(&str, &[u8], &[u8])> {
     let malformed = || VaultError::Integrity("record is not a sealed envelope".into());
     let (&format, rest) = envelope.split_first().ok_or_else(malformed)?;
     if format != FORMAT_VERSION {
-        return Err(VaultError::Integrity(format!(
-            "unknown record format {format}"
-        )));
+        return Err(VaultError::Integrity(format!("unknown record format {format}")));
     }
     let (&id_len, rest) = rest.split_first().ok_or_else(malformed)?;
     let id_len = usize::from(id_len);
@@ -133,10 +107,7 @@ mod tests {
         let envelope = sealed();
         assert_eq!(key_id(&envelope).unwrap(), "k1");
         assert_eq!(open(&envelope, &KEY, CTX).unwrap(), b"secret payload");
-        assert!(
-            !envelope.windows(6).any(|w| w == b"secret"),
-            "plaintext visible in envelope"
-        );
+        assert!(!envelope.windows(6).any(|w| w == b"secret"), "plaintext visible in envelope");
     }
 
     #[test]
@@ -146,10 +117,7 @@ mod tests {
             let mut tampered = envelope.clone();
             tampered[i] ^= 0x01;
             let result = open(&tampered, &KEY, CTX);
-            assert!(
-                matches!(result, Err(VaultError::Integrity(_))),
-                "byte {i} flipped opened anyway"
-            );
+            assert!(matches!(result, Err(VaultError::Integrity(_))), "byte {i} flipped opened anyway");
         }
     }
 
@@ -166,42 +134,27 @@ mod tests {
             &["token", "acmea", "lice", "github", "default"],
         ];
         for ctx in others {
-            assert!(
-                matches!(open(&envelope, &KEY, ctx), Err(VaultError::Integrity(_))),
-                "{ctx:?} opened"
-            );
+            assert!(matches!(open(&envelope, &KEY, ctx), Err(VaultError::Integrity(_))), "{ctx:?} opened");
         }
     }
 
     #[test]
     fn wrong_key_fails_and_key_id_is_bound() {
         let envelope = sealed();
-        assert!(matches!(
-            open(&envelope, &OTHER_KEY, CTX),
-            Err(VaultError::Integrity(_))
-        ));
+        assert!(matches!(open(&envelope, &OTHER_KEY, CTX), Err(VaultError::Integrity(_))));
         // Rewrite the header to claim another key id of the same length: still bound.
         let mut renamed = envelope.clone();
         renamed[2..4].copy_from_slice(b"k2");
-        assert!(matches!(
-            open(&renamed, &KEY, CTX),
-            Err(VaultError::Integrity(_))
-        ));
+        assert!(matches!(open(&renamed, &KEY, CTX), Err(VaultError::Integrity(_))));
     }
 
     #[test]
     fn truncated_and_foreign_bytes_are_integrity_errors() {
         let envelope = sealed();
         for len in [0, 1, 2, 10, envelope.len() - 1] {
-            assert!(matches!(
-                open(&envelope[..len], &KEY, CTX),
-                Err(VaultError::Integrity(_))
-            ));
+            assert!(matches!(open(&envelope[..len], &KEY, CTX), Err(VaultError::Integrity(_))));
         }
-        assert!(matches!(
-            open(b"{\"access_token\":\"x\"}", &KEY, CTX),
-            Err(VaultError::Integrity(_))
-        ));
+        assert!(matches!(open(b"{\"access_token\":\"x\"}", &KEY, CTX), Err(VaultError::Integrity(_))));
     }
 
     #[test]

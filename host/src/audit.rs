@@ -46,13 +46,9 @@ impl JsonLinesAudit {
         options.create(true).append(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options
-            .open(path)
-            .map_err(|e| Error::Config(format!("cannot open audit log {}: {e}", path.display())))?;
-        Ok(JsonLinesAudit {
-            file: Mutex::new(file),
-            path: path.to_owned(),
-        })
+        let file =
+            options.open(path).map_err(|e| Error::Config(format!("cannot open audit log {}: {e}", path.display())))?;
+        Ok(JsonLinesAudit { file: Mutex::new(file), path: path.to_owned() })
     }
 }
 
@@ -60,12 +56,7 @@ impl AuditSink for JsonLinesAudit {
     fn record(&self, record: &AuditRecord) {
         let mut line = serde_json::to_vec(record).expect("audit records serialize");
         line.push(b'\n');
-        if let Err(e) = self
-            .file
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write_all(&line)
-        {
+        if let Err(e) = self.file.lock().unwrap_or_else(|p| p.into_inner()).write_all(&line) {
             tracing::error!(path = %self.path.display(), error = %e, "audit event could not be written");
         }
     }

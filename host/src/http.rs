@@ -24,13 +24,9 @@ impl FromStr for Origin {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad =
-            |why: &str| format!("allowed outbound host {s:?} {why}; expected scheme://host[:port]");
+        let bad = |why: &str| format!("allowed outbound host {s:?} {why}; expected scheme://host[:port]");
         let uri: http::Uri = s.parse().map_err(|_| bad("is not a URL"))?;
-        let scheme = uri
-            .scheme_str()
-            .ok_or_else(|| bad("has no scheme"))?
-            .to_ascii_lowercase();
+        let scheme = uri.scheme_str().ok_or_else(|| bad("has no scheme"))?.to_ascii_lowercase();
         let default_port = match scheme.as_str() {
             "https" => 443,
             "http" => 80,
@@ -40,10 +36,7 @@ impl FromStr for Origin {
         if authority.as_str().contains('@') {
             return Err(bad("must not contain credentials"));
         }
-        if !matches!(
-            uri.path_and_query().map(|p| p.as_str()),
-            None | Some("/") | Some("")
-        ) {
+        if !matches!(uri.path_and_query().map(|p| p.as_str()), None | Some("/") | Some("")) {
             return Err(bad("must not have a path"));
         }
         Ok(Origin {
@@ -104,8 +97,7 @@ impl EgressPolicy {
 
     fn clamp(&self, options: Option<RequestOptions>) -> RequestOptions {
         let options = options.unwrap_or_default();
-        let clamp =
-            |asked: Option<Duration>, limit: Duration| Some(asked.map_or(limit, |d| d.min(limit)));
+        let clamp = |asked: Option<Duration>, limit: Duration| Some(asked.map_or(limit, |d| d.min(limit)));
         RequestOptions {
             connect_timeout: clamp(options.connect_timeout, self.connect_timeout),
             first_byte_timeout: clamp(options.first_byte_timeout, self.response_timeout),
@@ -133,15 +125,12 @@ impl WasiHttpHooks for EgressHooks {
         Box::new(async move {
             if !policy.allows(request.uri()) {
                 // Only the origin is logged: a query string could carry a value.
-                let origin = Origin::of(request.uri())
-                    .map(|o| o.to_string())
-                    .unwrap_or_else(|| "<invalid>".into());
+                let origin = Origin::of(request.uri()).map(|o| o.to_string()).unwrap_or_else(|| "<invalid>".into());
                 tracing::warn!(%origin, "outbound request denied: origin not in allowed_outbound_hosts");
                 return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
             }
             let options = policy.clamp(options);
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
             let max = policy.max_response_bytes;
             if response
                 .headers()
@@ -149,20 +138,14 @@ impl WasiHttpHooks for EgressHooks {
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                 .is_some_and(|len| len > max as u64)
             {
-                return Err(wasmtime_wasi_http::Error::HttpResponseBodySize(Some(
-                    max as u64,
-                )));
+                return Err(wasmtime_wasi_http::Error::HttpResponseBodySize(Some(max as u64)));
             }
             let response = response.map(|body| {
                 Limited::new(body, max)
-                    .map_err(
-                        move |err| match err.downcast::<wasmtime_wasi_http::Error>() {
-                            Ok(inner) => *inner,
-                            Err(_) => {
-                                wasmtime_wasi_http::Error::HttpResponseBodySize(Some(max as u64))
-                            }
-                        },
-                    )
+                    .map_err(move |err| match err.downcast::<wasmtime_wasi_http::Error>() {
+                        Ok(inner) => *inner,
+                        Err(_) => wasmtime_wasi_http::Error::HttpResponseBodySize(Some(max as u64)),
+                    })
                     .boxed_unsync()
             });
             Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
@@ -177,35 +160,16 @@ mod tests {
     #[test]
     fn origins_parse_with_default_ports() {
         let o: Origin = "https://Accounts.Example.com".parse().unwrap();
-        assert_eq!(
-            o,
-            Origin {
-                scheme: "https".into(),
-                host: "accounts.example.com".into(),
-                port: 443
-            }
-        );
-        assert_eq!(
-            "http://127.0.0.1:8080/".parse::<Origin>().unwrap().port,
-            8080
-        );
-        for bad in [
-            "example.com",
-            "ftp://x",
-            "https://x/path",
-            "https://u:p@x",
-            "https://",
-        ] {
+        assert_eq!(o, Origin { scheme: "https".into(), host: "accounts.example.com".into(), port: 443 });
+        assert_eq!("http://127.0.0.1:8080/".parse::<Origin>().unwrap().port, 8080);
+        for bad in ["example.com", "ftp://x", "https://x/path", "https://u:p@x", "https://"] {
             assert!(bad.parse::<Origin>().is_err(), "{bad} accepted");
         }
     }
 
     #[test]
     fn allow_list_matches_scheme_host_and_port_exactly() {
-        let policy = EgressPolicy {
-            allowed: vec!["https://idp.example".parse().unwrap()],
-            ..Default::default()
-        };
+        let policy = EgressPolicy { allowed: vec!["https://idp.example".parse().unwrap()], ..Default::default() };
         let ok = |u: &str| policy.allows(&u.parse().unwrap());
         assert!(ok("https://idp.example/token"));
         assert!(ok("https://IDP.example:443/token?x=1"));

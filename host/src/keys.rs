@@ -34,66 +34,45 @@ impl Keyring {
         match std::fs::read(path) {
             Ok(bytes) => Self::parse(&bytes, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path),
-            Err(e) => Err(Error::Config(format!(
-                "cannot read keyring {}: {e}",
-                path.display()
-            ))),
+            Err(e) => Err(Error::Config(format!("cannot read keyring {}: {e}", path.display()))),
         }
     }
 
     /// Load an existing keyring; never creates one.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::Config(format!("cannot read keyring {}: {e}", path.display())))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::Config(format!("cannot read keyring {}: {e}", path.display())))?;
         Self::parse(&bytes, path)
     }
 
     fn parse(bytes: &[u8], path: &Path) -> Result<Self, Error> {
-        let bad =
-            |why: &str| Error::Config(format!("keyring {} is invalid: {why}", path.display()));
-        let file: KeyringFile =
-            serde_json::from_slice(bytes).map_err(|_| bad("not a keyring JSON file"))?;
+        let bad = |why: &str| Error::Config(format!("keyring {} is invalid: {why}", path.display()));
+        let file: KeyringFile = serde_json::from_slice(bytes).map_err(|_| bad("not a keyring JSON file"))?;
         let mut keys = BTreeMap::new();
         for (id, material) in &file.keys {
             if id.is_empty() || id.len() > 255 {
                 return Err(bad("key ids must be 1 to 255 bytes"));
             }
-            let material = BASE64
-                .decode(material)
-                .map_err(|_| bad(&format!("key {id:?} is not base64")))?;
-            let material: [u8; KEY_LEN] = material
-                .try_into()
-                .map_err(|_| bad(&format!("key {id:?} is not {KEY_LEN} bytes")))?;
+            let material = BASE64.decode(material).map_err(|_| bad(&format!("key {id:?} is not base64")))?;
+            let material: [u8; KEY_LEN] =
+                material.try_into().map_err(|_| bad(&format!("key {id:?} is not {KEY_LEN} bytes")))?;
             keys.insert(id.clone(), material);
         }
         if !keys.contains_key(&file.active) {
-            return Err(bad(&format!(
-                "active key {:?} is not in the keyring",
-                file.active
-            )));
+            return Err(bad(&format!("active key {:?} is not in the keyring", file.active)));
         }
-        Ok(Keyring {
-            active: file.active,
-            keys,
-            source: path.to_owned(),
-        })
+        Ok(Keyring { active: file.active, keys, source: path.to_owned() })
     }
 
     fn create(path: &Path) -> Result<Self, Error> {
-        let io = |e: std::io::Error| {
-            Error::Config(format!("cannot create keyring {}: {e}", path.display()))
-        };
+        let io = |e: std::io::Error| Error::Config(format!("cannot create keyring {}: {e}", path.display()));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let id = new_key_id()?;
         let mut material = [0u8; KEY_LEN];
-        getrandom::fill(&mut material)
-            .map_err(|e| Error::Config(format!("no randomness for a key: {e}")))?;
-        let file = KeyringFile {
-            active: id.clone(),
-            keys: BTreeMap::from([(id.clone(), BASE64.encode(material))]),
-        };
+        getrandom::fill(&mut material).map_err(|e| Error::Config(format!("no randomness for a key: {e}")))?;
+        let file = KeyringFile { active: id.clone(), keys: BTreeMap::from([(id.clone(), BASE64.encode(material))]) };
 
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -101,14 +80,9 @@ impl Keyring {
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         match options.open(path) {
             Ok(mut out) => {
-                out.write_all(&serde_json::to_vec_pretty(&file).expect("keyring serializes"))
-                    .map_err(io)?;
+                out.write_all(&serde_json::to_vec_pretty(&file).expect("keyring serializes")).map_err(io)?;
                 out.sync_all().map_err(io)?;
-                Ok(Keyring {
-                    active: id.clone(),
-                    keys: BTreeMap::from([(id, material)]),
-                    source: path.to_owned(),
-                })
+                Ok(Keyring { active: id.clone(), keys: BTreeMap::from([(id, material)]), source: path.to_owned() })
             }
             // Another process created it first: use theirs.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load(path),
@@ -131,8 +105,7 @@ impl Keyring {
 
 fn new_key_id() -> Result<String, Error> {
     let mut bytes = [0u8; 4];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| Error::Config(format!("no randomness for a key id: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(|e| Error::Config(format!("no randomness for a key id: {e}")))?;
     Ok(format!("k-{}", hex::encode(bytes)))
 }
 
@@ -150,10 +123,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
     }
 
@@ -163,10 +133,7 @@ mod tests {
         let path = dir.path().join("k.json");
         std::fs::write(&path, r#"{"active":"a","keys":{"a":"c2hvcnQ="}}"#).unwrap();
         let err = Keyring::load(&path).err().unwrap().to_string();
-        assert!(
-            err.contains("not 32 bytes") && !err.contains("c2hvcnQ"),
-            "{err}"
-        );
+        assert!(err.contains("not 32 bytes") && !err.contains("c2hvcnQ"), "{err}");
         std::fs::write(&path, r#"{"active":"b","keys":{}}"#).unwrap();
         assert!(Keyring::load(&path).is_err());
     }

@@ -22,12 +22,7 @@ impl ConnectionKey {
         provider: impl Into<String>,
         name: impl Into<String>,
     ) -> Self {
-        ConnectionKey {
-            tenant: tenant.into(),
-            user: user.into(),
-            provider: provider.into(),
-            name: name.into(),
-        }
+        ConnectionKey { tenant: tenant.into(), user: user.into(), provider: provider.into(), name: name.into() }
     }
 }
 
@@ -49,10 +44,7 @@ impl fmt::Debug for TokenSet {
             .field("token_type", &self.token_type)
             .field("expires_at", &self.expires_at)
             .field("scope", &self.scope)
-            .field(
-                "refresh_token",
-                &self.refresh_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -79,10 +71,7 @@ impl fmt::Debug for TokenGrant {
             .field("access_token", &"<redacted>")
             .field("token_type", &self.token_type)
             .field("expires_in", &self.expires_in)
-            .field(
-                "refresh_token",
-                &self.refresh_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "<redacted>"))
             .field("scope", &self.scope)
             .finish()
     }
@@ -102,11 +91,9 @@ fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
     match Option::<Either>::deserialize(d)? {
         None => Ok(None),
         Some(Either::N(n)) => Ok(Some(n)),
-        Some(Either::S(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom("expires_in is not a number")),
+        Some(Either::S(s)) => {
+            s.trim().parse().map(Some).map_err(|_| serde::de::Error::custom("expires_in is not a number"))
+        }
     }
 }
 
@@ -118,11 +105,9 @@ impl TokenGrant {
             let (line, column) = (e.line(), e.column());
             let text = e.to_string();
             let why = match e.classify() {
-                serde_json::error::Category::Data if text.starts_with("missing field") => text
-                    .split(" at line")
-                    .next()
-                    .unwrap_or("missing field")
-                    .to_owned(),
+                serde_json::error::Category::Data if text.starts_with("missing field") => {
+                    text.split(" at line").next().unwrap_or("missing field").to_owned()
+                }
                 serde_json::error::Category::Data => {
                     format!("a field has the wrong type (line {line}, column {column})")
                 }
@@ -179,10 +164,7 @@ impl fmt::Debug for ProviderConfig {
             .field("name", &self.name)
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
-            .field(
-                "client_secret",
-                &self.client_secret.as_ref().map(|_| "<redacted>"),
-            )
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "<redacted>"))
             .field("client_auth", &self.client_auth)
             .field("revocation_url", &self.revocation_url)
             .field("scopes", &self.scopes)
@@ -211,17 +193,11 @@ mod tests {
 
     #[test]
     fn token_responses_parse_leniently() {
+        let g = TokenGrant::from_json(br#"{"access_token":"a","expires_in":"3600","id_token":"x"}"#).unwrap();
+        assert_eq!((g.token_type.as_str(), g.expires_in), ("Bearer", Some(3600)));
         let g =
-            TokenGrant::from_json(br#"{"access_token":"a","expires_in":"3600","id_token":"x"}"#)
+            TokenGrant::from_json(br#"{"access_token":"a","token_type":"bearer","expires_in":60,"refresh_token":"r"}"#)
                 .unwrap();
-        assert_eq!(
-            (g.token_type.as_str(), g.expires_in),
-            ("Bearer", Some(3600))
-        );
-        let g = TokenGrant::from_json(
-            br#"{"access_token":"a","token_type":"bearer","expires_in":60,"refresh_token":"r"}"#,
-        )
-        .unwrap();
         assert_eq!(g.expires_in, Some(60));
     }
 
@@ -237,9 +213,7 @@ mod tests {
             assert!(err.starts_with("invalid-input: token response"), "{err}");
             assert!(!err.contains("canary"), "{err}");
         }
-        let g =
-            TokenGrant::from_json(br#"{"access_token":"canary-at","refresh_token":"canary-rt"}"#)
-                .unwrap();
+        let g = TokenGrant::from_json(br#"{"access_token":"canary-at","refresh_token":"canary-rt"}"#).unwrap();
         assert!(!format!("{g:?}").contains("canary"));
     }
 }

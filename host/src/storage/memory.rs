@@ -29,13 +29,7 @@ impl Storage for MemoryStorage {
         }
         inner.last_version += 1;
         let version = inner.last_version;
-        inner.records.insert(
-            key.to_owned(),
-            Entry {
-                value: value.to_vec(),
-                version,
-            },
-        );
+        inner.records.insert(key.to_owned(), Entry { value: value.to_vec(), version });
         Ok(version)
     }
 
@@ -63,9 +57,7 @@ impl Storage for MemoryStorage {
             .take(limit as usize)
             .cloned()
             .collect();
-        let cursor = (keys.len() == limit as usize)
-            .then(|| keys.last().cloned())
-            .flatten();
+        let cursor = (keys.len() == limit as usize).then(|| keys.last().cloned()).flatten();
         Ok(KeyPage { keys, cursor })
     }
 
@@ -78,6 +70,6 @@ impl Storage for MemoryStorage {
 mod tests {
     #[tokio::test]
     async fn conformance() {
-        super::super::conformance::run(&super::MemoryStorage::default()).await;
+        super::super::conformance::run(std::sync::Arc::new(super::MemoryStorage::default())).await;
     }
 }

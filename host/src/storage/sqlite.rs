@@ -37,22 +37,15 @@ fn unavailable(err: rusqlite::Error) -> StorageError {
 impl SqliteStorage {
     pub fn open(path: &Path) -> StorageResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StorageError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StorageError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
         let conn = Connection::open(path).map_err(unavailable)?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(unavailable)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
-        Ok(SqliteStorage {
-            conn: Arc::new(Mutex::new(conn)),
-            path: path.to_owned(),
-        })
+        Ok(SqliteStorage { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
     }
 
     /// Run a blocking SQLite call off the async workers.
@@ -75,10 +68,7 @@ impl Storage for SqliteStorage {
             conn.prepare_cached("SELECT value, version FROM tokenvault_records WHERE key = ?1")
                 .and_then(|mut stmt| {
                     stmt.query_row([&key], |row| {
-                        Ok(Entry {
-                            value: row.get(0)?,
-                            version: row.get::<_, i64>(1)? as u64,
-                        })
+                        Ok(Entry { value: row.get(0)?, version: row.get::<_, i64>(1)? as u64 })
                     })
                     .optional()
                 })
@@ -124,11 +114,7 @@ impl Storage for SqliteStorage {
                     params![key, expected as i64],
                 )
                 .map_err(unavailable)?;
-            if changed == 1 {
-                Ok(())
-            } else {
-                Err(StorageError::Conflict)
-            }
+            if changed == 1 { Ok(()) } else { Err(StorageError::Conflict) }
         })
         .await
     }
@@ -166,8 +152,7 @@ mod tests {
     #[tokio::test]
     async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
-        super::super::conformance::run(&SqliteStorage::open(&dir.path().join("v.db")).unwrap())
-            .await;
+        super::super::conformance::run(Arc::new(SqliteStorage::open(&dir.path().join("v.db")).unwrap())).await;
     }
 
     #[tokio::test]
@@ -178,10 +163,7 @@ mod tests {
         let v1 = a.put("k", b"1", None).await.unwrap();
         assert_eq!(b.put("k", b"2", None).await, Err(StorageError::Conflict));
         let v2 = b.put("k", b"2", Some(v1)).await.unwrap();
-        assert_eq!(
-            a.put("k", b"3", Some(v1)).await,
-            Err(StorageError::Conflict)
-        );
+        assert_eq!(a.put("k", b"3", Some(v1)).await, Err(StorageError::Conflict));
         assert_eq!(a.get("k").await.unwrap().unwrap().version, v2);
     }
 }
