@@ -50,11 +50,7 @@ impl tokens::Guest for Component {
     }
 
     fn list(tenant: String, user: String) -> WitResult<Vec<wit::ConnectionInfo>> {
-        Ok(vault()
-            .list(&tenant, &user)?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+        Ok(vault().list(&tenant, &user)?.into_iter().map(Into::into).collect())
     }
 
     fn revoke_all(tenant: String, user: String) -> WitResult<u32> {
@@ -96,11 +92,7 @@ impl providers::Guest for Component {
     }
 
     fn list() -> WitResult<Vec<wit::ProviderInfo>> {
-        Ok(vault()
-            .list_providers()?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+        Ok(vault().list_providers()?.into_iter().map(Into::into).collect())
     }
 
     fn remove(name: String) -> WitResult<()> {
@@ -112,12 +104,7 @@ impl providers::Guest for Component {
 
 impl From<wit::ConnectionKey> for model::ConnectionKey {
     fn from(k: wit::ConnectionKey) -> Self {
-        model::ConnectionKey {
-            tenant: k.tenant,
-            user: k.user,
-            provider: k.provider,
-            name: k.name,
-        }
+        model::ConnectionKey { tenant: k.tenant, user: k.user, provider: k.provider, name: k.name }
     }
 }
 
@@ -143,9 +130,7 @@ impl From<model::ConnectionInfo> for wit::ConnectionInfo {
             has_refresh_token: i.has_refresh_token,
             status: match i.status {
                 model::ConnectionStatus::Active => wit::ConnectionStatus::Active,
-                model::ConnectionStatus::ReconnectRequired => {
-                    wit::ConnectionStatus::ReconnectRequired
-                }
+                model::ConnectionStatus::ReconnectRequired => wit::ConnectionStatus::ReconnectRequired,
             },
             updated_at: i.updated_at,
         }
@@ -177,15 +162,9 @@ impl From<VaultError> for wit::Error {
             VaultError::NotFound(m) => wit::Error::NotFound(m),
             VaultError::InvalidInput(m) => wit::Error::InvalidInput(m),
             VaultError::ReconnectRequired(m) => wit::Error::ReconnectRequired(m),
-            VaultError::Provider(ProviderFailure {
-                status,
-                code,
-                message,
-            }) => wit::Error::ProviderError(wit::ProviderFailure {
-                status,
-                code,
-                message,
-            }),
+            VaultError::Provider(ProviderFailure { status, code, message }) => {
+                wit::Error::ProviderError(wit::ProviderFailure { status, code, message })
+            }
             VaultError::Storage(m) => wit::Error::Storage(m),
             VaultError::Integrity(m) => wit::Error::Integrity(m),
             VaultError::EgressDenied(m) => wit::Error::EgressDenied(m),
@@ -237,18 +216,10 @@ fn storage_error(e: storage::StorageError) -> StorageError {
 impl Platform for Imports {
     fn storage_get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
         let entry = storage::get(key).map_err(storage_error)?;
-        Ok(entry.map(|e| Entry {
-            value: e.value,
-            version: e.version,
-        }))
+        Ok(entry.map(|e| Entry { value: e.value, version: e.version }))
     }
 
-    fn storage_put(
-        &self,
-        key: &str,
-        value: &[u8],
-        expected: Option<u64>,
-    ) -> Result<u64, StorageError> {
+    fn storage_put(&self, key: &str, value: &[u8], expected: Option<u64>) -> Result<u64, StorageError> {
         storage::put(key, value, expected).map_err(storage_error)
     }
 
@@ -256,25 +227,14 @@ impl Platform for Imports {
         storage::delete(key, expected).map_err(storage_error)
     }
 
-    fn storage_list(
-        &self,
-        prefix: &str,
-        cursor: Option<&str>,
-        limit: u32,
-    ) -> Result<KeyPage, StorageError> {
+    fn storage_list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<KeyPage, StorageError> {
         let page = storage::list(prefix, cursor, limit).map_err(storage_error)?;
-        Ok(KeyPage {
-            keys: page.keys,
-            cursor: page.cursor,
-        })
+        Ok(KeyPage { keys: page.keys, cursor: page.cursor })
     }
 
     fn active_key(&self) -> Result<SealingKey, String> {
         let key = keyring::active_key()?;
-        Ok(SealingKey {
-            id: key.id,
-            material: key.material,
-        })
+        Ok(SealingKey { id: key.id, material: key.material })
     }
 
     fn key_by_id(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
@@ -290,6 +250,10 @@ impl Platform for Imports {
         now.seconds * 1000 + u64::from(now.nanoseconds / 1_000_000)
     }
 
+    fn sleep_ms(&self, ms: u64) {
+        wasip2::clocks::monotonic_clock::subscribe_duration(ms.saturating_mul(1_000_000)).block();
+    }
+
     fn http(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
         http_call(request)
     }
@@ -298,8 +262,8 @@ impl Platform for Imports {
 // ---- outgoing HTTP over wasi:http -------------------------------------------------
 
 use wasip2::http::types::{
-    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method,
-    OutgoingBody, OutgoingRequest, Scheme,
+    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
+    Scheme,
 };
 use wasip2::io::streams::StreamError;
 
@@ -326,27 +290,17 @@ fn http_call(request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpE
         "POST" => Method::Post,
         other => Method::Other(other.to_owned()),
     };
-    outgoing
-        .set_method(&method)
-        .map_err(failed("set the method"))?;
+    outgoing.set_method(&method).map_err(failed("set the method"))?;
     let scheme = match parts.uri.scheme_str() {
         Some("http") => Scheme::Http,
         Some("https") => Scheme::Https,
         _ => {
-            return Err(HttpError::Failed(
-                "only http and https URLs are supported".into(),
-            ));
+            return Err(HttpError::Failed("only http and https URLs are supported".into()));
         }
     };
-    outgoing
-        .set_scheme(Some(&scheme))
-        .map_err(failed("set the scheme"))?;
-    outgoing
-        .set_authority(parts.uri.authority().map(|a| a.as_str()))
-        .map_err(failed("set the authority"))?;
-    outgoing
-        .set_path_with_query(parts.uri.path_and_query().map(|p| p.as_str()))
-        .map_err(failed("set the path"))?;
+    outgoing.set_scheme(Some(&scheme)).map_err(failed("set the scheme"))?;
+    outgoing.set_authority(parts.uri.authority().map(|a| a.as_str())).map_err(failed("set the authority"))?;
+    outgoing.set_path_with_query(parts.uri.path_and_query().map(|p| p.as_str())).map_err(failed("set the path"))?;
     let outgoing_body = outgoing.body().map_err(failed("open the request body"))?;
 
     let future = wasip2::http::outgoing_handler::handle(outgoing, None).map_err(http_error)?;
@@ -359,9 +313,7 @@ fn http_call(request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpE
 
 fn write_body(body: OutgoingBody, bytes: &[u8]) -> Result<(), HttpError> {
     {
-        let stream = body
-            .write()
-            .map_err(failed("open the request body stream"))?;
+        let stream = body.write().map_err(failed("open the request body stream"))?;
         for chunk in bytes.chunks(4096) {
             stream
                 .blocking_write_and_flush(chunk)
@@ -387,47 +339,34 @@ fn read_response(response: IncomingResponse) -> Result<oauth2::HttpResponse, Htt
     for (name, value) in response.headers().entries() {
         builder = builder.header(name, value);
     }
-    let incoming = response
-        .consume()
-        .map_err(failed("read the response body"))?;
+    let incoming = response.consume().map_err(failed("read the response body"))?;
     let mut body = Vec::new();
     {
-        let stream = incoming
-            .stream()
-            .map_err(failed("read the response body"))?;
+        let stream = incoming.stream().map_err(failed("read the response body"))?;
         loop {
             match stream.blocking_read(64 * 1024) {
                 Ok(chunk) => body.extend_from_slice(&chunk),
                 Err(StreamError::Closed) => break,
                 Err(StreamError::LastOperationFailed(e)) => {
-                    return Err(HttpError::Failed(format!(
-                        "response body failed: {}",
-                        e.to_debug_string()
-                    )));
+                    return Err(HttpError::Failed(format!("response body failed: {}", e.to_debug_string())));
                 }
             }
             if body.len() > MAX_RESPONSE_BYTES {
-                return Err(HttpError::Failed(format!(
-                    "response body larger than {MAX_RESPONSE_BYTES} bytes"
-                )));
+                return Err(HttpError::Failed(format!("response body larger than {MAX_RESPONSE_BYTES} bytes")));
             }
         }
     }
     drop(IncomingBody::finish(incoming));
-    builder
-        .body(body)
-        .map_err(|_| HttpError::Failed("response has invalid headers".into()))
+    builder.body(body).map_err(|_| HttpError::Failed("response has invalid headers".into()))
 }
 
 fn http_error(code: ErrorCode) -> HttpError {
     match code {
         ErrorCode::HttpRequestDenied => HttpError::Denied,
-        ErrorCode::ConnectionTimeout
-        | ErrorCode::ConnectionReadTimeout
-        | ErrorCode::HttpResponseTimeout => HttpError::Timeout,
-        ErrorCode::HttpResponseBodySize(_) => {
-            HttpError::Failed("response body larger than the host allows".into())
+        ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout => {
+            HttpError::Timeout
         }
+        ErrorCode::HttpResponseBodySize(_) => HttpError::Failed("response body larger than the host allows".into()),
         other => HttpError::Failed(format!("{other:?}")),
     }
 }

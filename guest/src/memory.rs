@@ -9,6 +9,9 @@ use crate::platform::{Entry, HttpError, KeyPage, Platform, SealingKey, StorageEr
 
 type Responder = Box<dyn Fn(&oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError>>;
 
+/// What "other callers" do while one sleeps.
+type Sleeper = Box<dyn Fn(&MemoryPlatform)>;
+
 pub struct MemoryPlatform {
     pub records: RefCell<BTreeMap<String, (Vec<u8>, u64)>>,
     next_version: Cell<u64>,
@@ -17,6 +20,11 @@ pub struct MemoryPlatform {
     pub now_ms: Cell<u64>,
     pub requests: RefCell<Vec<oauth2::HttpRequest>>,
     responder: RefCell<Responder>,
+    /// Runs at every sleep: what "other callers" do meanwhile.
+    sleeper: RefCell<Option<Sleeper>>,
+    pub slept_ms: Cell<u64>,
+    /// Writes under this prefix fail (storage unavailable) this many more times.
+    failing_puts: RefCell<(String, u32)>,
 }
 
 impl MemoryPlatform {
@@ -29,6 +37,9 @@ impl MemoryPlatform {
             now_ms: Cell::new(1_700_000_000_000),
             requests: RefCell::default(),
             responder: RefCell::new(Box::new(|_| Err(HttpError::Denied))),
+            sleeper: RefCell::new(None),
+            slept_ms: Cell::new(0),
+            failing_puts: RefCell::new((String::new(), 0)),
         }
     }
 
@@ -39,6 +50,14 @@ impl MemoryPlatform {
         *self.responder.borrow_mut() = Box::new(responder);
     }
 
+    pub fn on_sleep(&self, sleeper: impl Fn(&MemoryPlatform) + 'static) {
+        *self.sleeper.borrow_mut() = Some(Box::new(sleeper));
+    }
+
+    pub fn fail_puts(&self, prefix: &str, times: u32) {
+        *self.failing_puts.borrow_mut() = (prefix.to_owned(), times);
+    }
+
     pub fn advance_secs(&self, secs: u64) {
         self.now_ms.set(self.now_ms.get() + secs * 1000);
     }
@@ -46,22 +65,17 @@ impl MemoryPlatform {
 
 impl Platform for MemoryPlatform {
     fn storage_get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
-        Ok(self
-            .records
-            .borrow()
-            .get(key)
-            .map(|(value, version)| Entry {
-                value: value.clone(),
-                version: *version,
-            }))
+        Ok(self.records.borrow().get(key).map(|(value, version)| Entry { value: value.clone(), version: *version }))
     }
 
-    fn storage_put(
-        &self,
-        key: &str,
-        value: &[u8],
-        expected: Option<u64>,
-    ) -> Result<u64, StorageError> {
+    fn storage_put(&self, key: &str, value: &[u8], expected: Option<u64>) -> Result<u64, StorageError> {
+        {
+            let mut failing = self.failing_puts.borrow_mut();
+            if failing.1 > 0 && key.starts_with(&failing.0) {
+                failing.1 -= 1;
+                return Err(StorageError::Unavailable("memory: injected failure".into()));
+            }
+        }
         let mut records = self.records.borrow_mut();
         if records.get(key).map(|(_, v)| *v) != expected {
             return Err(StorageError::Conflict);
@@ -81,12 +95,7 @@ impl Platform for MemoryPlatform {
         Ok(())
     }
 
-    fn storage_list(
-        &self,
-        prefix: &str,
-        cursor: Option<&str>,
-        limit: u32,
-    ) -> Result<KeyPage, StorageError> {
+    fn storage_list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<KeyPage, StorageError> {
         let records = self.records.borrow();
         let keys: Vec<String> = records
             .keys()
@@ -94,28 +103,18 @@ impl Platform for MemoryPlatform {
             .take(limit as usize)
             .cloned()
             .collect();
-        let cursor = (keys.len() == limit as usize)
-            .then(|| keys.last().cloned())
-            .flatten();
+        let cursor = (keys.len() == limit as usize).then(|| keys.last().cloned()).flatten();
         Ok(KeyPage { keys, cursor })
     }
 
     fn active_key(&self) -> Result<SealingKey, String> {
         let keys = self.keys.borrow();
         let (id, material) = keys.last().ok_or("empty keyring")?;
-        Ok(SealingKey {
-            id: id.clone(),
-            material: material.clone(),
-        })
+        Ok(SealingKey { id: id.clone(), material: material.clone() })
     }
 
     fn key_by_id(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
-        Ok(self
-            .keys
-            .borrow()
-            .iter()
-            .find(|(k, _)| k == id)
-            .map(|(_, m)| m.clone()))
+        Ok(self.keys.borrow().iter().find(|(k, _)| k == id).map(|(_, m)| m.clone()))
     }
 
     fn audit(&self, event: AuditEvent) {
@@ -124,6 +123,14 @@ impl Platform for MemoryPlatform {
 
     fn now_ms(&self) -> u64 {
         self.now_ms.get()
+    }
+
+    fn sleep_ms(&self, ms: u64) {
+        self.now_ms.set(self.now_ms.get() + ms);
+        self.slept_ms.set(self.slept_ms.get() + ms);
+        if let Some(sleeper) = self.sleeper.borrow().as_ref() {
+            sleeper(self);
+        }
     }
 
     fn http(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {

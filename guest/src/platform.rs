@@ -49,19 +49,9 @@ impl std::error::Error for HttpError {}
 
 pub trait Platform {
     fn storage_get(&self, key: &str) -> Result<Option<Entry>, StorageError>;
-    fn storage_put(
-        &self,
-        key: &str,
-        value: &[u8],
-        expected: Option<u64>,
-    ) -> Result<u64, StorageError>;
+    fn storage_put(&self, key: &str, value: &[u8], expected: Option<u64>) -> Result<u64, StorageError>;
     fn storage_delete(&self, key: &str, expected: u64) -> Result<(), StorageError>;
-    fn storage_list(
-        &self,
-        prefix: &str,
-        cursor: Option<&str>,
-        limit: u32,
-    ) -> Result<KeyPage, StorageError>;
+    fn storage_list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<KeyPage, StorageError>;
 
     fn active_key(&self) -> Result<SealingKey, String>;
     fn key_by_id(&self, id: &str) -> Result<Option<Vec<u8>>, String>;
@@ -70,6 +60,8 @@ pub trait Platform {
 
     /// Wall-clock time, Unix milliseconds.
     fn now_ms(&self) -> u64;
+    /// Wait, e.g. for another caller's refresh to land.
+    fn sleep_ms(&self, ms: u64);
 
     fn http(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError>;
 }
@@ -79,23 +71,13 @@ impl<T: Platform + ?Sized> Platform for &T {
     fn storage_get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
         (**self).storage_get(key)
     }
-    fn storage_put(
-        &self,
-        key: &str,
-        value: &[u8],
-        expected: Option<u64>,
-    ) -> Result<u64, StorageError> {
+    fn storage_put(&self, key: &str, value: &[u8], expected: Option<u64>) -> Result<u64, StorageError> {
         (**self).storage_put(key, value, expected)
     }
     fn storage_delete(&self, key: &str, expected: u64) -> Result<(), StorageError> {
         (**self).storage_delete(key, expected)
     }
-    fn storage_list(
-        &self,
-        prefix: &str,
-        cursor: Option<&str>,
-        limit: u32,
-    ) -> Result<KeyPage, StorageError> {
+    fn storage_list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<KeyPage, StorageError> {
         (**self).storage_list(prefix, cursor, limit)
     }
     fn active_key(&self) -> Result<SealingKey, String> {
@@ -109,6 +91,9 @@ impl<T: Platform + ?Sized> Platform for &T {
     }
     fn now_ms(&self) -> u64 {
         (**self).now_ms()
+    }
+    fn sleep_ms(&self, ms: u64) {
+        (**self).sleep_ms(ms)
     }
     fn http(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
         (**self).http(request)

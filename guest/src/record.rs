@@ -7,12 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, VaultError};
 use crate::model::{
-    ClientAuth, ConnectionInfo, ConnectionKey, ConnectionStatus, ProviderConfig, ProviderInfo,
-    TokenSet,
+    ClientAuth, ConnectionInfo, ConnectionKey, ConnectionStatus, ProviderConfig, ProviderInfo, TokenSet,
 };
 
 const TOKEN_PREFIX: &str = "tok/";
 const PROVIDER_PREFIX: &str = "prov/";
+const LEASE_PREFIX: &str = "lease/";
 const MAX_ID_LEN: usize = 256;
 
 pub fn token_key(key: &ConnectionKey) -> String {
@@ -23,6 +23,18 @@ pub fn token_key(key: &ConnectionKey) -> String {
         escape(&key.provider),
         escape(&key.name)
     )
+}
+
+/// The refresh lease of a connection (see `vault::Vault::refresh_coordinated`).
+pub fn lease_key(key: &ConnectionKey) -> String {
+    format!("{LEASE_PREFIX}{}", &token_key(key)[TOKEN_PREFIX.len()..])
+}
+
+/// Who is refreshing a connection, until when. Not sealed: it holds no value.
+#[derive(Serialize, Deserialize)]
+pub struct Lease {
+    pub holder: String,
+    pub expires_at_ms: u64,
 }
 
 /// The prefix under which all of one user's connections are stored.
@@ -67,19 +79,13 @@ pub fn provider_context(name: &str) -> [&str; 2] {
 /// printable.
 pub fn validate_id(what: &str, value: &str) -> Result<()> {
     if value.is_empty() {
-        return Err(VaultError::InvalidInput(format!(
-            "{what} must not be empty"
-        )));
+        return Err(VaultError::InvalidInput(format!("{what} must not be empty")));
     }
     if value.len() > MAX_ID_LEN {
-        return Err(VaultError::InvalidInput(format!(
-            "{what} is longer than {MAX_ID_LEN} bytes"
-        )));
+        return Err(VaultError::InvalidInput(format!("{what} is longer than {MAX_ID_LEN} bytes")));
     }
     if value.chars().any(char::is_control) {
-        return Err(VaultError::InvalidInput(format!(
-            "{what} contains a control character"
-        )));
+        return Err(VaultError::InvalidInput(format!("{what} contains a control character")));
     }
     Ok(())
 }
@@ -144,9 +150,7 @@ impl TokenRecord {
 }
 
 pub fn split_scopes(scope: Option<&str>) -> Vec<String> {
-    scope
-        .map(|s| s.split_whitespace().map(String::from).collect())
-        .unwrap_or_default()
+    scope.map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default()
 }
 
 /// The plaintext of a provider record (the client secret is why it is sealed).
@@ -217,11 +221,7 @@ mod tests {
     fn foreign_keys_do_not_parse() {
         assert_eq!(parse_token_key("tok/a/b/c"), None);
         assert_eq!(parse_token_key("tok/a/b/c/d/e"), None);
-        assert_eq!(
-            parse_token_key("tok/a/b/c/%2f"),
-            None,
-            "non-canonical escape"
-        );
+        assert_eq!(parse_token_key("tok/a/b/c/%2f"), None, "non-canonical escape");
         assert_eq!(parse_provider_key("prov/git%2Fhub"), Some("git/hub".into()));
     }
 
@@ -235,10 +235,7 @@ mod tests {
 
     #[test]
     fn scopes_split_on_whitespace() {
-        assert_eq!(
-            split_scopes(Some("read  write\tadmin")),
-            vec!["read", "write", "admin"]
-        );
+        assert_eq!(split_scopes(Some("read  write\tadmin")), vec!["read", "write", "admin"]);
         assert!(split_scopes(None).is_empty());
     }
 }

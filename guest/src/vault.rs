@@ -13,6 +13,15 @@ use crate::seal;
 
 /// How often a write that keeps losing compare-and-swap races is retried.
 const MAX_ATTEMPTS: usize = 5;
+/// How long a refresh lease lasts. It must outlast any holder: the host's call deadline
+/// (default 30 s, which also bounds the provider round trip) stops a holder before then.
+pub const LEASE_MS: u64 = 40_000;
+/// How long a caller waits for another caller's refresh; below the call deadline.
+const WAIT_FOR_OTHERS_MS: u64 = 20_000;
+const FIRST_POLL_MS: u64 = 10;
+const MAX_POLL_MS: u64 = 200;
+/// Pauses between attempts to save a refreshed token while storage is unavailable.
+const SAVE_RETRY_PAUSES_MS: [u64; 3] = [50, 250, 1_000];
 const LIST_PAGE: u32 = 100;
 
 pub struct Vault<P> {
@@ -57,8 +66,7 @@ impl<P: Platform> Vault<P> {
     }
 
     pub fn remove(&self, key: &ConnectionKey) -> Result<()> {
-        let result = record::validate_key(key)
-            .and_then(|()| self.delete_record(&record::token_key(key), "connection"));
+        let result = record::validate_key(key).and_then(|()| self.delete_record(&record::token_key(key), "connection"));
         self.audit_token(AuditAction::TokenRemove, key, AuditOutcome::from(&result));
         result
     }
@@ -83,14 +91,7 @@ impl<P: Platform> Vault<P> {
     /// Remove every connection of a user; returns how many were removed.
     pub fn revoke_all(&self, tenant: &str, user: &str) -> Result<u32> {
         let result = self.revoke_all_inner(tenant, user);
-        self.emit(
-            AuditAction::RevokeAll,
-            AuditOutcome::from(&result),
-            Some(tenant),
-            Some(user),
-            None,
-            None,
-        );
+        self.emit(AuditAction::RevokeAll, AuditOutcome::from(&result), Some(tenant), Some(user), None, None);
         result
     }
 
@@ -130,12 +131,7 @@ impl<P: Platform> Vault<P> {
             return Ok(token.token_set());
         }
         let provider = self.load_provider(&key.provider)?;
-        if !expiry::refresh_due(
-            now,
-            token.obtained_at,
-            token.expires_at,
-            provider.refresh_buffer_secs,
-        ) {
+        if !expiry::refresh_due(now, token.obtained_at, token.expires_at, provider.refresh_buffer_secs) {
             return Ok(token.token_set());
         }
         if token.refresh_token.is_none() {
@@ -147,7 +143,7 @@ impl<P: Platform> Vault<P> {
                 Ok(token.token_set())
             };
         }
-        self.refresh_upstream(key, token, version, &provider)
+        self.refresh_coordinated(key, token, version, &provider, Wanted::Fresh)
     }
 
     fn refresh_inner(&self, key: &ConnectionKey) -> Result<TokenSet> {
@@ -155,12 +151,106 @@ impl<P: Platform> Vault<P> {
         let (token, version) = self.load_token(key)?;
         ensure_active(&token)?;
         if token.refresh_token.is_none() {
-            return Err(VaultError::InvalidInput(
-                "the connection has no refresh token to refresh with".into(),
-            ));
+            return Err(VaultError::InvalidInput("the connection has no refresh token to refresh with".into()));
         }
         let provider = self.load_provider(&key.provider)?;
-        self.refresh_upstream(key, token, version, &provider)
+        self.refresh_coordinated(key, token, version, &provider, Wanted::Renewed)
+    }
+
+    /// Single-flight refresh: however many callers (threads, instances, processes, hosts on
+    /// one database) find a token due at once, one of them refreshes and the others read its
+    /// result. Coordination uses storage alone:
+    ///
+    /// 1. The refresher takes the connection's lease, a record created only if absent,
+    ///    naming a random holder and an expiry. A lease past its expiry (its holder crashed)
+    ///    is taken over by compare-and-swap on the lease's version.
+    /// 2. Holding the lease, it re-reads the token: if it changed since it was read, another
+    ///    holder finished in between and that result is used.
+    /// 3. It refreshes upstream and saves by compare-and-swap on the token's version, so a
+    ///    stale holder can never overwrite a newer token; then it releases the lease.
+    /// 4. Callers that find the lease taken return the current token if it is still valid
+    ///    (only `Wanted::Fresh`), and otherwise poll the token record until its access
+    ///    token changes (or the lease frees up and they may take it themselves).
+    fn refresh_coordinated(
+        &self,
+        key: &ConnectionKey,
+        mut token: TokenRecord,
+        mut version: u64,
+        provider: &ProviderRecord,
+        wanted: Wanted,
+    ) -> Result<TokenSet> {
+        let lease_key = record::lease_key(key);
+        let give_up_at = self.platform.now_ms() + WAIT_FOR_OTHERS_MS;
+        let mut pause = FIRST_POLL_MS;
+        loop {
+            if let Some(lease_version) = self.acquire_lease(&lease_key)? {
+                let result = self.load_token(key).and_then(|(current, current_version)| {
+                    if current_version != version && renewed_since(&token, &current) {
+                        ensure_active(&current)?;
+                        Ok(current.token_set())
+                    } else {
+                        ensure_active(&current)?;
+                        self.refresh_upstream(key, current, current_version, provider)
+                    }
+                });
+                // A failed release only delays others until the lease expires; they see
+                // the new token version long before that.
+                let _ = self.platform.storage_delete(&lease_key, lease_version);
+                return result;
+            }
+            // Someone else is refreshing.
+            if wanted == Wanted::Fresh && !expiry::is_expired(self.now(), token.expires_at) {
+                return Ok(token.token_set());
+            }
+            if self.platform.now_ms() >= give_up_at {
+                return Err(VaultError::provider(
+                    None,
+                    None,
+                    format!(
+                        "another caller's refresh of this connection did not finish within {} s",
+                        WAIT_FOR_OTHERS_MS / 1000
+                    ),
+                ));
+            }
+            self.platform.sleep_ms(pause);
+            pause = (pause * 2).min(MAX_POLL_MS);
+            let (current, current_version) = self.load_token(key)?;
+            if current_version != version {
+                ensure_active(&current)?;
+                if renewed_since(&token, &current) {
+                    return Ok(current.token_set());
+                }
+                (token, version) = (current, current_version);
+            }
+        }
+    }
+
+    /// Take the lease; `None` when another holder has it. Returns the lease's version.
+    fn acquire_lease(&self, lease_key: &str) -> Result<Option<u64>> {
+        let now = self.platform.now_ms();
+        let mut holder = [0u8; 8];
+        getrandom::fill(&mut holder).map_err(|_| VaultError::Storage("no randomness for a lease holder".into()))?;
+        let lease = record::Lease {
+            holder: holder.iter().map(|b| format!("{b:02x}")).collect(),
+            expires_at_ms: now + LEASE_MS,
+        };
+        let value = serde_json::to_vec(&lease).expect("leases serialize");
+        let expected = match self.storage_get(lease_key)? {
+            None => None,
+            Some(entry) => {
+                let expires =
+                    serde_json::from_slice::<record::Lease>(&entry.value).map(|l| l.expires_at_ms).unwrap_or(0);
+                if expires > now {
+                    return Ok(None);
+                }
+                Some(entry.version) // expired: its holder is gone; take it over
+            }
+        };
+        match self.platform.storage_put(lease_key, &value, expected) {
+            Ok(version) => Ok(Some(version)),
+            Err(StorageError::Conflict) => Ok(None),
+            Err(StorageError::Unavailable(why)) => Err(VaultError::Storage(why)),
+        }
     }
 
     /// One refresh at the provider, and its result saved before anything else happens.
@@ -174,10 +264,7 @@ impl<P: Platform> Vault<P> {
         let used = token.refresh_token.clone().unwrap_or_default();
         match oauth::refresh(provider, &used, &|request| self.platform.http(request)) {
             Ok(grant) => self.save_refreshed(key, token, version, grant),
-            Err(VaultError::ReconnectRequired(why)) => {
-                self.mark_reconnect_required(key, token, version);
-                Err(VaultError::ReconnectRequired(why))
-            }
+            Err(VaultError::ReconnectRequired(why)) => self.mark_reconnect_required(key, token, version, why),
             // Any other failure leaves the stored token as it was.
             Err(err) => Err(err),
         }
@@ -191,51 +278,83 @@ impl<P: Platform> Vault<P> {
         grant: TokenGrant,
     ) -> Result<TokenSet> {
         let now = self.now();
-        let used_refresh_token = old.refresh_token.clone();
         let renewed = TokenRecord {
             expires_at: expiry::expires_at(now, grant.expires_in),
             scopes: match grant.scope.as_deref() {
                 Some(scope) => record::split_scopes(Some(scope)),
-                None => old.scopes,
+                None => old.scopes.clone(),
             },
             access_token: grant.access_token,
             token_type: grant.token_type,
             // A response without a refresh token keeps the one we have.
-            refresh_token: grant.refresh_token.or(old.refresh_token),
+            refresh_token: grant.refresh_token.or_else(|| old.refresh_token.clone()),
             obtained_at: now,
             status: ConnectionStatus::Active,
             updated_at: now,
         };
         let storage_key = record::token_key(key);
         let context = record::token_context(key);
-        for _ in 0..MAX_ATTEMPTS {
-            if let Put::Written =
-                self.put_sealed(&storage_key, &context, &renewed, Some(version))?
-            {
-                return Ok(renewed.token_set());
+        let mut unavailable = 0;
+        let mut conflicts = 0;
+        loop {
+            match self.put_sealed(&storage_key, &context, &renewed, Some(version)) {
+                Ok(Put::Written) => return Ok(renewed.token_set()),
+                Ok(Put::Conflict) => {
+                    // Lost a race: re-read, never overwrite a newer token.
+                    let (current, current_version) = self.load_token(key)?;
+                    if renewed_since(&old, &current) {
+                        return Ok(current.token_set());
+                    }
+                    conflicts += 1;
+                    if conflicts >= MAX_ATTEMPTS {
+                        return Err(too_contended("connection"));
+                    }
+                    version = current_version;
+                }
+                // The provider has already rotated: losing this write loses the grant.
+                // Try again before giving up.
+                Err(VaultError::Storage(_)) if unavailable < SAVE_RETRY_PAUSES_MS.len() => {
+                    self.platform.sleep_ms(SAVE_RETRY_PAUSES_MS[unavailable]);
+                    unavailable += 1;
+                }
+                Err(VaultError::Storage(why)) => {
+                    return Err(VaultError::Storage(format!(
+                        "the provider issued new tokens but they could not be saved after {} attempts ({why}); \
+                         the connection keeps its previous tokens",
+                        SAVE_RETRY_PAUSES_MS.len() + 1
+                    )));
+                }
+                Err(err) => return Err(err),
             }
-            // Lost a race: re-read, never overwrite a newer token.
-            let (current, current_version) = self.load_token(key)?;
-            if current.refresh_token != used_refresh_token {
-                // Someone else renewed (or replaced) the connection: theirs stands.
-                return Ok(current.token_set());
-            }
-            version = current_version;
         }
-        Err(too_contended("connection"))
     }
 
-    fn mark_reconnect_required(&self, key: &ConnectionKey, mut token: TokenRecord, version: u64) {
+    /// The provider said the refresh token is dead. Unless someone else renewed the
+    /// connection meanwhile (their token then stands), mark it for reconnect.
+    fn mark_reconnect_required(
+        &self,
+        key: &ConnectionKey,
+        mut token: TokenRecord,
+        version: u64,
+        why: String,
+    ) -> Result<TokenSet> {
+        let old = token.clone();
         token.status = ConnectionStatus::ReconnectRequired;
         token.updated_at = self.now();
-        // A conflict means someone wrote a newer record, which then stands; a storage
-        // failure leaves the old record, which will be refused again next time.
-        let _ = self.put_sealed(
-            &record::token_key(key),
-            &record::token_context(key),
-            &token,
-            Some(version),
+        let storage_key = record::token_key(key);
+        let lost_race = matches!(
+            self.put_sealed(&storage_key, &record::token_context(key), &token, Some(version)),
+            Ok(Put::Conflict)
         );
+        if lost_race
+            && let Ok((current, _)) = self.load_token(key)
+            && current.status == ConnectionStatus::Active
+            && renewed_since(&old, &current)
+        {
+            return Ok(current.token_set());
+        }
+        // A storage failure leaves the old record, which the provider will refuse again.
+        Err(VaultError::ReconnectRequired(why))
     }
 
     fn revoke_all_inner(&self, tenant: &str, user: &str) -> Result<u32> {
@@ -253,13 +372,9 @@ impl<P: Platform> Vault<P> {
     }
 
     fn load_token(&self, key: &ConnectionKey) -> Result<(TokenRecord, u64)> {
-        self.load_sealed(&record::token_key(key), &record::token_context(key))?
-            .ok_or_else(|| {
-                VaultError::NotFound(format!(
-                    "no {} connection named {:?} for this user",
-                    key.provider, key.name
-                ))
-            })
+        self.load_sealed(&record::token_key(key), &record::token_context(key))?.ok_or_else(|| {
+            VaultError::NotFound(format!("no {} connection named {:?} for this user", key.provider, key.name))
+        })
     }
 
     // ---- providers ----------------------------------------------------------------
@@ -267,14 +382,7 @@ impl<P: Platform> Vault<P> {
     pub fn put_provider(&self, config: ProviderConfig) -> Result<ProviderInfo> {
         let name = config.name.clone();
         let result = self.put_provider_inner(config);
-        self.emit(
-            AuditAction::ProviderPut,
-            AuditOutcome::from(&result),
-            None,
-            None,
-            Some(&name),
-            None,
-        );
+        self.emit(AuditAction::ProviderPut, AuditOutcome::from(&result), None, None, Some(&name), None);
         result
     }
 
@@ -299,25 +407,16 @@ impl<P: Platform> Vault<P> {
     }
 
     pub fn remove_provider(&self, name: &str) -> Result<()> {
-        let result = validate_provider_name(name)
-            .and_then(|()| self.delete_record(&record::provider_key(name), "provider"));
-        self.emit(
-            AuditAction::ProviderRemove,
-            AuditOutcome::from(&result),
-            None,
-            None,
-            Some(name),
-            None,
-        );
+        let result =
+            validate_provider_name(name).and_then(|()| self.delete_record(&record::provider_key(name), "provider"));
+        self.emit(AuditAction::ProviderRemove, AuditOutcome::from(&result), None, None, Some(name), None);
         result
     }
 
     fn put_provider_inner(&self, config: ProviderConfig) -> Result<ProviderInfo> {
         validate_provider(&config)?;
         let name = config.name.clone();
-        let buffer = config
-            .refresh_buffer_secs
-            .unwrap_or(DEFAULT_REFRESH_BUFFER_SECS);
+        let buffer = config.refresh_buffer_secs.unwrap_or(DEFAULT_REFRESH_BUFFER_SECS);
         let provider = ProviderRecord::from_config(config, buffer, self.now());
         let storage_key = record::provider_key(&name);
         let context = record::provider_context(&name);
@@ -338,29 +437,18 @@ impl<P: Platform> Vault<P> {
 
     // ---- sealed storage -----------------------------------------------------------
 
-    fn load_sealed<T: DeserializeOwned>(
-        &self,
-        storage_key: &str,
-        context: &seal::Context,
-    ) -> Result<Option<(T, u64)>> {
+    fn load_sealed<T: DeserializeOwned>(&self, storage_key: &str, context: &seal::Context) -> Result<Option<(T, u64)>> {
         let Some(entry) = self.storage_get(storage_key)? else {
             return Ok(None);
         };
         let key_id = seal::key_id(&entry.value)?;
-        let key = self
-            .platform
-            .key_by_id(key_id)
-            .map_err(|why| VaultError::Storage(format!("keyring: {why}")))?
-            .ok_or_else(|| {
-                VaultError::Integrity(format!(
-                    "{} record is sealed with unknown key {key_id:?}",
-                    context[0]
-                ))
-            })?;
+        let key =
+            self.platform.key_by_id(key_id).map_err(|why| VaultError::Storage(format!("keyring: {why}")))?.ok_or_else(
+                || VaultError::Integrity(format!("{} record is sealed with unknown key {key_id:?}", context[0])),
+            )?;
         let plaintext = seal::open(&entry.value, &key, context)?;
-        let value = serde_json::from_slice(&plaintext).map_err(|_| {
-            VaultError::Integrity(format!("{} record opened but does not parse", context[0]))
-        })?;
+        let value = serde_json::from_slice(&plaintext)
+            .map_err(|_| VaultError::Integrity(format!("{} record opened but does not parse", context[0])))?;
         Ok(Some((value, entry.version)))
     }
 
@@ -371,14 +459,10 @@ impl<P: Platform> Vault<P> {
         value: &T,
         expected: Option<u64>,
     ) -> Result<Put> {
-        let key = self
-            .platform
-            .active_key()
-            .map_err(|why| VaultError::Storage(format!("keyring: {why}")))?;
+        let key = self.platform.active_key().map_err(|why| VaultError::Storage(format!("keyring: {why}")))?;
         let plaintext = serde_json::to_vec(value).expect("records serialize");
         let mut nonce = [0; 12];
-        getrandom::fill(&mut nonce)
-            .map_err(|_| VaultError::Storage("no randomness for a nonce".into()))?;
+        getrandom::fill(&mut nonce).map_err(|_| VaultError::Storage("no randomness for a nonce".into()))?;
         let sealed = seal::seal(&key.id, &key.material, context, &plaintext, nonce)?;
         match self.platform.storage_put(storage_key, &sealed, expected) {
             Ok(_) => Ok(Put::Written),
@@ -388,9 +472,7 @@ impl<P: Platform> Vault<P> {
     }
 
     fn storage_get(&self, storage_key: &str) -> Result<Option<crate::platform::Entry>> {
-        self.platform
-            .storage_get(storage_key)
-            .map_err(storage_error)
+        self.platform.storage_get(storage_key).map_err(storage_error)
     }
 
     fn delete_record(&self, storage_key: &str, what: &str) -> Result<()> {
@@ -411,10 +493,7 @@ impl<P: Platform> Vault<P> {
         let mut keys = Vec::new();
         let mut cursor = None;
         loop {
-            let page = self
-                .platform
-                .storage_list(prefix, cursor.as_deref(), LIST_PAGE)
-                .map_err(storage_error)?;
+            let page = self.platform.storage_list(prefix, cursor.as_deref(), LIST_PAGE).map_err(storage_error)?;
             keys.extend(page.keys.into_iter().filter(|key| key.starts_with(prefix)));
             match page.cursor {
                 Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
@@ -426,14 +505,7 @@ impl<P: Platform> Vault<P> {
     // ---- audit and time -----------------------------------------------------------
 
     fn audit_token(&self, action: AuditAction, key: &ConnectionKey, outcome: AuditOutcome) {
-        self.emit(
-            action,
-            outcome,
-            Some(&key.tenant),
-            Some(&key.user),
-            Some(&key.provider),
-            Some(&key.name),
-        );
+        self.emit(action, outcome, Some(&key.tenant), Some(&key.user), Some(&key.provider), Some(&key.name));
     }
 
     fn emit(
@@ -461,6 +533,20 @@ impl<P: Platform> Vault<P> {
     }
 }
 
+/// What a refresh must produce.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    /// A token that is still valid will do (`get`).
+    Fresh,
+    /// A token obtained after the call began (`refresh`).
+    Renewed,
+}
+
+/// Whether `current` holds other tokens than `before`: renewed, or replaced by a store.
+fn renewed_since(before: &TokenRecord, current: &TokenRecord) -> bool {
+    current.access_token != before.access_token || current.refresh_token != before.refresh_token
+}
+
 fn ensure_active(token: &TokenRecord) -> Result<()> {
     match token.status {
         ConnectionStatus::Active => Ok(()),
@@ -478,51 +564,36 @@ fn storage_error(err: StorageError) -> VaultError {
 }
 
 fn too_contended(what: &str) -> VaultError {
-    VaultError::Storage(format!(
-        "the {what} record kept changing; gave up after {MAX_ATTEMPTS} attempts"
-    ))
+    VaultError::Storage(format!("the {what} record kept changing; gave up after {MAX_ATTEMPTS} attempts"))
 }
 
 fn validate_grant(grant: &TokenGrant) -> Result<()> {
     if grant.access_token.is_empty() {
-        return Err(VaultError::InvalidInput(
-            "access_token must not be empty".into(),
-        ));
+        return Err(VaultError::InvalidInput("access_token must not be empty".into()));
     }
     if grant.token_type.is_empty() {
-        return Err(VaultError::InvalidInput(
-            "token_type must not be empty".into(),
-        ));
+        return Err(VaultError::InvalidInput("token_type must not be empty".into()));
     }
     if grant.refresh_token.as_deref() == Some("") {
-        return Err(VaultError::InvalidInput(
-            "refresh_token must not be empty when given".into(),
-        ));
+        return Err(VaultError::InvalidInput("refresh_token must not be empty when given".into()));
     }
     Ok(())
 }
 
 fn validate_provider_name(name: &str) -> Result<()> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let ok = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(VaultError::InvalidInput(
-            "provider name must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'".into(),
-        ))
+        Err(VaultError::InvalidInput("provider name must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'".into()))
     }
 }
 
 fn validate_url(what: &str, url: &str) -> Result<()> {
-    let parsed = oauth2::url::Url::parse(url)
-        .map_err(|_| VaultError::InvalidInput(format!("{what} is not a valid URL")))?;
+    let parsed =
+        oauth2::url::Url::parse(url).map_err(|_| VaultError::InvalidInput(format!("{what} is not a valid URL")))?;
     if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none() {
-        return Err(VaultError::InvalidInput(format!(
-            "{what} must be an http(s) URL with a host"
-        )));
+        return Err(VaultError::InvalidInput(format!("{what} must be an http(s) URL with a host")));
     }
     Ok(())
 }
@@ -534,23 +605,13 @@ fn validate_provider(config: &ProviderConfig) -> Result<()> {
         validate_url("revocation URL", url)?;
     }
     if config.client_id.is_empty() {
-        return Err(VaultError::InvalidInput(
-            "client id must not be empty".into(),
-        ));
+        return Err(VaultError::InvalidInput("client id must not be empty".into()));
     }
     if config.client_secret.as_deref() == Some("") {
-        return Err(VaultError::InvalidInput(
-            "client secret must not be empty when given".into(),
-        ));
+        return Err(VaultError::InvalidInput("client secret must not be empty when given".into()));
     }
-    if config
-        .scopes
-        .iter()
-        .any(|s| s.is_empty() || s.contains(char::is_whitespace))
-    {
-        return Err(VaultError::InvalidInput(
-            "each scope must be one non-empty word".into(),
-        ));
+    if config.scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
+        return Err(VaultError::InvalidInput("each scope must be one non-empty word".into()));
     }
     Ok(())
 }
@@ -616,9 +677,7 @@ mod tests {
     #[test]
     fn store_then_get_returns_the_token_without_a_request() {
         let vault = vault();
-        let info = vault
-            .store(&key(), grant("at-1", Some("rt-1"), Some(3600)))
-            .unwrap();
+        let info = vault.store(&key(), grant("at-1", Some("rt-1"), Some(3600))).unwrap();
         assert!(info.has_refresh_token);
         assert_eq!(info.scopes, vec!["read", "write"]);
         let token = vault.get(&key()).unwrap();
@@ -630,18 +689,10 @@ mod tests {
     #[test]
     fn storage_holds_only_ciphertext() {
         let vault = vault();
-        vault
-            .store(
-                &key(),
-                grant("at-canary-123", Some("rt-canary-456"), Some(3600)),
-            )
-            .unwrap();
+        vault.store(&key(), grant("at-canary-123", Some("rt-canary-456"), Some(3600))).unwrap();
         for (storage_key, (value, _)) in vault.platform().records.borrow().iter() {
             for canary in ["at-canary-123", "rt-canary-456", "client-secret-canary"] {
-                assert!(
-                    !value.windows(canary.len()).any(|w| w == canary.as_bytes()),
-                    "{canary} in {storage_key}"
-                );
+                assert!(!value.windows(canary.len()).any(|w| w == canary.as_bytes()), "{canary} in {storage_key}");
                 assert!(!storage_key.contains(canary));
             }
         }
@@ -650,38 +701,27 @@ mod tests {
     #[test]
     fn expiring_token_is_refreshed_and_rotation_is_saved() {
         let vault = vault();
-        vault
-            .store(&key(), grant("at-1", Some("rt-1"), Some(3600)))
-            .unwrap();
-        vault.platform().respond(json(200, r#"{"access_token":"at-2","token_type":"bearer","expires_in":3600,"refresh_token":"rt-2"}"#));
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(3600))).unwrap();
+        vault.platform().respond(json(
+            200,
+            r#"{"access_token":"at-2","token_type":"bearer","expires_in":3600,"refresh_token":"rt-2"}"#,
+        ));
         vault.platform().advance_secs(3600 - 30);
         let token = vault.get(&key()).unwrap();
-        assert_eq!(
-            (token.access_token.as_str(), token.refresh_token.as_deref()),
-            ("at-2", Some("rt-2"))
-        );
+        assert_eq!((token.access_token.as_str(), token.refresh_token.as_deref()), ("at-2", Some("rt-2")));
         assert!(form_of(&vault.platform().requests.borrow()[0]).contains("refresh_token=rt-1"));
         // Saved: the next get is served from storage with the rotated token.
         let again = vault.get(&key()).unwrap();
         assert_eq!(again.refresh_token.as_deref(), Some("rt-2"));
         assert_eq!(vault.platform().requests.borrow().len(), 1);
-        assert_eq!(
-            again.scope.as_deref(),
-            Some("read write"),
-            "scope kept when the response has none"
-        );
+        assert_eq!(again.scope.as_deref(), Some("read write"), "scope kept when the response has none");
     }
 
     #[test]
     fn response_without_refresh_token_keeps_the_old_one_and_without_expiry_never_expires() {
         let vault = vault();
-        vault
-            .store(&key(), grant("at-1", Some("rt-1"), Some(100)))
-            .unwrap();
-        vault.platform().respond(json(
-            200,
-            r#"{"access_token":"at-2","token_type":"bearer"}"#,
-        ));
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        vault.platform().respond(json(200, r#"{"access_token":"at-2","token_type":"bearer"}"#));
         let token = vault.refresh(&key()).unwrap();
         assert_eq!(token.refresh_token.as_deref(), Some("rt-1"));
         assert_eq!(token.expires_at, None);
@@ -692,53 +732,27 @@ mod tests {
     #[test]
     fn invalid_grant_marks_the_connection_for_reconnect() {
         let vault = vault();
-        vault
-            .store(&key(), grant("at-1", Some("rt-1"), Some(100)))
-            .unwrap();
-        vault
-            .platform()
-            .respond(json(400, r#"{"error":"invalid_grant"}"#));
-        assert!(matches!(
-            vault.refresh(&key()),
-            Err(VaultError::ReconnectRequired(_))
-        ));
-        assert!(matches!(
-            vault.get(&key()),
-            Err(VaultError::ReconnectRequired(_))
-        ));
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        vault.platform().respond(json(400, r#"{"error":"invalid_grant"}"#));
+        assert!(matches!(vault.refresh(&key()), Err(VaultError::ReconnectRequired(_))));
+        assert!(matches!(vault.get(&key()), Err(VaultError::ReconnectRequired(_))));
         let listed = vault.list("t1", "alice").unwrap();
         assert_eq!(listed[0].status, ConnectionStatus::ReconnectRequired);
-        assert_eq!(
-            vault.platform().requests.borrow().len(),
-            1,
-            "no further upstream calls"
-        );
+        assert_eq!(vault.platform().requests.borrow().len(), 1, "no further upstream calls");
         // Storing a new grant (a reconnect) makes it usable again.
-        vault
-            .store(&key(), grant("at-3", Some("rt-3"), Some(100)))
-            .unwrap();
+        vault.store(&key(), grant("at-3", Some("rt-3"), Some(100))).unwrap();
         assert_eq!(vault.get(&key()).unwrap().access_token, "at-3");
     }
 
     #[test]
     fn provider_failure_leaves_the_stored_token_intact() {
         let vault = vault();
-        vault
-            .store(&key(), grant("at-1", Some("rt-1"), Some(100)))
-            .unwrap();
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
         let before = vault.platform().records.borrow().clone();
-        vault
-            .platform()
-            .respond(json(500, r#"{"error":"server_error"}"#));
-        assert!(matches!(
-            vault.refresh(&key()),
-            Err(VaultError::Provider(_))
-        ));
+        vault.platform().respond(json(500, r#"{"error":"server_error"}"#));
+        assert!(matches!(vault.refresh(&key()), Err(VaultError::Provider(_))));
         vault.platform().respond(|_| Err(HttpError::Timeout));
-        assert!(matches!(
-            vault.refresh(&key()),
-            Err(VaultError::Provider(_))
-        ));
+        assert!(matches!(vault.refresh(&key()), Err(VaultError::Provider(_))));
         assert_eq!(*vault.platform().records.borrow(), before);
         assert_eq!(vault.get(&key()).unwrap().access_token, "at-1");
     }
@@ -748,105 +762,58 @@ mod tests {
         let vault = vault();
         vault.store(&key(), grant("at-1", None, Some(100))).unwrap();
         vault.platform().advance_secs(60);
-        assert_eq!(
-            vault.get(&key()).unwrap().access_token,
-            "at-1",
-            "still valid inside the buffer"
-        );
+        assert_eq!(vault.get(&key()).unwrap().access_token, "at-1", "still valid inside the buffer");
         vault.platform().advance_secs(40);
-        assert!(matches!(
-            vault.get(&key()),
-            Err(VaultError::ReconnectRequired(_))
-        ));
-        assert!(matches!(
-            vault.refresh(&key()),
-            Err(VaultError::InvalidInput(_))
-        ));
+        assert!(matches!(vault.get(&key()), Err(VaultError::ReconnectRequired(_))));
+        assert!(matches!(vault.refresh(&key()), Err(VaultError::InvalidInput(_))));
     }
 
     #[test]
     fn a_lost_race_reads_the_winner_instead_of_overwriting() {
         let platform: &'static MemoryPlatform = Box::leak(Box::new(MemoryPlatform::new()));
         let vault = vault_on(platform);
-        vault
-            .store(&key(), grant("at-1", Some("rt-1"), Some(100)))
-            .unwrap();
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
         // While our refresh is in flight, another caller saves its own rotation.
         platform.respond(move |_| {
             let other = Vault::new(platform);
             other.store(&key(), grant("at-winner", Some("rt-winner"), Some(100))).unwrap();
-            Ok(http::Response::builder().status(200).header("content-type", "application/json")
-                .body(br#"{"access_token":"at-loser","token_type":"bearer","refresh_token":"rt-loser"}"#.to_vec()).unwrap())
+            Ok(http::Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(br#"{"access_token":"at-loser","token_type":"bearer","refresh_token":"rt-loser"}"#.to_vec())
+                .unwrap())
         });
         assert_eq!(vault.refresh(&key()).unwrap().access_token, "at-winner");
-        assert_eq!(
-            vault.get(&key()).unwrap().refresh_token.as_deref(),
-            Some("rt-winner")
-        );
+        assert_eq!(vault.get(&key()).unwrap().refresh_token.as_deref(), Some("rt-winner"));
     }
 
     #[test]
     fn list_remove_and_revoke_all() {
         let vault = vault();
         for name in ["default", "work", "home"] {
-            vault
-                .store(
-                    &ConnectionKey::new("t1", "alice", "acme", name),
-                    grant("a", Some("r"), None),
-                )
-                .unwrap();
+            vault.store(&ConnectionKey::new("t1", "alice", "acme", name), grant("a", Some("r"), None)).unwrap();
         }
-        vault
-            .store(
-                &ConnectionKey::new("t1", "alice2", "acme", "default"),
-                grant("a", None, None),
-            )
-            .unwrap();
-        vault
-            .store(
-                &ConnectionKey::new("t2", "alice", "acme", "default"),
-                grant("a", None, None),
-            )
-            .unwrap();
-        let names: Vec<_> = vault
-            .list("t1", "alice")
-            .unwrap()
-            .into_iter()
-            .map(|i| i.name)
-            .collect();
+        vault.store(&ConnectionKey::new("t1", "alice2", "acme", "default"), grant("a", None, None)).unwrap();
+        vault.store(&ConnectionKey::new("t2", "alice", "acme", "default"), grant("a", None, None)).unwrap();
+        let names: Vec<_> = vault.list("t1", "alice").unwrap().into_iter().map(|i| i.name).collect();
         assert_eq!(names, vec!["default", "home", "work"]);
 
-        vault
-            .remove(&ConnectionKey::new("t1", "alice", "acme", "home"))
-            .unwrap();
+        vault.remove(&ConnectionKey::new("t1", "alice", "acme", "home")).unwrap();
         assert!(matches!(
             vault.remove(&ConnectionKey::new("t1", "alice", "acme", "home")),
             Err(VaultError::NotFound(_))
         ));
         assert_eq!(vault.revoke_all("t1", "alice").unwrap(), 2);
         assert!(vault.list("t1", "alice").unwrap().is_empty());
-        assert_eq!(
-            vault.list("t1", "alice2").unwrap().len(),
-            1,
-            "other users untouched"
-        );
-        assert_eq!(
-            vault.list("t2", "alice").unwrap().len(),
-            1,
-            "other tenants untouched"
-        );
+        assert_eq!(vault.list("t1", "alice2").unwrap().len(), 1, "other users untouched");
+        assert_eq!(vault.list("t2", "alice").unwrap().len(), 1, "other tenants untouched");
     }
 
     #[test]
     fn list_pages_through_many_connections() {
         let vault = vault();
         for i in 0..250 {
-            vault
-                .store(
-                    &ConnectionKey::new("t1", "bob", "acme", &format!("c{i:03}")),
-                    grant("a", None, None),
-                )
-                .unwrap();
+            vault.store(&ConnectionKey::new("t1", "bob", "acme", &format!("c{i:03}")), grant("a", None, None)).unwrap();
         }
         assert_eq!(vault.list("t1", "bob").unwrap().len(), 250);
     }
@@ -854,27 +821,16 @@ mod tests {
     #[test]
     fn moved_or_tampered_records_are_integrity_errors() {
         let vault = vault();
-        vault
-            .store(&key(), grant("at-1", Some("rt-1"), None))
-            .unwrap();
+        vault.store(&key(), grant("at-1", Some("rt-1"), None)).unwrap();
         let alice_key = record::token_key(&key());
         let bob = ConnectionKey::new("t1", "bob", "acme", "default");
         let sealed = vault.platform().records.borrow()[&alice_key].0.clone();
-        vault
-            .platform()
-            .storage_put(&record::token_key(&bob), &sealed, None)
-            .unwrap();
+        vault.platform().storage_put(&record::token_key(&bob), &sealed, None).unwrap();
         assert!(matches!(vault.get(&bob), Err(VaultError::Integrity(_))));
 
         let mut flipped = sealed.clone();
         *flipped.last_mut().unwrap() ^= 0x80;
-        vault
-            .platform()
-            .records
-            .borrow_mut()
-            .get_mut(&alice_key)
-            .unwrap()
-            .0 = flipped;
+        vault.platform().records.borrow_mut().get_mut(&alice_key).unwrap().0 = flipped;
         assert!(matches!(vault.get(&key()), Err(VaultError::Integrity(_))));
     }
 
@@ -882,38 +838,23 @@ mod tests {
     fn records_sealed_with_an_older_key_still_open_and_new_writes_use_the_active_key() {
         let vault = vault();
         vault.store(&key(), grant("at-1", None, None)).unwrap();
-        vault
-            .platform()
-            .keys
-            .borrow_mut()
-            .push(("k2".into(), vec![2; 32]));
+        vault.platform().keys.borrow_mut().push(("k2".into(), vec![2; 32]));
         assert_eq!(vault.get(&key()).unwrap().access_token, "at-1");
         vault.store(&key(), grant("at-2", None, None)).unwrap();
-        let sealed = vault.platform().records.borrow()[&record::token_key(&key())]
-            .0
-            .clone();
+        let sealed = vault.platform().records.borrow()[&record::token_key(&key())].0.clone();
         assert_eq!(seal::key_id(&sealed).unwrap(), "k2");
     }
 
     #[test]
     fn bad_input_is_refused() {
         let vault = vault();
+        assert!(matches!(vault.store(&key(), grant("", None, None)), Err(VaultError::InvalidInput(_))));
         assert!(matches!(
-            vault.store(&key(), grant("", None, None)),
+            vault.store(&ConnectionKey::new("", "a", "acme", "d"), grant("a", None, None)),
             Err(VaultError::InvalidInput(_))
         ));
         assert!(matches!(
-            vault.store(
-                &ConnectionKey::new("", "a", "acme", "d"),
-                grant("a", None, None)
-            ),
-            Err(VaultError::InvalidInput(_))
-        ));
-        assert!(matches!(
-            vault.store(
-                &ConnectionKey::new("t", "a", "nope", "d"),
-                grant("a", None, None)
-            ),
+            vault.store(&ConnectionKey::new("t", "a", "nope", "d"), grant("a", None, None)),
             Err(VaultError::NotFound(_))
         ));
         let mut config = ProviderConfig {
@@ -926,16 +867,10 @@ mod tests {
             scopes: vec![],
             refresh_buffer_secs: None,
         };
-        assert!(matches!(
-            vault.put_provider(config.clone()),
-            Err(VaultError::InvalidInput(_))
-        ));
+        assert!(matches!(vault.put_provider(config.clone()), Err(VaultError::InvalidInput(_))));
         config.name = "ok".into();
         config.token_url = "ftp://x/token".into();
-        assert!(matches!(
-            vault.put_provider(config.clone()),
-            Err(VaultError::InvalidInput(_))
-        ));
+        assert!(matches!(vault.put_provider(config.clone()), Err(VaultError::InvalidInput(_))));
     }
 
     #[test]
@@ -950,13 +885,7 @@ mod tests {
         let _ = vault.get(&ConnectionKey::new("t1", "alice", "acme", "missing"));
         vault.remove(&key()).unwrap();
         vault.remove_provider("acme").unwrap();
-        let seen: Vec<_> = vault
-            .platform()
-            .events
-            .borrow()
-            .iter()
-            .map(|e| (e.action, e.outcome))
-            .collect();
+        let seen: Vec<_> = vault.platform().events.borrow().iter().map(|e| (e.action, e.outcome)).collect();
         assert_eq!(
             seen,
             vec![
@@ -968,5 +897,150 @@ mod tests {
                 (AuditAction::ProviderRemove, AuditOutcome::Ok),
             ]
         );
+    }
+
+    // ---- single-flight refresh ------------------------------------------------------
+
+    const ROTATED: &str =
+        r#"{"access_token":"at-new","token_type":"bearer","expires_in":100,"refresh_token":"rt-new"}"#;
+
+    fn lease_of(vault: &Vault<impl Platform>) -> Option<record::Lease> {
+        let entry = vault.platform().storage_get(&record::lease_key(&key())).unwrap()?;
+        Some(serde_json::from_slice(&entry.value).unwrap())
+    }
+
+    fn hold_lease(platform: &MemoryPlatform, expires_at_ms: u64) {
+        let lease = record::Lease { holder: "someone-else".into(), expires_at_ms };
+        let key = record::lease_key(&key());
+        let current = platform.storage_get(&key).unwrap().map(|e| e.version);
+        platform.storage_put(&key, &serde_json::to_vec(&lease).unwrap(), current).unwrap();
+    }
+
+    #[test]
+    fn the_refresher_releases_its_lease() {
+        let vault = vault();
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        vault.platform().respond(json(200, ROTATED));
+        vault.platform().advance_secs(100);
+        assert_eq!(vault.get(&key()).unwrap().access_token, "at-new");
+        assert!(lease_of(&vault).is_none(), "lease left behind");
+    }
+
+    #[test]
+    fn while_another_caller_refreshes_a_still_valid_token_is_served_at_once() {
+        let vault = vault();
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        vault.platform().advance_secs(80); // due (buffer 50 s), not expired
+        hold_lease(vault.platform(), vault.platform().now_ms() + LEASE_MS);
+        assert_eq!(vault.get(&key()).unwrap().access_token, "at-1");
+        assert!(vault.platform().requests.borrow().is_empty());
+        assert_eq!(vault.platform().slept_ms.get(), 0);
+    }
+
+    #[test]
+    fn an_expired_token_waits_for_the_other_refresher_and_reads_its_result() {
+        let platform: &'static MemoryPlatform = Box::leak(Box::new(MemoryPlatform::new()));
+        let vault = vault_on(platform);
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        platform.advance_secs(100);
+        hold_lease(platform, platform.now_ms() + LEASE_MS);
+        // The other holder saves its result while we wait, then lets go.
+        platform.on_sleep(|p| {
+            if p.slept_ms.get() >= 100 && lease_of(&Vault::new(p)).is_some() {
+                Vault::new(p).store(&key(), grant("at-theirs", Some("rt-theirs"), Some(100))).unwrap();
+                let lease_key = record::lease_key(&key());
+                let version = p.storage_get(&lease_key).unwrap().unwrap().version;
+                p.storage_delete(&lease_key, version).unwrap();
+            }
+        });
+        let token = vault.get(&key()).unwrap();
+        assert_eq!(token.access_token, "at-theirs");
+        assert!(platform.requests.borrow().is_empty(), "the waiter refreshed too");
+    }
+
+    #[test]
+    fn a_forced_refresh_waits_for_the_other_result_even_while_the_token_is_valid() {
+        let platform: &'static MemoryPlatform = Box::leak(Box::new(MemoryPlatform::new()));
+        let vault = vault_on(platform);
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(3600))).unwrap();
+        hold_lease(platform, platform.now_ms() + LEASE_MS);
+        platform.on_sleep(|p| {
+            if p.slept_ms.get() >= 30 {
+                Vault::new(p).store(&key(), grant("at-theirs", Some("rt-theirs"), Some(3600))).unwrap();
+            }
+        });
+        assert_eq!(vault.refresh(&key()).unwrap().access_token, "at-theirs");
+        assert!(platform.requests.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_crashed_holders_lease_is_taken_over_once_it_expires() {
+        let vault = vault();
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        vault.platform().advance_secs(100);
+        hold_lease(vault.platform(), vault.platform().now_ms() + 5_000);
+        vault.platform().respond(json(200, ROTATED));
+        // Nobody saves anything; after 5 s the lease is stale and we take it.
+        let token = vault.get(&key()).unwrap();
+        assert_eq!(token.access_token, "at-new");
+        assert_eq!(vault.platform().requests.borrow().len(), 1);
+        let waited = vault.platform().slept_ms.get();
+        assert!((5_000..7_000).contains(&waited), "waited {waited} ms");
+        assert!(lease_of(&vault).is_none());
+    }
+
+    #[test]
+    fn waiting_is_bounded_when_the_holder_never_finishes() {
+        let vault = vault();
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        vault.platform().advance_secs(100);
+        // A holder that keeps renewing its lease but never saves.
+        vault.platform().on_sleep(|p| hold_lease(p, p.now_ms() + LEASE_MS));
+        hold_lease(vault.platform(), vault.platform().now_ms() + LEASE_MS);
+        let err = vault.get(&key()).err().expect("must fail");
+        assert!(matches!(err, VaultError::Provider(_)), "{err}");
+        assert!(vault.platform().slept_ms.get() >= WAIT_FOR_OTHERS_MS);
+        assert!(vault.platform().requests.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_holder_that_loses_the_grant_tells_the_waiters() {
+        let platform: &'static MemoryPlatform = Box::leak(Box::new(MemoryPlatform::new()));
+        let vault = vault_on(platform);
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        platform.advance_secs(100);
+        hold_lease(platform, platform.now_ms() + LEASE_MS);
+        platform.on_sleep(|p| {
+            // The other holder got invalid_grant and marked the connection.
+            let other = Vault::new(p);
+            let (mut token, version) = other.load_token(&key()).unwrap();
+            if token.status == ConnectionStatus::Active {
+                token.status = ConnectionStatus::ReconnectRequired;
+                let _ =
+                    other.put_sealed(&record::token_key(&key()), &record::token_context(&key()), &token, Some(version));
+            }
+        });
+        assert!(matches!(vault.get(&key()), Err(VaultError::ReconnectRequired(_))));
+    }
+
+    #[test]
+    fn a_save_that_fails_is_retried_and_a_final_failure_keeps_the_old_record() {
+        let vault = vault();
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        vault.platform().respond(json(200, ROTATED));
+
+        // Two failed writes, then storage is back: the retry saves the rotation.
+        vault.platform().fail_puts("tok/", 2);
+        assert_eq!(vault.refresh(&key()).unwrap().refresh_token.as_deref(), Some("rt-new"));
+        assert_eq!(vault.platform().slept_ms.get(), 50 + 250, "two pauses before the third attempt");
+        assert_eq!(vault.get(&key()).unwrap().refresh_token.as_deref(), Some("rt-new"));
+
+        // Storage stays down: a clear storage error, and the previous record intact.
+        let before = vault.platform().records.borrow().get(&record::token_key(&key())).cloned();
+        vault.platform().fail_puts("tok/", 100);
+        let err = vault.refresh(&key()).err().expect("must fail");
+        assert!(matches!(&err, VaultError::Storage(m) if m.contains("could not be saved")), "{err}");
+        assert_eq!(vault.platform().records.borrow().get(&record::token_key(&key())).cloned(), before);
+        assert!(lease_of(&vault).is_none(), "the lease is released after a failed save");
     }
 }

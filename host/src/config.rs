@@ -11,6 +11,8 @@ use crate::runtime::SandboxLimits;
 use crate::storage::StorageUrl;
 
 pub const CONFIG_FILE: &str = "tokenvault.toml";
+/// Below the component's refresh lease (40 s), with a margin for clock skew between hosts.
+pub const MAX_CALL_DEADLINE_MS: u64 = 35_000;
 
 /// Everything the host needs to open a vault.
 #[derive(Debug, Clone)]
@@ -45,14 +47,12 @@ impl Options {
     pub fn from_data_dir(data_dir: &Path) -> Result<Self> {
         let path = data_dir.join(CONFIG_FILE);
         let file: ConfigFile = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text)
-                .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?,
+            Ok(text) => {
+                toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => ConfigFile::default(),
             Err(e) => {
-                return Err(Error::Config(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )));
+                return Err(Error::Config(format!("cannot read {}: {e}", path.display())));
             }
         };
 
@@ -79,13 +79,15 @@ impl Options {
                 .ok_or_else(|| Error::Config("memory_limit_mib must be at least 1".into()))?;
         }
         let millis = |ms: u64, what: &str| {
-            if ms == 0 {
-                Err(Error::Config(format!("{what} must be positive")))
-            } else {
-                Ok(Duration::from_millis(ms))
-            }
+            if ms == 0 { Err(Error::Config(format!("{what} must be positive"))) } else { Ok(Duration::from_millis(ms)) }
         };
         if let Some(ms) = file.call_deadline_ms {
+            // A refresh lease must outlast the call holding it (see ARCHITECTURE.md).
+            if ms > MAX_CALL_DEADLINE_MS {
+                return Err(Error::Config(format!(
+                    "call_deadline_ms must be at most {MAX_CALL_DEADLINE_MS}: refresh leases last 40 s and must outlast a call"
+                )));
+            }
             options.sandbox.deadline = millis(ms, "call_deadline_ms")?;
         }
         if let Some(ms) = file.connect_timeout_ms {
@@ -120,14 +122,8 @@ mod tests {
     fn defaults_live_in_the_data_dir() {
         let dir = tempfile::tempdir().unwrap();
         let options = Options::from_data_dir(dir.path()).unwrap();
-        assert_eq!(
-            options.storage,
-            StorageUrl::Sqlite(dir.path().join("vault.db"))
-        );
-        assert!(
-            options.egress.allowed.is_empty(),
-            "nothing is reachable unless allowed"
-        );
+        assert_eq!(options.storage, StorageUrl::Sqlite(dir.path().join("vault.db")));
+        assert!(options.egress.allowed.is_empty(), "nothing is reachable unless allowed");
     }
 
     #[test]
@@ -144,11 +140,11 @@ mod tests {
         assert_eq!(options.sandbox.memory_bytes, 32 << 20);
         assert_eq!(options.sandbox.deadline, Duration::from_secs(2));
 
+        std::fs::write(dir.path().join(CONFIG_FILE), "call_deadline_ms = 60000\n").unwrap();
+        assert!(Options::from_data_dir(dir.path()).unwrap_err().to_string().contains("at most 35000"));
+
         std::fs::write(dir.path().join(CONFIG_FILE), "allowed_outbound_host = []\n").unwrap();
         let err = Options::from_data_dir(dir.path()).unwrap_err().to_string();
-        assert!(
-            err.starts_with("config:") && err.contains("unknown field"),
-            "{err}"
-        );
+        assert!(err.starts_with("config:") && err.contains("unknown field"), "{err}");
     }
 }
