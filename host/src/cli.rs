@@ -8,24 +8,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tokenvault::storage::StorageUrl;
-use tokenvault::{
-    ClientAuth, ConnectionKey, Error, Options, ProviderConfig, Result, TokenGrant, Vault,
-};
+use tokenvault::{ClientAuth, ConnectionKey, Error, Options, ProviderConfig, Result, TokenGrant, Vault};
 
 #[derive(Parser)]
-#[command(
-    name = "tokenvault",
-    version,
-    about = "OAuth token custody in a WebAssembly sandbox"
-)]
+#[command(name = "tokenvault", version, about = "OAuth token custody in a WebAssembly sandbox")]
 struct Cli {
     /// Where the vault keeps its database, keyring, audit log and tokenvault.toml.
-    #[arg(
-        long,
-        global = true,
-        env = "TOKENVAULT_DATA_DIR",
-        default_value = "./tokenvault-data"
-    )]
+    #[arg(long, global = true, env = "TOKENVAULT_DATA_DIR", default_value = "./tokenvault-data")]
     data_dir: PathBuf,
     /// Let the component reach this origin (scheme://host[:port]); adds to the
     /// allowed_outbound_hosts of tokenvault.toml. Repeatable.
@@ -128,17 +117,16 @@ pub fn main() -> ExitCode {
         // The compiler traces every instruction it emits: millions of lines, minutes of
         // work. Keep it quiet unless asked for by name.
         if !filter.contains("cranelift") && !filter.contains("regalloc") {
-            filter.push_str(",cranelift_codegen=info,cranelift_frontend=info,wasmtime_internal_cranelift=info,regalloc2=info");
+            filter.push_str(
+                ",cranelift_codegen=info,cranelift_frontend=info,wasmtime_internal_cranelift=info,regalloc2=info",
+            );
         }
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
             .init();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -165,7 +153,7 @@ fn print_json(value: &impl Serialize) {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let vault = Vault::open(&options(&cli)?)?;
+    let vault = Vault::open(&options(&cli)?).await?;
     match cli.command {
         Command::Provider(command) => provider(&vault, command).await,
         Command::Token(command) => token(&vault, command).await,
@@ -191,9 +179,10 @@ async fn provider(vault: &Vault, command: ProviderCommand) -> Result<()> {
             refresh_buffer,
         } => {
             let client_secret = match client_secret_env {
-                Some(var) => Some(std::env::var(&var).map_err(|_| {
-                    Error::InvalidInput(format!("environment variable {var} is not set"))
-                })?),
+                Some(var) => Some(
+                    std::env::var(&var)
+                        .map_err(|_| Error::InvalidInput(format!("environment variable {var} is not set")))?,
+                ),
                 None => None,
             };
             let config = ProviderConfig {
@@ -225,9 +214,9 @@ async fn token(vault: &Vault, command: TokenCommand) -> Result<()> {
     match command {
         TokenCommand::Put(args) => {
             let mut input = Vec::new();
-            std::io::stdin().read_to_end(&mut input).map_err(|e| {
-                Error::InvalidInput(format!("cannot read the token response from stdin: {e}"))
-            })?;
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .map_err(|e| Error::InvalidInput(format!("cannot read the token response from stdin: {e}")))?;
             let grant = TokenGrant::from_json(&input)?;
             print_json(&vault.store(&args.key(), &grant).await?);
         }
@@ -261,10 +250,7 @@ async fn demo(vault: &Vault, data_dir: &std::path::Path) -> Result<()> {
     };
 
     println!("tokenvault demo, data directory {}", data_dir.display());
-    step(
-        1,
-        "Register a provider (its client secret is sealed by the component)",
-    );
+    step(1, "Register a provider (its client secret is sealed by the component)");
     let provider = vault
         .put_provider(&ProviderConfig {
             name: "demo".into(),
@@ -279,10 +265,7 @@ async fn demo(vault: &Vault, data_dir: &std::path::Path) -> Result<()> {
         .await?;
     print_json(&provider);
 
-    step(
-        2,
-        "Store a token for user alice of tenant acme (as `token put` would from stdin)",
-    );
+    step(2, "Store a token for user alice of tenant acme (as `token put` would from stdin)");
     let key = ConnectionKey::new("acme", "alice", "demo", "default");
     let access_token = random("demo-at-")?;
     let grant = TokenGrant {
@@ -308,22 +291,11 @@ async fn demo(vault: &Vault, data_dir: &std::path::Path) -> Result<()> {
     step(5, "What storage actually holds");
     let storage = &vault.services().storage;
     println!("storage: {}", storage.describe());
-    for storage_key in storage
-        .list("tok/acme/alice/", None, 10)
-        .await
-        .map_err(|e| Error::Storage(e.to_string()))?
-        .keys
+    for storage_key in storage.list("tok/acme/alice/", None, 10).await.map_err(|e| Error::Storage(e.to_string()))?.keys
     {
-        if let Some(entry) = storage
-            .get(&storage_key)
-            .await
-            .map_err(|e| Error::Storage(e.to_string()))?
-        {
+        if let Some(entry) = storage.get(&storage_key).await.map_err(|e| Error::Storage(e.to_string()))? {
             let preview: String = hex::encode(&entry.value[..entry.value.len().min(48)]);
-            let leaked = entry
-                .value
-                .windows(access_token.len())
-                .any(|w| w == access_token.as_bytes());
+            let leaked = entry.value.windows(access_token.len()).any(|w| w == access_token.as_bytes());
             println!(
                 "key     {storage_key}\nversion {}\nbytes   {} (AES-256-GCM-SIV sealed)\nstart   {preview}…",
                 entry.version,
@@ -333,10 +305,7 @@ async fn demo(vault: &Vault, data_dir: &std::path::Path) -> Result<()> {
         }
     }
 
-    step(
-        6,
-        "Force a refresh: the provider's host is not in the allow-list, so the sandbox refuses",
-    );
+    step(6, "Force a refresh: the provider's host is not in the allow-list, so the sandbox refuses");
     match vault.refresh(&key).await {
         Err(err) => println!("{err}"),
         Ok(_) => println!("unexpected: the refresh went through"),

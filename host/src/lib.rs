@@ -4,7 +4,7 @@
 //! ```no_run
 //! # async fn demo() -> tokenvault::Result<()> {
 //! use tokenvault::{ConnectionKey, Options, Vault};
-//! let vault = Vault::open(&Options::from_data_dir("./tokenvault-data".as_ref())?)?;
+//! let vault = Vault::open(&Options::from_data_dir("./tokenvault-data".as_ref())?).await?;
 //! let token = vault.get(&ConnectionKey::new("acme", "alice", "github", "default")).await?;
 //! # let _ = token; Ok(()) }
 //! ```

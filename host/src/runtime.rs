@@ -11,8 +11,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, Trap,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -58,11 +57,7 @@ pub struct SandboxLimits {
 
 impl Default for SandboxLimits {
     fn default() -> Self {
-        SandboxLimits {
-            memory_bytes: 64 << 20,
-            deadline: Duration::from_secs(30),
-            max_instances: 256,
-        }
+        SandboxLimits { memory_bytes: 64 << 20, deadline: Duration::from_secs(30), max_instances: 256 }
     }
 }
 
@@ -95,20 +90,13 @@ pub(crate) struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 
@@ -133,14 +121,7 @@ impl Runtime {
         let pre = linker.instantiate_pre(&component).map_err(link)?;
         let pre = bindings::VaultPre::new(pre).map_err(link)?;
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Runtime {
-            engine,
-            pre,
-            services,
-            egress: Arc::new(egress),
-            sandbox,
-            _ticker: ticker,
-        })
+        Ok(Runtime { engine, pre, services, egress: Arc::new(egress), sandbox, _ticker: ticker })
     }
 
     /// A fresh instance in a fresh store, for one call.
@@ -150,27 +131,15 @@ impl Runtime {
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
             hooks: EgressHooks(self.egress.clone()),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.sandbox.memory_bytes)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: StoreLimitsBuilder::new().memory_size(self.sandbox.memory_bytes).trap_on_grow_failure(true).build(),
             services: self.services.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        let ticks = self
-            .sandbox
-            .deadline
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis())
-            .max(1) as u64;
+        let ticks = self.sandbox.deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        let vault = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(sandbox_error)?;
+        let vault = self.pre.instantiate_async(&mut store).await.map_err(sandbox_error)?;
         Ok((store, vault))
     }
 }
@@ -198,28 +167,19 @@ fn new_engine(sandbox: &SandboxLimits) -> Result<Engine> {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&config)
-        .map_err(|e| Error::Config(format!("cannot create the wasmtime engine: {e}")))
+    Engine::new(&config).map_err(|e| Error::Config(format!("cannot create the wasmtime engine: {e}")))
 }
 
 /// Compile the component, or load it precompiled from the cache when neither it nor the
 /// engine's settings changed.
-pub(crate) fn load_component(
-    engine: &Engine,
-    wasm: &[u8],
-    cache_dir: Option<&Path>,
-) -> Result<Component> {
-    let compile = || {
-        Component::new(engine, wasm)
-            .map_err(|e| Error::Config(format!("cannot compile the component: {e}")))
-    };
+pub(crate) fn load_component(engine: &Engine, wasm: &[u8], cache_dir: Option<&Path>) -> Result<Component> {
+    let compile =
+        || Component::new(engine, wasm).map_err(|e| Error::Config(format!("cannot compile the component: {e}")));
     let Some(dir) = cache_dir else {
         return compile();
     };
     let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
-    engine
-        .precompile_compatibility_hash()
-        .hash(&mut engine_hash);
+    engine.precompile_compatibility_hash().hash(&mut engine_hash);
     let path = dir.join(format!(
         "tokenvault-{}-{:016x}.cwasm",
         &hex::encode(Sha256::digest(wasm))[..16],
@@ -237,15 +197,12 @@ pub(crate) fn load_component(
         }
     }
     let component = compile()?;
-    let cached = component
-        .serialize()
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| {
-            std::fs::create_dir_all(dir)?;
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &path)
-        });
+    let cached = component.serialize().map_err(std::io::Error::other).and_then(|bytes| {
+        std::fs::create_dir_all(dir)?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)
+    });
     if let Err(e) = cached {
         tracing::warn!(dir = %dir.display(), error = %e, "could not cache the precompiled component");
     }
@@ -297,12 +254,7 @@ impl wit_storage::Host for HostState {
             .storage
             .get(&key)
             .await
-            .map(|e| {
-                e.map(|e| wit_storage::Entry {
-                    value: e.value,
-                    version: e.version,
-                })
-            })
+            .map(|e| e.map(|e| wit_storage::Entry { value: e.value, version: e.version }))
             .map_err(storage_error))
     }
 
@@ -312,25 +264,11 @@ impl wit_storage::Host for HostState {
         value: Vec<u8>,
         expected: Option<u64>,
     ) -> wasmtime::Result<Result<u64, wit_storage::StorageError>> {
-        Ok(self
-            .services
-            .storage
-            .put(&key, &value, expected)
-            .await
-            .map_err(storage_error))
+        Ok(self.services.storage.put(&key, &value, expected).await.map_err(storage_error))
     }
 
-    async fn delete(
-        &mut self,
-        key: String,
-        expected: u64,
-    ) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
-        Ok(self
-            .services
-            .storage
-            .delete(&key, expected)
-            .await
-            .map_err(storage_error))
+    async fn delete(&mut self, key: String, expected: u64) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
+        Ok(self.services.storage.delete(&key, expected).await.map_err(storage_error))
     }
 
     async fn list(
@@ -344,10 +282,7 @@ impl wit_storage::Host for HostState {
             .storage
             .list(&prefix, cursor.as_deref(), limit)
             .await
-            .map(|p| wit_storage::KeyPage {
-                keys: p.keys,
-                cursor: p.cursor,
-            })
+            .map(|p| wit_storage::KeyPage { keys: p.keys, cursor: p.cursor })
             .map_err(storage_error))
     }
 }
@@ -355,10 +290,7 @@ impl wit_storage::Host for HostState {
 impl keyring::Host for HostState {
     async fn active_key(&mut self) -> wasmtime::Result<Result<keyring::Key, String>> {
         let (id, material) = self.services.keyring.active();
-        Ok(Ok(keyring::Key {
-            id: id.to_owned(),
-            material: material.to_vec(),
-        }))
+        Ok(Ok(keyring::Key { id: id.to_owned(), material: material.to_vec() }))
     }
 
     async fn key_by_id(&mut self, id: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {

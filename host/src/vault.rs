@@ -18,27 +18,15 @@ pub struct Vault {
 
 impl Vault {
     /// Open the vault an operator configured: storage, keyring and audit log from `options`.
-    pub fn open(options: &Options) -> Result<Self> {
-        std::fs::create_dir_all(&options.data_dir).map_err(|e| {
-            Error::Config(format!(
-                "cannot create data directory {}: {e}",
-                options.data_dir.display()
-            ))
-        })?;
+    pub async fn open(options: &Options) -> Result<Self> {
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|e| Error::Config(format!("cannot create data directory {}: {e}", options.data_dir.display())))?;
         let services = Services {
-            storage: options
-                .storage
-                .open()
-                .map_err(|e| Error::Storage(e.to_string()))?,
+            storage: options.storage.open().await.map_err(|e| Error::Storage(e.to_string()))?,
             keyring: Arc::new(Keyring::load_or_create(&options.keyring)?),
             audit: Arc::new(JsonLinesAudit::open(&options.audit_log)?),
         };
-        Self::with_services(
-            services,
-            options.egress.clone(),
-            options.sandbox.clone(),
-            options.cache_dir.as_deref(),
-        )
+        Self::with_services(services, options.egress.clone(), options.sandbox.clone(), options.cache_dir.as_deref())
     }
 
     /// Open a vault over services the embedder supplies.
@@ -48,9 +36,7 @@ impl Vault {
         sandbox: SandboxLimits,
         cache_dir: Option<&std::path::Path>,
     ) -> Result<Self> {
-        Ok(Vault {
-            runtime: Arc::new(Runtime::new(services, egress, sandbox, cache_dir)?),
-        })
+        Ok(Vault { runtime: Arc::new(Runtime::new(services, egress, sandbox, cache_dir)?) })
     }
 
     pub fn services(&self) -> &Services {
@@ -76,52 +62,29 @@ impl Vault {
             refresh_token: grant.refresh_token.clone(),
             scope: grant.scope.clone(),
         };
-        finish(
-            vault
-                .tokenvault_vault_tokens()
-                .call_store(&mut store, &key.into(), &grant)
-                .await,
-        )
+        finish(vault.tokenvault_vault_tokens().call_store(&mut store, &key.into(), &grant).await)
     }
 
     /// A token fresh enough to use, refreshed first when it is about to expire.
     pub async fn get(&self, key: &ConnectionKey) -> Result<TokenSet> {
         let (mut store, vault) = self.runtime.instantiate().await?;
-        finish(
-            vault
-                .tokenvault_vault_tokens()
-                .call_get(&mut store, &key.into())
-                .await,
-        )
+        finish(vault.tokenvault_vault_tokens().call_get(&mut store, &key.into()).await)
     }
 
     pub async fn refresh(&self, key: &ConnectionKey) -> Result<TokenSet> {
         let (mut store, vault) = self.runtime.instantiate().await?;
-        finish(
-            vault
-                .tokenvault_vault_tokens()
-                .call_refresh(&mut store, &key.into())
-                .await,
-        )
+        finish(vault.tokenvault_vault_tokens().call_refresh(&mut store, &key.into()).await)
     }
 
     pub async fn remove(&self, key: &ConnectionKey) -> Result<()> {
         let (mut store, vault) = self.runtime.instantiate().await?;
-        finish(
-            vault
-                .tokenvault_vault_tokens()
-                .call_remove(&mut store, &key.into())
-                .await,
-        )
+        finish(vault.tokenvault_vault_tokens().call_remove(&mut store, &key.into()).await)
     }
 
     pub async fn list(&self, tenant: &str, user: &str) -> Result<Vec<ConnectionInfo>> {
         let (mut store, vault) = self.runtime.instantiate().await?;
         finish::<Vec<wit::ConnectionInfo>, Vec<wit::ConnectionInfo>>(
-            vault
-                .tokenvault_vault_tokens()
-                .call_list(&mut store, tenant, user)
-                .await,
+            vault.tokenvault_vault_tokens().call_list(&mut store, tenant, user).await,
         )
         .map(|infos| infos.into_iter().map(Into::into).collect())
     }
@@ -129,12 +92,7 @@ impl Vault {
     /// Remove every connection of a user; returns how many were removed.
     pub async fn revoke_all(&self, tenant: &str, user: &str) -> Result<u32> {
         let (mut store, vault) = self.runtime.instantiate().await?;
-        finish(
-            vault
-                .tokenvault_vault_tokens()
-                .call_revoke_all(&mut store, tenant, user)
-                .await,
-        )
+        finish(vault.tokenvault_vault_tokens().call_revoke_all(&mut store, tenant, user).await)
     }
 
     // ---- providers ------------------------------------------------------------------
@@ -154,43 +112,25 @@ impl Vault {
             scopes: config.scopes.clone(),
             refresh_buffer_secs: config.refresh_buffer_secs,
         };
-        finish(
-            vault
-                .tokenvault_vault_providers()
-                .call_put(&mut store, &config)
-                .await,
-        )
+        finish(vault.tokenvault_vault_providers().call_put(&mut store, &config).await)
     }
 
     pub async fn provider(&self, name: &str) -> Result<ProviderInfo> {
         let (mut store, vault) = self.runtime.instantiate().await?;
-        finish(
-            vault
-                .tokenvault_vault_providers()
-                .call_get(&mut store, name)
-                .await,
-        )
+        finish(vault.tokenvault_vault_providers().call_get(&mut store, name).await)
     }
 
     pub async fn providers(&self) -> Result<Vec<ProviderInfo>> {
         let (mut store, vault) = self.runtime.instantiate().await?;
         finish::<Vec<wit::ProviderInfo>, Vec<wit::ProviderInfo>>(
-            vault
-                .tokenvault_vault_providers()
-                .call_list(&mut store)
-                .await,
+            vault.tokenvault_vault_providers().call_list(&mut store).await,
         )
         .map(|infos| infos.into_iter().map(Into::into).collect())
     }
 
     pub async fn remove_provider(&self, name: &str) -> Result<()> {
         let (mut store, vault) = self.runtime.instantiate().await?;
-        finish(
-            vault
-                .tokenvault_vault_providers()
-                .call_remove(&mut store, name)
-                .await,
-        )
+        finish(vault.tokenvault_vault_providers().call_remove(&mut store, name).await)
     }
 }
 
@@ -270,11 +210,9 @@ impl From<wit::Error> for Error {
             wit::Error::NotFound(m) => Error::NotFound(m),
             wit::Error::InvalidInput(m) => Error::InvalidInput(m),
             wit::Error::ReconnectRequired(m) => Error::ReconnectRequired(m),
-            wit::Error::ProviderError(f) => Error::Provider(ProviderFailure {
-                status: f.status,
-                code: f.code,
-                message: f.message,
-            }),
+            wit::Error::ProviderError(f) => {
+                Error::Provider(ProviderFailure { status: f.status, code: f.code, message: f.message })
+            }
             wit::Error::Storage(m) => Error::Storage(m),
             wit::Error::Integrity(m) => Error::Integrity(m),
             wit::Error::EgressDenied(m) => Error::EgressDenied(m),

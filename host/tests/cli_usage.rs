@@ -15,12 +15,7 @@ fn tokenvault(data_dir: &std::path::Path, args: &[&str], stdin: &str) -> Output 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -38,8 +33,7 @@ fn help_names_every_command() {
     for command in ["provider", "token", "revoke-all", "demo"] {
         assert!(help.contains(command), "{command} missing from --help");
     }
-    let token_help =
-        String::from_utf8(tokenvault(dir.path(), &["token", "--help"], "").stdout).unwrap();
+    let token_help = String::from_utf8(tokenvault(dir.path(), &["token", "--help"], "").stdout).unwrap();
     for command in ["put", "get", "refresh", "rm", "ls"] {
         assert!(token_help.contains(command), "token {command} missing");
     }
@@ -48,23 +42,11 @@ fn help_names_every_command() {
 #[test]
 fn errors_are_one_line_starting_with_their_kind() {
     let dir = tempfile::tempdir().unwrap();
-    let line = error_line(&tokenvault(
-        dir.path(),
-        &["token", "get", "acme", "alice", "github"],
-        "",
-    ));
+    let line = error_line(&tokenvault(dir.path(), &["token", "get", "acme", "alice", "github"], ""));
     assert!(line.starts_with("not-found: "), "{line}");
     let line = error_line(&tokenvault(
         dir.path(),
-        &[
-            "provider",
-            "add",
-            "bad name",
-            "--token-url",
-            "https://x/t",
-            "--client-id",
-            "c",
-        ],
+        &["provider", "add", "bad name", "--token-url", "https://x/t", "--client-id", "c"],
         "",
     ));
     assert!(line.starts_with("invalid-input: "), "{line}");
@@ -83,21 +65,10 @@ fn errors_are_one_line_starting_with_their_kind() {
         ],
         "",
     ));
-    assert!(
-        line.starts_with("invalid-input: environment variable TOKENVAULT_TEST_UNSET"),
-        "{line}"
-    );
-    let line = error_line(&tokenvault(
-        dir.path(),
-        &["--allow-outbound", "not a url", "provider", "ls"],
-        "",
-    ));
+    assert!(line.starts_with("invalid-input: environment variable TOKENVAULT_TEST_UNSET"), "{line}");
+    let line = error_line(&tokenvault(dir.path(), &["--allow-outbound", "not a url", "provider", "ls"], ""));
     assert!(line.starts_with("config: "), "{line}");
-    let line = error_line(&tokenvault(
-        dir.path(),
-        &["token", "put", "acme", "alice", "github"],
-        "{not json",
-    ));
+    let line = error_line(&tokenvault(dir.path(), &["token", "put", "acme", "alice", "github"], "{not json"));
     assert!(line.starts_with("invalid-input: token response"), "{line}");
 }
 
@@ -106,21 +77,10 @@ fn demo_runs_on_the_embedded_default_and_shows_no_plaintext_in_storage() {
     let dir = tempfile::tempdir().unwrap();
     let output = tokenvault(&dir.path().join("data"), &["demo"], "");
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("access token visible in the stored bytes: false"),
-        "{stdout}"
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("access token visible in the stored bytes: false"), "{stdout}");
     assert!(stdout.contains("egress-denied"), "{stdout}");
     assert!(dir.path().join("data/vault.db").exists());
     // A second run over the same data directory works too (the keyring is reused).
-    assert!(
-        tokenvault(&dir.path().join("data"), &["demo"], "")
-            .status
-            .success()
-    );
+    assert!(tokenvault(&dir.path().join("data"), &["demo"], "").status.success());
 }

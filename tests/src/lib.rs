@@ -37,10 +37,7 @@ fn ensure_npm_packages() {
 pub fn random_value(prefix: &str) -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).unwrap();
-    format!(
-        "{prefix}{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("{prefix}{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// oidc-provider on 127.0.0.1 with refresh-token rotation and short-lived access tokens.
@@ -74,15 +71,10 @@ impl OAuthServer {
             .spawn()
             .expect("start node (Node.js 20+ is needed for the OAuth test server)");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read the server's ready line");
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|_| panic!("OAuth server did not start: {line:?}"));
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read the server's ready line");
+        let ready: Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("OAuth server did not start: {line:?}"));
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
         OAuthServer {
             child,
             issuer: ready["issuer"].as_str().unwrap().to_owned(),
@@ -114,32 +106,21 @@ impl OAuthServer {
 
     /// Refresh-token grants the server saw: (succeeded, failed, of which invalid_grant).
     pub fn refresh_stats(&self) -> (u64, u64, u64) {
-        let stats: Value = self
-            .agent
-            .get(format!("{}/__test/stats", self.issuer))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap();
+        let stats: Value =
+            self.agent.get(format!("{}/__test/stats", self.issuer)).call().unwrap().body_mut().read_json().unwrap();
         let n = |k: &str| stats[k].as_u64().unwrap();
         (n("refresh_ok"), n("refresh_error"), n("invalid_grant"))
     }
 
     /// A refresh grant sent straight to the token endpoint as `client_id`, bypassing the vault.
     pub fn raw_refresh(&self, client_id: &str, refresh_token: &str) -> (u16, Value) {
-        let form = [
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-        ];
+        let form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
         let request = self.agent.post(self.token_url());
         let mut response = match client_id {
             "vault-basic" => {
                 let credentials = format!("{client_id}:{}", self.basic_secret);
                 let basic = base64::engine::general_purpose::STANDARD.encode(credentials);
-                request
-                    .header("authorization", format!("Basic {basic}"))
-                    .send_form(form)
+                request.header("authorization", format!("Basic {basic}")).send_form(form)
             }
             _ => request.send_form([
                 form[0],
@@ -149,23 +130,12 @@ impl OAuthServer {
             ]),
         }
         .unwrap();
-        (
-            response.status().as_u16(),
-            response.body_mut().read_json().unwrap_or(Value::Null),
-        )
+        (response.status().as_u16(), response.body_mut().read_json().unwrap_or(Value::Null))
     }
 
     fn post_json(&self, path: &str, body: Value) -> Value {
-        let mut response = self
-            .agent
-            .post(format!("{}{path}", self.issuer))
-            .send_json(body)
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path} answered {}",
-            response.status()
-        );
+        let mut response = self.agent.post(format!("{}{path}", self.issuer)).send_json(body).unwrap();
+        assert!(response.status().is_success(), "{path} answered {}", response.status());
         response.body_mut().read_json().unwrap()
     }
 }
@@ -181,16 +151,8 @@ impl Drop for OAuthServer {
 /// binary for its own integration tests, which `cargo test --workspace` includes).
 pub fn tokenvault_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join(format!("tokenvault{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p tokenvault`",
-        bin.display()
-    );
+    let bin = exe.parent().and_then(Path::parent).unwrap().join(format!("tokenvault{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} is missing: build it with `cargo build -p tokenvault`", bin.display());
     bin
 }
 
@@ -205,21 +167,14 @@ pub struct Run {
 impl Run {
     pub fn json(&self) -> Value {
         assert_eq!(self.code, 0, "command failed: {}", self.stderr);
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
     }
 
     /// The error's kind: the first word of the one stderr line.
     pub fn error_kind(&self) -> String {
         assert_ne!(self.code, 0, "command succeeded: {}", self.stdout);
-        let lines: Vec<&str> = self
-            .stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        let last = lines
-            .last()
-            .unwrap_or_else(|| panic!("no error line on stderr"));
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let last = lines.last().unwrap_or_else(|| panic!("no error line on stderr"));
         last.split(':').next().unwrap().to_owned()
     }
 }
@@ -240,12 +195,7 @@ impl Tokenvault {
             args.push("--allow-outbound".to_owned());
             args.push((*origin).to_owned());
         }
-        Tokenvault {
-            data_dir: tempfile::tempdir().unwrap(),
-            args,
-            env: Vec::new(),
-            runs: Default::default(),
-        }
+        Tokenvault { data_dir: tempfile::tempdir().unwrap(), args, env: Vec::new(), runs: Default::default() }
     }
 
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Run {
@@ -273,37 +223,23 @@ impl Tokenvault {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         };
-        self.runs
-            .borrow_mut()
-            .push((args.iter().map(|s| s.to_string()).collect(), run.clone()));
+        self.runs.borrow_mut().push((args.iter().map(|s| s.to_string()).collect(), run.clone()));
         run
     }
 }
 
 /// A vault opened in-process over a fresh data directory, allowed to reach `allowed`.
-pub fn open_vault(data_dir: &Path, allowed: &[&str]) -> tokenvault::Vault {
+pub async fn open_vault(data_dir: &Path, allowed: &[&str]) -> tokenvault::Vault {
     let mut options = tokenvault::Options::from_data_dir(data_dir).unwrap();
-    options
-        .allow_outbound(&allowed.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .unwrap();
-    tokenvault::Vault::open(&options).unwrap()
+    options.allow_outbound(&allowed.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    tokenvault::Vault::open(&options).await.unwrap()
 }
 
 /// A provider registration for one of the server's clients.
-pub fn provider_config(
-    server: &OAuthServer,
-    name: &str,
-    client_id: &str,
-) -> tokenvault::ProviderConfig {
+pub fn provider_config(server: &OAuthServer, name: &str, client_id: &str) -> tokenvault::ProviderConfig {
     let (secret, auth) = match client_id {
-        "vault-basic" => (
-            &server.basic_secret,
-            tokenvault::ClientAuth::ClientSecretBasic,
-        ),
-        _ => (
-            &server.post_secret,
-            tokenvault::ClientAuth::ClientSecretPost,
-        ),
+        "vault-basic" => (&server.basic_secret, tokenvault::ClientAuth::ClientSecretBasic),
+        _ => (&server.post_secret, tokenvault::ClientAuth::ClientSecretPost),
     };
     tokenvault::ProviderConfig {
         name: name.into(),

@@ -11,8 +11,7 @@ fn every_command_works_and_no_value_leaks_into_any_output() {
     let server = OAuthServer::start(60);
     let mut tv = Tokenvault::new(&[&server.origin()]);
     tv.env.push(("TOKENVAULT_LOG".into(), "trace".into()));
-    tv.env
-        .push(("IDP_SECRET".into(), server.basic_secret.clone()));
+    tv.env.push(("IDP_SECRET".into(), server.basic_secret.clone()));
     let mut canaries = vec![server.basic_secret.clone()];
     let mut may_print_values = Vec::new(); // indexes of runs whose stdout is a token set
 
@@ -40,42 +39,25 @@ fn every_command_works_and_no_value_leaks_into_any_output() {
     assert_eq!(added["client_auth"], "client_secret_basic");
     let listed = tv.run(&["provider", "ls"], None).json();
     assert_eq!(listed.as_array().unwrap().len(), 1);
-    assert_eq!(
-        tv.run(&["provider", "show", "idp"], None).json()["token_url"],
-        token_url.as_str()
-    );
+    assert_eq!(tv.run(&["provider", "show", "idp"], None).json()["token_url"], token_url.as_str());
 
     // Put a token obtained from the server (its id_token is ignored, and is a canary too).
     let response = server.grant("vault-basic");
     for field in ["access_token", "refresh_token", "id_token"] {
         canaries.push(response[field].as_str().unwrap().to_owned());
     }
-    let stored = tv
-        .run(
-            &["token", "put", "acme", "alice", "idp"],
-            Some(&response.to_string()),
-        )
-        .json();
+    let stored = tv.run(&["token", "put", "acme", "alice", "idp"], Some(&response.to_string())).json();
     assert_eq!(stored["has_refresh_token"], true);
     let work_response = server.grant("vault-basic");
     for field in ["access_token", "refresh_token"] {
         canaries.push(work_response[field].as_str().unwrap().to_owned());
     }
-    let work = tv
-        .run(
-            &["token", "put", "acme", "alice", "idp", "--name", "work"],
-            Some(&work_response.to_string()),
-        )
-        .json();
+    let work =
+        tv.run(&["token", "put", "acme", "alice", "idp", "--name", "work"], Some(&work_response.to_string())).json();
     assert_eq!(work["name"], "work");
 
     let listed = tv.run(&["token", "ls", "acme", "alice"], None).json();
-    let names: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["default", "work"]);
 
     // Get returns the values: the one place they may appear.
@@ -96,40 +78,18 @@ fn every_command_works_and_no_value_leaks_into_any_output() {
 
     // Errors: kind first, no value echoed.
     server.fault(serde_json::json!({ "status": 500, "body": response["refresh_token"], "content_type": "text/plain" }));
+    assert_eq!(tv.run(&["token", "refresh", "acme", "alice", "idp"], None).error_kind(), "provider-error");
+    let bad_json = format!("{{\"access_token\": 42, \"refresh_token\": {} }}", response["refresh_token"]);
+    assert_eq!(tv.run(&["token", "put", "acme", "alice", "idp"], Some(&bad_json)).error_kind(), "invalid-input");
+    assert_eq!(tv.run(&["token", "get", "acme", "nobody", "idp"], None).error_kind(), "not-found");
     assert_eq!(
-        tv.run(&["token", "refresh", "acme", "alice", "idp"], None)
-            .error_kind(),
-        "provider-error"
-    );
-    let bad_json = format!(
-        "{{\"access_token\": 42, \"refresh_token\": {} }}",
-        response["refresh_token"]
-    );
-    assert_eq!(
-        tv.run(&["token", "put", "acme", "alice", "idp"], Some(&bad_json))
-            .error_kind(),
-        "invalid-input"
-    );
-    assert_eq!(
-        tv.run(&["token", "get", "acme", "nobody", "idp"], None)
-            .error_kind(),
-        "not-found"
-    );
-    assert_eq!(
-        tv.run(
-            &["token", "put", "acme", "alice", "unknown"],
-            Some(&response.to_string())
-        )
-        .error_kind(),
+        tv.run(&["token", "put", "acme", "alice", "unknown"], Some(&response.to_string())).error_kind(),
         "not-found"
     );
 
     // A provider whose token URL is not allowed.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let elsewhere = format!(
-        "http://127.0.0.1:{}/token",
-        closed.local_addr().unwrap().port()
-    );
+    let elsewhere = format!("http://127.0.0.1:{}/token", closed.local_addr().unwrap().port());
     tv.run(
         &[
             "provider",
@@ -145,59 +105,27 @@ fn every_command_works_and_no_value_leaks_into_any_output() {
         None,
     )
     .json();
-    tv.run(
-        &["token", "put", "acme", "alice", "elsewhere"],
-        Some(&response.to_string()),
-    )
-    .json();
-    assert_eq!(
-        tv.run(&["token", "refresh", "acme", "alice", "elsewhere"], None)
-            .error_kind(),
-        "egress-denied"
-    );
+    tv.run(&["token", "put", "acme", "alice", "elsewhere"], Some(&response.to_string())).json();
+    assert_eq!(tv.run(&["token", "refresh", "acme", "alice", "elsewhere"], None).error_kind(), "egress-denied");
 
     // Removal.
-    tv.run(
-        &["token", "rm", "acme", "alice", "idp", "--name", "work"],
-        None,
-    )
-    .json();
-    assert_eq!(
-        tv.run(
-            &["token", "rm", "acme", "alice", "idp", "--name", "work"],
-            None
-        )
-        .error_kind(),
-        "not-found"
-    );
-    assert_eq!(
-        tv.run(&["revoke-all", "acme", "alice"], None).json()["removed"],
-        2
-    );
-    assert_eq!(
-        tv.run(&["token", "ls", "acme", "alice"], None).json(),
-        serde_json::json!([])
-    );
+    tv.run(&["token", "rm", "acme", "alice", "idp", "--name", "work"], None).json();
+    assert_eq!(tv.run(&["token", "rm", "acme", "alice", "idp", "--name", "work"], None).error_kind(), "not-found");
+    assert_eq!(tv.run(&["revoke-all", "acme", "alice"], None).json()["removed"], 2);
+    assert_eq!(tv.run(&["token", "ls", "acme", "alice"], None).json(), serde_json::json!([]));
     tv.run(&["provider", "rm", "elsewhere"], None).json();
 
     // The scan.
     let runs = tv.runs.borrow();
     assert!(
-        runs.iter()
-            .any(|(_, run)| run.stderr.contains("TRACE") || run.stderr.contains("DEBUG")),
+        runs.iter().any(|(_, run)| run.stderr.contains("TRACE") || run.stderr.contains("DEBUG")),
         "logging was not on"
     );
     for (i, (args, run)) in runs.iter().enumerate() {
         for canary in &canaries {
-            assert!(
-                !run.stderr.contains(canary.as_str()),
-                "a value leaked to stderr of {args:?}"
-            );
+            assert!(!run.stderr.contains(canary.as_str()), "a value leaked to stderr of {args:?}");
             if !may_print_values.contains(&i) {
-                assert!(
-                    !run.stdout.contains(canary.as_str()),
-                    "a value leaked to stdout of {args:?}"
-                );
+                assert!(!run.stdout.contains(canary.as_str()), "a value leaked to stdout of {args:?}");
             }
         }
     }

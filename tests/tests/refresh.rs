@@ -14,27 +14,18 @@ fn key(user: &str) -> ConnectionKey {
 async fn token_is_refreshed_when_it_expires_and_the_rotated_refresh_token_is_kept() {
     let server = OAuthServer::start(4);
     let dir = tempfile::tempdir().unwrap();
-    let vault = open_vault(dir.path(), &[&server.origin()]);
-    vault
-        .put_provider(&provider_config(&server, "idp", "vault-basic"))
-        .await
-        .unwrap();
+    let vault = open_vault(dir.path(), &[&server.origin()]).await;
+    vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
 
     let response = server.grant("vault-basic");
     let original_refresh = response["refresh_token"].as_str().unwrap().to_owned();
-    let info = vault
-        .store(&key("alice"), &grant_of(&response))
-        .await
-        .unwrap();
+    let info = vault.store(&key("alice"), &grant_of(&response)).await.unwrap();
     assert!(info.has_refresh_token);
     assert_eq!(info.scopes, vec!["openid", "offline_access"]);
 
     // Fresh: served from storage, no refresh.
     let first = vault.get(&key("alice")).await.unwrap();
-    assert_eq!(
-        first.access_token,
-        response["access_token"].as_str().unwrap()
-    );
+    assert_eq!(first.access_token, response["access_token"].as_str().unwrap());
     assert_eq!(server.refresh_stats(), (0, 0, 0));
 
     // A 4 s token is refreshed once half its lifetime is left (the 60 s buffer is capped).
@@ -42,10 +33,7 @@ async fn token_is_refreshed_when_it_expires_and_the_rotated_refresh_token_is_kep
     let renewed = vault.get(&key("alice")).await.unwrap();
     assert_ne!(renewed.access_token, first.access_token);
     let rotated = renewed.refresh_token.clone().unwrap();
-    assert_ne!(
-        rotated, original_refresh,
-        "the server rotates refresh tokens"
-    );
+    assert_ne!(rotated, original_refresh, "the server rotates refresh tokens");
     assert_eq!(server.refresh_stats(), (1, 0, 0));
 
     // The rotated refresh token was stored: the next get is served from storage...
@@ -60,10 +48,7 @@ async fn token_is_refreshed_when_it_expires_and_the_rotated_refresh_token_is_kep
     // The original refresh token is spent: the server refuses it (and, seeing reuse,
     // revokes the whole grant, as RFC 9700 asks).
     let (status, body) = server.raw_refresh("vault-basic", &original_refresh);
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_grant"))
-    );
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")));
 
     // invalid_grant from the provider marks the connection for reconnect.
     let err = vault.refresh(&key("alice")).await.unwrap_err();
@@ -78,16 +63,10 @@ async fn token_is_refreshed_when_it_expires_and_the_rotated_refresh_token_is_kep
 async fn provider_failures_leave_the_stored_token_usable() {
     let server = OAuthServer::start(60);
     let dir = tempfile::tempdir().unwrap();
-    let vault = open_vault(dir.path(), &[&server.origin()]);
-    vault
-        .put_provider(&provider_config(&server, "idp", "vault-post"))
-        .await
-        .unwrap();
+    let vault = open_vault(dir.path(), &[&server.origin()]).await;
+    vault.put_provider(&provider_config(&server, "idp", "vault-post")).await.unwrap();
     let response = server.grant("vault-post");
-    vault
-        .store(&key("bob"), &grant_of(&response))
-        .await
-        .unwrap();
+    vault.store(&key("bob"), &grant_of(&response)).await.unwrap();
 
     server.fault(serde_json::json!({ "status": 500, "body": "<h1>upstream down</h1>", "content_type": "text/html" }));
     match vault.refresh(&key("bob")).await.unwrap_err() {
@@ -104,36 +83,20 @@ async fn provider_failures_leave_the_stored_token_usable() {
 
     // Untouched: the stored token is still served, and its refresh token still works.
     let token = vault.get(&key("bob")).await.unwrap();
-    assert_eq!(
-        token.access_token,
-        response["access_token"].as_str().unwrap()
-    );
-    assert_eq!(
-        token.refresh_token.as_deref(),
-        response["refresh_token"].as_str()
-    );
+    assert_eq!(token.access_token, response["access_token"].as_str().unwrap());
+    assert_eq!(token.refresh_token.as_deref(), response["refresh_token"].as_str());
     let refreshed = vault.refresh(&key("bob")).await.unwrap();
     assert_ne!(refreshed.access_token, token.access_token);
-    assert_eq!(
-        server.refresh_stats(),
-        (1, 0, 0),
-        "the faults never reached the provider's grant logic"
-    );
+    assert_eq!(server.refresh_stats(), (1, 0, 0), "the faults never reached the provider's grant logic");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tampered_or_moved_records_are_integrity_errors() {
     let server = OAuthServer::start(60);
     let dir = tempfile::tempdir().unwrap();
-    let vault = open_vault(dir.path(), &[&server.origin()]);
-    vault
-        .put_provider(&provider_config(&server, "idp", "vault-basic"))
-        .await
-        .unwrap();
-    vault
-        .store(&key("carol"), &grant_of(&server.grant("vault-basic")))
-        .await
-        .unwrap();
+    let vault = open_vault(dir.path(), &[&server.origin()]).await;
+    vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
+    vault.store(&key("carol"), &grant_of(&server.grant("vault-basic"))).await.unwrap();
 
     let storage = vault.services().storage.clone();
     let keys = storage.list("tok/", None, 10).await.unwrap().keys;
@@ -141,19 +104,10 @@ async fn tampered_or_moved_records_are_integrity_errors() {
     let entry = storage.get(&keys[0]).await.unwrap().unwrap();
 
     // Copied under another user: the associated data no longer matches.
-    storage
-        .put("tok/acme/mallory/idp/default", &entry.value, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        vault.get(&key("mallory")).await.unwrap_err().kind(),
-        "integrity"
-    );
+    storage.put("tok/acme/mallory/idp/default", &entry.value, None).await.unwrap();
+    assert_eq!(vault.get(&key("mallory")).await.unwrap_err().kind(), "integrity");
     // And under another provider of the same user.
-    storage
-        .put("tok/acme/carol/other/default", &entry.value, None)
-        .await
-        .unwrap();
+    storage.put("tok/acme/carol/other/default", &entry.value, None).await.unwrap();
     let other = ConnectionKey::new("acme", "carol", "other", "default");
     assert_eq!(vault.get(&other).await.unwrap_err().kind(), "integrity");
 
@@ -161,14 +115,8 @@ async fn tampered_or_moved_records_are_integrity_errors() {
     let mut flipped = entry.value.clone();
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x01;
-    storage
-        .put(&keys[0], &flipped, Some(entry.version))
-        .await
-        .unwrap();
-    assert_eq!(
-        vault.get(&key("carol")).await.unwrap_err().kind(),
-        "integrity"
-    );
+    storage.put(&keys[0], &flipped, Some(entry.version)).await.unwrap();
+    assert_eq!(vault.get(&key("carol")).await.unwrap_err().kind(), "integrity");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -177,27 +125,18 @@ async fn a_token_url_outside_the_allow_list_is_refused_before_any_connection() {
     // A listener that records whether anyone connects to it.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    let forbidden = format!(
-        "http://127.0.0.1:{}/token",
-        listener.local_addr().unwrap().port()
-    );
+    let forbidden = format!("http://127.0.0.1:{}/token", listener.local_addr().unwrap().port());
 
     let dir = tempfile::tempdir().unwrap();
-    let vault = open_vault(dir.path(), &[&server.origin()]);
+    let vault = open_vault(dir.path(), &[&server.origin()]).await;
     let mut config = provider_config(&server, "idp", "vault-basic");
     config.token_url = forbidden;
     vault.put_provider(&config).await.unwrap();
-    vault
-        .store(&key("dave"), &grant_of(&server.grant("vault-basic")))
-        .await
-        .unwrap();
+    vault.store(&key("dave"), &grant_of(&server.grant("vault-basic"))).await.unwrap();
 
     let err = vault.refresh(&key("dave")).await.unwrap_err();
     assert_eq!(err.kind(), "egress-denied", "{err}");
-    assert!(
-        listener.accept().is_err(),
-        "a connection reached the forbidden host"
-    );
+    assert!(listener.accept().is_err(), "a connection reached the forbidden host");
     // Refused at the host: the stored token is untouched.
     assert!(vault.get(&key("dave")).await.is_ok());
 }

@@ -1,0 +1,206 @@
+//! PostgreSQL storage, shared by many hosts.
+//!
+//! Every write is one conditional statement (`INSERT … ON CONFLICT DO NOTHING`, or
+//! `UPDATE … WHERE version = $expected`), atomic on its own; versions come from one
+//! sequence, so they are never reused. Tables are created on first use, idempotently and
+//! under an advisory lock so that hosts starting together do not race.
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+
+use super::{Entry, KeyPage, Storage, StorageError, StorageResult};
+
+pub struct PostgresStorage {
+    config: tokio_postgres::Config,
+    schema: String,
+    client: Mutex<Option<Arc<Client>>>,
+    statements: Statements,
+}
+
+/// SQL with the schema filled in.
+struct Statements {
+    get: String,
+    insert: String,
+    update: String,
+    delete: String,
+    list: String,
+}
+
+fn unavailable(err: tokio_postgres::Error) -> StorageError {
+    // The driver's Display names what failed, never parameters.
+    StorageError::Unavailable(format!("postgres: {err}"))
+}
+
+impl PostgresStorage {
+    /// `postgres://user@host:port/db`, optionally `?schema=NAME` (default `public`).
+    pub async fn connect(url: &str) -> StorageResult<Self> {
+        let (url, schema) = split_param(url, "schema");
+        let schema = schema.unwrap_or_else(|| "public".into());
+        if schema.is_empty() || !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(StorageError::Unavailable("postgres: schema must be lowercase letters, digits and _".into()));
+        }
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|_| StorageError::Unavailable("postgres: the storage URL is not a valid connection URL".into()))?;
+        let table = format!("\"{schema}\".tokenvault_records");
+        let storage = PostgresStorage {
+            statements: Statements {
+                get: format!("SELECT value, version FROM {table} WHERE key = $1"),
+                insert: format!(
+                    "INSERT INTO {table} (key, value, version) VALUES ($1, $2, nextval('\"{schema}\".tokenvault_version')) \
+                     ON CONFLICT (key) DO NOTHING RETURNING version"
+                ),
+                update: format!(
+                    "UPDATE {table} SET value = $2, version = nextval('\"{schema}\".tokenvault_version') \
+                     WHERE key = $1 AND version = $3 RETURNING version"
+                ),
+                delete: format!("DELETE FROM {table} WHERE key = $1 AND version = $2"),
+                list: format!(
+                    "SELECT key FROM {table} WHERE key >= $1 AND starts_with(key, $1) AND ($2::text IS NULL OR key > $2) \
+                     ORDER BY key LIMIT $3"
+                ),
+            },
+            config,
+            schema,
+            client: Mutex::new(None),
+        };
+        let client = storage.client().await?;
+        client
+            .batch_execute(&format!(
+                "BEGIN;
+                 SELECT pg_advisory_xact_lock(7140591);
+                 CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+                 CREATE SEQUENCE IF NOT EXISTS \"{schema}\".tokenvault_version;
+                 CREATE TABLE IF NOT EXISTS {table} (
+                     key TEXT COLLATE \"C\" PRIMARY KEY,
+                     value BYTEA NOT NULL,
+                     version BIGINT NOT NULL
+                 );
+                 COMMIT;",
+                schema = storage.schema
+            ))
+            .await
+            .map_err(unavailable)?;
+        Ok(storage)
+    }
+
+    /// The shared connection, opened again if it was lost.
+    async fn client(&self) -> StorageResult<Arc<Client>> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        let (client, connection) = self.config.connect(NoTls).await.map_err(unavailable)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "postgres connection closed");
+            }
+        });
+        let client = Arc::new(client);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for PostgresStorage {
+    async fn get(&self, key: &str) -> StorageResult<Option<Entry>> {
+        let client = self.client().await?;
+        let row = client.query_opt(&self.statements.get, &[&key]).await.map_err(unavailable)?;
+        Ok(row.map(|row| Entry { value: row.get(0), version: row.get::<_, i64>(1) as u64 }))
+    }
+
+    async fn put(&self, key: &str, value: &[u8], expected: Option<u64>) -> StorageResult<u64> {
+        let client = self.client().await?;
+        let row = match expected {
+            None => client.query_opt(&self.statements.insert, &[&key, &value]).await,
+            Some(expected) => client.query_opt(&self.statements.update, &[&key, &value, &(expected as i64)]).await,
+        }
+        .map_err(unavailable)?;
+        row.map(|row| row.get::<_, i64>(0) as u64).ok_or(StorageError::Conflict)
+    }
+
+    async fn delete(&self, key: &str, expected: u64) -> StorageResult<()> {
+        let client = self.client().await?;
+        let deleted =
+            client.execute(&self.statements.delete, &[&key, &(expected as i64)]).await.map_err(unavailable)?;
+        if deleted == 1 { Ok(()) } else { Err(StorageError::Conflict) }
+    }
+
+    async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<KeyPage> {
+        let client = self.client().await?;
+        let rows =
+            client.query(&self.statements.list, &[&prefix, &cursor, &i64::from(limit)]).await.map_err(unavailable)?;
+        let keys: Vec<String> = rows.into_iter().map(|row| row.get(0)).collect();
+        let cursor = (keys.len() == limit as usize).then(|| keys.last().cloned()).flatten();
+        Ok(KeyPage { keys, cursor })
+    }
+
+    fn describe(&self) -> String {
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        format!(
+            "postgres (host {}, database {}, schema {})",
+            hosts.join(","),
+            self.config.get_dbname().unwrap_or("(default)"),
+            self.schema
+        )
+    }
+}
+
+/// Take `name=value` out of a URL's query string (the drivers do not know our parameters).
+pub(super) fn split_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), None) };
+    let mut found = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((k, v)) if k == name => {
+                found = Some(v.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+    (url, found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{conformance, test_server, unique_name};
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance() {
+        let Some(url) = test_server("TOKENVAULT_TEST_POSTGRES", "storage::postgres::conformance") else { return };
+        let schema = unique_name("tv_test");
+        let storage = PostgresStorage::connect(&format!("{url}?schema={schema}"))
+            .await
+            .expect("connect to TOKENVAULT_TEST_POSTGRES");
+        conformance::run(Arc::new(storage)).await;
+        let again =
+            PostgresStorage::connect(&format!("{url}?schema={schema}")).await.expect("migrations are idempotent");
+        again.client().await.unwrap().batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+    }
+
+    #[test]
+    fn our_parameters_are_taken_out_of_the_url() {
+        assert_eq!(split_param("postgres://h/db?schema=s", "schema"), ("postgres://h/db".into(), Some("s".into())));
+        assert_eq!(
+            split_param("postgres://h/db?a=1&schema=s&b=2", "schema"),
+            ("postgres://h/db?a=1&b=2".into(), Some("s".into()))
+        );
+        assert_eq!(split_param("postgres://h/db", "schema"), ("postgres://h/db".into(), None));
+    }
+}
