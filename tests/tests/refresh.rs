@@ -140,3 +140,50 @@ async fn a_token_url_outside_the_allow_list_is_refused_before_any_connection() {
     // Refused at the host: the stored token is untouched.
     assert!(vault.get(&key("dave")).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_provider_fault_is_a_provider_error_and_the_token_survives() {
+    let server = OAuthServer::start(600);
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = tokenvault::Options::from_data_dir(dir.path()).unwrap();
+    options.allow_outbound(&[server.origin()]).unwrap();
+    options.egress.response_timeout = Duration::from_millis(800);
+    options.egress.max_response_bytes = 4096;
+    let vault = tokenvault::Vault::open(&options).await.unwrap();
+    vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
+    let response = server.grant("vault-basic");
+    vault.store(&key("erin"), &grant_of(&response)).await.unwrap();
+
+    let json = "application/json";
+    let faults = [
+        ("connection reset", serde_json::json!({ "reset": true })),
+        ("slower than the timeout", serde_json::json!({ "delay_ms": 2500, "status": 503 })),
+        ("not JSON", serde_json::json!({ "status": 200, "body": "<html>hello</html>", "content_type": json })),
+        (
+            "no access_token",
+            serde_json::json!({ "status": 200, "body": "{\"token_type\":\"bearer\",\"expires_in\":60}", "content_type": json }),
+        ),
+        (
+            "larger than the cap",
+            serde_json::json!({
+                "status": 200, "content_type": json,
+                "body": format!("{{\"access_token\":\"x\",\"token_type\":\"bearer\",\"pad\":\"{}\"}}", "p".repeat(10_000)),
+            }),
+        ),
+    ];
+    for (what, fault) in faults {
+        server.fault(fault);
+        let started = std::time::Instant::now();
+        let err = vault.refresh(&key("erin")).await.unwrap_err();
+        assert_eq!(err.kind(), "provider-error", "{what}: {err}");
+        // The slow fault answers after 2.5 s: only the 800 ms timeout keeps this under 2 s.
+        assert!(started.elapsed() < Duration::from_secs(2), "{what} took {:?}", started.elapsed());
+        let token = vault.get(&key("erin")).await.unwrap();
+        assert_eq!(token.access_token, response["access_token"].as_str().unwrap(), "{what} changed the stored token");
+    }
+    // None of them reached the grant logic; the refresh token still works.
+    assert_eq!(server.refresh_stats(), (0, 0, 0));
+    let renewed = vault.refresh(&key("erin")).await.unwrap();
+    assert_ne!(renewed.access_token, response["access_token"].as_str().unwrap());
+    assert_eq!(server.refresh_stats(), (1, 0, 0));
+}
