@@ -257,3 +257,51 @@ pub fn provider_config(server: &OAuthServer, name: &str, client_id: &str) -> tok
 pub fn grant_of(response: &Value) -> tokenvault::TokenGrant {
     tokenvault::TokenGrant::from_json(response.to_string().as_bytes()).unwrap()
 }
+
+/// Real storage with switchable faults on token records, for the storage fault tests.
+pub struct FlakyStorage {
+    pub inner: std::sync::Arc<dyn tokenvault::storage::Storage>,
+    /// Token writes fail as if the backend went away.
+    pub fail_token_writes: std::sync::atomic::AtomicBool,
+    /// Before the next token write, another writer updates the record (a version conflict).
+    pub race_next_token_write: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl tokenvault::storage::Storage for FlakyStorage {
+    async fn get(&self, key: &str) -> tokenvault::storage::StorageResult<Option<tokenvault::storage::Entry>> {
+        self.inner.get(key).await
+    }
+
+    async fn put(&self, key: &str, value: &[u8], expected: Option<u64>) -> tokenvault::storage::StorageResult<u64> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if key.starts_with("tok/") {
+            if self.fail_token_writes.load(SeqCst) {
+                return Err(tokenvault::storage::StorageError::Unavailable("test: backend unreachable".into()));
+            }
+            if self.race_next_token_write.swap(false, SeqCst)
+                && let Some(current) = self.inner.get(key).await?
+            {
+                self.inner.put(key, &current.value, Some(current.version)).await?;
+            }
+        }
+        self.inner.put(key, value, expected).await
+    }
+
+    async fn delete(&self, key: &str, expected: u64) -> tokenvault::storage::StorageResult<()> {
+        self.inner.delete(key, expected).await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> tokenvault::storage::StorageResult<tokenvault::storage::KeyPage> {
+        self.inner.list(prefix, cursor, limit).await
+    }
+
+    fn describe(&self) -> String {
+        format!("flaky {}", self.inner.describe())
+    }
+}

@@ -1,0 +1,75 @@
+//! Storage faults around a refresh, against a real OAuth server (which rotates refresh
+//! tokens): the backend failing between the provider's answer and the save, and a version
+//! conflict on the save.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+
+use tokenvault::audit::MemoryAudit;
+use tokenvault::keys::Keyring;
+use tokenvault::storage::SqliteStorage;
+use tokenvault::{ConnectionKey, Services, Vault};
+use tokenvault_tests::{FlakyStorage, OAuthServer, grant_of, provider_config};
+
+async fn setup(server: &OAuthServer, dir: &std::path::Path) -> (Vault, Arc<FlakyStorage>, serde_json::Value) {
+    let storage = Arc::new(FlakyStorage {
+        inner: Arc::new(SqliteStorage::open(&dir.join("vault.db")).unwrap()),
+        fail_token_writes: false.into(),
+        race_next_token_write: false.into(),
+    });
+    let services = Services {
+        storage: storage.clone(),
+        keyring: Arc::new(Keyring::load_or_create(&dir.join("keyring.json")).unwrap()),
+        audit: Arc::new(MemoryAudit::default()),
+    };
+    let egress =
+        tokenvault::http::EgressPolicy { allowed: vec![server.origin().parse().unwrap()], ..Default::default() };
+    let vault = Vault::with_services(services, egress, Default::default(), None).unwrap();
+    vault.put_provider(&provider_config(server, "idp", "vault-basic")).await.unwrap();
+    let response = server.grant("vault-basic");
+    vault.store(&key(), &grant_of(&response)).await.unwrap();
+    (vault, storage, response)
+}
+
+fn key() -> ConnectionKey {
+    ConnectionKey::new("acme", "alice", "idp", "default")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_lost_after_the_provider_answered_is_a_storage_error_and_nothing_is_overwritten() {
+    let server = OAuthServer::start(600);
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, storage, response) = setup(&server, dir.path()).await;
+
+    storage.fail_token_writes.store(true, SeqCst);
+    let err = vault.refresh(&key()).await.unwrap_err();
+    assert_eq!(err.kind(), "storage", "{err}");
+    assert!(err.to_string().contains("could not be saved"), "{err}");
+    assert_eq!(server.refresh_stats(), (1, 0, 0), "the provider did refresh (and rotate)");
+
+    // What remains: the previous record, intact and readable, its access token still valid.
+    storage.fail_token_writes.store(false, SeqCst);
+    let kept = vault.get(&key()).await.unwrap();
+    assert_eq!(kept.access_token, response["access_token"].as_str().unwrap());
+    assert_eq!(kept.refresh_token.as_deref(), response["refresh_token"].as_str());
+    // This provider rotates, so the kept refresh token was spent by the lost refresh: the
+    // connection reports that it needs reconnecting instead of failing obscurely.
+    assert_eq!(vault.refresh(&key()).await.unwrap_err().kind(), "reconnect-required");
+    assert_eq!(server.refresh_stats(), (1, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_conflict_on_save_re_reads_and_keeps_the_rotated_token() {
+    let server = OAuthServer::start(600);
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, storage, response) = setup(&server, dir.path()).await;
+
+    storage.race_next_token_write.store(true, SeqCst);
+    let renewed = vault.refresh(&key()).await.unwrap();
+    assert!(!storage.race_next_token_write.load(SeqCst), "the race was not staged");
+    assert_ne!(renewed.refresh_token.as_deref(), response["refresh_token"].as_str());
+    // The rotated token was saved despite the conflict, and works.
+    assert_eq!(vault.get(&key()).await.unwrap().refresh_token, renewed.refresh_token);
+    vault.refresh(&key()).await.unwrap();
+    assert_eq!(server.refresh_stats(), (2, 0, 0));
+}
