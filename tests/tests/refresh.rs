@@ -12,7 +12,7 @@ fn key(user: &str) -> ConnectionKey {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn token_is_refreshed_when_it_expires_and_the_rotated_refresh_token_is_kept() {
-    let server = OAuthServer::start(4);
+    let server = OAuthServer::start(8);
     let dir = tempfile::tempdir().unwrap();
     let vault = open_vault(dir.path(), &[&server.origin()]).await;
     vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
@@ -28,8 +28,9 @@ async fn token_is_refreshed_when_it_expires_and_the_rotated_refresh_token_is_kep
     assert_eq!(first.access_token, response["access_token"].as_str().unwrap());
     assert_eq!(server.refresh_stats(), (0, 0, 0));
 
-    // A 4 s token is refreshed once half its lifetime is left (the 60 s buffer is capped).
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // An 8 s token is refreshed once half its lifetime is left (the 60 s buffer is capped);
+    // the renewed one then stays fresh for 4 s, ample time for the checks below.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
     let renewed = vault.get(&key("alice")).await.unwrap();
     assert_ne!(renewed.access_token, first.access_token);
     let rotated = renewed.refresh_token.clone().unwrap();
