@@ -185,11 +185,10 @@ impl<P: Platform> Vault<P> {
         loop {
             if let Some(lease_version) = self.acquire_lease(&lease_key)? {
                 let result = self.load_token(key).and_then(|(current, current_version)| {
+                    ensure_active(&current)?;
                     if current_version != version && renewed_since(&token, &current) {
-                        ensure_active(&current)?;
-                        Ok(current.token_set())
+                        Ok(current.token_set()) // another holder finished in between
                     } else {
-                        ensure_active(&current)?;
                         self.refresh_upstream(key, current, current_version, provider)
                     }
                 });

@@ -26,24 +26,13 @@ impl FromStr for Origin {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| format!("allowed outbound host {s:?} {why}; expected scheme://host[:port]");
         let uri: http::Uri = s.parse().map_err(|_| bad("is not a URL"))?;
-        let scheme = uri.scheme_str().ok_or_else(|| bad("has no scheme"))?.to_ascii_lowercase();
-        let default_port = match scheme.as_str() {
-            "https" => 443,
-            "http" => 80,
-            _ => return Err(bad("must use http or https")),
-        };
-        let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
-        if authority.as_str().contains('@') {
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
             return Err(bad("must not contain credentials"));
         }
         if !matches!(uri.path_and_query().map(|p| p.as_str()), None | Some("/") | Some("")) {
             return Err(bad("must not have a path"));
         }
-        Ok(Origin {
-            scheme,
-            host: authority.host().to_ascii_lowercase(),
-            port: authority.port_u16().unwrap_or(default_port),
-        })
+        Origin::of(&uri).ok_or_else(|| bad("must be an http or https URL with a host"))
     }
 }
 
@@ -54,6 +43,7 @@ impl fmt::Display for Origin {
 }
 
 impl Origin {
+    /// The origin a request goes to; none unless http(s) with a host.
     fn of(uri: &http::Uri) -> Option<Origin> {
         let scheme = uri.scheme_str()?.to_ascii_lowercase();
         let default_port = match scheme.as_str() {

@@ -57,8 +57,7 @@ impl Storage for MemoryStorage {
             .take(limit as usize)
             .cloned()
             .collect();
-        let cursor = (keys.len() == limit as usize).then(|| keys.last().cloned()).flatten();
-        Ok(KeyPage { keys, cursor })
+        Ok(KeyPage::of(keys, limit))
     }
 
     fn describe(&self) -> String {

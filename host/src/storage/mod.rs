@@ -31,6 +31,14 @@ pub struct KeyPage {
     pub cursor: Option<String>,
 }
 
+impl KeyPage {
+    /// A page of at most `limit` keys in order: a full page may have more after it.
+    pub fn of(keys: Vec<String>, limit: u32) -> Self {
+        let cursor = (keys.len() == limit as usize).then(|| keys.last().cloned()).flatten();
+        KeyPage { keys, cursor }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
     #[error("version conflict")]

@@ -134,8 +134,7 @@ impl Storage for PostgresStorage {
         let rows =
             client.query(&self.statements.list, &[&prefix, &cursor, &i64::from(limit)]).await.map_err(unavailable)?;
         let keys: Vec<String> = rows.into_iter().map(|row| row.get(0)).collect();
-        let cursor = (keys.len() == limit as usize).then(|| keys.last().cloned()).flatten();
-        Ok(KeyPage { keys, cursor })
+        Ok(KeyPage::of(keys, limit))
     }
 
     fn describe(&self) -> String {

@@ -123,8 +123,7 @@ impl Storage for RedisStorage {
         let keys: Vec<String> =
             conn.zrangebylex_limit(self.index(), min, max, 0, limit as isize).await.map_err(unavailable)?;
         let keys: Vec<String> = keys.into_iter().filter(|k| k.starts_with(prefix)).collect();
-        let cursor = (keys.len() == limit as usize).then(|| keys.last().cloned()).flatten();
-        Ok(KeyPage { keys, cursor })
+        Ok(KeyPage::of(keys, limit))
     }
 
     fn describe(&self) -> String {

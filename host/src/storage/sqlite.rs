@@ -134,8 +134,7 @@ impl Storage for SqliteStorage {
                 .query_map(params![prefix, cursor, limit], |row| row.get(0))
                 .and_then(|rows| rows.collect::<Result<Vec<String>, _>>())
                 .map_err(unavailable)?;
-            let cursor = (keys.len() == limit as usize).then(|| keys.last().cloned()).flatten();
-            Ok(KeyPage { keys, cursor })
+            Ok(KeyPage::of(keys, limit))
         })
         .await
     }
