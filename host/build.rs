@@ -1,13 +1,14 @@
 //! Builds the guest component for wasm32-wasip2 so that one `cargo build` is enough.
 //! The component is embedded in the host (see `runtime::COMPONENT_WASM`).
 
+mod component_build;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_owned();
-    for watched in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock"] {
+    for watched in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock", "host/component_build.rs"] {
         println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=TOKENVAULT_GUEST_WASM");
@@ -17,55 +18,6 @@ fn main() {
         println!("cargo:rustc-env=TOKENVAULT_COMPONENT_PATH={}", PathBuf::from(prebuilt).display());
         return;
     }
-
-    ensure_wasm_target();
-
-    // A target directory of its own: the outer cargo holds the lock on the main one.
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"))
-        .join("guest-component");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&workspace)
-        .args(["build", "--package", "tokenvault-guest", "--target", "wasm32-wasip2", "--profile", "guest"])
-        .arg("--target-dir")
-        .arg(&target_dir);
-    // What the outer build set for the host must not leak into the guest's build.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTC_WRAPPER",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd.status().expect("run cargo to build the guest component");
-    if !status.success() {
-        panic!(
-            "building the guest component failed; is the wasm32-wasip2 target installed? (rustup target add wasm32-wasip2)"
-        );
-    }
-    let wasm = target_dir.join("wasm32-wasip2/guest/tokenvault_guest.wasm");
-    assert!(wasm.exists(), "guest build produced no {}", wasm.display());
+    let wasm = component_build::build_component(&workspace, "tokenvault-guest");
     println!("cargo:rustc-env=TOKENVAULT_COMPONENT_PATH={}", wasm.display());
-}
-
-/// A fresh machine lacks the wasm32-wasip2 standard library, and rustup does not fetch a
-/// target by itself; add it once, as `rustup target add` would.
-fn ensure_wasm_target() {
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output().ok().filter(|o| o.status.success());
-    let installed = sysroot
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/wasm32-wasip2").exists())
-        .unwrap_or(false);
-    if !installed {
-        println!("cargo:warning=installing the wasm32-wasip2 target with rustup");
-        let added = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
-        if !matches!(added, Ok(s) if s.success()) {
-            println!("cargo:warning=`rustup target add wasm32-wasip2` failed; install the target by hand");
-        }
-    }
 }

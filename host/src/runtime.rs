@@ -6,12 +6,13 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -102,13 +103,14 @@ impl WasiHttpView for HostState {
 
 impl Runtime {
     pub(crate) fn new(
+        component_wasm: &[u8],
         services: Services,
         egress: EgressPolicy,
         sandbox: SandboxLimits,
         cache_dir: Option<&Path>,
     ) -> Result<Self> {
         let engine = new_engine(&sandbox)?;
-        let component = load_component(&engine, COMPONENT_WASM, cache_dir)?;
+        let component = load_component(&engine, component_wasm, cache_dir)?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
         let link = |e: wasmtime::Error| Error::Config(format!("cannot link the component: {e}"));
         // Standard WASI: the component's std imports cli, filesystem and friends; the
@@ -136,9 +138,13 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        let ticks = self.sandbox.deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        // Every tick the guest yields to the executor, so a busy call cannot starve the
+        // others sharing its thread; once past the deadline it is interrupted.
+        let deadline = Instant::now() + self.sandbox.deadline;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        });
         let vault = self.pre.instantiate_async(&mut store).await.map_err(sandbox_error)?;
         Ok((store, vault))
     }
@@ -149,7 +155,8 @@ pub(crate) fn sandbox_error(err: wasmtime::Error) -> Error {
     let message = match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => "the call ran past its deadline and was stopped".to_owned(),
         Some(trap) => format!("the component trapped: {trap}"),
-        None => format!("the component failed: {err}"),
+        // The root cause names the failure (a memory cap, say); the rest is a wasm backtrace.
+        None => format!("the component failed: {}", err.root_cause()),
     };
     tracing::error!(error = ?err, "component call failed; its instance was discarded");
     Error::Sandbox(message)

@@ -8,7 +8,7 @@ use crate::error::{Error, ProviderFailure, Result};
 use crate::http::EgressPolicy;
 use crate::keys::Keyring;
 use crate::runtime::bindings::tokenvault::vault::types as wit;
-use crate::runtime::{Runtime, SandboxLimits, Services, sandbox_error};
+use crate::runtime::{COMPONENT_WASM, Runtime, SandboxLimits, Services, sandbox_error};
 use crate::types::*;
 
 #[derive(Clone)]
@@ -36,7 +36,20 @@ impl Vault {
         sandbox: SandboxLimits,
         cache_dir: Option<&std::path::Path>,
     ) -> Result<Self> {
-        Ok(Vault { runtime: Arc::new(Runtime::new(services, egress, sandbox, cache_dir)?) })
+        Self::with_component(COMPONENT_WASM, services, egress, sandbox, cache_dir)
+    }
+
+    /// Like [`Vault::with_services`], running another build of the component (one an
+    /// operator pinned, say) instead of the one this host embeds. It must export the
+    /// `tokenvault:vault/vault` world, and gets the same imports under the same limits.
+    pub fn with_component(
+        component_wasm: &[u8],
+        services: Services,
+        egress: EgressPolicy,
+        sandbox: SandboxLimits,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        Ok(Vault { runtime: Arc::new(Runtime::new(component_wasm, services, egress, sandbox, cache_dir)?) })
     }
 
     pub fn services(&self) -> &Services {

@@ -1,0 +1,140 @@
+//! A test-only component, never shipped: it exports the `vault` world and misbehaves when
+//! asked to, by the user named in the key, so the tests can prove what the host's sandbox
+//! does with a component gone wrong:
+//!
+//! - `spin`: loops forever; the call deadline must stop it.
+//! - `hog`: allocates until memory runs out; the memory cap must stop it.
+//! - `deep`: recurses without end; the stack limit must stop it.
+//!
+//! For any other user, `store` keeps the access token in storage as is (this component
+//! seals nothing) and `get` reads it back: enough to show the host still serves calls.
+//! Everything else answers `invalid-input`.
+
+#![cfg(target_arch = "wasm32")]
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "tokenvault:vault/vault",
+    generate_all,
+});
+
+use exports::tokenvault::vault::{providers, tokens};
+use tokenvault::vault::{storage, types as wit};
+
+struct Component;
+export!(Component);
+
+type WitResult<T> = Result<T, wit::Error>;
+
+fn misbehave(user: &str) {
+    match user {
+        "spin" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "hog" => {
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            loop {
+                held.push(vec![1; 1 << 20]);
+                std::hint::black_box(&held);
+            }
+        }
+        "deep" => {
+            std::hint::black_box(recurse(1));
+        }
+        _ => {}
+    }
+}
+
+#[allow(unconditional_recursion)] // the point: to run out of stack
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    recurse(depth + 1).wrapping_add(frame[0])
+}
+
+fn storage_key(key: &wit::ConnectionKey) -> String {
+    format!("sandbox-test/{}/{}/{}/{}", key.tenant, key.user, key.provider, key.name)
+}
+
+fn storage_error(e: storage::StorageError) -> wit::Error {
+    wit::Error::Storage(match e {
+        storage::StorageError::Conflict => "conflict".into(),
+        storage::StorageError::Unavailable(why) => why,
+    })
+}
+
+fn unsupported<T>() -> WitResult<T> {
+    Err(wit::Error::InvalidInput("not supported by the sandbox test component".into()))
+}
+
+impl tokens::Guest for Component {
+    fn get(key: wit::ConnectionKey) -> WitResult<wit::TokenSet> {
+        misbehave(&key.user);
+        let entry = storage::get(&storage_key(&key)).map_err(storage_error)?;
+        let entry = entry.ok_or_else(|| wit::Error::NotFound("no such connection".into()))?;
+        let access_token = String::from_utf8(entry.value).map_err(|_| wit::Error::Integrity("not UTF-8".into()))?;
+        Ok(wit::TokenSet {
+            access_token,
+            token_type: "Bearer".into(),
+            expires_at: None,
+            scope: None,
+            refresh_token: None,
+        })
+    }
+
+    fn refresh(key: wit::ConnectionKey) -> WitResult<wit::TokenSet> {
+        misbehave(&key.user);
+        unsupported()
+    }
+
+    fn remove(key: wit::ConnectionKey) -> WitResult<()> {
+        misbehave(&key.user);
+        unsupported()
+    }
+
+    fn list(_tenant: String, user: String) -> WitResult<Vec<wit::ConnectionInfo>> {
+        misbehave(&user);
+        unsupported()
+    }
+
+    fn revoke_all(_tenant: String, user: String) -> WitResult<u32> {
+        misbehave(&user);
+        unsupported()
+    }
+
+    fn store(key: wit::ConnectionKey, grant: wit::TokenGrant) -> WitResult<wit::ConnectionInfo> {
+        misbehave(&key.user);
+        let storage_key = storage_key(&key);
+        let current = storage::get(&storage_key).map_err(storage_error)?.map(|e| e.version);
+        storage::put(&storage_key, grant.access_token.as_bytes(), current).map_err(storage_error)?;
+        Ok(wit::ConnectionInfo {
+            provider: key.provider,
+            name: key.name,
+            scopes: Vec::new(),
+            expires_at: None,
+            has_refresh_token: false,
+            status: wit::ConnectionStatus::Active,
+            updated_at: 0,
+        })
+    }
+}
+
+impl providers::Guest for Component {
+    fn put(_config: wit::ProviderConfig) -> WitResult<wit::ProviderInfo> {
+        unsupported()
+    }
+
+    fn get(_name: String) -> WitResult<wit::ProviderInfo> {
+        unsupported()
+    }
+
+    fn list() -> WitResult<Vec<wit::ProviderInfo>> {
+        unsupported()
+    }
+
+    fn remove(_name: String) -> WitResult<()> {
+        unsupported()
+    }
+}

@@ -1,0 +1,110 @@
+//! The sandbox bounds a component gone wrong: a call that runs past its deadline, grows
+//! past its memory cap or overflows its stack fails alone, with a `sandbox` error, and the
+//! host goes on serving other calls, during and after.
+//!
+//! The misbehaving component is `tests/sandbox-guest`, built for these tests only: the
+//! product component has no way to be told to misbehave.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokenvault::audit::MemoryAudit;
+use tokenvault::keys::Keyring;
+use tokenvault::storage::MemoryStorage;
+use tokenvault::{ConnectionKey, Error, SandboxLimits, Services, TokenGrant, Vault};
+
+const SANDBOX_COMPONENT: &[u8] = include_bytes!(env!("TOKENVAULT_SANDBOX_COMPONENT_PATH"));
+
+/// Guards against a sandbox that fails to stop a call: the test fails instead of hanging.
+const NEVER: Duration = Duration::from_secs(120);
+
+fn sandboxed_vault(dir: &std::path::Path, limits: SandboxLimits) -> Vault {
+    let services = Services {
+        storage: Arc::new(MemoryStorage::default()),
+        keyring: Arc::new(Keyring::load_or_create(&dir.join("keyring.json")).unwrap()),
+        audit: Arc::new(MemoryAudit::default()),
+    };
+    Vault::with_component(SANDBOX_COMPONENT, services, Default::default(), limits, None).unwrap()
+}
+
+fn key(user: &str) -> ConnectionKey {
+    ConnectionKey::new("acme", user, "idp", "default")
+}
+
+async fn store_alice(vault: &Vault) {
+    let grant = TokenGrant {
+        access_token: "alice-token".into(),
+        token_type: "Bearer".into(),
+        expires_in: None,
+        refresh_token: None,
+        scope: None,
+    };
+    vault.store(&key("alice"), &grant).await.unwrap();
+}
+
+async fn alice_is_served(vault: &Vault) {
+    let token = vault.get(&key("alice")).await.expect("a well-behaved call is served");
+    assert_eq!(token.access_token, "alice-token");
+}
+
+fn expect_sandbox_error(result: tokenvault::Result<tokenvault::TokenSet>, what: &str) -> String {
+    match result {
+        Err(Error::Sandbox(message)) => message,
+        Err(other) => panic!("{what}: expected a sandbox error, got {other:?}"),
+        Ok(_) => panic!("{what}: the call succeeded"),
+    }
+}
+
+// One thread on purpose: the spinning call and the well-behaved ones share it, so the
+// well-behaved ones can only be served if the sandbox makes a busy guest yield.
+#[tokio::test(flavor = "current_thread")]
+async fn a_call_past_its_deadline_is_stopped_and_others_are_served_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = SandboxLimits { deadline: Duration::from_secs(3), ..Default::default() };
+    let vault = sandboxed_vault(dir.path(), limits);
+    store_alice(&vault).await;
+
+    let spinning = tokio::spawn({
+        let vault = vault.clone();
+        async move { vault.get(&key("spin")).await }
+    });
+    tokio::task::yield_now().await;
+    for _ in 0..5 {
+        alice_is_served(&vault).await;
+    }
+    assert!(!spinning.is_finished(), "the spinning call ended before the others were served");
+
+    let result = tokio::time::timeout(NEVER, spinning).await.expect("the deadline stops the call").unwrap();
+    let message = expect_sandbox_error(result, "spin");
+    assert!(message.contains("deadline"), "{message}");
+    alice_is_served(&vault).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_past_its_memory_cap_fails_alone_and_its_memory_is_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two pool slots: if a failed call kept its instance or memory, the third would fail.
+    let limits = SandboxLimits { memory_bytes: 16 << 20, max_instances: 2, ..Default::default() };
+    let vault = sandboxed_vault(dir.path(), limits);
+    store_alice(&vault).await;
+
+    for round in 0..5 {
+        let result = tokio::time::timeout(NEVER, vault.get(&key("hog"))).await.unwrap();
+        let message = expect_sandbox_error(result, &format!("hog, round {round}"));
+        assert!(message.contains("memory") || message.contains("grow"), "{message}");
+        alice_is_served(&vault).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_overflows_its_stack_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = sandboxed_vault(dir.path(), SandboxLimits::default());
+    store_alice(&vault).await;
+
+    let result = tokio::time::timeout(NEVER, vault.get(&key("deep"))).await.unwrap();
+    let message = expect_sandbox_error(result, "deep");
+    // Rust keeps its stack in linear memory: overflowing it is a memory fault, a trap.
+    assert!(message.contains("trapped"), "{message}");
+    alice_is_served(&vault).await;
+}
