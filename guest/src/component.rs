@@ -21,7 +21,7 @@ wit_bindgen::generate!({
     },
 });
 
-use exports::tokenvault::vault::{providers, tokens};
+use exports::tokenvault::vault::{connect, providers, tokens};
 use tokenvault::vault::{audit, keyring, storage, types as wit};
 
 /// Guest-side cap on a response body, for hosts that set none.
@@ -73,15 +73,20 @@ impl providers::Guest for Component {
     fn put(config: wit::ProviderConfig) -> WitResult<wit::ProviderInfo> {
         let config = model::ProviderConfig {
             name: config.name,
+            template: config.template.map(|t| model::TemplateRef { name: t.name, tenant: t.tenant }),
+            issuer: config.issuer,
+            authorization_url: config.authorization_url,
             token_url: config.token_url,
+            revocation_url: config.revocation_url,
+            device_authorization_url: config.device_authorization_url,
             client_id: config.client_id,
             client_secret: config.client_secret,
-            client_auth: match config.client_auth {
+            client_auth: config.client_auth.map(|auth| match auth {
                 wit::ClientAuth::ClientSecretBasic => model::ClientAuth::ClientSecretBasic,
                 wit::ClientAuth::ClientSecretPost => model::ClientAuth::ClientSecretPost,
-            },
-            revocation_url: config.revocation_url,
+            }),
             scopes: config.scopes,
+            authorization_params: config.authorization_params,
             refresh_buffer_secs: config.refresh_buffer_secs,
         };
         Ok(vault().put_provider(config)?.into())
@@ -97,6 +102,25 @@ impl providers::Guest for Component {
 
     fn remove(name: String) -> WitResult<()> {
         Ok(vault().remove_provider(&name)?)
+    }
+}
+
+impl connect::Guest for Component {
+    fn begin(
+        key: wit::ConnectionKey,
+        redirect_uri: String,
+        scopes: Option<Vec<String>>,
+    ) -> WitResult<connect::AuthorizationRequest> {
+        let request = vault().begin(&key.into(), &redirect_uri, scopes)?;
+        Ok(connect::AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
+    }
+
+    fn complete(callback_query: String) -> WitResult<connect::Connected> {
+        let (key, info) = vault().complete(&callback_query)?;
+        Ok(connect::Connected {
+            key: wit::ConnectionKey { tenant: key.tenant, user: key.user, provider: key.provider, name: key.name },
+            info: info.into(),
+        })
     }
 }
 
@@ -141,15 +165,20 @@ impl From<model::ProviderInfo> for wit::ProviderInfo {
     fn from(p: model::ProviderInfo) -> Self {
         wit::ProviderInfo {
             name: p.name,
+            template: p.template,
+            issuer: p.issuer,
+            authorization_url: p.authorization_url,
             token_url: p.token_url,
+            revocation_url: p.revocation_url,
+            device_authorization_url: p.device_authorization_url,
             client_id: p.client_id,
             has_client_secret: p.has_client_secret,
             client_auth: match p.client_auth {
                 model::ClientAuth::ClientSecretBasic => wit::ClientAuth::ClientSecretBasic,
                 model::ClientAuth::ClientSecretPost => wit::ClientAuth::ClientSecretPost,
             },
-            revocation_url: p.revocation_url,
             scopes: p.scopes,
+            authorization_params: p.authorization_params,
             refresh_buffer_secs: p.refresh_buffer_secs,
             updated_at: p.updated_at,
         }
@@ -183,6 +212,8 @@ fn audit_event(e: model::AuditEvent) -> audit::Event {
             A::RevokeAll => audit::Action::RevokeAll,
             A::ProviderPut => audit::Action::ProviderPut,
             A::ProviderRemove => audit::Action::ProviderRemove,
+            A::ConnectBegin => audit::Action::ConnectBegin,
+            A::ConnectComplete => audit::Action::ConnectComplete,
         },
         outcome: match e.outcome {
             O::Ok => audit::Outcome::Ok,

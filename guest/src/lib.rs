@@ -1,13 +1,17 @@
 //! tokenvault's guest: all token logic, in plain Rust modules that also build and test
 //! natively. The WebAssembly component is the thin shell in `component`.
 
+pub mod connect;
+pub mod discovery;
 pub mod error;
 pub mod expiry;
 pub mod model;
 pub mod oauth;
 pub mod platform;
+pub mod provider;
 pub mod record;
 pub mod seal;
+pub mod templates;
 pub mod vault;
 
 #[cfg(test)]

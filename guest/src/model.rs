@@ -64,29 +64,57 @@ pub enum ClientAuth {
     ClientSecretPost,
 }
 
-#[derive(Clone, PartialEq, Eq)]
+/// A built-in provider template and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRef {
+    pub name: String,
+    /// Microsoft: the directory tenant.
+    pub tenant: Option<String>,
+}
+
+/// A provider to register: endpoints from a template, from discovery, or given (a given
+/// one wins).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ProviderConfig {
     pub name: String,
-    pub token_url: String,
+    pub template: Option<TemplateRef>,
+    pub issuer: Option<String>,
+    pub authorization_url: Option<String>,
+    pub token_url: Option<String>,
+    pub revocation_url: Option<String>,
+    pub device_authorization_url: Option<String>,
     pub client_id: String,
     pub client_secret: Option<String>,
-    pub client_auth: ClientAuth,
-    pub revocation_url: Option<String>,
+    pub client_auth: Option<ClientAuth>,
     pub scopes: Vec<String>,
+    pub authorization_params: Vec<(String, String)>,
     pub refresh_buffer_secs: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderInfo {
     pub name: String,
+    pub template: Option<String>,
+    pub issuer: Option<String>,
+    pub authorization_url: Option<String>,
     pub token_url: String,
+    pub revocation_url: Option<String>,
+    pub device_authorization_url: Option<String>,
     pub client_id: String,
     pub has_client_secret: bool,
     pub client_auth: ClientAuth,
-    pub revocation_url: Option<String>,
     pub scopes: Vec<String>,
+    pub authorization_params: Vec<(String, String)>,
     pub refresh_buffer_secs: u32,
     pub updated_at: u64,
+}
+
+/// Where to send a user's browser to connect an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationRequest {
+    pub url: String,
+    pub state: String,
+    pub expires_at: u64,
 }
 
 /// Audit event, mirroring the WIT `audit` interface: no field can carry a value.
@@ -110,6 +138,8 @@ pub enum AuditAction {
     RevokeAll,
     ProviderPut,
     ProviderRemove,
+    ConnectBegin,
+    ConnectComplete,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,19 +6,22 @@
 use std::cell::Cell;
 
 use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicRequestTokenError, BasicTokenResponse};
-use oauth2::{AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RefreshToken, TokenResponse, TokenUrl};
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet, HttpRequest,
+    HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, TokenResponse, TokenUrl,
+};
 
 use crate::error::{Result, VaultError};
 use crate::model::{ClientAuth, TokenGrant};
 use crate::platform::HttpError;
 use crate::record::ProviderRecord;
 
-/// Exchange a refresh token for a new token set (RFC 6749 §6).
-pub fn refresh(
+type Http<'a> = &'a dyn Fn(HttpRequest) -> std::result::Result<HttpResponse, HttpError>;
+
+/// An oauth2 client for `provider`, with its token endpoint and client authentication.
+fn client(
     provider: &ProviderRecord,
-    refresh_token: &str,
-    http: &dyn Fn(HttpRequest) -> std::result::Result<HttpResponse, HttpError>,
-) -> Result<TokenGrant> {
+) -> Result<BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>> {
     let token_url = TokenUrl::new(provider.token_url.clone())
         .map_err(|_| VaultError::InvalidInput("provider token URL is not a valid URL".into()))?;
     let mut client = BasicClient::new(ClientId::new(provider.client_id.clone()))
@@ -30,19 +33,101 @@ pub fn refresh(
     if let Some(secret) = &provider.client_secret {
         client = client.set_client_secret(ClientSecret::new(secret.clone()));
     }
+    Ok(client)
+}
 
-    // oauth2 drops the status of a response it cannot parse; keep it for the error.
+/// Exchange a refresh token for a new token set (RFC 6749 §6).
+pub fn refresh(provider: &ProviderRecord, refresh_token: &str, http: Http) -> Result<TokenGrant> {
     let status = Cell::new(None);
-    let client_call = |request: HttpRequest| {
-        let response = http(request)?;
-        status.set(Some(response.status().as_u16()));
-        Ok::<_, HttpError>(response)
-    };
-    let response = client
+    let response = client(provider)?
         .exchange_refresh_token(&RefreshToken::new(refresh_token.to_owned()))
-        .request(&client_call)
-        .map_err(|err| classify(err, status.get()))?;
+        .request(&recording(http, &status))
+        .map_err(|err| classify(err, status.get(), Grant::Refresh))?;
     grant_from_response(&response)
+}
+
+/// The URL that starts an authorization-code flow with PKCE S256 (RFC 6749 §4.1,
+/// RFC 7636), with the provider's extra parameters.
+pub fn authorization_url(
+    provider: &ProviderRecord,
+    redirect_uri: &str,
+    state: &str,
+    code_verifier: &str,
+    scopes: &[String],
+) -> Result<String> {
+    let auth_url = provider
+        .authorization_url
+        .clone()
+        .ok_or_else(|| VaultError::InvalidInput("this provider has no authorization URL".into()))?;
+    let auth_url = AuthUrl::new(auth_url)
+        .map_err(|_| VaultError::InvalidInput("provider authorization URL is not a valid URL".into()))?;
+    let redirect = RedirectUrl::new(redirect_uri.to_owned())
+        .map_err(|_| VaultError::InvalidInput("redirect URI is not a valid URL".into()))?;
+    let client = client(provider)?.set_auth_uri(auth_url).set_redirect_uri(redirect);
+    let verifier = PkceCodeVerifier::new(code_verifier.to_owned());
+    let mut request = client
+        .authorize_url(|| CsrfToken::new(state.to_owned()))
+        .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier));
+    if !scopes.is_empty() {
+        request = request.add_extra_param("scope", scopes.join(provider.scope_separator.as_deref().unwrap_or(" ")));
+    }
+    for (name, value) in &provider.authorization_params {
+        request = request.add_extra_param(name, value);
+    }
+    Ok(request.url().0.to_string())
+}
+
+/// Exchange an authorization code (RFC 6749 §4.1.3) with its PKCE verifier and the
+/// redirect URI the flow began with.
+pub fn exchange_code(
+    provider: &ProviderRecord,
+    code: &str,
+    code_verifier: &str,
+    redirect_uri: &str,
+    http: Http,
+) -> Result<TokenGrant> {
+    let redirect = RedirectUrl::new(redirect_uri.to_owned())
+        .map_err(|_| VaultError::InvalidInput("redirect URI is not a valid URL".into()))?;
+    let status = Cell::new(None);
+    let response = client(provider)?
+        .exchange_code(AuthorizationCode::new(code.to_owned()))
+        .set_pkce_verifier(PkceCodeVerifier::new(code_verifier.to_owned()))
+        .set_redirect_uri(std::borrow::Cow::Owned(redirect))
+        .request(&recording(http, &status))
+        .map_err(|err| classify(err, status.get(), Grant::Code))?;
+    grant_from_response(&response)
+}
+
+/// The HTTP client oauth2 calls: the platform's, noting the status (oauth2 drops it from
+/// a response it cannot parse), and turning an OAuth error sent with HTTP 200 (GitHub and
+/// Slack do) into the 400 it stands for.
+fn recording<'a>(
+    http: Http<'a>,
+    status: &'a Cell<Option<u16>>,
+) -> impl Fn(HttpRequest) -> std::result::Result<HttpResponse, HttpError> + 'a {
+    move |request| {
+        let mut response = http(request)?;
+        if response.status() == http::StatusCode::OK && is_error_body(response.body()) {
+            *response.status_mut() = http::StatusCode::BAD_REQUEST;
+        }
+        status.set(Some(response.status().as_u16()));
+        Ok(response)
+    }
+}
+
+fn is_error_body(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        error: Option<serde_json::Value>,
+        access_token: Option<serde_json::Value>,
+    }
+    matches!(serde_json::from_slice::<Probe>(body), Ok(Probe { error: Some(_), access_token: None }))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    Refresh,
+    Code,
 }
 
 fn grant_from_response(response: &BasicTokenResponse) -> Result<TokenGrant> {
@@ -63,12 +148,12 @@ fn grant_from_response(response: &BasicTokenResponse) -> Result<TokenGrant> {
     })
 }
 
-fn classify(err: BasicRequestTokenError<HttpError>, status: Option<u16>) -> VaultError {
+fn classify(err: BasicRequestTokenError<HttpError>, status: Option<u16>, grant: Grant) -> VaultError {
     use oauth2::RequestTokenError as E;
     match err {
         E::ServerResponse(response) => {
             let code = response.error().as_ref().to_owned();
-            if *response.error() == BasicErrorResponseType::InvalidGrant {
+            if *response.error() == BasicErrorResponseType::InvalidGrant && grant == Grant::Refresh {
                 VaultError::ReconnectRequired("the provider rejected the refresh token (invalid_grant)".into())
             } else {
                 VaultError::provider(status, Some(code), "token endpoint refused the request")
@@ -102,12 +187,18 @@ mod tests {
 
     fn provider(auth: ClientAuth) -> ProviderRecord {
         ProviderRecord {
+            template: None,
+            issuer: None,
+            authorization_url: Some("https://idp.example/authorize?tenant=1".into()),
             token_url: "https://idp.example/token".into(),
+            revocation_url: None,
+            device_authorization_url: None,
             client_id: "client-1".into(),
             client_secret: Some("s3cret".into()),
             client_auth: auth,
-            revocation_url: None,
             scopes: vec![],
+            authorization_params: vec![("access_type".into(), "offline".into())],
+            scope_separator: None,
             refresh_buffer_secs: 60,
             updated_at: 0,
         }
@@ -203,5 +294,78 @@ mod tests {
         assert!(matches!(denied, Err(VaultError::EgressDenied(_))));
         let timeout = refresh(&provider(ClientAuth::ClientSecretBasic), "rt", &|_| Err(HttpError::Timeout));
         assert!(matches!(timeout, Err(VaultError::Provider(_))));
+    }
+
+    #[test]
+    fn the_authorization_url_carries_pkce_s256_and_never_the_verifier() {
+        let mut p = provider(ClientAuth::ClientSecretBasic);
+        let verifier = "v".repeat(43);
+        let url =
+            authorization_url(&p, "http://127.0.0.1:8080/callback", "state-1", &verifier, &["a".into(), "b".into()])
+                .unwrap();
+        let parsed = oauth2::url::Url::parse(&url).unwrap();
+        let q: std::collections::HashMap<_, _> = parsed.query_pairs().into_owned().collect();
+        assert_eq!(parsed.path(), "/authorize");
+        assert_eq!(q["tenant"], "1", "the authorization URL's own query is kept");
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(q["client_id"], "client-1");
+        assert_eq!(q["redirect_uri"], "http://127.0.0.1:8080/callback");
+        assert_eq!(q["state"], "state-1");
+        assert_eq!(q["code_challenge_method"], "S256");
+        let expected = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(verifier.clone()));
+        assert_eq!(&q["code_challenge"], expected.as_str());
+        assert_eq!(q["scope"], "a b");
+        assert_eq!(q["access_type"], "offline");
+        assert!(!url.contains(&verifier) && !url.contains("s3cret"));
+
+        p.scope_separator = Some(",".into());
+        let url = authorization_url(&p, "http://127.0.0.1/cb", "s", &verifier, &["a".into(), "b".into()]).unwrap();
+        assert!(url.contains("scope=a%2Cb"), "{url}");
+        p.authorization_url = None;
+        assert!(authorization_url(&p, "http://127.0.0.1/cb", "s", &verifier, &[]).is_err());
+    }
+
+    #[test]
+    fn the_code_exchange_sends_the_verifier_and_the_recorded_redirect_uri() {
+        let seen = std::cell::RefCell::new(None);
+        let body = r#"{"access_token":"at","token_type":"Bearer","refresh_token":"rt","expires_in":60}"#;
+        let grant = exchange_code(
+            &provider(ClientAuth::ClientSecretPost),
+            "code-1",
+            "verifier-1",
+            "http://127.0.0.1:9/cb",
+            &|req| {
+                *seen.borrow_mut() = Some(req);
+                Ok(respond(200, "application/json", body))
+            },
+        )
+        .unwrap();
+        assert_eq!(grant.refresh_token.as_deref(), Some("rt"));
+        let request = seen.into_inner().unwrap();
+        let form: std::collections::HashMap<String, String> =
+            oauth2::url::form_urlencoded::parse(request.body()).into_owned().collect();
+        assert_eq!(form["grant_type"], "authorization_code");
+        assert_eq!(form["code"], "code-1");
+        assert_eq!(form["code_verifier"], "verifier-1");
+        assert_eq!(form["redirect_uri"], "http://127.0.0.1:9/cb");
+        assert_eq!(request.headers()["accept"], "application/json", "GitHub answers JSON only when asked");
+    }
+
+    #[test]
+    fn an_error_sent_with_status_200_is_an_error() {
+        // GitHub's and Slack's way of refusing a code.
+        for body in [r#"{"error":"bad_verification_code"}"#, r#"{"ok":false,"error":"invalid_code"}"#] {
+            let result =
+                exchange_code(&provider(ClientAuth::ClientSecretPost), "c", "v", "http://127.0.0.1/cb", &|_| {
+                    Ok(respond(200, "application/json", body))
+                });
+            match result {
+                Err(VaultError::Provider(f)) => assert_eq!(f.status, Some(400), "{body}"),
+                _ => panic!("expected a provider error for {body}"),
+            }
+        }
+        let (result, _) =
+            run(ClientAuth::ClientSecretBasic, respond(200, "application/json", r#"{"error":"invalid_grant"}"#));
+        assert!(matches!(result, Err(VaultError::ReconnectRequired(_))));
     }
 }

@@ -6,13 +6,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, VaultError};
-use crate::model::{
-    ClientAuth, ConnectionInfo, ConnectionKey, ConnectionStatus, ProviderConfig, ProviderInfo, TokenSet,
-};
+use crate::model::{ClientAuth, ConnectionInfo, ConnectionKey, ConnectionStatus, ProviderInfo, TokenSet};
 
 const TOKEN_PREFIX: &str = "tok/";
 const PROVIDER_PREFIX: &str = "prov/";
 const LEASE_PREFIX: &str = "lease/";
+const FLOW_PREFIX: &str = "flow/";
 const MAX_ID_LEN: usize = 256;
 
 pub fn token_key(key: &ConnectionKey) -> String {
@@ -153,49 +152,85 @@ pub fn split_scopes(scope: Option<&str>) -> Vec<String> {
     scope.map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default()
 }
 
-/// The plaintext of a provider record (the client secret is why it is sealed).
+/// The plaintext of a provider record (the client secret is why it is sealed). Fields
+/// added after the first release default, so older records still open.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct ProviderRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_url: Option<String>,
     pub token_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_authorization_url: Option<String>,
     pub client_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<String>,
     pub client_auth: ClientAuth,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revocation_url: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
+    #[serde(default)]
+    pub authorization_params: Vec<(String, String)>,
+    /// How this provider separates scopes in a request (Slack: ","); none: a space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_separator: Option<String>,
     pub refresh_buffer_secs: u32,
     pub updated_at: u64,
 }
 
 impl ProviderRecord {
-    pub fn from_config(config: ProviderConfig, refresh_buffer_secs: u32, now: u64) -> Self {
-        ProviderRecord {
-            token_url: config.token_url,
-            client_id: config.client_id,
-            client_secret: config.client_secret,
-            client_auth: config.client_auth,
-            revocation_url: config.revocation_url,
-            scopes: config.scopes,
-            refresh_buffer_secs,
-            updated_at: now,
-        }
-    }
-
     pub fn info(&self, name: &str) -> ProviderInfo {
         ProviderInfo {
             name: name.into(),
+            template: self.template.clone(),
+            issuer: self.issuer.clone(),
+            authorization_url: self.authorization_url.clone(),
             token_url: self.token_url.clone(),
+            revocation_url: self.revocation_url.clone(),
+            device_authorization_url: self.device_authorization_url.clone(),
             client_id: self.client_id.clone(),
             has_client_secret: self.client_secret.is_some(),
             client_auth: self.client_auth,
-            revocation_url: self.revocation_url.clone(),
             scopes: self.scopes.clone(),
+            authorization_params: self.authorization_params.clone(),
             refresh_buffer_secs: self.refresh_buffer_secs,
             updated_at: self.updated_at,
         }
     }
+}
+
+/// A pending authorization-code flow, between `begin` and `complete`. Sealed: it holds
+/// the PKCE verifier.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct FlowRecord {
+    pub tenant: String,
+    pub user: String,
+    pub provider: String,
+    pub name: String,
+    pub code_verifier: String,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+impl FlowRecord {
+    pub fn key(&self) -> ConnectionKey {
+        ConnectionKey::new(&self.tenant, &self.user, &self.provider, &self.name)
+    }
+}
+
+/// A pending flow is stored under its state, which is random (see `connect`).
+pub fn flow_key(state: &str) -> String {
+    format!("{FLOW_PREFIX}{}", escape(state))
+}
+
+pub fn flow_context(state: &str) -> [&str; 2] {
+    ["flow", state]
 }
 
 #[cfg(test)]

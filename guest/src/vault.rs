@@ -8,8 +8,9 @@ use crate::expiry::{self, DEFAULT_REFRESH_BUFFER_SECS};
 use crate::model::*;
 use crate::oauth;
 use crate::platform::{Platform, StorageError};
+use crate::provider::{self, Endpoints};
 use crate::record::{self, ProviderRecord, TokenRecord};
-use crate::seal;
+use crate::{discovery, seal, templates};
 
 /// How often a write that keeps losing compare-and-swap races is retried.
 const MAX_ATTEMPTS: usize = 5;
@@ -28,7 +29,7 @@ pub struct Vault<P> {
     platform: P,
 }
 
-enum Put {
+pub(crate) enum Put {
     Written,
     Conflict,
 }
@@ -97,8 +98,13 @@ impl<P: Platform> Vault<P> {
 
     fn store_inner(&self, key: &ConnectionKey, grant: TokenGrant) -> Result<ConnectionInfo> {
         record::validate_key(key)?;
-        validate_grant(&grant)?;
         self.load_provider(&key.provider)?;
+        self.save_grant(key, grant)
+    }
+
+    /// Seal a token response as the connection's record, replacing what it held.
+    pub(crate) fn save_grant(&self, key: &ConnectionKey, grant: TokenGrant) -> Result<ConnectionInfo> {
+        validate_grant(&grant)?;
         let now = self.now();
         let token = TokenRecord {
             expires_at: expiry::expires_at(now, grant.expires_in),
@@ -413,10 +419,18 @@ impl<P: Platform> Vault<P> {
     }
 
     fn put_provider_inner(&self, config: ProviderConfig) -> Result<ProviderInfo> {
-        validate_provider(&config)?;
+        validate_provider_name(&config.name)?;
+        let base = match (&config.template, &config.issuer) {
+            (Some(_), Some(_)) => {
+                return Err(VaultError::InvalidInput("give a template or an issuer, not both".into()));
+            }
+            (Some(template), None) => templates::resolve(template)?,
+            (None, Some(issuer)) => discovery::discover(issuer, &|request| self.platform.http(request))?,
+            (None, None) => Endpoints::default(),
+        };
         let name = config.name.clone();
         let buffer = config.refresh_buffer_secs.unwrap_or(DEFAULT_REFRESH_BUFFER_SECS);
-        let provider = ProviderRecord::from_config(config, buffer, self.now());
+        let provider = provider::merge(config, base, buffer, self.now())?;
         let storage_key = record::provider_key(&name);
         let context = record::provider_context(&name);
         for _ in 0..MAX_ATTEMPTS {
@@ -428,7 +442,7 @@ impl<P: Platform> Vault<P> {
         Err(too_contended("provider"))
     }
 
-    fn load_provider(&self, name: &str) -> Result<ProviderRecord> {
+    pub(crate) fn load_provider(&self, name: &str) -> Result<ProviderRecord> {
         self.load_sealed(&record::provider_key(name), &record::provider_context(name))?
             .map(|(provider, _)| provider)
             .ok_or_else(|| VaultError::NotFound(format!("provider {name:?} is not registered")))
@@ -436,7 +450,11 @@ impl<P: Platform> Vault<P> {
 
     // ---- sealed storage -----------------------------------------------------------
 
-    fn load_sealed<T: DeserializeOwned>(&self, storage_key: &str, context: &seal::Context) -> Result<Option<(T, u64)>> {
+    pub(crate) fn load_sealed<T: DeserializeOwned>(
+        &self,
+        storage_key: &str,
+        context: &seal::Context,
+    ) -> Result<Option<(T, u64)>> {
         let Some(entry) = self.storage_get(storage_key)? else {
             return Ok(None);
         };
@@ -451,7 +469,7 @@ impl<P: Platform> Vault<P> {
         Ok(Some((value, entry.version)))
     }
 
-    fn put_sealed<T: Serialize>(
+    pub(crate) fn put_sealed<T: Serialize>(
         &self,
         storage_key: &str,
         context: &seal::Context,
@@ -503,11 +521,11 @@ impl<P: Platform> Vault<P> {
 
     // ---- audit and time -----------------------------------------------------------
 
-    fn audit_token(&self, action: AuditAction, key: &ConnectionKey, outcome: AuditOutcome) {
+    pub(crate) fn audit_token(&self, action: AuditAction, key: &ConnectionKey, outcome: AuditOutcome) {
         self.emit(action, outcome, Some(&key.tenant), Some(&key.user), Some(&key.provider), Some(&key.name));
     }
 
-    fn emit(
+    pub(crate) fn emit(
         &self,
         action: AuditAction,
         outcome: AuditOutcome,
@@ -527,7 +545,7 @@ impl<P: Platform> Vault<P> {
         });
     }
 
-    fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         self.platform.now_ms() / 1000
     }
 }
@@ -588,33 +606,6 @@ fn validate_provider_name(name: &str) -> Result<()> {
     }
 }
 
-fn validate_url(what: &str, url: &str) -> Result<()> {
-    let parsed =
-        oauth2::url::Url::parse(url).map_err(|_| VaultError::InvalidInput(format!("{what} is not a valid URL")))?;
-    if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none() {
-        return Err(VaultError::InvalidInput(format!("{what} must be an http(s) URL with a host")));
-    }
-    Ok(())
-}
-
-fn validate_provider(config: &ProviderConfig) -> Result<()> {
-    validate_provider_name(&config.name)?;
-    validate_url("token URL", &config.token_url)?;
-    if let Some(url) = &config.revocation_url {
-        validate_url("revocation URL", url)?;
-    }
-    if config.client_id.is_empty() {
-        return Err(VaultError::InvalidInput("client id must not be empty".into()));
-    }
-    if config.client_secret.as_deref() == Some("") {
-        return Err(VaultError::InvalidInput("client secret must not be empty when given".into()));
-    }
-    if config.scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
-        return Err(VaultError::InvalidInput("each scope must be one non-empty word".into()));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,13 +621,13 @@ mod tests {
         vault
             .put_provider(ProviderConfig {
                 name: "acme".into(),
-                token_url: "https://idp.example/token".into(),
+                authorization_url: Some("https://idp.example/authorize".into()),
+                token_url: Some("https://idp.example/token".into()),
                 client_id: "client".into(),
                 client_secret: Some("client-secret-canary".into()),
-                client_auth: ClientAuth::ClientSecretBasic,
-                revocation_url: None,
+                client_auth: Some(ClientAuth::ClientSecretBasic),
                 scopes: vec!["read".into()],
-                refresh_buffer_secs: None,
+                ..ProviderConfig::default()
             })
             .unwrap();
         vault
@@ -858,17 +849,13 @@ mod tests {
         ));
         let mut config = ProviderConfig {
             name: "bad name".into(),
-            token_url: "https://x/token".into(),
+            token_url: Some("https://x/token".into()),
             client_id: "c".into(),
-            client_secret: None,
-            client_auth: ClientAuth::ClientSecretPost,
-            revocation_url: None,
-            scopes: vec![],
-            refresh_buffer_secs: None,
+            ..ProviderConfig::default()
         };
         assert!(matches!(vault.put_provider(config.clone()), Err(VaultError::InvalidInput(_))));
         config.name = "ok".into();
-        config.token_url = "ftp://x/token".into();
+        config.token_url = Some("ftp://x/token".into());
         assert!(matches!(vault.put_provider(config.clone()), Err(VaultError::InvalidInput(_))));
     }
 

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tokenvault::storage::StorageUrl;
-use tokenvault::{ClientAuth, ConnectionKey, Error, Options, ProviderConfig, Result, TokenGrant, Vault};
+use tokenvault::{ClientAuth, ConnectionKey, Error, Options, ProviderConfig, Result, TemplateRef, TokenGrant, Vault};
+
+mod connect;
 
 #[derive(Parser)]
 #[command(name = "tokenvault", version, about = "OAuth token custody in a WebAssembly sandbox")]
@@ -35,6 +37,19 @@ enum Command {
     /// Store, read, refresh and remove users' tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Connect a user's account: prints the provider's authorization URL, waits for the
+    /// browser to come back to a loopback redirect URI (RFC 8252), and stores the tokens.
+    Connect {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// Request this scope instead of the provider's configured ones. Repeatable.
+        #[arg(long = "scope", value_name = "S")]
+        scopes: Vec<String>,
+        /// Port of the redirect URI http://127.0.0.1:PORT/callback [default: any free port;
+        /// providers accept any port for native clients, others need the exact URI registered].
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Remove every connection of a user.
     RevokeAll { tenant: String, user: String },
     /// A guided tour: store, list and read back a token, and look at the sealed record.
@@ -43,34 +58,73 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ProviderCommand {
-    /// Register a provider, or replace one of the same name.
-    Add {
-        name: String,
-        #[arg(long)]
-        token_url: String,
-        #[arg(long)]
-        client_id: String,
-        /// Name of an environment variable holding the client secret (secrets are never
-        /// taken from arguments, which other users can see).
-        #[arg(long, value_name = "VAR")]
-        client_secret_env: Option<String>,
-        #[arg(long, value_enum, default_value_t = AuthMethod::Basic)]
-        client_auth: AuthMethod,
-        #[arg(long)]
-        revocation_url: Option<String>,
-        /// A default scope. Repeatable.
-        #[arg(long = "scope", value_name = "S")]
-        scopes: Vec<String>,
-        /// Refresh this many seconds before expiry [default: 60; capped at half a token's lifetime].
-        #[arg(long, value_name = "SECS")]
-        refresh_buffer: Option<u32>,
-    },
+    /// Register a provider, or replace one of the same name. Endpoints come from
+    /// --template or --issuer (discovery), or are given; a given one overrides the others.
+    Add(Box<ProviderAdd>),
     /// List providers (never their secrets).
     Ls,
     /// Show one provider.
     Show { name: String },
     /// Remove a provider.
     Rm { name: String },
+}
+
+#[derive(clap::Args)]
+struct ProviderAdd {
+    name: String,
+    /// A built-in template: its endpoints, default scopes and quirks.
+    #[arg(long, value_enum, conflicts_with = "issuer")]
+    template: Option<Template>,
+    /// With --template microsoft: the directory tenant (id or domain) [default: common].
+    #[arg(long, requires = "template")]
+    tenant: Option<String>,
+    /// Discover the endpoints from this issuer's metadata (RFC 8414, then OpenID
+    /// Connect discovery). Its origin must be allowed outbound.
+    #[arg(long, value_name = "URL")]
+    issuer: Option<String>,
+    #[arg(long, value_name = "URL")]
+    authorization_url: Option<String>,
+    #[arg(long, value_name = "URL")]
+    token_url: Option<String>,
+    #[arg(long, value_name = "URL")]
+    revocation_url: Option<String>,
+    #[arg(long, value_name = "URL")]
+    device_authorization_url: Option<String>,
+    #[arg(long)]
+    client_id: String,
+    /// Name of an environment variable holding the client secret (secrets are never
+    /// taken from arguments, which other users can see). None: a public client.
+    #[arg(long, value_name = "VAR")]
+    client_secret_env: Option<String>,
+    /// [default: the template's, else what the metadata lists first, else basic]
+    #[arg(long, value_enum)]
+    client_auth: Option<AuthMethod>,
+    /// A scope to request when connecting [default: the template's]. Repeatable.
+    #[arg(long = "scope", value_name = "S")]
+    scopes: Vec<String>,
+    /// An extra parameter of the authorization request, e.g. prompt=consent. Repeatable.
+    #[arg(long = "auth-param", value_name = "NAME=VALUE", value_parser = name_value)]
+    authorization_params: Vec<(String, String)>,
+    /// Refresh this many seconds before expiry [default: 60; capped at half a token's lifetime].
+    #[arg(long, value_name = "SECS")]
+    refresh_buffer: Option<u32>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Template {
+    Github,
+    Google,
+    Microsoft,
+    Slack,
+    Discord,
+    Gitlab,
+}
+
+fn name_value(text: &str) -> std::result::Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err("expected NAME=VALUE".into()),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -157,6 +211,11 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Provider(command) => provider(&vault, command).await,
         Command::Token(command) => token(&vault, command).await,
+        Command::Connect { connection, scopes, port } => {
+            let scopes = (!scopes.is_empty()).then_some(scopes);
+            print_json(&connect::run(&vault, &connection.key(), scopes.as_deref(), port).await?);
+            Ok(())
+        }
         Command::RevokeAll { tenant, user } => {
             let removed = vault.revoke_all(&tenant, &user).await?;
             print_json(&serde_json::json!({ "removed": removed }));
@@ -168,16 +227,23 @@ async fn run(cli: Cli) -> Result<()> {
 
 async fn provider(vault: &Vault, command: ProviderCommand) -> Result<()> {
     match command {
-        ProviderCommand::Add {
-            name,
-            token_url,
-            client_id,
-            client_secret_env,
-            client_auth,
-            revocation_url,
-            scopes,
-            refresh_buffer,
-        } => {
+        ProviderCommand::Add(add) => {
+            let ProviderAdd {
+                name,
+                template,
+                tenant,
+                issuer,
+                authorization_url,
+                token_url,
+                revocation_url,
+                device_authorization_url,
+                client_id,
+                client_secret_env,
+                client_auth,
+                scopes,
+                authorization_params,
+                refresh_buffer,
+            } = *add;
             let client_secret = match client_secret_env {
                 Some(var) => Some(
                     std::env::var(&var)
@@ -185,17 +251,26 @@ async fn provider(vault: &Vault, command: ProviderCommand) -> Result<()> {
                 ),
                 None => None,
             };
+            let template = template.map(|t| TemplateRef {
+                name: t.to_possible_value().expect("no skipped variants").get_name().to_owned(),
+                tenant,
+            });
             let config = ProviderConfig {
                 name,
+                template,
+                issuer,
+                authorization_url,
                 token_url,
+                revocation_url,
+                device_authorization_url,
                 client_id,
                 client_secret,
-                client_auth: match client_auth {
+                client_auth: client_auth.map(|auth| match auth {
                     AuthMethod::Basic => ClientAuth::ClientSecretBasic,
                     AuthMethod::Post => ClientAuth::ClientSecretPost,
-                },
-                revocation_url,
+                }),
                 scopes,
+                authorization_params,
                 refresh_buffer_secs: refresh_buffer,
             };
             print_json(&vault.put_provider(&config).await?);
@@ -254,13 +329,11 @@ async fn demo(vault: &Vault, data_dir: &std::path::Path) -> Result<()> {
     let provider = vault
         .put_provider(&ProviderConfig {
             name: "demo".into(),
-            token_url: "https://demo.tokenvault.invalid/oauth/token".into(),
+            token_url: Some("https://demo.tokenvault.invalid/oauth/token".into()),
             client_id: "demo-client".into(),
             client_secret: Some(random("demo-secret-")?),
-            client_auth: ClientAuth::ClientSecretBasic,
-            revocation_url: None,
             scopes: vec!["read".into()],
-            refresh_buffer_secs: None,
+            ..ProviderConfig::default()
         })
         .await?;
     print_json(&provider);

@@ -316,6 +316,8 @@ impl audit::Host for HostState {
             A::RevokeAll => "revoke-all",
             A::ProviderPut => "provider-put",
             A::ProviderRemove => "provider-remove",
+            A::ConnectBegin => "connect-begin",
+            A::ConnectComplete => "connect-complete",
         };
         let outcome = match event.outcome {
             O::Ok => "ok",

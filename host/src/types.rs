@@ -146,15 +146,22 @@ pub enum ClientAuth {
     ClientSecretPost,
 }
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ProviderConfig {
     pub name: String,
-    pub token_url: String,
+    /// A built-in template (github, google, microsoft, slack, discord, gitlab).
+    pub template: Option<TemplateRef>,
+    /// Discover the endpoints from this issuer's metadata.
+    pub issuer: Option<String>,
+    pub authorization_url: Option<String>,
+    pub token_url: Option<String>,
+    pub revocation_url: Option<String>,
+    pub device_authorization_url: Option<String>,
     pub client_id: String,
     pub client_secret: Option<String>,
-    pub client_auth: ClientAuth,
-    pub revocation_url: Option<String>,
+    pub client_auth: Option<ClientAuth>,
     pub scopes: Vec<String>,
+    pub authorization_params: Vec<(String, String)>,
     pub refresh_buffer_secs: Option<u32>,
 }
 
@@ -162,29 +169,64 @@ impl fmt::Debug for ProviderConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProviderConfig")
             .field("name", &self.name)
+            .field("template", &self.template)
+            .field("issuer", &self.issuer)
+            .field("authorization_url", &self.authorization_url)
             .field("token_url", &self.token_url)
+            .field("revocation_url", &self.revocation_url)
+            .field("device_authorization_url", &self.device_authorization_url)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret.as_ref().map(|_| "<redacted>"))
             .field("client_auth", &self.client_auth)
-            .field("revocation_url", &self.revocation_url)
             .field("scopes", &self.scopes)
+            .field("authorization_params", &self.authorization_params)
             .field("refresh_buffer_secs", &self.refresh_buffer_secs)
             .finish()
     }
+}
+
+/// A built-in provider template and its parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateRef {
+    pub name: String,
+    /// Microsoft: the directory tenant (default "common").
+    pub tenant: Option<String>,
 }
 
 /// A registered provider, without its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderInfo {
     pub name: String,
+    pub template: Option<String>,
+    pub issuer: Option<String>,
+    pub authorization_url: Option<String>,
     pub token_url: String,
+    pub revocation_url: Option<String>,
+    pub device_authorization_url: Option<String>,
     pub client_id: String,
     pub has_client_secret: bool,
     pub client_auth: ClientAuth,
-    pub revocation_url: Option<String>,
     pub scopes: Vec<String>,
+    pub authorization_params: Vec<(String, String)>,
     pub refresh_buffer_secs: u32,
     pub updated_at: u64,
+}
+
+/// Where to send a user's browser to connect an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationRequest {
+    pub url: String,
+    /// The opaque state the provider sends back to the redirect URI.
+    pub state: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// A connection a completed flow made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connected {
+    pub key: ConnectionKey,
+    pub info: ConnectionInfo,
 }
 
 #[cfg(test)]

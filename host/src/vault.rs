@@ -7,6 +7,7 @@ use crate::config::Options;
 use crate::error::{Error, ProviderFailure, Result};
 use crate::http::EgressPolicy;
 use crate::keys::Keyring;
+use crate::runtime::bindings::exports::tokenvault::vault::connect as wit_connect;
 use crate::runtime::bindings::tokenvault::vault::types as wit;
 use crate::runtime::{COMPONENT_WASM, Runtime, SandboxLimits, Services, sandbox_error};
 use crate::types::*;
@@ -114,15 +115,23 @@ impl Vault {
         let (mut store, vault) = self.runtime.instantiate().await?;
         let config = wit::ProviderConfig {
             name: config.name.clone(),
+            template: config
+                .template
+                .as_ref()
+                .map(|t| wit::TemplateRef { name: t.name.clone(), tenant: t.tenant.clone() }),
+            issuer: config.issuer.clone(),
+            authorization_url: config.authorization_url.clone(),
             token_url: config.token_url.clone(),
+            revocation_url: config.revocation_url.clone(),
+            device_authorization_url: config.device_authorization_url.clone(),
             client_id: config.client_id.clone(),
             client_secret: config.client_secret.clone(),
-            client_auth: match config.client_auth {
+            client_auth: config.client_auth.map(|auth| match auth {
                 ClientAuth::ClientSecretBasic => wit::ClientAuth::ClientSecretBasic,
                 ClientAuth::ClientSecretPost => wit::ClientAuth::ClientSecretPost,
-            },
-            revocation_url: config.revocation_url.clone(),
+            }),
             scopes: config.scopes.clone(),
+            authorization_params: config.authorization_params.clone(),
             refresh_buffer_secs: config.refresh_buffer_secs,
         };
         finish(vault.tokenvault_vault_providers().call_put(&mut store, &config).await)
@@ -144,6 +153,37 @@ impl Vault {
     pub async fn remove_provider(&self, name: &str) -> Result<()> {
         let (mut store, vault) = self.runtime.instantiate().await?;
         finish(vault.tokenvault_vault_providers().call_remove(&mut store, name).await)
+    }
+}
+
+impl Vault {
+    // ---- connecting accounts --------------------------------------------------------
+
+    /// Start connecting `key`: the URL to send the user's browser to. The provider will
+    /// redirect to `redirect_uri` with the query to pass to [`Vault::complete`].
+    /// `scopes`: none requests the provider's configured ones.
+    pub async fn begin(
+        &self,
+        key: &ConnectionKey,
+        redirect_uri: &str,
+        scopes: Option<&[String]>,
+    ) -> Result<AuthorizationRequest> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        let scopes = scopes.map(|s| s.to_vec());
+        let request: wit_connect::AuthorizationRequest = finish(
+            vault.tokenvault_vault_connect().call_begin(&mut store, &key.into(), redirect_uri, scopes.as_deref()).await,
+        )?;
+        Ok(AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
+    }
+
+    /// Finish a flow with the query string of the redirect (`code` and `state`, or
+    /// `error`); the tokens are stored. A state works once.
+    pub async fn complete(&self, callback_query: &str) -> Result<Connected> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        let connected: wit_connect::Connected =
+            finish(vault.tokenvault_vault_connect().call_complete(&mut store, callback_query).await)?;
+        let k = connected.key;
+        Ok(Connected { key: ConnectionKey::new(&k.tenant, &k.user, &k.provider, &k.name), info: connected.info.into() })
     }
 }
 
@@ -202,15 +242,20 @@ impl From<wit::ProviderInfo> for ProviderInfo {
     fn from(p: wit::ProviderInfo) -> Self {
         ProviderInfo {
             name: p.name,
+            template: p.template,
+            issuer: p.issuer,
+            authorization_url: p.authorization_url,
             token_url: p.token_url,
+            revocation_url: p.revocation_url,
+            device_authorization_url: p.device_authorization_url,
             client_id: p.client_id,
             has_client_secret: p.has_client_secret,
             client_auth: match p.client_auth {
                 wit::ClientAuth::ClientSecretBasic => ClientAuth::ClientSecretBasic,
                 wit::ClientAuth::ClientSecretPost => ClientAuth::ClientSecretPost,
             },
-            revocation_url: p.revocation_url,
             scopes: p.scopes,
+            authorization_params: p.authorization_params,
             refresh_buffer_secs: p.refresh_buffer_secs,
             updated_at: p.updated_at,
         }

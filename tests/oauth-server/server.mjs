@@ -6,6 +6,10 @@
 //   POST /__test/grant   {client_id}            run a real authorization-code + PKCE flow
 //                                               (login and consent answered automatically)
 //                                               and return the token endpoint's response
+//   POST /__test/authorize {url, deny}          act as the user's browser: follow an
+//                                               authorization URL through login and consent
+//                                               (or refuse it, with deny) and return the
+//                                               redirect it ends at: {location}
 //   POST /__test/fault   {status, body, content_type, delay_ms, reset, count}
 //                                               the next `count` token requests get this
 //   GET  /__test/stats                          counts of refresh-token grants by outcome
@@ -25,14 +29,17 @@ await new Promise((resolve) => server.listen(Number(process.env.PORT ?? 0), '127
 const { port } = server.address();
 const issuer = `http://127.0.0.1:${port}`;
 
+// Native clients (RFC 8252): any port on the loopback redirect URI is accepted.
 const clients = [
   ['vault-basic', process.env.BASIC_SECRET ?? 'basic-secret', 'client_secret_basic'],
   ['vault-post', process.env.POST_SECRET ?? 'post-secret', 'client_secret_post'],
+  ['vault-public', undefined, 'none'],
 ].map(([client_id, client_secret, token_endpoint_auth_method]) => ({
   client_id,
-  client_secret,
+  ...(client_secret ? { client_secret } : {}),
   token_endpoint_auth_method,
-  grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+  application_type: 'native',
+  grant_types: ['authorization_code', 'refresh_token', ...(client_secret ? ['client_credentials'] : [])],
   response_types: ['code'],
   redirect_uris: [REDIRECT_URI],
 }));
@@ -65,6 +72,7 @@ provider.on('grant.error', (ctx, err) => {
 });
 
 const faults = [];
+let denyNext = false;
 
 // Test controls and fault injection, ahead of the provider's own routes.
 provider.use(async (ctx, next) => {
@@ -76,6 +84,12 @@ provider.use(async (ctx, next) => {
     const fault = await readJson(ctx.req);
     for (let i = 0; i < (fault.count ?? 1); i += 1) faults.push(fault);
     ctx.body = { queued: faults.length };
+    return;
+  }
+  if (ctx.path === '/__test/authorize' && ctx.method === 'POST') {
+    const { url, deny } = await readJson(ctx.req);
+    denyNext = Boolean(deny);
+    ctx.body = { location: await browse(url) };
     return;
   }
   if (ctx.path === '/__test/grant' && ctx.method === 'POST') {
@@ -103,7 +117,10 @@ provider.use(async (ctx, next) => {
     const details = await provider.interactionDetails(ctx.req, ctx.res);
     const { prompt, params, session } = details;
     let result;
-    if (prompt.name === 'login') {
+    if (denyNext) {
+      denyNext = false;
+      result = { error: 'access_denied', error_description: 'the user said no' };
+    } else if (prompt.name === 'login') {
       result = { login: { accountId: ACCOUNT } };
     } else {
       const grant = details.grantId
@@ -135,12 +152,12 @@ async function readJson(req) {
 
 const base64url = (buf) => buf.toString('base64url');
 
-// A complete authorization-code flow with PKCE against this provider, as a browser and
-// a client would run it.
-async function codeFlow(client) {
-  if (!client) throw new Error('unknown client');
+// The user's browser: follows redirects from an authorization URL, with cookies, until
+// one leaves this server (the client's redirect URI), and returns that location.
+async function browse(start) {
   const cookies = new Map();
-  const get = async (url) => {
+  let url = start;
+  for (let hop = 0; hop < 10; hop += 1) {
     const res = await fetch(url, {
       redirect: 'manual',
       headers: { cookie: [...cookies].map(([k, v]) => `${k}=${v}`).join('; ') },
@@ -150,11 +167,22 @@ async function codeFlow(client) {
       const eq = pair.indexOf('=');
       cookies.set(pair.slice(0, eq), pair.slice(eq + 1));
     }
-    return res;
-  };
+    const location = res.headers.get('location');
+    if (!location) throw new Error(`authorization stopped at ${new URL(url).pathname} with HTTP ${res.status}`);
+    const next = new URL(location, url);
+    if (next.origin !== issuer) return next.href;
+    url = next.href;
+  }
+  throw new Error('authorization did not end at a redirect URI');
+}
+
+// A complete authorization-code flow with PKCE against this provider, as a browser and
+// a client would run it.
+async function codeFlow(client) {
+  if (!client) throw new Error('unknown client');
   const verifier = base64url(randomBytes(32));
   const challenge = base64url(createHash('sha256').update(verifier).digest());
-  let url = `${issuer}/auth?${new URLSearchParams({
+  const url = `${issuer}/auth?${new URLSearchParams({
     client_id: client.client_id,
     response_type: 'code',
     redirect_uri: REDIRECT_URI,
@@ -164,15 +192,7 @@ async function codeFlow(client) {
     code_challenge: challenge,
     code_challenge_method: 'S256',
   })}`;
-  let code;
-  for (let hop = 0; hop < 10 && !code; hop += 1) {
-    const res = await get(url);
-    const location = res.headers.get('location');
-    if (!location) throw new Error(`authorization stopped at ${new URL(url).pathname} with HTTP ${res.status}`);
-    const next = new URL(location, issuer);
-    if (next.href.startsWith(REDIRECT_URI)) code = next.searchParams.get('code');
-    else url = next.href;
-  }
+  const code = new URL(await browse(url)).searchParams.get('code');
   if (!code) throw new Error('authorization did not return a code');
 
   const form = new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: REDIRECT_URI, code_verifier: verifier });

@@ -99,6 +99,13 @@ impl OAuthServer {
         self.post_json("/__test/grant", json!({ "client_id": client_id }))
     }
 
+    /// Act as the user's browser on an authorization URL: log in and consent (or refuse,
+    /// with `deny`) and return the redirect the provider ends at.
+    pub fn authorize(&self, url: &str, deny: bool) -> String {
+        let answer = self.post_json("/__test/authorize", json!({ "url": url, "deny": deny }));
+        answer["location"].as_str().expect("a redirect location").to_owned()
+    }
+
     /// Make the next token request(s) fail: {status, body, content_type, delay_ms, reset, count}.
     pub fn fault(&self, fault: Value) {
         self.post_json("/__test/fault", fault);
@@ -235,21 +242,24 @@ pub async fn open_vault(data_dir: &Path, allowed: &[&str]) -> tokenvault::Vault 
     tokenvault::Vault::open(&options).await.unwrap()
 }
 
-/// A provider registration for one of the server's clients.
+/// A provider registration for one of the server's clients, endpoints given.
 pub fn provider_config(server: &OAuthServer, name: &str, client_id: &str) -> tokenvault::ProviderConfig {
     let (secret, auth) = match client_id {
-        "vault-basic" => (&server.basic_secret, tokenvault::ClientAuth::ClientSecretBasic),
-        _ => (&server.post_secret, tokenvault::ClientAuth::ClientSecretPost),
+        "vault-basic" => (Some(&server.basic_secret), tokenvault::ClientAuth::ClientSecretBasic),
+        "vault-post" => (Some(&server.post_secret), tokenvault::ClientAuth::ClientSecretPost),
+        _ => (None, tokenvault::ClientAuth::ClientSecretPost),
     };
     tokenvault::ProviderConfig {
         name: name.into(),
-        token_url: server.token_url(),
+        authorization_url: Some(format!("{}/auth", server.issuer)),
+        token_url: Some(server.token_url()),
         client_id: client_id.into(),
-        client_secret: Some(secret.clone()),
-        client_auth: auth,
-        revocation_url: None,
-        scopes: vec![],
-        refresh_buffer_secs: None,
+        client_secret: secret.cloned(),
+        client_auth: Some(auth),
+        // oidc-provider issues a refresh token for offline_access only with prompt=consent.
+        scopes: vec!["openid".into(), "offline_access".into()],
+        authorization_params: vec![("prompt".into(), "consent".into())],
+        ..Default::default()
     }
 }
 

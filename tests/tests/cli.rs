@@ -150,3 +150,77 @@ fn scan_file(path: &Path, canaries: &[String]) {
         );
     }
 }
+
+#[test]
+fn connect_discovers_the_provider_and_completes_on_a_loopback_redirect() {
+    use std::io::BufRead;
+
+    let server = OAuthServer::start(60);
+    let mut tv = Tokenvault::new(&[&server.origin()]);
+    tv.env.push(("IDP_SECRET".into(), server.post_secret.clone()));
+    let args = [
+        "provider",
+        "add",
+        "idp",
+        "--issuer",
+        &server.issuer,
+        "--client-id",
+        "vault-post",
+        "--client-secret-env",
+        "IDP_SECRET",
+        "--scope",
+        "openid",
+        "--scope",
+        "offline_access",
+        "--auth-param",
+        "prompt=consent",
+    ];
+    let added = tv.run(&args, None).json();
+    assert_eq!(added["authorization_url"], format!("{}/auth", server.issuer));
+
+    let mut child = std::process::Command::new(tokenvault_tests::tokenvault_bin())
+        .arg("--data-dir")
+        .arg(tv.data_dir.path())
+        .args(&tv.args)
+        .args(["connect", "acme", "erin", "idp"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "connect ended without printing a URL");
+        if line.starts_with("http") {
+            break line.trim().to_owned();
+        }
+    };
+    let location = server.authorize(&url, false);
+    assert!(location.starts_with("http://127.0.0.1:"), "{location}");
+    let page = ureq::get(&location).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(page.contains("Connected"), "{page}");
+
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "connect failed");
+    let connected: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(connected["key"]["user"], "erin");
+    assert_eq!(connected["info"]["has_refresh_token"], true);
+    let token = tv.run(&["token", "get", "acme", "erin", "idp"], None).json();
+    assert!(token["access_token"].as_str().is_some_and(|t| !t.is_empty()));
+}
+
+#[test]
+fn templates_need_only_a_client_id_and_secret() {
+    let tv = Tokenvault::new(&[]);
+    let github = tv.run(&["provider", "add", "gh", "--template", "github", "--client-id", "Iv1.abc"], None).json();
+    assert_eq!(github["template"], "github");
+    assert_eq!(github["token_url"], "https://github.com/login/oauth/access_token");
+    let ms = tv
+        .run(&["provider", "add", "ms", "--template", "microsoft", "--tenant", "contoso.com", "--client-id", "c"], None)
+        .json();
+    assert_eq!(ms["token_url"], "https://login.microsoftonline.com/contoso.com/oauth2/v2.0/token");
+    let bad = tv.run(&["provider", "add", "x", "--template", "github", "--tenant", "t", "--client-id", "c"], None);
+    assert_eq!(bad.error_kind(), "invalid-input");
+    let neither = tv.run(&["provider", "add", "y", "--client-id", "c"], None);
+    assert_eq!(neither.error_kind(), "invalid-input");
+}

@@ -131,7 +131,7 @@ async fn a_token_url_outside_the_allow_list_is_refused_before_any_connection() {
     let dir = tempfile::tempdir().unwrap();
     let vault = open_vault(dir.path(), &[&server.origin()]).await;
     let mut config = provider_config(&server, "idp", "vault-basic");
-    config.token_url = forbidden;
+    config.token_url = Some(forbidden);
     vault.put_provider(&config).await.unwrap();
     vault.store(&key("dave"), &grant_of(&server.grant("vault-basic"))).await.unwrap();
 

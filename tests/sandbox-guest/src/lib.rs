@@ -18,7 +18,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use exports::tokenvault::vault::{providers, tokens};
+use exports::tokenvault::vault::{connect, providers, tokens};
 use tokenvault::vault::{storage, types as wit};
 
 struct Component;
@@ -135,6 +135,21 @@ impl providers::Guest for Component {
     }
 
     fn remove(_name: String) -> WitResult<()> {
+        unsupported()
+    }
+}
+
+impl connect::Guest for Component {
+    fn begin(
+        key: wit::ConnectionKey,
+        _redirect_uri: String,
+        _scopes: Option<Vec<String>>,
+    ) -> WitResult<connect::AuthorizationRequest> {
+        misbehave(&key.user);
+        unsupported()
+    }
+
+    fn complete(_callback_query: String) -> WitResult<connect::Connected> {
         unsupported()
     }
 }

@@ -1,0 +1,316 @@
+//! Connecting an account: the authorization-code flow with PKCE (RFC 6749 §4.1, RFC 7636).
+//!
+//! `begin` seals the pending flow (connection, PKCE verifier, redirect URI, scopes, expiry)
+//! under a random state and returns the provider's authorization URL; `complete` takes the
+//! query the provider redirected to, spends the state (deleting it by version, so a
+//! replay or a concurrent second use finds nothing), then exchanges the code.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::error::{Result, VaultError};
+use crate::model::*;
+use crate::oauth;
+use crate::platform::{Platform, StorageError};
+use crate::record::{self, FlowRecord};
+use crate::vault::{Put, Vault};
+
+/// How long a user has to finish connecting.
+pub const FLOW_TTL_SECS: u64 = 600;
+/// 32 random bytes, base64url: the length of a state and of a PKCE verifier.
+const RANDOM_LEN: usize = 43;
+
+impl<P: Platform> Vault<P> {
+    /// Start connecting `key`. `scopes`: none requests the provider's configured ones.
+    pub fn begin(
+        &self,
+        key: &ConnectionKey,
+        redirect_uri: &str,
+        scopes: Option<Vec<String>>,
+    ) -> Result<AuthorizationRequest> {
+        let result = self.begin_inner(key, redirect_uri, scopes);
+        self.audit_token(AuditAction::ConnectBegin, key, AuditOutcome::from(&result));
+        result
+    }
+
+    /// Finish a flow with the redirect's query string; stores the tokens.
+    pub fn complete(&self, callback_query: &str) -> Result<(ConnectionKey, ConnectionInfo)> {
+        let mut connection = None;
+        let result = self.complete_inner(callback_query, &mut connection);
+        match &connection {
+            Some(key) => self.audit_token(AuditAction::ConnectComplete, key, AuditOutcome::from(&result)),
+            None => self.emit(AuditAction::ConnectComplete, AuditOutcome::from(&result), None, None, None, None),
+        }
+        result
+    }
+
+    fn begin_inner(
+        &self,
+        key: &ConnectionKey,
+        redirect_uri: &str,
+        scopes: Option<Vec<String>>,
+    ) -> Result<AuthorizationRequest> {
+        record::validate_key(key)?;
+        validate_redirect_uri(redirect_uri)?;
+        let provider = self.load_provider(&key.provider)?;
+        let scopes = scopes.unwrap_or_else(|| provider.scopes.clone());
+        if scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
+            return Err(VaultError::InvalidInput("each scope must be one non-empty word".into()));
+        }
+        let state = random_token()?;
+        let flow = FlowRecord {
+            tenant: key.tenant.clone(),
+            user: key.user.clone(),
+            provider: key.provider.clone(),
+            name: key.name.clone(),
+            code_verifier: random_token()?,
+            redirect_uri: redirect_uri.to_owned(),
+            scopes,
+            expires_at: self.now() + FLOW_TTL_SECS,
+        };
+        let url = oauth::authorization_url(&provider, redirect_uri, &state, &flow.code_verifier, &flow.scopes)?;
+        match self.put_sealed(&record::flow_key(&state), &record::flow_context(&state), &flow, None)? {
+            Put::Written => Ok(AuthorizationRequest { url, state, expires_at: flow.expires_at }),
+            Put::Conflict => Err(VaultError::Storage("a fresh random state was already taken".into())),
+        }
+    }
+
+    fn complete_inner(
+        &self,
+        callback_query: &str,
+        connection: &mut Option<ConnectionKey>,
+    ) -> Result<(ConnectionKey, ConnectionInfo)> {
+        let callback = Callback::parse(callback_query)?;
+        let flow = self.take_flow(&callback.state)?;
+        let key = flow.key();
+        *connection = Some(key.clone());
+        if self.now() > flow.expires_at {
+            return Err(VaultError::InvalidInput("this authorization flow expired; begin again".into()));
+        }
+        let provider = self.load_provider(&key.provider)?;
+        // RFC 9207: a response naming another issuer is a mix-up attack, or a misconfiguration.
+        if let (Some(sent), Some(expected)) = (&callback.issuer, &provider.issuer)
+            && sent != expected
+        {
+            return Err(VaultError::InvalidInput("the authorization response names another issuer".into()));
+        }
+        if let Some(error) = callback.error {
+            return Err(VaultError::provider(
+                None,
+                Some(error.clone()),
+                format!("the authorization server refused to connect the account ({error})"),
+            ));
+        }
+        let code = callback
+            .code
+            .ok_or_else(|| VaultError::InvalidInput("the authorization response has neither code nor error".into()))?;
+        let grant = oauth::exchange_code(&provider, &code, &flow.code_verifier, &flow.redirect_uri, &|request| {
+            self.platform().http(request)
+        })?;
+        // RFC 6749 §5.1: no scope in the response means the scopes requested were granted.
+        let scope = grant.scope.clone().or_else(|| (!flow.scopes.is_empty()).then(|| flow.scopes.join(" ")));
+        let info = self.save_grant(&key, TokenGrant { scope, ..grant })?;
+        Ok((key, info))
+    }
+
+    /// Read and delete a pending flow: whoever deletes it owns it, once.
+    fn take_flow(&self, state: &str) -> Result<FlowRecord> {
+        let unknown = || VaultError::InvalidInput("unknown or already used authorization state".into());
+        let storage_key = record::flow_key(state);
+        let (flow, version) =
+            self.load_sealed::<FlowRecord>(&storage_key, &record::flow_context(state))?.ok_or_else(unknown)?;
+        match self.platform().storage_delete(&storage_key, version) {
+            Ok(()) => Ok(flow),
+            Err(StorageError::Conflict) => Err(unknown()),
+            Err(StorageError::Unavailable(why)) => Err(VaultError::Storage(why)),
+        }
+    }
+}
+
+/// The parameters of an authorization response (RFC 6749 §4.1.2, §4.1.2.1; RFC 9207).
+struct Callback {
+    state: String,
+    code: Option<String>,
+    error: Option<String>,
+    issuer: Option<String>,
+}
+
+impl Callback {
+    fn parse(query: &str) -> Result<Self> {
+        let query = query.strip_prefix('?').unwrap_or(query);
+        let (mut state, mut code, mut error, mut issuer) = (None, None, None, None);
+        for (name, value) in oauth2::url::form_urlencoded::parse(query.as_bytes()) {
+            let slot = match name.as_ref() {
+                "state" => &mut state,
+                "code" => &mut code,
+                "error" => &mut error,
+                "iss" => &mut issuer,
+                _ => continue,
+            };
+            if slot.replace(value.into_owned()).is_some() {
+                return Err(VaultError::InvalidInput(format!("the authorization response repeats {name}")));
+            }
+        }
+        let state = state.ok_or_else(|| VaultError::InvalidInput("the authorization response has no state".into()))?;
+        if state.len() != RANDOM_LEN || !state.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(VaultError::InvalidInput("unknown or already used authorization state".into()));
+        }
+        // An error code is ASCII without quotes or backslashes (RFC 6749 §4.1.2.1).
+        if let Some(e) = &error
+            && (e.is_empty()
+                || e.len() > 64
+                || !e.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'))
+        {
+            return Err(VaultError::InvalidInput("the authorization response has a malformed error code".into()));
+        }
+        Ok(Callback { state, code, error, issuer })
+    }
+}
+
+fn validate_redirect_uri(uri: &str) -> Result<()> {
+    let parsed = oauth2::url::Url::parse(uri)
+        .map_err(|_| VaultError::InvalidInput("redirect URI is not an absolute URL".into()))?;
+    if parsed.fragment().is_some() {
+        return Err(VaultError::InvalidInput("redirect URI must not have a fragment (RFC 6749 §3.1.2)".into()));
+    }
+    if parsed.scheme() == "http" && !matches!(parsed.host_str(), Some("127.0.0.1" | "[::1]" | "localhost")) {
+        return Err(VaultError::InvalidInput("a plain-http redirect URI must be a loopback address".into()));
+    }
+    Ok(())
+}
+
+fn random_token() -> Result<String> {
+    let mut bytes = [0; 32];
+    getrandom::fill(&mut bytes).map_err(|_| VaultError::Storage("no randomness available".into()))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryPlatform;
+    use crate::provider;
+
+    fn vault() -> Vault<MemoryPlatform> {
+        let vault = Vault::new(MemoryPlatform::new());
+        vault
+            .put_provider(ProviderConfig {
+                name: "acme".into(),
+                issuer: None,
+                authorization_url: Some("https://idp.example/authorize".into()),
+                token_url: Some("https://idp.example/token".into()),
+                client_id: "client".into(),
+                client_secret: Some("client-secret".into()),
+                scopes: vec!["read".into()],
+                ..ProviderConfig::default()
+            })
+            .unwrap();
+        vault.platform().respond(|request| {
+            let form: std::collections::HashMap<String, String> =
+                oauth2::url::form_urlencoded::parse(request.body()).into_owned().collect();
+            let body = if form.get("code").map(String::as_str) == Some("good-code") {
+                r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-1"}"#
+            } else {
+                r#"{"error":"invalid_grant"}"#
+            };
+            let status = if body.contains("error") { 400 } else { 200 };
+            Ok(http::Response::builder().status(status).body(body.as_bytes().to_vec()).unwrap())
+        });
+        vault
+    }
+
+    fn key() -> ConnectionKey {
+        ConnectionKey::new("t1", "alice", "acme", "work")
+    }
+
+    const REDIRECT: &str = "http://127.0.0.1:4000/callback";
+
+    #[test]
+    fn a_flow_completes_once_with_the_recorded_redirect_uri_and_verifier() {
+        let vault = vault();
+        let request = vault.begin(&key(), REDIRECT, None).unwrap();
+        assert_eq!(request.state.len(), RANDOM_LEN);
+        assert!(request.url.contains(&format!("state={}", request.state)));
+        assert!(
+            !vault.platform().records.borrow().values().any(|(v, _)| String::from_utf8_lossy(v).contains(REDIRECT))
+        );
+
+        let (connected, info) = vault.complete(&format!("?code=good-code&state={}", request.state)).unwrap();
+        assert_eq!(connected, key());
+        assert!(info.has_refresh_token);
+        assert_eq!(info.scopes, ["read"], "no scope in the response: the requested ones were granted");
+        let exchange = vault.platform().requests.borrow().last().cloned().unwrap();
+        let form: std::collections::HashMap<String, String> =
+            oauth2::url::form_urlencoded::parse(exchange.body()).into_owned().collect();
+        assert_eq!(form["redirect_uri"], REDIRECT);
+        assert_eq!(form["code_verifier"].len(), RANDOM_LEN);
+        assert_eq!(vault.get(&key()).unwrap().access_token, "at-1");
+
+        let replay = vault.complete(&format!("code=good-code&state={}", request.state));
+        assert!(matches!(replay, Err(VaultError::InvalidInput(m)) if m.contains("already used")));
+        assert_eq!(vault.platform().requests.borrow().len(), 1, "a replay never reaches the provider");
+    }
+
+    #[test]
+    fn an_expired_flow_is_refused_and_spent() {
+        let vault = vault();
+        let request = vault.begin(&key(), REDIRECT, Some(vec!["x".into()])).unwrap();
+        vault.platform().advance_secs(FLOW_TTL_SECS + 1);
+        let expired = vault.complete(&format!("code=good-code&state={}", request.state));
+        assert!(matches!(expired, Err(VaultError::InvalidInput(m)) if m.contains("expired")));
+        assert!(vault.platform().requests.borrow().is_empty());
+        assert!(matches!(vault.get(&key()), Err(VaultError::NotFound(_))));
+    }
+
+    #[test]
+    fn errors_from_the_authorization_server_are_typed_and_spend_the_state() {
+        let vault = vault();
+        let request = vault.begin(&key(), REDIRECT, None).unwrap();
+        let denied = vault.complete(&format!("error=access_denied&error_description=no+way&state={}", request.state));
+        assert!(matches!(denied, Err(VaultError::Provider(f)) if f.code.as_deref() == Some("access_denied")));
+        assert!(vault.complete(&format!("code=good-code&state={}", request.state)).is_err());
+
+        let request = vault.begin(&key(), REDIRECT, None).unwrap();
+        let bad_code = vault.complete(&format!("code=stolen&state={}", request.state));
+        assert!(matches!(bad_code, Err(VaultError::Provider(f)) if f.code.as_deref() == Some("invalid_grant")));
+    }
+
+    #[test]
+    fn a_response_from_another_issuer_is_refused() {
+        let vault = vault();
+        let config = ProviderConfig {
+            name: "acme".into(),
+            authorization_url: Some("https://idp.example/authorize".into()),
+            token_url: Some("https://idp.example/token".into()),
+            client_id: "client".into(),
+            ..ProviderConfig::default()
+        };
+        // An issuer as discovery would have set it (discovery has its own tests).
+        let base = provider::Endpoints { issuer: Some("https://idp.example".into()), ..Default::default() };
+        let provider = provider::merge(config, base, 60, 0).unwrap();
+        let storage_key = record::provider_key("acme");
+        let version = vault.platform().records.borrow()[&storage_key].1;
+        vault.put_sealed(&storage_key, &record::provider_context("acme"), &provider, Some(version)).unwrap();
+        let request = vault.begin(&key(), REDIRECT, None).unwrap();
+        let mixed_up =
+            vault.complete(&format!("code=good-code&iss=https%3A%2F%2Fevil.example&state={}", request.state));
+        assert!(matches!(mixed_up, Err(VaultError::InvalidInput(m)) if m.contains("issuer")));
+        assert!(vault.platform().requests.borrow().is_empty());
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let vault = vault();
+        for uri in ["not a url", "http://example.com/cb", "https://app.example/cb#frag"] {
+            assert!(matches!(vault.begin(&key(), uri, None), Err(VaultError::InvalidInput(_))), "{uri}");
+        }
+        assert!(matches!(
+            vault.begin(&ConnectionKey::new("t", "u", "nope", "n"), REDIRECT, None),
+            Err(VaultError::NotFound(_))
+        ));
+        for query in ["", "code=x", "state=short&code=x", &format!("state={}&state={}", "a".repeat(43), "a".repeat(43))]
+        {
+            assert!(matches!(vault.complete(query), Err(VaultError::InvalidInput(_))), "{query}");
+        }
+    }
+}
