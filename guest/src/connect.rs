@@ -10,10 +10,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::error::{Result, VaultError};
 use crate::model::*;
-use crate::oauth;
 use crate::platform::{Platform, StorageError};
 use crate::record::{self, FlowRecord};
 use crate::vault::{Put, Vault};
+use crate::{oauth, provider};
 
 /// How long a user has to finish connecting.
 pub const FLOW_TTL_SECS: u64 = 600;
@@ -35,12 +35,16 @@ impl<P: Platform> Vault<P> {
 
     /// Finish a flow with the redirect's query string; stores the tokens.
     pub fn complete(&self, callback_query: &str) -> Result<(ConnectionKey, ConnectionInfo)> {
-        let mut connection = None;
-        let result = self.complete_inner(callback_query, &mut connection);
-        match &connection {
-            Some(key) => self.audit_token(AuditAction::ConnectComplete, key, AuditOutcome::from(&result)),
-            None => self.emit(AuditAction::ConnectComplete, AuditOutcome::from(&result), None, None, None, None),
+        // Until the state names a flow, there is no connection to audit the call under.
+        let taken =
+            Callback::parse(callback_query).and_then(|callback| Ok((self.take_flow(&callback.state)?, callback)));
+        if taken.is_err() {
+            self.emit(AuditAction::ConnectComplete, AuditOutcome::from(&taken), None, None, None, None);
         }
+        let (flow, callback) = taken?;
+        let key = flow.connection.clone();
+        let result = self.finish_flow(flow, callback).map(|info| (key.clone(), info));
+        self.audit_token(AuditAction::ConnectComplete, &key, AuditOutcome::from(&result));
         result
     }
 
@@ -54,15 +58,10 @@ impl<P: Platform> Vault<P> {
         validate_redirect_uri(redirect_uri)?;
         let provider = self.load_provider(&key.provider)?;
         let scopes = scopes.unwrap_or_else(|| provider.scopes.clone());
-        if scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
-            return Err(VaultError::InvalidInput("each scope must be one non-empty word".into()));
-        }
+        provider::validate_scopes(&scopes)?;
         let state = random_token()?;
         let flow = FlowRecord {
-            tenant: key.tenant.clone(),
-            user: key.user.clone(),
-            provider: key.provider.clone(),
-            name: key.name.clone(),
+            connection: key.clone(),
             code_verifier: random_token()?,
             redirect_uri: redirect_uri.to_owned(),
             scopes,
@@ -75,15 +74,9 @@ impl<P: Platform> Vault<P> {
         }
     }
 
-    fn complete_inner(
-        &self,
-        callback_query: &str,
-        connection: &mut Option<ConnectionKey>,
-    ) -> Result<(ConnectionKey, ConnectionInfo)> {
-        let callback = Callback::parse(callback_query)?;
-        let flow = self.take_flow(&callback.state)?;
-        let key = flow.key();
-        *connection = Some(key.clone());
+    /// Exchange the code of a flow just taken, and save the tokens.
+    fn finish_flow(&self, flow: FlowRecord, callback: Callback) -> Result<ConnectionInfo> {
+        let key = &flow.connection;
         if self.now() > flow.expires_at {
             return Err(VaultError::InvalidInput("this authorization flow expired; begin again".into()));
         }
@@ -109,8 +102,7 @@ impl<P: Platform> Vault<P> {
         })?;
         // RFC 6749 §5.1: no scope in the response means the scopes requested were granted.
         let scope = grant.scope.clone().or_else(|| (!flow.scopes.is_empty()).then(|| flow.scopes.join(" ")));
-        let info = self.save_grant(&key, TokenGrant { scope, ..grant })?;
-        Ok((key, info))
+        self.save_grant(key, TokenGrant { scope, ..grant })
     }
 
     /// Read and delete a pending flow: whoever deletes it owns it, once.
@@ -189,7 +181,6 @@ fn random_token() -> Result<String> {
 mod tests {
     use super::*;
     use crate::memory::MemoryPlatform;
-    use crate::provider;
 
     fn vault() -> Vault<MemoryPlatform> {
         let vault = Vault::new(MemoryPlatform::new());

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use crate::error::{Result, VaultError};
 use crate::model::ClientAuth;
+use crate::oauth;
 use crate::platform::HttpError;
 use crate::provider::{Endpoints, validate_url};
 
@@ -22,8 +23,7 @@ struct Metadata {
 
 /// The metadata URLs to try, in order.
 pub fn metadata_urls(issuer: &str) -> Result<Vec<String>> {
-    validate_url("issuer", issuer)?;
-    let url = oauth2::url::Url::parse(issuer).expect("validated");
+    let url = validate_url("issuer", issuer)?;
     if url.query().is_some() {
         return Err(VaultError::InvalidInput("issuer must not have a query".into()));
     }
@@ -48,11 +48,7 @@ pub fn discover(
             .header(http::header::ACCEPT, "application/json")
             .body(Vec::new())
             .map_err(|_| VaultError::InvalidInput("issuer does not make a valid metadata URL".into()))?;
-        let response = http(request).map_err(|err| match err {
-            HttpError::Denied => VaultError::EgressDenied("the host does not allow requests to this issuer".into()),
-            HttpError::Timeout => VaultError::provider(None, None, "metadata request timed out"),
-            HttpError::Failed(why) => VaultError::provider(None, None, format!("metadata request failed: {why}")),
-        })?;
+        let response = http(request).map_err(|err| oauth::http_failure(err, "issuer's metadata endpoint"))?;
         if response.status() == http::StatusCode::OK {
             return endpoints_from(issuer, response.body());
         }

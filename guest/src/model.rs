@@ -5,7 +5,7 @@
 
 use crate::error::ProviderFailure;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConnectionKey {
     pub tenant: String,
     pub user: String,

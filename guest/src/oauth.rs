@@ -124,6 +124,15 @@ fn is_error_body(body: &[u8]) -> bool {
     matches!(serde_json::from_slice::<Probe>(body), Ok(Probe { error: Some(_), access_token: None }))
 }
 
+/// A request to one of a provider's endpoints that got no answer.
+pub fn http_failure(err: HttpError, endpoint: &str) -> VaultError {
+    match err {
+        HttpError::Denied => VaultError::EgressDenied(format!("the host does not allow requests to this {endpoint}")),
+        HttpError::Timeout => VaultError::provider(None, None, format!("{endpoint} timed out")),
+        HttpError::Failed(why) => VaultError::provider(None, None, format!("request to {endpoint} failed: {why}")),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Grant {
     Refresh,
@@ -159,13 +168,7 @@ fn classify(err: BasicRequestTokenError<HttpError>, status: Option<u16>, grant: 
                 VaultError::provider(status, Some(code), "token endpoint refused the request")
             }
         }
-        E::Request(HttpError::Denied) => {
-            VaultError::EgressDenied("the host does not allow requests to this provider's token URL".into())
-        }
-        E::Request(HttpError::Timeout) => VaultError::provider(None, None, "token endpoint timed out"),
-        E::Request(HttpError::Failed(why)) => {
-            VaultError::provider(None, None, format!("request to token endpoint failed: {why}"))
-        }
+        E::Request(err) => http_failure(err, "token endpoint"),
         // The parse error's own text can quote the body; name only where it failed.
         E::Parse(parse, _body) => {
             let what = match status {

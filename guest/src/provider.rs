@@ -71,9 +71,7 @@ fn validate(record: &ProviderRecord) -> Result<()> {
     if record.client_secret.as_deref() == Some("") {
         return Err(VaultError::InvalidInput("client secret must not be empty when given".into()));
     }
-    if record.scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace) || s.contains(',')) {
-        return Err(VaultError::InvalidInput("each scope must be one non-empty word".into()));
-    }
+    validate_scopes(&record.scopes)?;
     for (name, _) in &record.authorization_params {
         if name.is_empty() || RESERVED_PARAMS.contains(&name.as_str()) {
             return Err(VaultError::InvalidInput(format!(
@@ -84,7 +82,15 @@ fn validate(record: &ProviderRecord) -> Result<()> {
     Ok(())
 }
 
-pub fn validate_url(what: &str, url: &str) -> Result<()> {
+/// Scopes are joined with a space or, for some providers, a comma.
+pub fn validate_scopes(scopes: &[String]) -> Result<()> {
+    if scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace) || s.contains(',')) {
+        return Err(VaultError::InvalidInput("each scope must be one non-empty word".into()));
+    }
+    Ok(())
+}
+
+pub fn validate_url(what: &str, url: &str) -> Result<oauth2::url::Url> {
     let parsed =
         oauth2::url::Url::parse(url).map_err(|_| VaultError::InvalidInput(format!("{what} is not a valid URL")))?;
     if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none() {
@@ -93,7 +99,7 @@ pub fn validate_url(what: &str, url: &str) -> Result<()> {
     if parsed.fragment().is_some() {
         return Err(VaultError::InvalidInput(format!("{what} must not have a fragment")));
     }
-    Ok(())
+    Ok(parsed)
 }
 
 #[cfg(test)]

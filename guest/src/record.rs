@@ -207,21 +207,12 @@ impl ProviderRecord {
 /// the PKCE verifier.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct FlowRecord {
-    pub tenant: String,
-    pub user: String,
-    pub provider: String,
-    pub name: String,
+    pub connection: ConnectionKey,
     pub code_verifier: String,
     pub redirect_uri: String,
     pub scopes: Vec<String>,
     /// Unix seconds.
     pub expires_at: u64,
-}
-
-impl FlowRecord {
-    pub fn key(&self) -> ConnectionKey {
-        ConnectionKey::new(&self.tenant, &self.user, &self.provider, &self.name)
-    }
 }
 
 /// A pending flow is stored under its state, which is random (see `connect`).

@@ -4,7 +4,7 @@
 //!
 //! Quirks handled elsewhere, for every provider: tokens without `expires_in` never expire
 //! (GitHub OAuth apps); an OAuth error sent with HTTP 200 (GitHub, Slack) is an error
-//! (`oauth::http_with_error_bodies`); `Accept: application/json` is sent on every token
+//! (`oauth::recording`); `Accept: application/json` is sent on every token
 //! request (the `oauth2` crate does), which GitHub needs to answer JSON.
 
 use crate::error::{Result, VaultError};

@@ -207,6 +207,17 @@ fn connect_discovers_the_provider_and_completes_on_a_loopback_redirect() {
     assert_eq!(connected["info"]["has_refresh_token"], true);
     let token = tv.run(&["token", "get", "acme", "erin", "idp"], None).json();
     assert!(token["access_token"].as_str().is_some_and(|t| !t.is_empty()));
+
+    // What connect showed the terminal and the browser holds no value.
+    let mut shown = String::from_utf8_lossy(&output.stdout).into_owned();
+    std::io::Read::read_to_string(&mut stderr, &mut shown).unwrap();
+    shown.push_str(&url);
+    shown.push_str(&page);
+    for secret in [&token["access_token"], &token["refresh_token"]] {
+        let secret = secret.as_str().expect("the connection holds both tokens");
+        assert!(!shown.contains(secret), "connect printed a token");
+    }
+    assert!(!shown.contains(&server.post_secret), "connect printed the client secret");
 }
 
 #[test]
