@@ -45,16 +45,23 @@ impl tokens::Guest for Component {
         Ok(vault().refresh(&key.into())?.into())
     }
 
-    fn remove(key: wit::ConnectionKey) -> WitResult<()> {
-        Ok(vault().remove(&key.into())?)
+    fn get_or_link(key: wit::ConnectionKey, scopes: Option<Vec<String>>) -> WitResult<tokens::TokenOrLink> {
+        Ok(match vault().get_or_link(&key.into(), scopes)? {
+            model::TokenOrLink::Token(token) => tokens::TokenOrLink::Token(token.into()),
+            model::TokenOrLink::Link(link) => tokens::TokenOrLink::Link(link.into()),
+        })
+    }
+
+    fn remove(key: wit::ConnectionKey) -> WitResult<tokens::RemovalReceipt> {
+        Ok(vault().remove(&key.into())?.into())
     }
 
     fn list(tenant: String, user: String) -> WitResult<Vec<wit::ConnectionInfo>> {
         Ok(vault().list(&tenant, &user)?.into_iter().map(Into::into).collect())
     }
 
-    fn revoke_all(tenant: String, user: String) -> WitResult<u32> {
-        Ok(vault().revoke_all(&tenant, &user)?)
+    fn revoke_all(tenant: String, user: String) -> WitResult<Vec<tokens::RemovalReceipt>> {
+        Ok(vault().revoke_all(&tenant, &user)?.into_iter().map(Into::into).collect())
     }
 
     fn store(key: wit::ConnectionKey, grant: wit::TokenGrant) -> WitResult<wit::ConnectionInfo> {
@@ -117,10 +124,46 @@ impl connect::Guest for Component {
 
     fn complete(callback_query: String) -> WitResult<connect::Connected> {
         let (key, info) = vault().complete(&callback_query)?;
-        Ok(connect::Connected {
-            key: wit::ConnectionKey { tenant: key.tenant, user: key.user, provider: key.provider, name: key.name },
-            info: info.into(),
+        Ok(connected(key, info))
+    }
+
+    fn link(key: wit::ConnectionKey, scopes: Option<Vec<String>>) -> WitResult<wit::ConnectLink> {
+        Ok(vault().link(&key.into(), scopes)?.into())
+    }
+
+    fn open_link(code: String, redirect_uri: String) -> WitResult<connect::AuthorizationRequest> {
+        let request = vault().open_link(&code, &redirect_uri)?;
+        Ok(connect::AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
+    }
+
+    fn begin_device(key: wit::ConnectionKey, scopes: Option<Vec<String>>) -> WitResult<connect::DeviceAuthorization> {
+        let d = vault().begin_device(&key.into(), scopes)?;
+        Ok(connect::DeviceAuthorization {
+            handle: d.handle,
+            user_code: d.user_code,
+            verification_uri: d.verification_uri,
+            verification_uri_complete: d.verification_uri_complete,
+            interval: d.interval,
+            expires_at: d.expires_at,
         })
+    }
+
+    fn poll_device(handle: String) -> WitResult<connect::DeviceStatus> {
+        Ok(match vault().poll_device(&handle)? {
+            model::DeviceStatus::Pending(secs) => connect::DeviceStatus::Pending(secs),
+            model::DeviceStatus::Connected(key, info) => connect::DeviceStatus::Connected(connected(key, info)),
+        })
+    }
+
+    fn connect_client(key: wit::ConnectionKey, scopes: Option<Vec<String>>) -> WitResult<wit::ConnectionInfo> {
+        Ok(vault().connect_client(&key.into(), scopes)?.into())
+    }
+}
+
+fn connected(key: model::ConnectionKey, info: model::ConnectionInfo) -> connect::Connected {
+    connect::Connected {
+        key: wit::ConnectionKey { tenant: key.tenant, user: key.user, provider: key.provider, name: key.name },
+        info: info.into(),
     }
 }
 
@@ -149,6 +192,10 @@ impl From<model::ConnectionInfo> for wit::ConnectionInfo {
         wit::ConnectionInfo {
             provider: i.provider,
             name: i.name,
+            kind: match i.kind {
+                model::ConnectionKind::User => wit::ConnectionKind::User,
+                model::ConnectionKind::Client => wit::ConnectionKind::Client,
+            },
             scopes: i.scopes,
             expires_at: i.expires_at,
             has_refresh_token: i.has_refresh_token,
@@ -157,6 +204,26 @@ impl From<model::ConnectionInfo> for wit::ConnectionInfo {
                 model::ConnectionStatus::ReconnectRequired => wit::ConnectionStatus::ReconnectRequired,
             },
             updated_at: i.updated_at,
+        }
+    }
+}
+
+impl From<model::ConnectLink> for wit::ConnectLink {
+    fn from(l: model::ConnectLink) -> Self {
+        wit::ConnectLink { code: l.code, expires_at: l.expires_at }
+    }
+}
+
+impl From<model::RemovalReceipt> for tokens::RemovalReceipt {
+    fn from(r: model::RemovalReceipt) -> Self {
+        tokens::RemovalReceipt {
+            provider: r.provider,
+            name: r.name,
+            upstream: match r.upstream {
+                model::UpstreamRevocation::Revoked => tokens::UpstreamRevocation::Revoked,
+                model::UpstreamRevocation::Unsupported => tokens::UpstreamRevocation::Unsupported,
+                model::UpstreamRevocation::Failed(err) => tokens::UpstreamRevocation::Failed(err.into()),
+            },
         }
     }
 }
@@ -214,6 +281,10 @@ fn audit_event(e: model::AuditEvent) -> audit::Event {
             A::ProviderRemove => audit::Action::ProviderRemove,
             A::ConnectBegin => audit::Action::ConnectBegin,
             A::ConnectComplete => audit::Action::ConnectComplete,
+            A::ConnectLink => audit::Action::ConnectLink,
+            A::ConnectOpenLink => audit::Action::ConnectOpenLink,
+            A::ConnectDevice => audit::Action::ConnectDevice,
+            A::ConnectClient => audit::Action::ConnectClient,
         },
         outcome: match e.outcome {
             O::Ok => audit::Outcome::Ok,

@@ -1,9 +1,12 @@
-//! Connecting an account: the authorization-code flow with PKCE (RFC 6749 §4.1, RFC 7636).
+//! Connecting an account: the authorization-code flow with PKCE (RFC 6749 §4.1, RFC 7636),
+//! connect links that start it, and the client-credentials grant (RFC 6749 §4.4). The
+//! device flow is in `device`.
 //!
 //! `begin` seals the pending flow (connection, PKCE verifier, redirect URI, scopes, expiry)
 //! under a random state and returns the provider's authorization URL; `complete` takes the
 //! query the provider redirected to, spends the state (deleting it by version, so a
-//! replay or a concurrent second use finds nothing), then exchanges the code.
+//! replay or a concurrent second use finds nothing), then exchanges the code. A connect
+//! link is spent the same way, once, by `open_link`, which then begins.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -11,12 +14,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::error::{Result, VaultError};
 use crate::model::*;
 use crate::platform::{Platform, StorageError};
-use crate::record::{self, FlowRecord};
+use crate::record::{self, FlowRecord, LinkRecord};
 use crate::vault::{Put, Vault};
 use crate::{oauth, provider};
 
 /// How long a user has to finish connecting.
 pub const FLOW_TTL_SECS: u64 = 600;
+/// How long a connect link can wait to be opened (it is handed on, through chat or mail).
+pub const LINK_TTL_SECS: u64 = 900;
 /// 32 random bytes, base64url: the length of a state and of a PKCE verifier.
 const RANDOM_LEN: usize = 43;
 
@@ -38,14 +43,67 @@ impl<P: Platform> Vault<P> {
         // Until the state names a flow, there is no connection to audit the call under.
         let taken =
             Callback::parse(callback_query).and_then(|callback| Ok((self.take_flow(&callback.state)?, callback)));
-        if taken.is_err() {
-            self.emit(AuditAction::ConnectComplete, AuditOutcome::from(&taken), None, None, None, None);
-        }
-        let (flow, callback) = taken?;
+        let (flow, callback) = taken.inspect_err(|err| self.audit_unkeyed(AuditAction::ConnectComplete, err))?;
         let key = flow.connection.clone();
         let result = self.finish_flow(flow, callback).map(|info| (key.clone(), info));
         self.audit_token(AuditAction::ConnectComplete, &key, AuditOutcome::from(&result));
         result
+    }
+
+    /// A one-time code that begins connecting `key` when opened (see [`Vault::open_link`]).
+    pub fn link(&self, key: &ConnectionKey, scopes: Option<Vec<String>>) -> Result<ConnectLink> {
+        let result = self.link_inner(key, scopes);
+        self.audit_token(AuditAction::ConnectLink, key, AuditOutcome::from(&result));
+        result
+    }
+
+    /// Spend a connect link and begin the flow it names.
+    pub fn open_link(&self, code: &str, redirect_uri: &str) -> Result<AuthorizationRequest> {
+        let unknown = || VaultError::InvalidInput("unknown, used or expired connect link".into());
+        let taken = if is_random_token(code) {
+            self.take_sealed::<LinkRecord>(&record::link_key(code), &record::link_context(code))
+                .and_then(|link| link.ok_or_else(unknown))
+        } else {
+            Err(unknown())
+        };
+        let link = taken.inspect_err(|err| self.audit_unkeyed(AuditAction::ConnectOpenLink, err))?;
+        let result = if self.now() > link.expires_at { Err(unknown()) } else { Ok(()) }
+            .and_then(|()| self.begin_inner(&link.connection, redirect_uri, link.scopes));
+        self.audit_token(AuditAction::ConnectOpenLink, &link.connection, AuditOutcome::from(&result));
+        result
+    }
+
+    /// Obtain the client's own token and keep it as connection `key`.
+    pub fn connect_client(&self, key: &ConnectionKey, scopes: Option<Vec<String>>) -> Result<ConnectionInfo> {
+        let result = self.connect_client_inner(key, scopes);
+        self.audit_token(AuditAction::ConnectClient, key, AuditOutcome::from(&result));
+        result
+    }
+
+    fn link_inner(&self, key: &ConnectionKey, scopes: Option<Vec<String>>) -> Result<ConnectLink> {
+        record::validate_key(key)?;
+        let provider = self.load_provider(&key.provider)?;
+        if provider.authorization_url.is_none() {
+            return Err(VaultError::InvalidInput("this provider has no authorization URL to connect through".into()));
+        }
+        if let Some(scopes) = &scopes {
+            provider::validate_scopes(scopes)?;
+        }
+        let code = random_token()?;
+        let link = LinkRecord { connection: key.clone(), scopes, expires_at: self.now() + LINK_TTL_SECS };
+        match self.put_sealed(&record::link_key(&code), &record::link_context(&code), &link, None)? {
+            Put::Written => Ok(ConnectLink { code, expires_at: link.expires_at }),
+            Put::Conflict => Err(VaultError::Storage("a fresh random link code was already taken".into())),
+        }
+    }
+
+    fn connect_client_inner(&self, key: &ConnectionKey, scopes: Option<Vec<String>>) -> Result<ConnectionInfo> {
+        record::validate_key(key)?;
+        let provider = self.load_provider(&key.provider)?;
+        let scopes = scopes.unwrap_or_else(|| provider.scopes.clone());
+        provider::validate_scopes(&scopes)?;
+        let grant = oauth::client_credentials(&provider, &scopes, &|request| self.platform().http(request))?;
+        self.save_grant(key, with_requested_scopes(grant, &scopes), ConnectionKind::Client, scopes)
     }
 
     fn begin_inner(
@@ -100,23 +158,36 @@ impl<P: Platform> Vault<P> {
         let grant = oauth::exchange_code(&provider, &code, &flow.code_verifier, &flow.redirect_uri, &|request| {
             self.platform().http(request)
         })?;
-        // RFC 6749 §5.1: no scope in the response means the scopes requested were granted.
-        let scope = grant.scope.clone().or_else(|| (!flow.scopes.is_empty()).then(|| flow.scopes.join(" ")));
-        self.save_grant(key, TokenGrant { scope, ..grant })
+        self.save_grant(key, with_requested_scopes(grant, &flow.scopes), ConnectionKind::User, Vec::new())
     }
 
-    /// Read and delete a pending flow: whoever deletes it owns it, once.
     fn take_flow(&self, state: &str) -> Result<FlowRecord> {
-        let unknown = || VaultError::InvalidInput("unknown or already used authorization state".into());
-        let storage_key = record::flow_key(state);
-        let (flow, version) =
-            self.load_sealed::<FlowRecord>(&storage_key, &record::flow_context(state))?.ok_or_else(unknown)?;
-        match self.platform().storage_delete(&storage_key, version) {
-            Ok(()) => Ok(flow),
-            Err(StorageError::Conflict) => Err(unknown()),
+        self.take_sealed(&record::flow_key(state), &record::flow_context(state))?
+            .ok_or_else(|| VaultError::InvalidInput("unknown or already used authorization state".into()))
+    }
+
+    /// Read and delete a one-time record: whoever deletes it owns it, once. `None` when
+    /// there is none, or another caller took it first.
+    pub(crate) fn take_sealed<T: serde::de::DeserializeOwned>(
+        &self,
+        storage_key: &str,
+        context: &crate::seal::Context,
+    ) -> Result<Option<T>> {
+        let Some((value, version)) = self.load_sealed::<T>(storage_key, context)? else {
+            return Ok(None);
+        };
+        match self.platform().storage_delete(storage_key, version) {
+            Ok(()) => Ok(Some(value)),
+            Err(StorageError::Conflict) => Ok(None),
             Err(StorageError::Unavailable(why)) => Err(VaultError::Storage(why)),
         }
     }
+}
+
+/// RFC 6749 §5.1: a response without `scope` granted the scopes requested.
+pub(crate) fn with_requested_scopes(grant: TokenGrant, requested: &[String]) -> TokenGrant {
+    let scope = grant.scope.clone().or_else(|| (!requested.is_empty()).then(|| requested.join(" ")));
+    TokenGrant { scope, ..grant }
 }
 
 /// The parameters of an authorization response (RFC 6749 §4.1.2, §4.1.2.1; RFC 9207).
@@ -144,7 +215,7 @@ impl Callback {
             }
         }
         let state = state.ok_or_else(|| VaultError::InvalidInput("the authorization response has no state".into()))?;
-        if state.len() != RANDOM_LEN || !state.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !is_random_token(&state) {
             return Err(VaultError::InvalidInput("unknown or already used authorization state".into()));
         }
         // An error code is ASCII without quotes or backslashes (RFC 6749 §4.1.2.1).
@@ -171,10 +242,16 @@ fn validate_redirect_uri(uri: &str) -> Result<()> {
     Ok(())
 }
 
-fn random_token() -> Result<String> {
+/// 32 random bytes, base64url: states, verifiers, link codes and device handles.
+pub(crate) fn random_token() -> Result<String> {
     let mut bytes = [0; 32];
     getrandom::fill(&mut bytes).map_err(|_| VaultError::Storage("no randomness available".into()))?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Whether `value` could be one of [`random_token`]'s: checked before any lookup.
+pub(crate) fn is_random_token(value: &str) -> bool {
+    value.len() == RANDOM_LEN && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -302,6 +379,101 @@ mod tests {
         for query in ["", "code=x", "state=short&code=x", &format!("state={}&state={}", "a".repeat(43), "a".repeat(43))]
         {
             assert!(matches!(vault.complete(query), Err(VaultError::InvalidInput(_))), "{query}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod link_and_client_tests {
+    use super::*;
+    use crate::memory::MemoryPlatform;
+
+    fn vault() -> Vault<MemoryPlatform> {
+        let vault = Vault::new(MemoryPlatform::new());
+        vault
+            .put_provider(ProviderConfig {
+                name: "acme".into(),
+                authorization_url: Some("https://idp.example/authorize".into()),
+                token_url: Some("https://idp.example/token".into()),
+                client_id: "client".into(),
+                client_secret: Some("client-secret".into()),
+                scopes: vec!["read".into()],
+                ..ProviderConfig::default()
+            })
+            .unwrap();
+        vault
+    }
+
+    fn key() -> ConnectionKey {
+        ConnectionKey::new("t1", "alice", "acme", "work")
+    }
+
+    fn form(request: &oauth2::HttpRequest) -> std::collections::HashMap<String, String> {
+        oauth2::url::form_urlencoded::parse(request.body()).into_owned().collect()
+    }
+
+    #[test]
+    fn a_missing_connection_yields_a_link_that_opens_once() {
+        let vault = vault();
+        let Ok(TokenOrLink::Link(link)) = vault.get_or_link(&key(), Some(vec!["write".into()])) else {
+            panic!("expected a link");
+        };
+        assert!(is_random_token(&link.code));
+        assert_eq!(link.expires_at, vault.now() + LINK_TTL_SECS);
+        let request = vault.open_link(&link.code, "http://127.0.0.1:9/cb").unwrap();
+        assert!(request.url.contains("scope=write"), "the link's scopes are requested: {}", request.url);
+        let again = vault.open_link(&link.code, "http://127.0.0.1:9/cb");
+        assert!(matches!(again, Err(VaultError::InvalidInput(m)) if m.contains("connect link")));
+        assert!(vault.open_link("not a code", "http://127.0.0.1:9/cb").is_err());
+    }
+
+    #[test]
+    fn an_expired_link_is_refused() {
+        let vault = vault();
+        let link = vault.link(&key(), None).unwrap();
+        vault.platform().advance_secs(LINK_TTL_SECS + 1);
+        assert!(matches!(vault.open_link(&link.code, "http://127.0.0.1:9/cb"), Err(VaultError::InvalidInput(_))));
+    }
+
+    #[test]
+    fn an_existing_connection_yields_its_token_and_an_unknown_provider_an_error() {
+        let vault = vault();
+        let grant = TokenGrant {
+            access_token: "at".into(),
+            token_type: "Bearer".into(),
+            expires_in: None,
+            refresh_token: None,
+            scope: None,
+        };
+        vault.store(&key(), grant).unwrap();
+        assert!(matches!(vault.get_or_link(&key(), None), Ok(TokenOrLink::Token(t)) if t.access_token == "at"));
+        let other = ConnectionKey::new("t1", "alice", "nope", "work");
+        assert!(matches!(vault.get_or_link(&other, None), Err(VaultError::NotFound(m)) if m.contains("provider")));
+    }
+
+    #[test]
+    fn a_client_connection_is_obtained_and_renewed_with_client_credentials() {
+        let vault = vault();
+        let issued = std::cell::Cell::new(0);
+        vault.platform().respond(move |_| {
+            issued.set(issued.get() + 1);
+            let body = format!(r#"{{"access_token":"cc-{}","token_type":"Bearer","expires_in":600}}"#, issued.get());
+            Ok(http::Response::builder().status(200).body(body.into_bytes()).unwrap())
+        });
+        let info = vault.connect_client(&key(), Some(vec!["admin".into()])).unwrap();
+        assert_eq!(info.kind, ConnectionKind::Client);
+        assert_eq!(info.scopes, ["admin"]);
+        assert!(!info.has_refresh_token);
+        assert_eq!(vault.get(&key()).unwrap().access_token, "cc-1");
+
+        vault.platform().advance_secs(590);
+        assert_eq!(vault.get(&key()).unwrap().access_token, "cc-2", "renewed without a refresh token");
+        let requests = vault.platform().requests.borrow();
+        assert_eq!(requests.len(), 2);
+        for request in requests.iter() {
+            let form = form(request);
+            assert_eq!(form["grant_type"], "client_credentials");
+            assert_eq!(form["scope"], "admin", "renewal asks for the scopes first asked for");
         }
     }
 }

@@ -2,6 +2,7 @@
 //! natively. The WebAssembly component is the thin shell in `component`.
 
 pub mod connect;
+pub mod device;
 pub mod discovery;
 pub mod error;
 pub mod expiry;

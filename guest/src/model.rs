@@ -46,10 +46,22 @@ pub enum ConnectionStatus {
     ReconnectRequired,
 }
 
+/// How a connection's access token is renewed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionKind {
+    /// A user's delegated tokens, renewed with the refresh token.
+    #[default]
+    User,
+    /// The client's own token (client-credentials grant).
+    Client,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionInfo {
     pub provider: String,
     pub name: String,
+    pub kind: ConnectionKind,
     pub scopes: Vec<String>,
     pub expires_at: Option<u64>,
     pub has_refresh_token: bool,
@@ -117,6 +129,54 @@ pub struct AuthorizationRequest {
     pub expires_at: u64,
 }
 
+/// A one-time code that starts connecting an account (see `connect::link`). It grants
+/// the right to connect an account to its user, so it has no `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectLink {
+    pub code: String,
+    pub expires_at: u64,
+}
+
+/// What `get_or_link` found.
+pub enum TokenOrLink {
+    Token(TokenSet),
+    Link(ConnectLink),
+}
+
+/// What became of a removed connection's tokens at the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamRevocation {
+    Revoked,
+    /// The provider has no revocation endpoint.
+    Unsupported,
+    Failed(crate::error::VaultError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovalReceipt {
+    pub provider: String,
+    pub name: String,
+    pub upstream: UpstreamRevocation,
+}
+
+/// A started device flow (RFC 8628), as the user and the poller need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAuthorization {
+    pub handle: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub interval: u32,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceStatus {
+    /// Poll again after this many seconds.
+    Pending(u32),
+    Connected(ConnectionKey, ConnectionInfo),
+}
+
 /// Audit event, mirroring the WIT `audit` interface: no field can carry a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
@@ -140,6 +200,10 @@ pub enum AuditAction {
     ProviderRemove,
     ConnectBegin,
     ConnectComplete,
+    ConnectLink,
+    ConnectOpenLink,
+    ConnectDevice,
+    ConnectClient,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

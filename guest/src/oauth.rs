@@ -5,10 +5,15 @@
 
 use std::cell::Cell;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicRequestTokenError, BasicTokenResponse};
+use oauth2::url::form_urlencoded;
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet, HttpRequest,
-    HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, TokenResponse, TokenUrl,
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, DeviceAuthorizationUrl,
+    DeviceCodeErrorResponse, DeviceCodeErrorResponseType, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, StandardDeviceAuthorizationResponse, TokenResponse,
+    TokenUrl,
 };
 
 use crate::error::{Result, VaultError};
@@ -46,6 +51,175 @@ pub fn refresh(provider: &ProviderRecord, refresh_token: &str, http: Http) -> Re
     grant_from_response(&response)
 }
 
+/// Obtain the client's own token (RFC 6749 §4.4).
+pub fn client_credentials(provider: &ProviderRecord, scopes: &[String], http: Http) -> Result<TokenGrant> {
+    if provider.client_secret.is_none() {
+        return Err(VaultError::InvalidInput("the client-credentials grant needs a client secret".into()));
+    }
+    let status = Cell::new(None);
+    let client = client(provider)?;
+    let mut request = client.exchange_client_credentials();
+    if !scopes.is_empty() {
+        request = request.add_extra_param("scope", join_scopes(provider, scopes));
+    }
+    let response = request
+        .request(&recording(http, &status))
+        .map_err(|err| classify(err, status.get(), Grant::ClientCredentials))?;
+    grant_from_response(&response)
+}
+
+/// Revoke a token at the provider's revocation endpoint (RFC 7009), with the client's
+/// authentication. A provider that does not know the token answers 200 as well. (Built
+/// here rather than by `oauth2`, which refuses a plain-http endpoint; which endpoints may
+/// be reached is the host's allow-list to decide, as for every other endpoint.)
+pub fn revoke(provider: &ProviderRecord, token: RevocableToken, http: Http) -> Result<()> {
+    let url =
+        provider.revocation_url.as_deref().ok_or_else(|| VaultError::InvalidInput("no revocation endpoint".into()))?;
+    let (hint, secret) = match token {
+        RevocableToken::Refresh(secret) => ("refresh_token", secret),
+        RevocableToken::Access(secret) => ("access_token", secret),
+    };
+    let request = client_form_request(provider, url, &[("token", secret), ("token_type_hint", hint)])
+        .map_err(|_| VaultError::InvalidInput("provider revocation URL is not a valid URL".into()))?;
+    let response = http(request).map_err(|err| http_failure(err, "revocation endpoint"))?;
+    let status = response.status().as_u16();
+    if status == 200 {
+        return Ok(());
+    }
+    let code = serde_json::from_slice::<oauth2::basic::BasicRevocationErrorResponse>(response.body())
+        .ok()
+        .map(|error| error.error().as_ref().to_owned());
+    Err(VaultError::provider(Some(status), code, "revocation endpoint refused the request"))
+}
+
+/// A token to revoke, with its kind as the `token_type_hint`.
+#[derive(Clone, Copy)]
+pub enum RevocableToken<'a> {
+    Refresh(&'a str),
+    Access(&'a str),
+}
+
+/// What a device authorization request (RFC 8628 §3.2) returned.
+pub struct DeviceGrantStart {
+    pub device_code: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub expires_in: u64,
+    pub interval: u64,
+}
+
+/// Start a device flow at the provider's device authorization endpoint.
+pub fn device_authorization(provider: &ProviderRecord, scopes: &[String], http: Http) -> Result<DeviceGrantStart> {
+    let url = provider
+        .device_authorization_url
+        .clone()
+        .ok_or_else(|| VaultError::InvalidInput("this provider has no device authorization endpoint".into()))?;
+    let url = DeviceAuthorizationUrl::new(url)
+        .map_err(|_| VaultError::InvalidInput("provider device authorization URL is not a valid URL".into()))?;
+    let status = Cell::new(None);
+    let client = client(provider)?.set_device_authorization_url(url);
+    let mut request = client.exchange_device_code();
+    if !scopes.is_empty() {
+        request = request.add_extra_param("scope", join_scopes(provider, scopes));
+    }
+    let response: StandardDeviceAuthorizationResponse =
+        request.request(&recording(http, &status)).map_err(|err| classify(err, status.get(), Grant::Device))?;
+    Ok(DeviceGrantStart {
+        device_code: response.device_code().secret().clone(),
+        user_code: response.user_code().secret().clone(),
+        verification_uri: response.verification_uri().to_string(),
+        verification_uri_complete: response.verification_uri_complete().map(|uri| uri.secret().clone()),
+        expires_in: response.expires_in().as_secs(),
+        interval: response.interval().as_secs(),
+    })
+}
+
+/// What one poll of the token endpoint with a device code (RFC 8628 §3.4) said.
+pub enum DevicePoll {
+    Granted(TokenGrant),
+    /// `authorization_pending`: the user has not finished.
+    Pending,
+    /// `slow_down`: poll less often.
+    SlowDown,
+}
+
+const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// One poll, no waiting: the caller keeps the interval across calls, which outlive a
+/// single call's deadline. (`oauth2`'s device request loops and sleeps until the end.)
+pub fn poll_device(provider: &ProviderRecord, device_code: &str, http: Http) -> Result<DevicePoll> {
+    let params = [("grant_type", DEVICE_CODE_GRANT), ("device_code", device_code)];
+    let request = client_form_request(provider, &provider.token_url, &params)
+        .map_err(|_| VaultError::InvalidInput("provider token URL is not a valid URL".into()))?;
+    let status = Cell::new(None);
+    let response = recording(http, &status)(request).map_err(|err| http_failure(err, "token endpoint"))?;
+    if response.status() == http::StatusCode::OK {
+        let parsed: BasicTokenResponse = serde_json::from_slice(response.body()).map_err(|err| {
+            VaultError::provider(
+                Some(200),
+                None,
+                format!(
+                    "token endpoint returned an invalid token response (at line {} column {})",
+                    err.line(),
+                    err.column()
+                ),
+            )
+        })?;
+        return grant_from_response(&parsed).map(DevicePoll::Granted);
+    }
+    let status = Some(response.status().as_u16());
+    let error: DeviceCodeErrorResponse = serde_json::from_slice(response.body()).map_err(|_| {
+        VaultError::provider(status, None, "token endpoint returned an error that is not an OAuth error response")
+    })?;
+    match error.error() {
+        DeviceCodeErrorResponseType::AuthorizationPending => Ok(DevicePoll::Pending),
+        DeviceCodeErrorResponseType::SlowDown => Ok(DevicePoll::SlowDown),
+        DeviceCodeErrorResponseType::AccessDenied => {
+            Err(VaultError::provider(status, Some("access_denied".into()), "the user refused to connect the account"))
+        }
+        DeviceCodeErrorResponseType::ExpiredToken => Err(VaultError::provider(
+            status,
+            Some("expired_token".into()),
+            "the device code expired before the user finished; begin again",
+        )),
+        other => {
+            Err(VaultError::provider(status, Some(other.as_ref().to_owned()), "token endpoint refused the device code"))
+        }
+    }
+}
+
+/// A form POST to one of the provider's endpoints, authenticated as the client
+/// (RFC 6749 §2.3.1) the way `oauth2` does for the grants it builds.
+fn client_form_request(provider: &ProviderRecord, url: &str, params: &[(&str, &str)]) -> http::Result<HttpRequest> {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.extend_pairs(params);
+    let mut request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(url)
+        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(http::header::ACCEPT, "application/json");
+    match (&provider.client_secret, provider.client_auth) {
+        (Some(secret), ClientAuth::ClientSecretBasic) => {
+            // Both parts form-encoded before base64 (RFC 6749 §2.3.1).
+            let encode = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+            let credentials = STANDARD.encode(format!("{}:{}", encode(&provider.client_id), encode(secret)));
+            request = request.header(http::header::AUTHORIZATION, format!("Basic {credentials}"));
+        }
+        (Some(secret), ClientAuth::ClientSecretPost) => {
+            form.append_pair("client_id", &provider.client_id).append_pair("client_secret", secret);
+        }
+        (None, _) => {
+            form.append_pair("client_id", &provider.client_id);
+        }
+    }
+    request.body(form.finish().into_bytes())
+}
+
+fn join_scopes(provider: &ProviderRecord, scopes: &[String]) -> String {
+    scopes.join(provider.scope_separator.as_deref().unwrap_or(" "))
+}
+
 /// The URL that starts an authorization-code flow with PKCE S256 (RFC 6749 §4.1,
 /// RFC 7636), with the provider's extra parameters.
 pub fn authorization_url(
@@ -69,7 +243,7 @@ pub fn authorization_url(
         .authorize_url(|| CsrfToken::new(state.to_owned()))
         .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier));
     if !scopes.is_empty() {
-        request = request.add_extra_param("scope", scopes.join(provider.scope_separator.as_deref().unwrap_or(" ")));
+        request = request.add_extra_param("scope", join_scopes(provider, scopes));
     }
     for (name, value) in &provider.authorization_params {
         request = request.add_extra_param(name, value);
@@ -137,6 +311,18 @@ pub fn http_failure(err: HttpError, endpoint: &str) -> VaultError {
 enum Grant {
     Refresh,
     Code,
+    ClientCredentials,
+    /// The device authorization request (RFC 8628 §3.1).
+    Device,
+}
+
+impl Grant {
+    fn endpoint(self) -> &'static str {
+        match self {
+            Grant::Device => "device authorization endpoint",
+            _ => "token endpoint",
+        }
+    }
 }
 
 fn grant_from_response(response: &BasicTokenResponse) -> Result<TokenGrant> {
@@ -159,27 +345,26 @@ fn grant_from_response(response: &BasicTokenResponse) -> Result<TokenGrant> {
 
 fn classify(err: BasicRequestTokenError<HttpError>, status: Option<u16>, grant: Grant) -> VaultError {
     use oauth2::RequestTokenError as E;
+    let endpoint = grant.endpoint();
     match err {
         E::ServerResponse(response) => {
             let code = response.error().as_ref().to_owned();
             if *response.error() == BasicErrorResponseType::InvalidGrant && grant == Grant::Refresh {
                 VaultError::ReconnectRequired("the provider rejected the refresh token (invalid_grant)".into())
             } else {
-                VaultError::provider(status, Some(code), "token endpoint refused the request")
+                VaultError::provider(status, Some(code), format!("{endpoint} refused the request"))
             }
         }
-        E::Request(err) => http_failure(err, "token endpoint"),
+        E::Request(err) => http_failure(err, endpoint),
         // The parse error's own text can quote the body; name only where it failed.
         E::Parse(parse, _body) => {
             let what = match status {
-                Some(200) | None => {
-                    format!("token endpoint returned an invalid token response (at `{}`)", parse.path())
-                }
-                Some(_) => "token endpoint returned an error that is not an OAuth error response".to_owned(),
+                Some(200) | None => format!("{endpoint} returned an invalid response (at `{}`)", parse.path()),
+                Some(_) => format!("{endpoint} returned an error that is not an OAuth error response"),
             };
             VaultError::provider(status, None, what)
         }
-        E::Other(why) => VaultError::provider(status, None, format!("token endpoint response rejected: {why}")),
+        E::Other(why) => VaultError::provider(status, None, format!("{endpoint} response rejected: {why}")),
     }
 }
 

@@ -6,12 +6,16 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, VaultError};
-use crate::model::{ClientAuth, ConnectionInfo, ConnectionKey, ConnectionStatus, ProviderInfo, TokenSet};
+use crate::model::{
+    ClientAuth, ConnectionInfo, ConnectionKey, ConnectionKind, ConnectionStatus, ProviderInfo, TokenSet,
+};
 
 const TOKEN_PREFIX: &str = "tok/";
 const PROVIDER_PREFIX: &str = "prov/";
 const LEASE_PREFIX: &str = "lease/";
 const FLOW_PREFIX: &str = "flow/";
+const DEVICE_PREFIX: &str = "device/";
+const LINK_PREFIX: &str = "link/";
 const MAX_ID_LEN: usize = 256;
 
 pub fn token_key(key: &ConnectionKey) -> String {
@@ -122,9 +126,19 @@ pub struct TokenRecord {
     pub scopes: Vec<String>,
     pub status: ConnectionStatus,
     pub updated_at: u64,
+    #[serde(default)]
+    pub kind: ConnectionKind,
+    /// Client connections: the scopes to ask for on each renewal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requested_scopes: Vec<String>,
 }
 
 impl TokenRecord {
+    /// Whether the vault can obtain a new access token without the user.
+    pub fn renewable(&self) -> bool {
+        self.kind == ConnectionKind::Client || self.refresh_token.is_some()
+    }
+
     pub fn token_set(&self) -> TokenSet {
         TokenSet {
             access_token: self.access_token.clone(),
@@ -139,6 +153,7 @@ impl TokenRecord {
         ConnectionInfo {
             provider: key.provider.clone(),
             name: key.name.clone(),
+            kind: self.kind,
             scopes: self.scopes.clone(),
             expires_at: self.expires_at,
             has_refresh_token: self.refresh_token.is_some(),
@@ -222,6 +237,43 @@ pub fn flow_key(state: &str) -> String {
 
 pub fn flow_context(state: &str) -> [&str; 2] {
     ["flow", state]
+}
+
+/// A pending device flow (RFC 8628). Sealed: the device code lets its holder collect the
+/// tokens.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub connection: ConnectionKey,
+    pub device_code: String,
+    pub scopes: Vec<String>,
+    pub interval_secs: u32,
+    /// Unix seconds: no request to the provider before then.
+    pub next_poll_at: u64,
+    pub expires_at: u64,
+}
+
+pub fn device_key(handle: &str) -> String {
+    format!("{DEVICE_PREFIX}{}", escape(handle))
+}
+
+pub fn device_context(handle: &str) -> [&str; 2] {
+    ["device", handle]
+}
+
+/// An unspent connect link.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LinkRecord {
+    pub connection: ConnectionKey,
+    pub scopes: Option<Vec<String>>,
+    pub expires_at: u64,
+}
+
+pub fn link_key(code: &str) -> String {
+    format!("{LINK_PREFIX}{}", escape(code))
+}
+
+pub fn link_context(code: &str) -> [&str; 2] {
+    ["link", code]
 }
 
 #[cfg(test)]

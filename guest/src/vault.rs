@@ -66,8 +66,23 @@ impl<P: Platform> Vault<P> {
         result
     }
 
-    pub fn remove(&self, key: &ConnectionKey) -> Result<()> {
-        let result = record::validate_key(key).and_then(|()| self.delete_record(&record::token_key(key), "connection"));
+    /// Like [`Vault::get`], but a connect link where the user must connect (again).
+    pub fn get_or_link(&self, key: &ConnectionKey, scopes: Option<Vec<String>>) -> Result<TokenOrLink> {
+        let result = self.get_inner(key);
+        self.audit_token(AuditAction::TokenGet, key, AuditOutcome::from(&result));
+        match result {
+            Ok(token) => Ok(TokenOrLink::Token(token)),
+            // An unknown provider fails here too, and says so.
+            Err(VaultError::NotFound(_) | VaultError::ReconnectRequired(_)) => {
+                self.link(key, scopes).map(TokenOrLink::Link)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Revoke the connection's tokens upstream (RFC 7009), then delete it.
+    pub fn remove(&self, key: &ConnectionKey) -> Result<RemovalReceipt> {
+        let result = record::validate_key(key).and_then(|()| self.remove_connection(key));
         self.audit_token(AuditAction::TokenRemove, key, AuditOutcome::from(&result));
         result
     }
@@ -89,8 +104,8 @@ impl<P: Platform> Vault<P> {
         Ok(infos)
     }
 
-    /// Remove every connection of a user; returns how many were removed.
-    pub fn revoke_all(&self, tenant: &str, user: &str) -> Result<u32> {
+    /// Remove every connection of a user, each revoked upstream; a receipt each.
+    pub fn revoke_all(&self, tenant: &str, user: &str) -> Result<Vec<RemovalReceipt>> {
         let result = self.revoke_all_inner(tenant, user);
         self.emit(AuditAction::RevokeAll, AuditOutcome::from(&result), Some(tenant), Some(user), None, None);
         result
@@ -99,11 +114,18 @@ impl<P: Platform> Vault<P> {
     fn store_inner(&self, key: &ConnectionKey, grant: TokenGrant) -> Result<ConnectionInfo> {
         record::validate_key(key)?;
         self.load_provider(&key.provider)?;
-        self.save_grant(key, grant)
+        self.save_grant(key, grant, ConnectionKind::User, Vec::new())
     }
 
     /// Seal a token response as the connection's record, replacing what it held.
-    pub(crate) fn save_grant(&self, key: &ConnectionKey, grant: TokenGrant) -> Result<ConnectionInfo> {
+    /// `requested_scopes`: what a client connection asks for on renewal.
+    pub(crate) fn save_grant(
+        &self,
+        key: &ConnectionKey,
+        grant: TokenGrant,
+        kind: ConnectionKind,
+        requested_scopes: Vec<String>,
+    ) -> Result<ConnectionInfo> {
         validate_grant(&grant)?;
         let now = self.now();
         let token = TokenRecord {
@@ -115,6 +137,8 @@ impl<P: Platform> Vault<P> {
             obtained_at: now,
             status: ConnectionStatus::Active,
             updated_at: now,
+            kind,
+            requested_scopes,
         };
         let storage_key = record::token_key(key);
         let context = record::token_context(key);
@@ -140,7 +164,7 @@ impl<P: Platform> Vault<P> {
         if !expiry::refresh_due(now, token.obtained_at, token.expires_at, provider.refresh_buffer_secs) {
             return Ok(token.token_set());
         }
-        if token.refresh_token.is_none() {
+        if !token.renewable() {
             return if expiry::is_expired(now, token.expires_at) {
                 Err(VaultError::ReconnectRequired(
                     "the access token expired and the connection has no refresh token".into(),
@@ -156,7 +180,7 @@ impl<P: Platform> Vault<P> {
         record::validate_key(key)?;
         let (token, version) = self.load_token(key)?;
         ensure_active(&token)?;
-        if token.refresh_token.is_none() {
+        if !token.renewable() {
             return Err(VaultError::InvalidInput("the connection has no refresh token to refresh with".into()));
         }
         let provider = self.load_provider(&key.provider)?;
@@ -266,8 +290,12 @@ impl<P: Platform> Vault<P> {
         version: u64,
         provider: &ProviderRecord,
     ) -> Result<TokenSet> {
-        let used = token.refresh_token.clone().unwrap_or_default();
-        match oauth::refresh(provider, &used, &|request| self.platform.http(request)) {
+        let http = |request| self.platform.http(request);
+        let renewed = match token.kind {
+            ConnectionKind::User => oauth::refresh(provider, token.refresh_token.as_deref().unwrap_or_default(), &http),
+            ConnectionKind::Client => oauth::client_credentials(provider, &token.requested_scopes, &http),
+        };
+        match renewed {
             Ok(grant) => self.save_refreshed(key, token, version, grant),
             Err(VaultError::ReconnectRequired(why)) => self.mark_reconnect_required(key, token, version, why),
             // Any other failure leaves the stored token as it was.
@@ -296,6 +324,8 @@ impl<P: Platform> Vault<P> {
             obtained_at: now,
             status: ConnectionStatus::Active,
             updated_at: now,
+            kind: old.kind,
+            requested_scopes: old.requested_scopes.clone(),
         };
         let storage_key = record::token_key(key);
         let context = record::token_context(key);
@@ -362,18 +392,75 @@ impl<P: Platform> Vault<P> {
         Err(VaultError::ReconnectRequired(why))
     }
 
-    fn revoke_all_inner(&self, tenant: &str, user: &str) -> Result<u32> {
+    fn revoke_all_inner(&self, tenant: &str, user: &str) -> Result<Vec<RemovalReceipt>> {
         record::validate_id("tenant", tenant)?;
         record::validate_id("user", user)?;
-        let mut removed = 0;
+        let mut receipts = Vec::new();
         for storage_key in self.list_keys(&record::user_prefix(tenant, user))? {
-            match self.delete_record(&storage_key, "connection") {
-                Ok(()) => removed += 1,
-                Err(VaultError::NotFound(_)) => {}
+            let Some(key) = record::parse_token_key(&storage_key) else {
+                continue;
+            };
+            match self.remove_connection(&key) {
+                Ok(receipt) => receipts.push(receipt),
+                Err(VaultError::NotFound(_)) => {} // removed since it was listed
                 Err(err) => return Err(err),
             }
         }
-        Ok(removed)
+        Ok(receipts)
+    }
+
+    /// Revoke upstream what the record holds, then delete exactly that version; a
+    /// record renewed in between has its new tokens revoked too. A record that cannot be
+    /// opened is deleted all the same: the caller wants it gone.
+    fn remove_connection(&self, key: &ConnectionKey) -> Result<RemovalReceipt> {
+        let storage_key = record::token_key(key);
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(entry) = self.storage_get(&storage_key)? else {
+                return Err(VaultError::NotFound(format!(
+                    "no {} connection named {:?} for this user",
+                    key.provider, key.name
+                )));
+            };
+            let upstream = match self.open_sealed::<TokenRecord>(&entry, &record::token_context(key)) {
+                Ok(token) => self.revoke_upstream(key, &token),
+                Err(err) => UpstreamRevocation::Failed(err),
+            };
+            match self.platform.storage_delete(&storage_key, entry.version) {
+                Ok(()) => {
+                    return Ok(RemovalReceipt { provider: key.provider.clone(), name: key.name.clone(), upstream });
+                }
+                Err(StorageError::Conflict) => continue,
+                Err(StorageError::Unavailable(why)) => return Err(VaultError::Storage(why)),
+            }
+        }
+        Err(too_contended("connection"))
+    }
+
+    /// RFC 7009: the refresh token first (revoking it ends the grant at most providers),
+    /// then the access token.
+    fn revoke_upstream(&self, key: &ConnectionKey, token: &TokenRecord) -> UpstreamRevocation {
+        let provider = match self.load_provider(&key.provider) {
+            Ok(provider) => provider,
+            Err(err) => return UpstreamRevocation::Failed(err),
+        };
+        if provider.revocation_url.is_none() {
+            return UpstreamRevocation::Unsupported;
+        }
+        let http = |request| self.platform.http(request);
+        let refresh = token.refresh_token.as_deref().map(oauth::RevocableToken::Refresh);
+        let access = oauth::RevocableToken::Access(&token.access_token);
+        for revocable in refresh.into_iter().chain([access]) {
+            match oauth::revoke(&provider, revocable, &http) {
+                Ok(()) => {}
+                // Some servers revoke only refresh tokens; once that one is gone, so is the grant.
+                Err(VaultError::Provider(failure))
+                    if refresh.is_some()
+                        && matches!(revocable, oauth::RevocableToken::Access(_))
+                        && failure.code.as_deref() == Some("unsupported_token_type") => {}
+                Err(err) => return UpstreamRevocation::Failed(err),
+            }
+        }
+        UpstreamRevocation::Revoked
     }
 
     fn load_token(&self, key: &ConnectionKey) -> Result<(TokenRecord, u64)> {
@@ -458,15 +545,18 @@ impl<P: Platform> Vault<P> {
         let Some(entry) = self.storage_get(storage_key)? else {
             return Ok(None);
         };
+        Ok(Some((self.open_sealed(&entry, context)?, entry.version)))
+    }
+
+    fn open_sealed<T: DeserializeOwned>(&self, entry: &crate::platform::Entry, context: &seal::Context) -> Result<T> {
         let key_id = seal::key_id(&entry.value)?;
         let key =
             self.platform.key_by_id(key_id).map_err(|why| VaultError::Storage(format!("keyring: {why}")))?.ok_or_else(
                 || VaultError::Integrity(format!("{} record is sealed with unknown key {key_id:?}", context[0])),
             )?;
         let plaintext = seal::open(&entry.value, &key, context)?;
-        let value = serde_json::from_slice(&plaintext)
-            .map_err(|_| VaultError::Integrity(format!("{} record opened but does not parse", context[0])))?;
-        Ok(Some((value, entry.version)))
+        serde_json::from_slice(&plaintext)
+            .map_err(|_| VaultError::Integrity(format!("{} record opened but does not parse", context[0])))
     }
 
     pub(crate) fn put_sealed<T: Serialize>(
@@ -488,7 +578,7 @@ impl<P: Platform> Vault<P> {
         }
     }
 
-    fn storage_get(&self, storage_key: &str) -> Result<Option<crate::platform::Entry>> {
+    pub(crate) fn storage_get(&self, storage_key: &str) -> Result<Option<crate::platform::Entry>> {
         self.platform.storage_get(storage_key).map_err(storage_error)
     }
 
@@ -523,6 +613,11 @@ impl<P: Platform> Vault<P> {
 
     pub(crate) fn audit_token(&self, action: AuditAction, key: &ConnectionKey, outcome: AuditOutcome) {
         self.emit(action, outcome, Some(&key.tenant), Some(&key.user), Some(&key.provider), Some(&key.name));
+    }
+
+    /// Audit a call that failed before it named a connection (an unknown state, say).
+    pub(crate) fn audit_unkeyed(&self, action: AuditAction, err: &VaultError) {
+        self.emit(action, AuditOutcome::from(&Err::<(), _>(err.clone())), None, None, None, None);
     }
 
     pub(crate) fn emit(
@@ -793,7 +888,10 @@ mod tests {
             vault.remove(&ConnectionKey::new("t1", "alice", "acme", "home")),
             Err(VaultError::NotFound(_))
         ));
-        assert_eq!(vault.revoke_all("t1", "alice").unwrap(), 2);
+        let receipts = vault.revoke_all("t1", "alice").unwrap();
+        let names: Vec<_> = receipts.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["default", "work"]);
+        assert!(receipts.iter().all(|r| r.upstream == UpstreamRevocation::Unsupported), "acme has no revocation URL");
         assert!(vault.list("t1", "alice").unwrap().is_empty());
         assert_eq!(vault.list("t1", "alice2").unwrap().len(), 1, "other users untouched");
         assert_eq!(vault.list("t2", "alice").unwrap().len(), 1, "other tenants untouched");
@@ -1028,5 +1126,99 @@ mod tests {
         assert!(matches!(&err, VaultError::Storage(m) if m.contains("could not be saved")), "{err}");
         assert_eq!(vault.platform().records.borrow().get(&record::token_key(&key())).cloned(), before);
         assert!(lease_of(&vault).is_none(), "the lease is released after a failed save");
+    }
+}
+
+#[cfg(test)]
+mod revocation_tests {
+    use super::*;
+    use crate::memory::MemoryPlatform;
+
+    fn vault(answer: fn(&str) -> (u16, &'static str)) -> Vault<MemoryPlatform> {
+        let vault = Vault::new(MemoryPlatform::new());
+        vault
+            .put_provider(ProviderConfig {
+                name: "acme".into(),
+                token_url: Some("https://idp.example/token".into()),
+                revocation_url: Some("https://idp.example/revoke".into()),
+                client_id: "client".into(),
+                client_secret: Some("client-secret".into()),
+                ..ProviderConfig::default()
+            })
+            .unwrap();
+        vault.platform().respond(move |request| {
+            let form: std::collections::HashMap<String, String> =
+                oauth2::url::form_urlencoded::parse(request.body()).into_owned().collect();
+            let (status, body) = answer(&form["token_type_hint"]);
+            Ok(http::Response::builder().status(status).body(body.as_bytes().to_vec()).unwrap())
+        });
+        let grant = TokenGrant {
+            access_token: "at-1".into(),
+            token_type: "Bearer".into(),
+            expires_in: Some(3600),
+            refresh_token: Some("rt-1".into()),
+            scope: None,
+        };
+        vault.store(&key(), grant).unwrap();
+        vault
+    }
+
+    fn key() -> ConnectionKey {
+        ConnectionKey::new("t1", "alice", "acme", "default")
+    }
+
+    fn revoked(vault: &Vault<MemoryPlatform>) -> Vec<(String, String)> {
+        let requests = vault.platform().requests.borrow();
+        requests
+            .iter()
+            .map(|r| {
+                let form: std::collections::HashMap<String, String> =
+                    oauth2::url::form_urlencoded::parse(r.body()).into_owned().collect();
+                (form["token_type_hint"].clone(), form["token"].clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn remove_revokes_the_refresh_then_the_access_token() {
+        let vault = vault(|_| (200, ""));
+        let receipt = vault.remove(&key()).unwrap();
+        assert_eq!(receipt.upstream, UpstreamRevocation::Revoked);
+        assert_eq!(revoked(&vault), [("refresh_token".into(), "rt-1".into()), ("access_token".into(), "at-1".into())]);
+        assert!(matches!(vault.get(&key()), Err(VaultError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_failed_revocation_still_deletes_and_says_why() {
+        let vault = vault(|_| (503, "busy rt-1"));
+        let receipt = vault.remove(&key()).unwrap();
+        match receipt.upstream {
+            UpstreamRevocation::Failed(VaultError::Provider(f)) => {
+                assert_eq!(f.status, Some(503));
+                assert!(!f.message.contains("rt-1"));
+            }
+            other => panic!("expected a failed revocation, got {other:?}"),
+        }
+        assert!(matches!(vault.get(&key()), Err(VaultError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_server_that_revokes_only_refresh_tokens_counts_as_revoked() {
+        let vault = vault(|hint| match hint {
+            "access_token" => (400, r#"{"error":"unsupported_token_type"}"#),
+            _ => (200, ""),
+        });
+        assert_eq!(vault.remove(&key()).unwrap().upstream, UpstreamRevocation::Revoked);
+    }
+
+    #[test]
+    fn an_unopenable_record_is_deleted_with_the_reason() {
+        let vault = vault(|_| (200, ""));
+        let storage_key = record::token_key(&key());
+        vault.platform().records.borrow_mut().get_mut(&storage_key).unwrap().0[40] ^= 1;
+        let receipt = vault.remove(&key()).unwrap();
+        assert!(matches!(receipt.upstream, UpstreamRevocation::Failed(VaultError::Integrity(_))));
+        assert!(vault.platform().requests.borrow().is_empty());
+        assert!(matches!(vault.remove(&key()), Err(VaultError::NotFound(_))));
     }
 }

@@ -39,18 +39,42 @@ enum Command {
     Token(TokenCommand),
     /// Connect a user's account: prints the provider's authorization URL, waits for the
     /// browser to come back to a loopback redirect URI (RFC 8252), and stores the tokens.
+    /// With --device, prints a code to enter on any device instead (RFC 8628); with
+    /// --client, obtains the client's own token (client-credentials grant).
     Connect {
         #[command(flatten)]
         connection: ConnectionArgs,
         /// Request this scope instead of the provider's configured ones. Repeatable.
         #[arg(long = "scope", value_name = "S")]
         scopes: Vec<String>,
-        /// Port of the redirect URI http://127.0.0.1:PORT/callback [default: any free port;
-        /// providers accept any port for native clients, others need the exact URI registered].
-        #[arg(long, default_value_t = 0)]
-        port: u16,
+        /// Run the device authorization flow: no browser on this machine needed.
+        #[arg(long, conflicts_with_all = ["client", "port"])]
+        device: bool,
+        /// Obtain the client's own token with the client-credentials grant; the vault
+        /// renews it itself.
+        #[arg(long, conflicts_with = "port")]
+        client: bool,
+        #[command(flatten)]
+        redirect: RedirectArgs,
     },
-    /// Remove every connection of a user.
+    /// Make a one-time connect link (valid fifteen minutes) to hand a user; prints its
+    /// code. `tokenvault open-link CODE` (or `serve`) turns it into the provider's page.
+    Link {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// Request this scope instead of the provider's configured ones. Repeatable.
+        #[arg(long = "scope", value_name = "S")]
+        scopes: Vec<String>,
+    },
+    /// Connect the account a connect link names (from `link` or `token get --link`),
+    /// like `connect` does; the link is spent.
+    OpenLink {
+        code: String,
+        #[command(flatten)]
+        redirect: RedirectArgs,
+    },
+    /// Remove every connection of a user, revoking each at its provider; prints a
+    /// receipt per connection.
     RevokeAll { tenant: String, user: String },
     /// A guided tour: store, list and read back a token, and look at the sealed record.
     Demo,
@@ -136,6 +160,14 @@ enum AuthMethod {
 }
 
 #[derive(clap::Args)]
+struct RedirectArgs {
+    /// Port of the redirect URI http://127.0.0.1:PORT/callback [default: any free port;
+    /// providers accept any port for native clients, others need the exact URI registered].
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+}
+
+#[derive(clap::Args)]
 struct ConnectionArgs {
     tenant: String,
     user: String,
@@ -156,10 +188,18 @@ enum TokenCommand {
     /// Store a token: reads an OAuth token response (JSON) on stdin.
     Put(ConnectionArgs),
     /// Print a fresh token set (refreshed first when it is about to expire).
-    Get(ConnectionArgs),
+    Get {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// When there is no usable connection, print a connect link for it instead of an
+        /// error: {"link": {"code", "expires_at"}}; a token comes as {"token": {…}}.
+        #[arg(long)]
+        link: bool,
+    },
     /// Refresh now and print the new token set.
     Refresh(ConnectionArgs),
-    /// Remove a connection.
+    /// Remove a connection, revoking its tokens at the provider (RFC 7009) first; prints
+    /// what happened upstream.
     Rm(ConnectionArgs),
     /// List a user's connections: metadata only.
     Ls { tenant: String, user: String },
@@ -211,14 +251,40 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Provider(command) => provider(&vault, command).await,
         Command::Token(command) => token(&vault, command).await,
-        Command::Connect { connection, scopes, port } => {
+        Command::Connect { connection, scopes, device, client, redirect } => {
+            let key = connection.key();
             let scopes = (!scopes.is_empty()).then_some(scopes);
-            print_json(&connect::run(&vault, &connection.key(), scopes.as_deref(), port).await?);
+            let connected = if device {
+                connect::device(&vault, &key, scopes.as_deref()).await?
+            } else if client {
+                tokenvault::Connected { info: vault.connect_client(&key, scopes.as_deref()).await?, key }
+            } else {
+                let what = format!("{}'s {} account", key.user, key.provider);
+                connect::browser(&vault, &what, redirect.port, |redirect_uri| {
+                    let (vault, key, scopes) = (&vault, &key, scopes.as_deref());
+                    async move { vault.begin(key, &redirect_uri, scopes).await }
+                })
+                .await?
+            };
+            print_json(&connected);
+            Ok(())
+        }
+        Command::Link { connection, scopes } => {
+            let scopes = (!scopes.is_empty()).then_some(scopes);
+            print_json(&vault.link(&connection.key(), scopes.as_deref()).await?);
+            Ok(())
+        }
+        Command::OpenLink { code, redirect } => {
+            let connected = connect::browser(&vault, "the account", redirect.port, |redirect_uri| {
+                let (vault, code) = (&vault, &code);
+                async move { vault.open_link(code, &redirect_uri).await }
+            })
+            .await?;
+            print_json(&connected);
             Ok(())
         }
         Command::RevokeAll { tenant, user } => {
-            let removed = vault.revoke_all(&tenant, &user).await?;
-            print_json(&serde_json::json!({ "removed": removed }));
+            print_json(&vault.revoke_all(&tenant, &user).await?);
             Ok(())
         }
         Command::Demo => demo(&vault, &cli.data_dir).await,
@@ -295,12 +361,10 @@ async fn token(vault: &Vault, command: TokenCommand) -> Result<()> {
             let grant = TokenGrant::from_json(&input)?;
             print_json(&vault.store(&args.key(), &grant).await?);
         }
-        TokenCommand::Get(args) => print_json(&vault.get(&args.key()).await?),
+        TokenCommand::Get { connection, link: false } => print_json(&vault.get(&connection.key()).await?),
+        TokenCommand::Get { connection, link: true } => print_json(&vault.get_or_link(&connection.key(), None).await?),
         TokenCommand::Refresh(args) => print_json(&vault.refresh(&args.key()).await?),
-        TokenCommand::Rm(args) => {
-            vault.remove(&args.key()).await?;
-            print_json(&serde_json::json!({ "removed": args.key() }));
-        }
+        TokenCommand::Rm(args) => print_json(&vault.remove(&args.key()).await?),
         TokenCommand::Ls { tenant, user } => print_json(&vault.list(&tenant, &user).await?),
     }
     Ok(())

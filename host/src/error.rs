@@ -65,4 +65,26 @@ impl Error {
     }
 }
 
+/// `{"error": kind, "message": …}`: how the CLI and the HTTP API show an error.
+impl serde::Serialize for Error {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let message = match self {
+            Error::Provider(failure) => failure.to_string(),
+            Error::NotFound(m)
+            | Error::InvalidInput(m)
+            | Error::ReconnectRequired(m)
+            | Error::Storage(m)
+            | Error::Integrity(m)
+            | Error::EgressDenied(m)
+            | Error::Sandbox(m)
+            | Error::Config(m) => m.clone(),
+        };
+        let mut out = serializer.serialize_struct("Error", 2)?;
+        out.serialize_field("error", self.kind())?;
+        out.serialize_field("message", &message)?;
+        out.end()
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

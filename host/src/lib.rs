@@ -10,6 +10,7 @@
 //! ```
 
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -19,6 +20,7 @@ pub mod storage;
 pub mod types;
 mod vault;
 
+pub use clock::Clock;
 pub use config::Options;
 pub use error::{Error, ProviderFailure, Result};
 pub use runtime::{COMPONENT_WASM, SandboxLimits, Services};

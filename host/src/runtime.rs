@@ -18,6 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::audit::{AuditRecord, AuditSink};
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::http::{EgressHooks, EgressPolicy};
 use crate::keys::Keyring;
@@ -68,6 +69,8 @@ pub struct Services {
     pub storage: Arc<dyn Storage>,
     pub keyring: Arc<Keyring>,
     pub audit: Arc<dyn AuditSink>,
+    /// The wall clock the component reads: [`Clock::system`] unless you move it.
+    pub clock: Clock,
 }
 
 pub(crate) struct Runtime {
@@ -129,7 +132,7 @@ impl Runtime {
     /// A fresh instance in a fresh store, for one call.
     pub(crate) async fn instantiate(&self) -> Result<(Store<HostState>, bindings::Vault)> {
         let state = HostState {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().wall_clock(self.services.clock.clone()).build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
             hooks: EgressHooks(self.egress.clone()),
@@ -318,6 +321,10 @@ impl audit::Host for HostState {
             A::ProviderRemove => "provider-remove",
             A::ConnectBegin => "connect-begin",
             A::ConnectComplete => "connect-complete",
+            A::ConnectLink => "connect-link",
+            A::ConnectOpenLink => "connect-open-link",
+            A::ConnectDevice => "connect-device",
+            A::ConnectClient => "connect-client",
         };
         let outcome = match event.outcome {
             O::Ok => "ok",

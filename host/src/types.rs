@@ -125,11 +125,22 @@ pub enum ConnectionStatus {
     ReconnectRequired,
 }
 
+/// How a connection's access token is renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionKind {
+    /// A user's delegated tokens, renewed with the refresh token.
+    User,
+    /// The client's own token (client-credentials grant), obtained again when due.
+    Client,
+}
+
 /// A connection's metadata: never a value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionInfo {
     pub provider: String,
     pub name: String,
+    pub kind: ConnectionKind,
     pub scopes: Vec<String>,
     pub expires_at: Option<u64>,
     pub has_refresh_token: bool,
@@ -227,6 +238,75 @@ pub struct AuthorizationRequest {
 pub struct Connected {
     pub key: ConnectionKey,
     pub info: ConnectionInfo,
+}
+
+/// A one-time, short-lived code that starts connecting a user's account (see
+/// [`crate::Vault::open_link`]). It lets its holder connect an account to that user, so
+/// show it only to them; `Debug` redacts it.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectLink {
+    pub code: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+impl fmt::Debug for ConnectLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectLink").field("code", &"<redacted>").field("expires_at", &self.expires_at).finish()
+    }
+}
+
+/// What [`crate::Vault::get_or_link`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenOrLink {
+    Token(TokenSet),
+    /// The connection does not exist or must be connected again.
+    Link(ConnectLink),
+}
+
+/// What became of a removed connection's tokens at the provider. The connection is
+/// deleted locally whatever the provider answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum UpstreamRevocation {
+    /// The provider accepted revoking the refresh token and the access token (RFC 7009).
+    Revoked,
+    /// The provider has no revocation endpoint: the tokens stay valid there until they expire.
+    Unsupported,
+    /// Revoking failed; `reason` says why.
+    Failed { reason: crate::Error },
+}
+
+/// A removed connection and what happened upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemovalReceipt {
+    pub provider: String,
+    pub name: String,
+    pub upstream: UpstreamRevocation,
+}
+
+/// A started device flow (RFC 8628): what to show the user, and the handle to poll.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceAuthorization {
+    pub handle: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    /// Seconds to wait before polling.
+    pub interval: u32,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceStatus {
+    /// The user has not finished: poll again after this many seconds.
+    Pending {
+        retry_after: u32,
+    },
+    Connected(Connected),
 }
 
 #[cfg(test)]

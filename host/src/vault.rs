@@ -3,11 +3,13 @@
 use std::sync::Arc;
 
 use crate::audit::JsonLinesAudit;
+use crate::clock::Clock;
 use crate::config::Options;
 use crate::error::{Error, ProviderFailure, Result};
 use crate::http::EgressPolicy;
 use crate::keys::Keyring;
 use crate::runtime::bindings::exports::tokenvault::vault::connect as wit_connect;
+use crate::runtime::bindings::exports::tokenvault::vault::tokens as wit_tokens;
 use crate::runtime::bindings::tokenvault::vault::types as wit;
 use crate::runtime::{COMPONENT_WASM, Runtime, SandboxLimits, Services, sandbox_error};
 use crate::types::*;
@@ -26,6 +28,7 @@ impl Vault {
             storage: options.storage.open().await.map_err(|e| Error::Storage(e.to_string()))?,
             keyring: Arc::new(Keyring::load_or_create(&options.keyring)?),
             audit: Arc::new(JsonLinesAudit::open(&options.audit_log)?),
+            clock: Clock::system(),
         };
         Self::with_services(services, options.egress.clone(), options.sandbox.clone(), options.cache_dir.as_deref())
     }
@@ -90,7 +93,23 @@ impl Vault {
         finish(vault.tokenvault_vault_tokens().call_refresh(&mut store, &key.into()).await)
     }
 
-    pub async fn remove(&self, key: &ConnectionKey) -> Result<()> {
+    /// Like [`Vault::get`]; but when the connection does not exist or must be connected
+    /// again, a one-time connect link for it (to hand the user; see [`Vault::open_link`]).
+    /// `scopes`: none requests the provider's configured ones.
+    pub async fn get_or_link(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<TokenOrLink> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        let scopes = scopes.map(|s| s.to_vec());
+        let found: wit_tokens::TokenOrLink =
+            finish(vault.tokenvault_vault_tokens().call_get_or_link(&mut store, &key.into(), scopes.as_deref()).await)?;
+        Ok(match found {
+            wit_tokens::TokenOrLink::Token(token) => TokenOrLink::Token(token.into()),
+            wit_tokens::TokenOrLink::Link(link) => TokenOrLink::Link(link.into()),
+        })
+    }
+
+    /// Revoke the connection's tokens at the provider (RFC 7009), then delete it; the
+    /// receipt says what happened upstream.
+    pub async fn remove(&self, key: &ConnectionKey) -> Result<RemovalReceipt> {
         let (mut store, vault) = self.runtime.instantiate().await?;
         finish(vault.tokenvault_vault_tokens().call_remove(&mut store, &key.into()).await)
     }
@@ -103,10 +122,13 @@ impl Vault {
         .map(|infos| infos.into_iter().map(Into::into).collect())
     }
 
-    /// Remove every connection of a user; returns how many were removed.
-    pub async fn revoke_all(&self, tenant: &str, user: &str) -> Result<u32> {
+    /// Remove every connection of a user, each revoked upstream; a receipt each.
+    pub async fn revoke_all(&self, tenant: &str, user: &str) -> Result<Vec<RemovalReceipt>> {
         let (mut store, vault) = self.runtime.instantiate().await?;
-        finish(vault.tokenvault_vault_tokens().call_revoke_all(&mut store, tenant, user).await)
+        finish::<Vec<wit_tokens::RemovalReceipt>, Vec<wit_tokens::RemovalReceipt>>(
+            vault.tokenvault_vault_tokens().call_revoke_all(&mut store, tenant, user).await,
+        )
+        .map(|receipts| receipts.into_iter().map(Into::into).collect())
     }
 
     // ---- providers ------------------------------------------------------------------
@@ -182,8 +204,60 @@ impl Vault {
         let (mut store, vault) = self.runtime.instantiate().await?;
         let connected: wit_connect::Connected =
             finish(vault.tokenvault_vault_connect().call_complete(&mut store, callback_query).await)?;
-        let k = connected.key;
-        Ok(Connected { key: ConnectionKey::new(&k.tenant, &k.user, &k.provider, &k.name), info: connected.info.into() })
+        Ok(connected.into())
+    }
+
+    /// A one-time connect link for `key`, valid for fifteen minutes.
+    pub async fn link(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<ConnectLink> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        let scopes = scopes.map(|s| s.to_vec());
+        finish(vault.tokenvault_vault_connect().call_link(&mut store, &key.into(), scopes.as_deref()).await)
+    }
+
+    /// Spend a connect link and begin the flow for the connection it names, with this
+    /// host's redirect URI: the URL to send the user's browser to.
+    pub async fn open_link(&self, code: &str, redirect_uri: &str) -> Result<AuthorizationRequest> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        let request: wit_connect::AuthorizationRequest =
+            finish(vault.tokenvault_vault_connect().call_open_link(&mut store, code, redirect_uri).await)?;
+        Ok(AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
+    }
+
+    /// Start the device flow (RFC 8628) for `key`: the code the user enters, and where.
+    pub async fn begin_device(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<DeviceAuthorization> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        let scopes = scopes.map(|s| s.to_vec());
+        let d: wit_connect::DeviceAuthorization = finish(
+            vault.tokenvault_vault_connect().call_begin_device(&mut store, &key.into(), scopes.as_deref()).await,
+        )?;
+        Ok(DeviceAuthorization {
+            handle: d.handle,
+            user_code: d.user_code,
+            verification_uri: d.verification_uri,
+            verification_uri_complete: d.verification_uri_complete,
+            interval: d.interval,
+            expires_at: d.expires_at,
+        })
+    }
+
+    /// One poll of a device flow. The component makes at most one request to the
+    /// provider per interval, however often this is called.
+    pub async fn poll_device(&self, handle: &str) -> Result<DeviceStatus> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        let status: wit_connect::DeviceStatus =
+            finish(vault.tokenvault_vault_connect().call_poll_device(&mut store, handle).await)?;
+        Ok(match status {
+            wit_connect::DeviceStatus::Pending(secs) => DeviceStatus::Pending { retry_after: secs },
+            wit_connect::DeviceStatus::Connected(connected) => DeviceStatus::Connected(connected.into()),
+        })
+    }
+
+    /// Obtain the client's own token with the client-credentials grant and keep it as
+    /// connection `key`; [`Vault::get`] obtains a new one when it is due.
+    pub async fn connect_client(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<ConnectionInfo> {
+        let (mut store, vault) = self.runtime.instantiate().await?;
+        let scopes = scopes.map(|s| s.to_vec());
+        finish(vault.tokenvault_vault_connect().call_connect_client(&mut store, &key.into(), scopes.as_deref()).await)
     }
 }
 
@@ -226,6 +300,10 @@ impl From<wit::ConnectionInfo> for ConnectionInfo {
         ConnectionInfo {
             provider: i.provider,
             name: i.name,
+            kind: match i.kind {
+                wit::ConnectionKind::User => ConnectionKind::User,
+                wit::ConnectionKind::Client => ConnectionKind::Client,
+            },
             scopes: i.scopes,
             expires_at: i.expires_at,
             has_refresh_token: i.has_refresh_token,
@@ -234,6 +312,33 @@ impl From<wit::ConnectionInfo> for ConnectionInfo {
                 wit::ConnectionStatus::ReconnectRequired => ConnectionStatus::ReconnectRequired,
             },
             updated_at: i.updated_at,
+        }
+    }
+}
+
+impl From<wit_connect::Connected> for Connected {
+    fn from(c: wit_connect::Connected) -> Self {
+        let k = c.key;
+        Connected { key: ConnectionKey::new(k.tenant, k.user, k.provider, k.name), info: c.info.into() }
+    }
+}
+
+impl From<wit::ConnectLink> for ConnectLink {
+    fn from(l: wit::ConnectLink) -> Self {
+        ConnectLink { code: l.code, expires_at: l.expires_at }
+    }
+}
+
+impl From<wit_tokens::RemovalReceipt> for RemovalReceipt {
+    fn from(r: wit_tokens::RemovalReceipt) -> Self {
+        RemovalReceipt {
+            provider: r.provider,
+            name: r.name,
+            upstream: match r.upstream {
+                wit_tokens::UpstreamRevocation::Revoked => UpstreamRevocation::Revoked,
+                wit_tokens::UpstreamRevocation::Unsupported => UpstreamRevocation::Unsupported,
+                wit_tokens::UpstreamRevocation::Failed(err) => UpstreamRevocation::Failed { reason: err.into() },
+            },
         }
     }
 }

@@ -30,7 +30,7 @@ fn error_line(output: &Output) -> String {
 fn help_names_every_command() {
     let dir = tempfile::tempdir().unwrap();
     let help = String::from_utf8(tokenvault(dir.path(), &["--help"], "").stdout).unwrap();
-    for command in ["provider", "token", "revoke-all", "demo"] {
+    for command in ["provider", "token", "connect", "link", "open-link", "revoke-all", "demo"] {
         assert!(help.contains(command), "{command} missing from --help");
     }
     let token_help = String::from_utf8(tokenvault(dir.path(), &["token", "--help"], "").stdout).unwrap();

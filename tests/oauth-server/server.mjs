@@ -10,17 +10,34 @@
 //                                               authorization URL through login and consent
 //                                               (or refuse it, with deny) and return the
 //                                               redirect it ends at: {location}
+//   POST /__test/device  {user_code, deny}      act as the user on the device verification
+//                                               page: enter the code, log in and consent
+//                                               (or abort, with deny)
 //   POST /__test/fault   {status, body, content_type, delay_ms, reset, count}
 //                                               the next `count` token requests get this
-//   GET  /__test/stats                          counts of refresh-token grants by outcome
+//   GET  /__test/stats                          counts of refresh-token grants by outcome,
+//                                               of device-code grants the provider
+//                                               answered, and of faults served
 //
-// Environment: ACCESS_TTL (seconds, default 4), BASIC_SECRET, POST_SECRET.
+// The device authorization response names an interval of DEVICE_INTERVAL seconds
+// (oidc-provider names none, which means 5), so tests need not wait long.
+//
+// Environment: ACCESS_TTL (seconds, default 4), BASIC_SECRET, POST_SECRET,
+// DEVICE_INTERVAL (default 1).
 
 import http from 'node:http';
 import { createHash, randomBytes } from 'node:crypto';
 import Provider from 'oidc-provider';
 
+// stdout carries the ready line only: the harness stops reading after it, and a later
+// write there (oidc-provider's notices) would hit a closed pipe.
+console.log = console.error;
+console.info = console.error;
+console.warn = console.error;
+
 const ACCESS_TTL = Number(process.env.ACCESS_TTL ?? 4);
+const DEVICE_INTERVAL = Number(process.env.DEVICE_INTERVAL ?? 1);
+const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 const REDIRECT_URI = 'http://127.0.0.1/callback';
 const ACCOUNT = 'test-user';
 
@@ -39,7 +56,7 @@ const clients = [
   ...(client_secret ? { client_secret } : {}),
   token_endpoint_auth_method,
   application_type: 'native',
-  grant_types: ['authorization_code', 'refresh_token', ...(client_secret ? ['client_credentials'] : [])],
+  grant_types: ['authorization_code', 'refresh_token', DEVICE_GRANT, ...(client_secret ? ['client_credentials'] : [])],
   response_types: ['code'],
   redirect_uris: [REDIRECT_URI],
 }));
@@ -51,20 +68,23 @@ const provider = new Provider(issuer, {
     revocation: { enabled: true },
     introspection: { enabled: true },
     clientCredentials: { enabled: true },
+    deviceFlow: { enabled: true },
   },
   interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
   findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
   // Every refresh rotates the refresh token, as Slack and GitHub Apps do; reuse of a
   // rotated token is refused (invalid_grant) and revokes the grant (RFC 9700).
   rotateRefreshToken: true,
-  ttl: { AccessToken: ACCESS_TTL, RefreshToken: 24 * 3600, Grant: 24 * 3600, Session: 3600, Interaction: 600, AuthorizationCode: 60, ClientCredentials: ACCESS_TTL },
+  ttl: { AccessToken: ACCESS_TTL, RefreshToken: 24 * 3600, Grant: 24 * 3600, Session: 3600, Interaction: 600, AuthorizationCode: 60, ClientCredentials: ACCESS_TTL, DeviceCode: 600 },
 });
 
-const stats = { refresh_ok: 0, refresh_error: 0, invalid_grant: 0 };
+const stats = { refresh_ok: 0, refresh_error: 0, invalid_grant: 0, device_polls: 0, faults_served: 0 };
 provider.on('grant.success', (ctx) => {
   if (ctx.oidc.params?.grant_type === 'refresh_token') stats.refresh_ok += 1;
+  if (ctx.oidc.params?.grant_type === DEVICE_GRANT) stats.device_polls += 1;
 });
 provider.on('grant.error', (ctx, err) => {
+  if (ctx.oidc?.params?.grant_type === DEVICE_GRANT) stats.device_polls += 1;
   if (ctx.oidc?.params?.grant_type === 'refresh_token') {
     stats.refresh_error += 1;
     if (err.error === 'invalid_grant') stats.invalid_grant += 1;
@@ -92,6 +112,16 @@ provider.use(async (ctx, next) => {
     ctx.body = { location: await browse(url) };
     return;
   }
+  if (ctx.path === '/__test/device' && ctx.method === 'POST') {
+    const { user_code: userCode, deny } = await readJson(ctx.req);
+    ctx.body = await enterUserCode(userCode, Boolean(deny));
+    return;
+  }
+  if (ctx.path === '/device/auth' && ctx.method === 'POST') {
+    await next();
+    if (ctx.status === 200 && ctx.body?.device_code) ctx.body = { ...ctx.body, interval: DEVICE_INTERVAL };
+    return;
+  }
   if (ctx.path === '/__test/grant' && ctx.method === 'POST') {
     const { client_id: clientId } = await readJson(ctx.req);
     ctx.body = await codeFlow(clients.find((c) => c.client_id === clientId));
@@ -99,6 +129,7 @@ provider.use(async (ctx, next) => {
   }
   if (ctx.path === '/token' && ctx.method === 'POST' && faults.length > 0) {
     const fault = faults.shift();
+    stats.faults_served += 1;
     if (fault.delay_ms) await new Promise((r) => setTimeout(r, fault.delay_ms));
     if (fault.reset) {
       ctx.req.socket.destroy();
@@ -174,6 +205,38 @@ async function browse(start) {
     url = next.href;
   }
   throw new Error('authorization did not end at a redirect URI');
+}
+
+// The user on the device verification page (RFC 8628 §3.3): open it with the code
+// (oidc-provider answers with a self-posting form holding its CSRF token), confirm or
+// abort, then log in and consent through the redirects until a page is shown.
+async function enterUserCode(userCode, deny) {
+  const cookies = new Map();
+  const send = async (url, init = {}) => {
+    const res = await fetch(url, {
+      ...init,
+      redirect: 'manual',
+      headers: { ...init.headers, cookie: [...cookies].map(([k, v]) => `${k}=${v}`).join('; ') },
+    });
+    for (const cookie of res.headers.getSetCookie()) {
+      const pair = cookie.split(';')[0];
+      const eq = pair.indexOf('=');
+      cookies.set(pair.slice(0, eq), pair.slice(eq + 1));
+    }
+    return res;
+  };
+  const form = await (await send(`${issuer}/device?${new URLSearchParams({ user_code: userCode })}`)).text();
+  const xsrf = form.match(/name="xsrf" value="([^"]+)"/)?.[1];
+  if (!xsrf) throw new Error('the device page has no xsrf field');
+  let res = await send(`${issuer}/device`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ xsrf, user_code: userCode, ...(deny ? { abort: 'yes' } : { confirm: 'yes' }) }),
+  });
+  for (let hop = 0; hop < 10 && res.headers.get('location'); hop += 1) {
+    res = await send(new URL(res.headers.get('location'), issuer).href);
+  }
+  return { status: res.status };
 }
 
 // A complete authorization-code flow with PKCE against this provider, as a browser and

@@ -106,6 +106,39 @@ impl OAuthServer {
         answer["location"].as_str().expect("a redirect location").to_owned()
     }
 
+    /// Act as the user on the device verification page: enter `user_code`, log in and
+    /// consent (or abort, with `deny`).
+    pub fn enter_user_code(&self, user_code: &str, deny: bool) {
+        self.post_json("/__test/device", json!({ "user_code": user_code, "deny": deny }));
+    }
+
+    /// Whether the server holds `token` as active (RFC 7662), asked as `client_id`.
+    pub fn is_active(&self, client_id: &str, token: &str) -> bool {
+        let request = self.agent.post(format!("{}/token/introspection", self.issuer));
+        let mut response = match client_id {
+            "vault-basic" => {
+                request.header("authorization", basic_auth(client_id, &self.basic_secret)).send_form([("token", token)])
+            }
+            "vault-post" => request.send_form([
+                ("token", token),
+                ("client_id", client_id),
+                ("client_secret", self.post_secret.as_str()),
+            ]),
+            other => panic!("{other} cannot introspect"),
+        }
+        .unwrap();
+        assert_eq!(response.status(), 200, "introspection failed");
+        let answer: Value = response.body_mut().read_json().unwrap();
+        answer["active"].as_bool().expect("introspection answers active")
+    }
+
+    /// Token requests with a device code that reached the provider, plus faults served
+    /// in place of any token request.
+    pub fn device_polls_and_faults(&self) -> (u64, u64) {
+        let stats = self.stats();
+        (stats["device_polls"].as_u64().unwrap(), stats["faults_served"].as_u64().unwrap())
+    }
+
     /// Make the next token request(s) fail: {status, body, content_type, delay_ms, reset, count}.
     pub fn fault(&self, fault: Value) {
         self.post_json("/__test/fault", fault);
@@ -113,10 +146,13 @@ impl OAuthServer {
 
     /// Refresh-token grants the server saw: (succeeded, failed, of which invalid_grant).
     pub fn refresh_stats(&self) -> (u64, u64, u64) {
-        let stats: Value =
-            self.agent.get(format!("{}/__test/stats", self.issuer)).call().unwrap().body_mut().read_json().unwrap();
+        let stats = self.stats();
         let n = |k: &str| stats[k].as_u64().unwrap();
         (n("refresh_ok"), n("refresh_error"), n("invalid_grant"))
+    }
+
+    fn stats(&self) -> Value {
+        self.agent.get(format!("{}/__test/stats", self.issuer)).call().unwrap().body_mut().read_json().unwrap()
     }
 
     /// A refresh grant sent straight to the token endpoint as `client_id`, bypassing the vault.
@@ -124,11 +160,7 @@ impl OAuthServer {
         let form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
         let request = self.agent.post(self.token_url());
         let mut response = match client_id {
-            "vault-basic" => {
-                let credentials = format!("{client_id}:{}", self.basic_secret);
-                let basic = base64::engine::general_purpose::STANDARD.encode(credentials);
-                request.header("authorization", format!("Basic {basic}")).send_form(form)
-            }
+            "vault-basic" => request.header("authorization", basic_auth(client_id, &self.basic_secret)).send_form(form),
             _ => request.send_form([
                 form[0],
                 form[1],
@@ -145,6 +177,10 @@ impl OAuthServer {
         assert!(response.status().is_success(), "{path} answered {}", response.status());
         response.body_mut().read_json().unwrap()
     }
+}
+
+fn basic_auth(client_id: &str, secret: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}")))
 }
 
 impl Drop for OAuthServer {
@@ -205,6 +241,22 @@ impl Tokenvault {
         Tokenvault { data_dir: tempfile::tempdir().unwrap(), args, env: Vec::new(), runs: Default::default() }
     }
 
+    /// Start a command that waits for something (a browser, a user code) and return it running.
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        let mut child = Command::new(tokenvault_bin())
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(&self.args)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tokenvault");
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        Running { child, stderr, shown: String::new() }
+    }
+
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Run {
         let mut child = Command::new(tokenvault_bin())
             .arg("--data-dir")
@@ -232,6 +284,40 @@ impl Tokenvault {
         };
         self.runs.borrow_mut().push((args.iter().map(|s| s.to_string()).collect(), run.clone()));
         run
+    }
+}
+
+/// A CLI run still going (`connect`, `open-link`), its stderr read as it comes.
+pub struct Running {
+    child: Child,
+    stderr: BufReader<std::process::ChildStderr>,
+    /// What has been read from stderr so far.
+    pub shown: String,
+}
+
+impl Running {
+    /// The first stderr line (trimmed) that `wanted` accepts; panics if stderr ends first.
+    pub fn line_where(&mut self, wanted: impl Fn(&str) -> bool) -> String {
+        loop {
+            let mut line = String::new();
+            assert!(self.stderr.read_line(&mut line).unwrap() > 0, "ended before printing the line: {}", self.shown);
+            self.shown.push_str(&line);
+            if wanted(line.trim()) {
+                return line.trim().to_owned();
+            }
+        }
+    }
+
+    /// Wait for the end (asserting success): its stdout as JSON, and everything it
+    /// printed, stdout and stderr.
+    pub fn finish(mut self) -> (Value, String) {
+        std::io::Read::read_to_string(&mut self.stderr, &mut self.shown).unwrap();
+        let output = self.child.wait_with_output().unwrap();
+        assert!(output.status.success(), "failed: {}", self.shown);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        self.shown.push_str(&stdout);
+        let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout}"));
+        (json, self.shown)
     }
 }
 

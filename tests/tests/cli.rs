@@ -17,6 +17,7 @@ fn every_command_works_and_no_value_leaks_into_any_output() {
 
     // Providers.
     let token_url = server.token_url();
+    let revocation_url = format!("{}/token/revocation", server.issuer);
     let added = tv
         .run(
             &[
@@ -25,6 +26,8 @@ fn every_command_works_and_no_value_leaks_into_any_output() {
                 "idp",
                 "--token-url",
                 &token_url,
+                "--revocation-url",
+                &revocation_url,
                 "--client-id",
                 "vault-basic",
                 "--client-secret-env",
@@ -109,9 +112,22 @@ fn every_command_works_and_no_value_leaks_into_any_output() {
     assert_eq!(tv.run(&["token", "refresh", "acme", "alice", "elsewhere"], None).error_kind(), "egress-denied");
 
     // Removal.
-    tv.run(&["token", "rm", "acme", "alice", "idp", "--name", "work"], None).json();
+    // Removal revokes upstream where the provider can, and says so.
+    let work_refresh = work_response["refresh_token"].as_str().unwrap();
+    assert!(server.is_active("vault-basic", work_refresh));
+    let receipt = tv.run(&["token", "rm", "acme", "alice", "idp", "--name", "work"], None).json();
+    assert_eq!((&receipt["name"], &receipt["upstream"]["outcome"]), (&"work".into(), &"revoked".into()), "{receipt}");
+    assert!(!server.is_active("vault-basic", work_refresh), "the provider no longer honours it");
     assert_eq!(tv.run(&["token", "rm", "acme", "alice", "idp", "--name", "work"], None).error_kind(), "not-found");
-    assert_eq!(tv.run(&["revoke-all", "acme", "alice"], None).json()["removed"], 2);
+    let receipts = tv.run(&["revoke-all", "acme", "alice"], None).json();
+    let outcomes: Vec<(&str, &str)> = receipts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["provider"].as_str().unwrap(), r["upstream"]["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(outcomes, [("elsewhere", "unsupported"), ("idp", "revoked")]);
+    assert!(!server.is_active("vault-basic", refreshed["refresh_token"].as_str().unwrap()));
     assert_eq!(tv.run(&["token", "ls", "acme", "alice"], None).json(), serde_json::json!([]));
     tv.run(&["provider", "rm", "elsewhere"], None).json();
 
@@ -153,8 +169,6 @@ fn scan_file(path: &Path, canaries: &[String]) {
 
 #[test]
 fn connect_discovers_the_provider_and_completes_on_a_loopback_redirect() {
-    use std::io::BufRead;
-
     let server = OAuthServer::start(60);
     let mut tv = Tokenvault::new(&[&server.origin()]);
     tv.env.push(("IDP_SECRET".into(), server.post_secret.clone()));
@@ -178,41 +192,21 @@ fn connect_discovers_the_provider_and_completes_on_a_loopback_redirect() {
     let added = tv.run(&args, None).json();
     assert_eq!(added["authorization_url"], format!("{}/auth", server.issuer));
 
-    let mut child = std::process::Command::new(tokenvault_tests::tokenvault_bin())
-        .arg("--data-dir")
-        .arg(tv.data_dir.path())
-        .args(&tv.args)
-        .args(["connect", "acme", "erin", "idp"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "connect ended without printing a URL");
-        if line.starts_with("http") {
-            break line.trim().to_owned();
-        }
-    };
+    let mut connecting = tv.spawn(&["connect", "acme", "erin", "idp"]);
+    let url = connecting.line_where(|line| line.starts_with("http"));
     let location = server.authorize(&url, false);
     assert!(location.starts_with("http://127.0.0.1:"), "{location}");
     let page = ureq::get(&location).call().unwrap().body_mut().read_to_string().unwrap();
     assert!(page.contains("Connected"), "{page}");
 
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "connect failed");
-    let connected: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (connected, shown) = connecting.finish();
     assert_eq!(connected["key"]["user"], "erin");
     assert_eq!(connected["info"]["has_refresh_token"], true);
     let token = tv.run(&["token", "get", "acme", "erin", "idp"], None).json();
     assert!(token["access_token"].as_str().is_some_and(|t| !t.is_empty()));
 
     // What connect showed the terminal and the browser holds no value.
-    let mut shown = String::from_utf8_lossy(&output.stdout).into_owned();
-    std::io::Read::read_to_string(&mut stderr, &mut shown).unwrap();
-    shown.push_str(&url);
-    shown.push_str(&page);
+    let shown = format!("{shown}{page}");
     for secret in [&token["access_token"], &token["refresh_token"]] {
         let secret = secret.as_str().expect("the connection holds both tokens");
         assert!(!shown.contains(secret), "connect printed a token");
@@ -234,4 +228,52 @@ fn templates_need_only_a_client_id_and_secret() {
     assert_eq!(bad.error_kind(), "invalid-input");
     let neither = tv.run(&["provider", "add", "y", "--client-id", "c"], None);
     assert_eq!(neither.error_kind(), "invalid-input");
+}
+
+#[test]
+fn connect_by_device_code_as_the_client_and_through_a_link() {
+    let server = OAuthServer::start(60);
+    let mut tv = Tokenvault::new(&[&server.origin()]);
+    tv.env.push(("IDP_SECRET".into(), server.basic_secret.clone()));
+    let add = |name: &str, client: &str, secret: bool| {
+        let mut args = vec!["provider", "add", name, "--issuer", &server.issuer, "--client-id", client];
+        if secret {
+            args.extend(["--client-secret-env", "IDP_SECRET"]);
+        }
+        args.extend(["--scope", "openid", "--scope", "offline_access", "--auth-param", "prompt=consent"]);
+        tv.run(&args, None).json()
+    };
+    add("idp", "vault-basic", true);
+    add("tv", "vault-public", false);
+
+    // The device flow: the code is printed; the user enters it elsewhere.
+    let mut connecting = tv.spawn(&["connect", "acme", "fred", "tv", "--device"]);
+    connecting.line_where(|line| line.contains("enter the code"));
+    let user_code = connecting.line_where(|line| !line.is_empty());
+    server.enter_user_code(&user_code, false);
+    let (connected, shown) = connecting.finish();
+    let token = tv.run(&["token", "get", "acme", "fred", "tv"], None).json();
+    for value in [&token["access_token"], &token["refresh_token"]] {
+        assert!(!shown.contains(value.as_str().expect("both tokens")), "connect --device printed a token");
+    }
+    assert_eq!((&connected["key"]["user"], &connected["info"]["has_refresh_token"]), (&"fred".into(), &true.into()));
+
+    // The client's own token.
+    let client = tv.run(&["connect", "acme", "batch-jobs", "idp", "--client", "--name", "self"], None).json();
+    assert_eq!(client["info"]["kind"], "client");
+    let token = tv.run(&["token", "get", "acme", "batch-jobs", "idp", "--name", "self"], None).json();
+    assert!(server.is_active("vault-basic", token["access_token"].as_str().unwrap()));
+
+    // A link for a connection that does not exist yet, opened like `connect`.
+    let found = tv.run(&["token", "get", "acme", "gina", "idp", "--link"], None).json();
+    let code = found["link"]["code"].as_str().expect("a link, not a token").to_owned();
+    let mut connecting = tv.spawn(&["open-link", &code]);
+    let url = connecting.line_where(|line| line.starts_with("http"));
+    ureq::get(&server.authorize(&url, false)).call().unwrap();
+    let (connected, _) = connecting.finish();
+    assert_eq!(connected["key"]["user"], "gina");
+    assert!(
+        tv.run(&["token", "get", "acme", "gina", "idp", "--link"], None).json()["token"]["access_token"].is_string()
+    );
+    assert_eq!(tv.run(&["open-link", &code], None).error_kind(), "invalid-input", "a link works once");
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use tokenvault::{ConnectionKey, Error, ProviderConfig, Vault};
+use tokenvault::{ConnectionKey, ConnectionKind, Error, ProviderConfig, TokenOrLink, Vault};
 use tokenvault_tests::{OAuthServer, open_vault, provider_config};
 
 /// The redirect URI of a native client; the server accepts any port on it (RFC 8252).
@@ -163,4 +163,77 @@ async fn discovery_fills_the_endpoints_and_insists_on_the_exact_issuer() {
     let closed = tempfile::tempdir().unwrap();
     let vault = open_vault(closed.path(), &[]).await;
     assert_eq!(vault.put_provider(&discovered).await.unwrap_err().kind(), "egress-denied");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_connection_gives_a_one_time_link_that_connects_it() {
+    let server = OAuthServer::start(60);
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open_vault(dir.path(), &[&server.origin()]).await;
+    vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
+
+    let TokenOrLink::Link(link) = vault.get_or_link(&key("erin"), None).await.unwrap() else {
+        panic!("expected a link for a connection that does not exist");
+    };
+    let request = vault.open_link(&link.code, REDIRECT).await.unwrap();
+    let connected = vault.complete(&query_of(&server.authorize(&request.url, false))).await.unwrap();
+    assert_eq!(connected.key, key("erin"));
+    assert_eq!(vault.open_link(&link.code, REDIRECT).await.unwrap_err().kind(), "invalid-input", "spent");
+    assert!(matches!(vault.get_or_link(&key("erin"), None).await.unwrap(), TokenOrLink::Token(_)));
+    let unknown = ConnectionKey::new("acme", "erin", "nope", "default");
+    assert_eq!(vault.get_or_link(&unknown, None).await.unwrap_err().kind(), "not-found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_connection_renews_itself_with_client_credentials() {
+    let server = OAuthServer::start(4);
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open_vault(dir.path(), &[&server.origin()]).await;
+    vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
+
+    let info = vault.connect_client(&key("service"), Some(&[])).await.unwrap();
+    assert_eq!(info.kind, ConnectionKind::Client);
+    assert!(!info.has_refresh_token);
+    let first = vault.get(&key("service")).await.unwrap();
+    assert!(server.is_active("vault-basic", &first.access_token));
+    // Four-second tokens are due at half their lifetime.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let second = vault.get(&key("service")).await.unwrap();
+    assert_ne!(second.access_token, first.access_token, "obtained again without a refresh token");
+    assert!(server.is_active("vault-basic", &second.access_token));
+
+    vault.put_provider(&provider_config(&server, "pub", "vault-public")).await.unwrap();
+    let public = ConnectionKey::new("acme", "service", "pub", "default");
+    assert_eq!(vault.connect_client(&public, None).await.unwrap_err().kind(), "invalid-input", "no secret");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flows_links_and_device_codes_expire() {
+    let server = OAuthServer::start(60);
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open_vault(dir.path(), &[&server.origin()]).await;
+    let device_authorization_url = Some(format!("{}/device/auth", server.issuer));
+    let config = ProviderConfig { device_authorization_url, ..provider_config(&server, "idp", "vault-public") };
+    vault.put_provider(&config).await.unwrap();
+    let later = |secs| vault.services().clock.advance(std::time::Duration::from_secs(secs));
+
+    // A user who comes back from the provider after ten minutes is refused, and the
+    // state is spent.
+    let request = vault.begin(&key("fay"), REDIRECT, None).await.unwrap();
+    let query = query_of(&server.authorize(&request.url, false));
+    later(601);
+    let late = vault.complete(&query).await.unwrap_err();
+    assert!(late.kind() == "invalid-input" && late.to_string().contains("expired"), "{late}");
+    assert_eq!(vault.complete(&query).await.unwrap_err().kind(), "invalid-input");
+    assert_eq!(vault.get(&key("fay")).await.unwrap_err().kind(), "not-found");
+
+    let link = vault.link(&key("fay"), None).await.unwrap();
+    later(901);
+    assert_eq!(vault.open_link(&link.code, REDIRECT).await.unwrap_err().kind(), "invalid-input");
+
+    let device = vault.begin_device(&key("fay"), None).await.unwrap();
+    later(601);
+    let expired = vault.poll_device(&device.handle).await.unwrap_err();
+    assert!(expired.to_string().contains("expired"), "{expired}");
+    assert_eq!(server.device_polls_and_faults(), (0, 0), "an expired device code is not polled");
 }

@@ -23,6 +23,7 @@ fn sandboxed_vault(dir: &std::path::Path, limits: SandboxLimits) -> Vault {
         storage: Arc::new(MemoryStorage::default()),
         keyring: Arc::new(Keyring::load_or_create(&dir.join("keyring.json")).unwrap()),
         audit: Arc::new(MemoryAudit::default()),
+        clock: Default::default(),
     };
     Vault::with_component(SANDBOX_COMPONENT, services, Default::default(), limits, None).unwrap()
 }

@@ -21,6 +21,7 @@ async fn setup(server: &OAuthServer, dir: &std::path::Path) -> (Vault, Arc<Flaky
         storage: storage.clone(),
         keyring: Arc::new(Keyring::load_or_create(&dir.join("keyring.json")).unwrap()),
         audit: Arc::new(MemoryAudit::default()),
+        clock: Default::default(),
     };
     let egress =
         tokenvault::http::EgressPolicy { allowed: vec![server.origin().parse().unwrap()], ..Default::default() };

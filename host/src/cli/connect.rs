@@ -1,6 +1,7 @@
-//! `tokenvault connect`: the authorization-code flow for a user at a terminal. The
-//! redirect URI is a loopback address on a port of this process (RFC 8252 §7.3); the
-//! browser's return there completes the flow in the component.
+//! `tokenvault connect` and `open-link`: the authorization-code flow for a user at a
+//! terminal, and the device flow. The redirect URI is a loopback address on a port of
+//! this process (RFC 8252 §7.3); the browser's return there completes the flow in the
+//! component.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use axum::Router;
 use axum::extract::{Query, RawQuery, State};
 use axum::response::Html;
 use axum::routing::get;
-use tokenvault::{Connected, ConnectionKey, Error, Result, Vault};
+use tokenvault::{AuthorizationRequest, Connected, ConnectionKey, DeviceStatus, Error, Result, Vault};
 use tokio::sync::{Mutex, oneshot};
 
 struct Pending {
@@ -18,18 +19,21 @@ struct Pending {
     done: Mutex<Option<oneshot::Sender<Result<Connected>>>>,
 }
 
-/// Run one flow for `key` and return the connection it made.
-pub async fn run(vault: &Vault, key: &ConnectionKey, scopes: Option<&[String]>, port: u16) -> Result<Connected> {
+/// Run one browser flow, begun by `begin` with the loopback redirect URI, and return the
+/// connection it made. `what` names the account in the prompt.
+pub async fn browser<F, Fut>(vault: &Vault, what: &str, port: u16, begin: F) -> Result<Connected>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<AuthorizationRequest>>,
+{
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(|e| Error::Config(format!("cannot listen on 127.0.0.1:{port} for the redirect: {e}")))?;
     let port = listener.local_addr().map_err(|e| Error::Config(format!("no local address: {e}")))?.port();
     let redirect_uri = format!("http://127.0.0.1:{port}/callback");
-    let request = vault.begin(key, &redirect_uri, scopes).await?;
+    let request = begin(redirect_uri.clone()).await?;
     eprintln!(
-        "Open this URL in a browser to connect {user}'s {provider} account:\n\n{url}\n\nWaiting for the provider to redirect to {redirect_uri} (the link expires in 10 minutes)…",
-        user = key.user,
-        provider = key.provider,
+        "Open this URL in a browser to connect {what}:\n\n{url}\n\nWaiting for the provider to redirect to {redirect_uri} (the link expires in 10 minutes)…",
         url = request.url,
     );
 
@@ -70,6 +74,31 @@ async fn callback(
     };
     let _ = done.send(result);
     shown
+}
+
+/// The device flow: print the code and where to enter it, then poll as the component
+/// says until the user finishes, refuses, or the code expires.
+pub async fn device(vault: &Vault, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<Connected> {
+    let started = vault.begin_device(key, scopes).await?;
+    eprintln!(
+        "To connect {user}'s {provider} account, visit\n\n  {uri}\n\nand enter the code\n\n  {code}\n",
+        user = key.user,
+        provider = key.provider,
+        uri = started.verification_uri,
+        code = started.user_code,
+    );
+    if let Some(complete) = &started.verification_uri_complete {
+        eprintln!("(or open {complete}, which has the code in it)\n");
+    }
+    eprintln!("Waiting (the code expires in {} s)…", started.expires_at.saturating_sub(unix_now()));
+    let mut wait = started.interval;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(u64::from(wait))).await;
+        match vault.poll_device(&started.handle).await? {
+            DeviceStatus::Pending { retry_after } => wait = retry_after,
+            DeviceStatus::Connected(connected) => return Ok(connected),
+        }
+    }
 }
 
 fn page(title: &str, message: &str) -> Html<String> {

@@ -89,7 +89,12 @@ impl tokens::Guest for Component {
         unsupported()
     }
 
-    fn remove(key: wit::ConnectionKey) -> WitResult<()> {
+    fn get_or_link(key: wit::ConnectionKey, _scopes: Option<Vec<String>>) -> WitResult<tokens::TokenOrLink> {
+        misbehave(&key.user);
+        unsupported()
+    }
+
+    fn remove(key: wit::ConnectionKey) -> WitResult<tokens::RemovalReceipt> {
         misbehave(&key.user);
         unsupported()
     }
@@ -99,7 +104,7 @@ impl tokens::Guest for Component {
         unsupported()
     }
 
-    fn revoke_all(_tenant: String, user: String) -> WitResult<u32> {
+    fn revoke_all(_tenant: String, user: String) -> WitResult<Vec<tokens::RemovalReceipt>> {
         misbehave(&user);
         unsupported()
     }
@@ -112,6 +117,7 @@ impl tokens::Guest for Component {
         Ok(wit::ConnectionInfo {
             provider: key.provider,
             name: key.name,
+            kind: wit::ConnectionKind::User,
             scopes: Vec::new(),
             expires_at: None,
             has_refresh_token: false,
@@ -150,6 +156,26 @@ impl connect::Guest for Component {
     }
 
     fn complete(_callback_query: String) -> WitResult<connect::Connected> {
+        unsupported()
+    }
+
+    fn link(_key: wit::ConnectionKey, _scopes: Option<Vec<String>>) -> WitResult<wit::ConnectLink> {
+        unsupported()
+    }
+
+    fn open_link(_code: String, _redirect_uri: String) -> WitResult<connect::AuthorizationRequest> {
+        unsupported()
+    }
+
+    fn begin_device(_key: wit::ConnectionKey, _scopes: Option<Vec<String>>) -> WitResult<connect::DeviceAuthorization> {
+        unsupported()
+    }
+
+    fn poll_device(_handle: String) -> WitResult<connect::DeviceStatus> {
+        unsupported()
+    }
+
+    fn connect_client(_key: wit::ConnectionKey, _scopes: Option<Vec<String>>) -> WitResult<wit::ConnectionInfo> {
         unsupported()
     }
 }
