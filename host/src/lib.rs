@@ -10,6 +10,7 @@
 //! ```
 
 pub mod audit;
+pub mod capabilities;
 pub mod clock;
 pub mod config;
 pub mod error;
