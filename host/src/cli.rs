@@ -11,6 +11,7 @@ use tokenvault::storage::StorageUrl;
 use tokenvault::{ClientAuth, ConnectionKey, Error, Options, ProviderConfig, Result, TemplateRef, TokenGrant, Vault};
 
 mod connect;
+mod inspect;
 
 #[derive(Parser)]
 #[command(name = "tokenvault", version, about = "OAuth token custody in a WebAssembly sandbox")]
@@ -78,6 +79,17 @@ enum Command {
     RevokeAll { tenant: String, user: String },
     /// A guided tour: store, list and read back a token, and look at the sealed record.
     Demo,
+    /// Show what the component exports and imports, what this host grants each import
+    /// (egress, storage, keyring, audit, limits; never environment, arguments, files,
+    /// sockets or stdin), and its SHA-256 for pinning.
+    Inspect {
+        /// Inspect this .wasm component instead of the one built into this host.
+        #[arg(long, value_name = "FILE")]
+        component: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -247,7 +259,11 @@ fn print_json(value: &impl Serialize) {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let vault = Vault::open(&options(&cli)?).await?;
+    let options = options(&cli)?;
+    if let Command::Inspect { component, json } = &cli.command {
+        return inspect::run(&options, component.as_deref(), *json).await;
+    }
+    let vault = Vault::open(&options).await?;
     match cli.command {
         Command::Provider(command) => provider(&vault, command).await,
         Command::Token(command) => token(&vault, command).await,
@@ -288,6 +304,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo => demo(&vault, &cli.data_dir).await,
+        Command::Inspect { .. } => unreachable!("handled before the vault opens"),
     }
 }
 

@@ -17,8 +17,9 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::audit::{AuditRecord, AuditSink};
+use crate::audit::{AuditRecord, AuditSink, JsonLinesAudit};
 use crate::clock::Clock;
+use crate::config::Options;
 use crate::error::{Error, Result};
 use crate::http::{EgressHooks, EgressPolicy};
 use crate::keys::Keyring;
@@ -104,6 +105,21 @@ impl WasiHttpView for HostState {
     }
 }
 
+impl Services {
+    /// The services an operator configured: storage, keyring (created on first use) and
+    /// audit log from `options`, and the system clock.
+    pub async fn open(options: &Options) -> Result<Self> {
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|e| Error::Config(format!("cannot create data directory {}: {e}", options.data_dir.display())))?;
+        Ok(Services {
+            storage: options.storage.open().await.map_err(|e| Error::Storage(e.to_string()))?,
+            keyring: Arc::new(Keyring::load_or_create(&options.keyring)?),
+            audit: Arc::new(JsonLinesAudit::open(&options.audit_log)?),
+            clock: Clock::system(),
+        })
+    }
+}
+
 impl Runtime {
     pub(crate) fn new(
         component_wasm: &[u8],
@@ -114,17 +130,8 @@ impl Runtime {
     ) -> Result<Self> {
         let engine = new_engine(&sandbox)?;
         let component = load_component(&engine, component_wasm, cache_dir)?;
-        let mut linker: Linker<HostState> = Linker::new(&engine);
-        let link = |e: wasmtime::Error| Error::Config(format!("cannot link the component: {e}"));
-        // Standard WASI: the component's std imports cli, filesystem and friends; the
-        // WasiCtx below grants them nothing (no env, args, preopens, stdin, sockets).
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link)?;
-        wit_storage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
-        keyring::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
-        audit::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
-        let pre = linker.instantiate_pre(&component).map_err(link)?;
-        let pre = bindings::VaultPre::new(pre).map_err(link)?;
+        let pre = pre_instantiate(&engine, &component)
+            .map_err(|e| Error::Config(format!("cannot link the component: {e}")))?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Runtime { engine, pre, services, egress: Arc::new(egress), sandbox, _ticker: ticker })
     }
@@ -151,6 +158,25 @@ impl Runtime {
         let vault = self.pre.instantiate_async(&mut store).await.map_err(sandbox_error)?;
         Ok((store, vault))
     }
+}
+
+/// Link the component to the host's imports, checking that every import is provided
+/// with the right type and that it exports the vault world.
+fn pre_instantiate(engine: &Engine, component: &Component) -> wasmtime::Result<bindings::VaultPre<HostState>> {
+    let mut linker: Linker<HostState> = Linker::new(engine);
+    // Standard WASI: the component's std imports cli and friends; the WasiCtx of
+    // `instantiate` grants them nothing (no env, args, preopens, stdin, sockets).
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    wit_storage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    keyring::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    audit::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    bindings::VaultPre::new(linker.instantiate_pre(component)?)
+}
+
+/// Whether this host could run `component`; why not when it could not.
+pub(crate) fn check_links(engine: &Engine, component: &Component) -> std::result::Result<(), String> {
+    pre_instantiate(engine, component).map(drop).map_err(|e| format!("{e:#}"))
 }
 
 /// A failure of the sandbox itself, as one call's error.

@@ -2,12 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::audit::JsonLinesAudit;
-use crate::clock::Clock;
 use crate::config::Options;
 use crate::error::{Error, ProviderFailure, Result};
 use crate::http::EgressPolicy;
-use crate::keys::Keyring;
 use crate::runtime::bindings::exports::tokenvault::vault::connect as wit_connect;
 use crate::runtime::bindings::exports::tokenvault::vault::tokens as wit_tokens;
 use crate::runtime::bindings::tokenvault::vault::types as wit;
@@ -22,14 +19,7 @@ pub struct Vault {
 impl Vault {
     /// Open the vault an operator configured: storage, keyring and audit log from `options`.
     pub async fn open(options: &Options) -> Result<Self> {
-        std::fs::create_dir_all(&options.data_dir)
-            .map_err(|e| Error::Config(format!("cannot create data directory {}: {e}", options.data_dir.display())))?;
-        let services = Services {
-            storage: options.storage.open().await.map_err(|e| Error::Storage(e.to_string()))?,
-            keyring: Arc::new(Keyring::load_or_create(&options.keyring)?),
-            audit: Arc::new(JsonLinesAudit::open(&options.audit_log)?),
-            clock: Clock::system(),
-        };
+        let services = Services::open(options).await?;
         Self::with_services(services, options.egress.clone(), options.sandbox.clone(), options.cache_dir.as_deref())
     }
 

@@ -4,33 +4,40 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-/// The folder holding the oauth server's package.json and server.mjs.
-fn oauth_server_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("oauth-server")
+/// A folder of the tests: the OAuth server, and the Node and Python hosts.
+pub fn tests_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
 }
 
-/// Install the server's npm packages (pinned by package-lock.json) if they are missing.
-/// Test binaries run in parallel, so the install runs under a file lock.
-fn ensure_npm_packages() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let dir = oauth_server_dir();
-        let lock = std::fs::File::create(dir.join(".install.lock")).expect("create install lock");
-        lock.lock().expect("take install lock");
-        if !dir.join("node_modules/oidc-provider/package.json").exists() {
-            let status = Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-                .current_dir(&dir)
-                .status()
-                .expect("run npm (Node.js 20+ and npm are needed for the OAuth test server)");
-            assert!(status.success(), "npm ci in {} failed", dir.display());
-        }
-    });
+/// Run `install` in `dir` unless `installed` exists there. Test binaries run in parallel,
+/// so installs run under a file lock in that folder.
+fn install_once(dir: &Path, installed: &str, install: &mut Command) {
+    let lock = std::fs::File::create(dir.join(".install.lock")).expect("create install lock");
+    lock.lock().expect("take install lock");
+    if !dir.join(installed).exists() {
+        let status = install.current_dir(dir).status().unwrap_or_else(|e| panic!("run {install:?}: {e}"));
+        assert!(status.success(), "{install:?} in {} failed", dir.display());
+    }
+}
+
+/// Install a folder's npm packages (pinned by its package-lock.json) if they are missing.
+/// Node.js 20+ and npm are needed.
+pub fn ensure_npm_packages(dir: &Path, marker_package: &str) {
+    let marker = format!("node_modules/{marker_package}/package.json");
+    install_once(dir, &marker, Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]));
+}
+
+/// The Python host's virtual environment, with its packages (pinned with hashes by
+/// requirements.txt) installed on first use; returns its interpreter.
+pub fn python_host_venv() -> PathBuf {
+    let dir = tests_dir("python-host");
+    let python = dir.join(".venv/bin/python");
+    install_once(&dir, ".venv/installed", Command::new("sh").arg("install.sh"));
+    python
 }
 
 /// A random value, e.g. a client secret that doubles as a canary.
@@ -56,12 +63,12 @@ pub struct OAuthServer {
 impl OAuthServer {
     /// Start a server whose access tokens live `access_ttl_secs`.
     pub fn start(access_ttl_secs: u32) -> Self {
-        ensure_npm_packages();
+        ensure_npm_packages(&tests_dir("oauth-server"), "oidc-provider");
         let basic_secret = random_value("basic-secret-");
         let post_secret = random_value("post-secret-");
         let mut child = Command::new("node")
             .arg("server.mjs")
-            .current_dir(oauth_server_dir())
+            .current_dir(tests_dir("oauth-server"))
             .env("ACCESS_TTL", access_ttl_secs.to_string())
             .env("BASIC_SECRET", &basic_secret)
             .env("POST_SECRET", &post_secret)

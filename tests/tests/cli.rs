@@ -277,3 +277,48 @@ fn connect_by_device_code_as_the_client_and_through_a_link() {
     );
     assert_eq!(tv.run(&["open-link", &code], None).error_kind(), "invalid-input", "a link works once");
 }
+
+#[test]
+fn inspect_reports_the_component_its_hash_and_what_the_host_grants() {
+    use sha2::Digest;
+    let tv = Tokenvault::new(&["https://idp.example"]);
+    let report = tv.run(&["inspect", "--json"], None).json();
+    assert_eq!(report["component"]["sha256"], hex::encode(sha2::Sha256::digest(tokenvault::COMPONENT_WASM)));
+    assert_eq!(report["runs_here"], true);
+    let imports = report["imports"].as_array().unwrap();
+    let names: Vec<&str> = imports.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    let mut listed = names.clone();
+    listed.sort();
+    assert_eq!(listed, tokenvault::capabilities::DECLARED_IMPORTS, "sorted, as declared");
+    let granted = |name: &str| {
+        let import = imports.iter().find(|i| i["name"].as_str().unwrap().starts_with(name)).unwrap();
+        (import["group"].as_str().unwrap().to_owned(), import["granted"].as_str().unwrap().to_owned())
+    };
+    let db = tv.data_dir.path().join("vault.db");
+    assert_eq!(
+        granted("tokenvault:vault/storage"),
+        ("tokenvault".into(), format!("sealed records in sqlite ({})", db.display()))
+    );
+    assert_eq!(granted("wasi:http/outgoing-handler").1, "requests to https://idp.example:443 only");
+    assert_eq!(granted("wasi:cli/environment").0, "wasi");
+    assert_eq!(
+        report["never_granted"],
+        serde_json::json!(["environment variables", "arguments", "filesystem", "sockets", "stdin", "a terminal"])
+    );
+    assert_eq!(report["limits"]["memory_bytes"], 64 << 20);
+
+    // Text for operators: the same facts.
+    let text = tv.run(&["inspect"], None);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(text.stdout.contains(report["component"]["sha256"].as_str().unwrap()));
+    assert!(text.stdout.contains("never granted: environment variables, arguments, filesystem, sockets, stdin"));
+
+    // Any other file: what it is, and a clear error when it is no component.
+    let other = tv.data_dir.path().join("other.wasm");
+    std::fs::write(&other, b"\0asm but not really").unwrap();
+    let run = tv.run(&["inspect", "--component", other.to_str().unwrap()], None);
+    assert_eq!(run.error_kind(), "invalid-input");
+    assert!(run.stderr.contains("other.wasm") && run.stderr.contains("cannot compile"), "{}", run.stderr);
+    let run = tv.run(&["inspect", "--component", "/nonexistent.wasm"], None);
+    assert_eq!(run.error_kind(), "invalid-input");
+}

@@ -109,3 +109,32 @@ async fn a_call_that_overflows_its_stack_fails_alone() {
     assert!(message.contains("trapped"), "{message}");
     alice_is_served(&vault).await;
 }
+
+// The host grants no environment, arguments, files, stdin or sockets (see `tokenvault
+// inspect`); a component that tries them anyway gets nothing, while this process has
+// all of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_that_reaches_for_env_files_stdin_or_sockets_gets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("host-secret.txt");
+    std::fs::write(&secret_file, "host-only").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    assert!(std::env::vars().count() > 0 && std::fs::read(&secret_file).is_ok(), "the host itself has both");
+
+    let vault = sandboxed_vault(dir.path(), SandboxLimits::default());
+    let probe =
+        ConnectionKey::new("acme", "snoop", listener.local_addr().unwrap().to_string(), secret_file.to_str().unwrap());
+    let report = vault.get(&probe).await.unwrap().access_token;
+    let lines: Vec<&str> = report.lines().collect();
+    let line = |what: &str| *lines.iter().find(|l| l.starts_with(what)).unwrap_or_else(|| panic!("{what}: {report}"));
+    assert_eq!(line("environment:"), "environment: 0 variables []");
+    assert_eq!(line("arguments:"), "arguments: 0 []");
+    // wasi-libc's default when the host names none; no directory is open behind it.
+    assert_eq!(line("working directory:"), "working directory: got /");
+    assert!(line("file:").contains("refused"), "{report}");
+    assert!(line("root directory:").contains("refused"), "{report}");
+    assert_eq!(line("stdin:"), "stdin: got 0 bytes");
+    assert!(line("socket:").contains("refused"), "{report}");
+    assert!(listener.accept().is_err(), "no connection reached the listener");
+}

@@ -17,18 +17,8 @@ pub struct SqliteStorage {
     path: std::path::PathBuf,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS tokenvault_records (
-    key TEXT PRIMARY KEY NOT NULL,
-    value BLOB NOT NULL,
-    version INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS tokenvault_version_counter (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    last INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO tokenvault_version_counter (id, last) VALUES (1, 0);
-";
+/// Shared with the Node and Python hosts, which read files this host writes.
+const SCHEMA: &str = include_str!("sqlite.sql");
 
 fn unavailable(err: rusqlite::Error) -> StorageError {
     StorageError::Unavailable(format!("sqlite: {err}"))

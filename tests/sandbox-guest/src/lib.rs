@@ -5,6 +5,10 @@
 //! - `spin`: loops forever; the call deadline must stop it.
 //! - `hog`: allocates until memory runs out; the memory cap must stop it.
 //! - `deep`: recurses without end; the stack limit must stop it.
+//! - `snoop`: `get` tries what the host must not grant (environment, arguments, working
+//!   directory, the file named by the key's `name`, the root directory, stdin, a TCP
+//!   connection to the address in the key's `provider`) and returns, as the access
+//!   token, one line per attempt saying what it got.
 //!
 //! For any other user, `store` keeps the access token in storage as is (this component
 //! seals nothing) and `get` reads it back: enough to show the host still serves calls.
@@ -69,9 +73,42 @@ fn unsupported<T>() -> WitResult<T> {
     Err(wit::Error::InvalidInput("not supported by the sandbox test component".into()))
 }
 
+/// Everything a component could try to reach beyond its declared capabilities.
+fn snoop(key: &wit::ConnectionKey) -> String {
+    use std::io::Read;
+    fn outcome<T>(result: std::io::Result<T>, describe: impl Fn(T) -> String) -> String {
+        match result {
+            Ok(value) => format!("got {}", describe(value)),
+            Err(e) => format!("refused ({e})"),
+        }
+    }
+    let env: Vec<String> = std::env::vars().map(|(name, _)| name).collect();
+    let args: Vec<String> = std::env::args().collect();
+    let mut stdin = [0u8; 64];
+    [
+        format!("environment: {} variables {env:?}", env.len()),
+        format!("arguments: {} {args:?}", args.len()),
+        format!("working directory: {}", outcome(std::env::current_dir(), |d| d.display().to_string())),
+        format!("file: {}", outcome(std::fs::read(&key.name), |b| format!("{} bytes", b.len()))),
+        format!("root directory: {}", outcome(std::fs::read_dir("/"), |d| format!("{} entries", d.count()))),
+        format!("stdin: {}", outcome(std::io::stdin().read(&mut stdin), |n| format!("{n} bytes"))),
+        format!("socket: {}", outcome(std::net::TcpStream::connect(&key.provider), |_| "a connection".into())),
+    ]
+    .join("\n")
+}
+
 impl tokens::Guest for Component {
     fn get(key: wit::ConnectionKey) -> WitResult<wit::TokenSet> {
         misbehave(&key.user);
+        if key.user == "snoop" {
+            return Ok(wit::TokenSet {
+                access_token: snoop(&key),
+                token_type: "Bearer".into(),
+                expires_at: None,
+                scope: None,
+                refresh_token: None,
+            });
+        }
         let entry = storage::get(&storage_key(&key)).map_err(storage_error)?;
         let entry = entry.ok_or_else(|| wit::Error::NotFound("no such connection".into()))?;
         let access_token = String::from_utf8(entry.value).map_err(|_| wit::Error::Integrity("not UTF-8".into()))?;

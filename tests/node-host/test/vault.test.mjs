@@ -1,0 +1,215 @@
+// The component under Node.js (jco), with JavaScript storage, keyring and audit, against
+// the real OAuth server the Rust tests use. `cargo test -p tokenvault-tests --test
+// other_hosts` runs this file with the environment below set; see README, Other hosts.
+
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+
+import { MemoryStorage, SqliteStorage } from '../storage.mjs';
+import { Keyring, openVault, origin } from '../tokenvault.mjs';
+
+function required(name) {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run these tests through \`cargo test --test other_hosts\``);
+  return value;
+}
+
+const component = required('TOKENVAULT_COMPONENT');
+const issuer = required('OAUTH_ISSUER');
+const basicSecret = required('OAUTH_BASIC_SECRET');
+const interopDir = required('TOKENVAULT_INTEROP_DIR');
+
+const key = (user, provider = 'idp') => ({ tenant: 'acme', user, provider, name: 'default' });
+
+/** The err value of a failed export call (jco throws it as `payload`). */
+function failure(call) {
+  try {
+    call();
+  } catch (e) {
+    assert.ok(e.payload, `not a component error: ${e}`);
+    return e.payload;
+  }
+  assert.fail('the call succeeded');
+}
+
+async function post(path, body) {
+  const response = await fetch(`${issuer}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  assert.ok(response.ok, `${path} answered ${response.status}`);
+  return response.json();
+}
+
+async function refreshesSeen() {
+  return (await (await fetch(`${issuer}/__test/stats`)).json()).refresh_ok;
+}
+
+function registerProvider(vault) {
+  return vault.providers.put({
+    name: 'idp',
+    template: undefined,
+    issuer: undefined,
+    authorizationUrl: `${issuer}/auth`,
+    tokenUrl: `${issuer}/token`,
+    revocationUrl: undefined,
+    deviceAuthorizationUrl: undefined,
+    clientId: 'vault-basic',
+    clientSecret: basicSecret,
+    clientAuth: 'client-secret-basic',
+    scopes: ['openid', 'offline_access'],
+    authorizationParams: [],
+    refreshBufferSecs: undefined,
+  });
+}
+
+/** A real token response, as the component's `token-grant`. */
+async function realGrant() {
+  const g = await post('/__test/grant', { client_id: 'vault-basic' });
+  assert.ok(g.refresh_token, 'the server issues a refresh token');
+  return {
+    grant: {
+      accessToken: g.access_token,
+      tokenType: g.token_type,
+      expiresIn: BigInt(g.expires_in),
+      refreshToken: g.refresh_token,
+      scope: g.scope,
+    },
+    response: g,
+  };
+}
+
+test('store, get, list and remove through JavaScript storage', async () => {
+  const storage = new MemoryStorage();
+  const vault = await openVault({ component, storage, keyring: Keyring.create() });
+  registerProvider(vault);
+  const { grant } = await realGrant();
+
+  const info = vault.tokens.store(key('alice'), grant);
+  assert.equal(info.provider, 'idp');
+  assert.equal(info.hasRefreshToken, true);
+  assert.equal(info.status, 'active');
+
+  const token = vault.tokens.get(key('alice'));
+  assert.equal(token.accessToken, grant.accessToken);
+  assert.equal(token.refreshToken, grant.refreshToken);
+
+  const listed = vault.tokens.list('acme', 'alice');
+  assert.deepEqual(listed.map((c) => [c.provider, c.name]), [['idp', 'default']]);
+  assert.equal(JSON.stringify(listed, (_, v) => (typeof v === 'bigint' ? `${v}` : v)).includes(grant.accessToken), false);
+
+  // What JavaScript storage holds is sealed: neither token appears in any record.
+  const { keys } = storage.list('', undefined, 1000);
+  assert.ok(keys.length >= 2, `records: ${keys}`);
+  for (const k of keys) {
+    const bytes = Buffer.from(storage.get(k).value);
+    for (const secret of [grant.accessToken, grant.refreshToken, basicSecret]) {
+      assert.equal(bytes.includes(secret), false, `${k} holds a value in the clear`);
+    }
+  }
+
+  const receipt = vault.tokens.remove(key('alice'));
+  assert.deepEqual(receipt.upstream, { tag: 'unsupported' }, 'no revocation endpoint registered');
+  assert.equal(failure(() => vault.tokens.get(key('alice'))).tag, 'not-found');
+  assert.deepEqual(
+    vault.audit.map((e) => `${e.action}:${e.outcome}`),
+    ['provider-put:ok', 'token-store:ok', 'token-get:ok', 'token-remove:ok', 'token-get:not-found'],
+  );
+});
+
+test('a version conflict reaches the component, which retries', async () => {
+  // Another writer creates the token record just before the component's first write.
+  const storage = new MemoryStorage();
+  let raced = false;
+  const put = storage.put.bind(storage);
+  storage.put = (k, value, expected) => {
+    if (k.startsWith('tok/') && !raced) {
+      raced = true;
+      put(k, new TextEncoder().encode("another writer's record"), undefined);
+    }
+    return put(k, value, expected);
+  };
+  const vault = await openVault({ component, storage, keyring: Keyring.create() });
+  registerProvider(vault);
+  const { grant } = await realGrant();
+  vault.tokens.store(key('dora'), grant);
+  assert.ok(raced);
+  assert.equal(vault.tokens.get(key('dora')).accessToken, grant.accessToken);
+});
+
+test('refresh goes to the real token endpoint through the allow-listed HTTP shim', async () => {
+  const vault = await openVault({
+    component,
+    storage: new MemoryStorage(),
+    keyring: Keyring.create(),
+    allowedOrigins: [issuer],
+  });
+  registerProvider(vault);
+  const { grant } = await realGrant();
+  vault.tokens.store(key('bob'), grant);
+
+  const before = await refreshesSeen();
+  const refreshed = vault.tokens.refresh(key('bob'));
+  assert.equal(await refreshesSeen(), before + 1, 'one refresh grant reached the server');
+  assert.notEqual(refreshed.accessToken, grant.accessToken);
+  assert.notEqual(refreshed.refreshToken, grant.refreshToken, 'the server rotates refresh tokens');
+  assert.ok(refreshed.expiresAt > BigInt(Math.floor(Date.now() / 1000)));
+
+  // The rotated refresh token was kept: it works again, and the old one is spent.
+  const again = vault.tokens.refresh(key('bob'));
+  assert.notEqual(again.accessToken, refreshed.accessToken);
+  assert.equal(vault.tokens.get(key('bob')).accessToken, again.accessToken);
+  assert.deepEqual(vault.deniedRequests, []);
+});
+
+test('a request to an origin the host does not allow is refused before it leaves', async () => {
+  const vault = await openVault({
+    component,
+    storage: new MemoryStorage(),
+    keyring: Keyring.create(),
+    allowedOrigins: ['https://allowed.example'],
+  });
+  registerProvider(vault);
+  const { grant } = await realGrant();
+  vault.tokens.store(key('carol'), grant);
+
+  const before = await refreshesSeen();
+  const error = failure(() => vault.tokens.refresh(key('carol')));
+  assert.equal(error.tag, 'egress-denied', JSON.stringify(error));
+  assert.deepEqual(vault.deniedRequests, [origin(issuer)]);
+  assert.equal(await refreshesSeen(), before, 'nothing reached the server');
+  assert.equal(vault.tokens.get(key('carol')).accessToken, grant.accessToken, 'the stored token is intact');
+});
+
+// The Rust host wrote `rust.db` with `keyring.json` (see tests/tests/other_hosts.rs); this
+// host reads its record, then writes `node.db` for the Rust host to read back.
+test('records are interchangeable with the Rust host: same keyring, same storage bytes', async () => {
+  const plan = JSON.parse(readFileSync(join(interopDir, 'plan.json'), 'utf8'));
+  const keyring = Keyring.load(join(interopDir, 'keyring.json'));
+
+  const fromRust = await openVault({
+    component,
+    storage: await SqliteStorage.open(join(interopDir, 'rust.db')),
+    keyring,
+  });
+  const token = fromRust.tokens.get(plan.rust_wrote.key);
+  assert.equal(token.accessToken, plan.rust_wrote.access_token);
+  assert.equal(token.refreshToken, plan.rust_wrote.refresh_token);
+  assert.deepEqual(fromRust.tokens.list(plan.rust_wrote.key.tenant, plan.rust_wrote.key.user).map((c) => c.provider), [
+    plan.rust_wrote.key.provider,
+  ]);
+
+  const forRust = await openVault({ component, storage: await SqliteStorage.open(join(interopDir, 'node.db')), keyring });
+  registerProvider(forRust);
+  const w = plan.node_writes;
+  forRust.tokens.store(w.key, {
+    accessToken: w.access_token,
+    tokenType: 'Bearer',
+    expiresIn: 3600n,
+    refreshToken: w.refresh_token,
+    scope: undefined,
+  });
+});
