@@ -8,11 +8,14 @@ use std::process::Command;
 pub fn build_component(workspace: &Path, package: &str) -> PathBuf {
     ensure_wasm_target();
 
-    // A target directory of its own: the outer cargo holds the lock on the main one.
+    // A target directory of its own: the outer cargo holds the lock on the main one. One
+    // per package, too: the test component builds the product's crate as a dependency
+    // (without its exports), which would otherwise overwrite the product's `.wasm`.
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"))
-        .join("guest-component");
+        .join("guest-component")
+        .join(package);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)

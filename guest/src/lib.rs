@@ -18,5 +18,5 @@ pub mod vault;
 #[cfg(test)]
 mod memory;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "component"))]
 mod component;

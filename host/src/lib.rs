@@ -26,4 +26,4 @@ pub use config::Options;
 pub use error::{Error, ProviderFailure, Result};
 pub use runtime::{COMPONENT_WASM, SandboxLimits, Services};
 pub use types::*;
-pub use vault::Vault;
+pub use vault::{Session, Vault};

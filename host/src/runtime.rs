@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap,
@@ -77,6 +78,9 @@ pub struct Services {
 pub(crate) struct Runtime {
     engine: Engine,
     pre: bindings::VaultPre<HostState>,
+    /// One permit per pool slot: calls beyond `max_instances` wait for a slot instead of
+    /// failing to instantiate.
+    slots: Arc<Semaphore>,
     pub(crate) services: Services,
     pub(crate) egress: Arc<EgressPolicy>,
     pub(crate) sandbox: SandboxLimits,
@@ -85,6 +89,8 @@ pub(crate) struct Runtime {
 
 /// The data of one call's store.
 pub(crate) struct HostState {
+    /// When the running call is interrupted; reset by each call on a [`crate::Session`].
+    pub(crate) deadline: Instant,
     wasi: WasiCtx,
     table: ResourceTable,
     http: WasiHttpCtx,
@@ -133,12 +139,18 @@ impl Runtime {
         let pre = pre_instantiate(&engine, &component)
             .map_err(|e| Error::Config(format!("cannot link the component: {e}")))?;
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Runtime { engine, pre, services, egress: Arc::new(egress), sandbox, _ticker: ticker })
+        let slots = Arc::new(Semaphore::new(sandbox.max_instances as usize));
+        Ok(Runtime { engine, pre, slots, services, egress: Arc::new(egress), sandbox, _ticker: ticker })
     }
 
-    /// A fresh instance in a fresh store, for one call.
-    pub(crate) async fn instantiate(&self) -> Result<(Store<HostState>, bindings::Vault)> {
+    /// A fresh instance in a fresh store, for one call (or one [`crate::Session`]), and the
+    /// permit for its pool slot; waits while every slot is in use. Drop the permit last
+    /// (`let (_slot, mut store, vault) = …` does): the store returns the slot to the pool
+    /// only when it drops.
+    pub(crate) async fn instantiate(&self) -> Result<(OwnedSemaphorePermit, Store<HostState>, bindings::Vault)> {
+        let slot = self.slots.clone().acquire_owned().await.expect("the slot semaphore is never closed");
         let state = HostState {
+            deadline: Instant::now() + self.sandbox.deadline,
             wasi: WasiCtx::builder().wall_clock(self.services.clock.clone()).build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
@@ -150,13 +162,16 @@ impl Runtime {
         store.limiter(|state| &mut state.limits);
         // Every tick the guest yields to the executor, so a busy call cannot starve the
         // others sharing its thread; once past the deadline it is interrupted.
-        let deadline = Instant::now() + self.sandbox.deadline;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        store.epoch_deadline_callback(|store| {
+            Ok(if Instant::now() >= store.data().deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
         });
         let vault = self.pre.instantiate_async(&mut store).await.map_err(sandbox_error)?;
-        Ok((store, vault))
+        Ok((slot, store, vault))
     }
 }
 

@@ -1,6 +1,9 @@
 //! The typed API embedders call. Each call runs in a fresh instance of the component.
 
 use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::Options;
 use crate::error::{Error, ProviderFailure, Result};
@@ -8,7 +11,7 @@ use crate::http::EgressPolicy;
 use crate::runtime::bindings::exports::tokenvault::vault::connect as wit_connect;
 use crate::runtime::bindings::exports::tokenvault::vault::tokens as wit_tokens;
 use crate::runtime::bindings::tokenvault::vault::types as wit;
-use crate::runtime::{COMPONENT_WASM, Runtime, SandboxLimits, Services, sandbox_error};
+use crate::runtime::{COMPONENT_WASM, HostState, Runtime, SandboxLimits, Services, bindings, sandbox_error};
 use crate::types::*;
 
 #[derive(Clone)]
@@ -61,7 +64,7 @@ impl Vault {
     // ---- tokens ---------------------------------------------------------------------
 
     pub async fn store(&self, key: &ConnectionKey, grant: &TokenGrant) -> Result<ConnectionInfo> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let grant = wit::TokenGrant {
             access_token: grant.access_token.clone(),
             token_type: grant.token_type.clone(),
@@ -74,12 +77,12 @@ impl Vault {
 
     /// A token fresh enough to use, refreshed first when it is about to expire.
     pub async fn get(&self, key: &ConnectionKey) -> Result<TokenSet> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         finish(vault.tokenvault_vault_tokens().call_get(&mut store, &key.into()).await)
     }
 
     pub async fn refresh(&self, key: &ConnectionKey) -> Result<TokenSet> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         finish(vault.tokenvault_vault_tokens().call_refresh(&mut store, &key.into()).await)
     }
 
@@ -87,7 +90,7 @@ impl Vault {
     /// again, a one-time connect link for it (to hand the user; see [`Vault::open_link`]).
     /// `scopes`: none requests the provider's configured ones.
     pub async fn get_or_link(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<TokenOrLink> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
         let found: wit_tokens::TokenOrLink =
             finish(vault.tokenvault_vault_tokens().call_get_or_link(&mut store, &key.into(), scopes.as_deref()).await)?;
@@ -100,12 +103,12 @@ impl Vault {
     /// Revoke the connection's tokens at the provider (RFC 7009), then delete it; the
     /// receipt says what happened upstream.
     pub async fn remove(&self, key: &ConnectionKey) -> Result<RemovalReceipt> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         finish(vault.tokenvault_vault_tokens().call_remove(&mut store, &key.into()).await)
     }
 
     pub async fn list(&self, tenant: &str, user: &str) -> Result<Vec<ConnectionInfo>> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         finish::<Vec<wit::ConnectionInfo>, Vec<wit::ConnectionInfo>>(
             vault.tokenvault_vault_tokens().call_list(&mut store, tenant, user).await,
         )
@@ -114,7 +117,7 @@ impl Vault {
 
     /// Remove every connection of a user, each revoked upstream; a receipt each.
     pub async fn revoke_all(&self, tenant: &str, user: &str) -> Result<Vec<RemovalReceipt>> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         finish::<Vec<wit_tokens::RemovalReceipt>, Vec<wit_tokens::RemovalReceipt>>(
             vault.tokenvault_vault_tokens().call_revoke_all(&mut store, tenant, user).await,
         )
@@ -124,7 +127,7 @@ impl Vault {
     // ---- providers ------------------------------------------------------------------
 
     pub async fn put_provider(&self, config: &ProviderConfig) -> Result<ProviderInfo> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let config = wit::ProviderConfig {
             name: config.name.clone(),
             template: config
@@ -150,12 +153,12 @@ impl Vault {
     }
 
     pub async fn provider(&self, name: &str) -> Result<ProviderInfo> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         finish(vault.tokenvault_vault_providers().call_get(&mut store, name).await)
     }
 
     pub async fn providers(&self) -> Result<Vec<ProviderInfo>> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         finish::<Vec<wit::ProviderInfo>, Vec<wit::ProviderInfo>>(
             vault.tokenvault_vault_providers().call_list(&mut store).await,
         )
@@ -163,7 +166,7 @@ impl Vault {
     }
 
     pub async fn remove_provider(&self, name: &str) -> Result<()> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         finish(vault.tokenvault_vault_providers().call_remove(&mut store, name).await)
     }
 }
@@ -180,7 +183,7 @@ impl Vault {
         redirect_uri: &str,
         scopes: Option<&[String]>,
     ) -> Result<AuthorizationRequest> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
         let request: wit_connect::AuthorizationRequest = finish(
             vault.tokenvault_vault_connect().call_begin(&mut store, &key.into(), redirect_uri, scopes.as_deref()).await,
@@ -191,7 +194,7 @@ impl Vault {
     /// Finish a flow with the query string of the redirect (`code` and `state`, or
     /// `error`); the tokens are stored. A state works once.
     pub async fn complete(&self, callback_query: &str) -> Result<Connected> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let connected: wit_connect::Connected =
             finish(vault.tokenvault_vault_connect().call_complete(&mut store, callback_query).await)?;
         Ok(connected.into())
@@ -199,7 +202,7 @@ impl Vault {
 
     /// A one-time connect link for `key`, valid for fifteen minutes.
     pub async fn link(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<ConnectLink> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
         finish(vault.tokenvault_vault_connect().call_link(&mut store, &key.into(), scopes.as_deref()).await)
     }
@@ -207,7 +210,7 @@ impl Vault {
     /// Spend a connect link and begin the flow for the connection it names, with this
     /// host's redirect URI: the URL to send the user's browser to.
     pub async fn open_link(&self, code: &str, redirect_uri: &str) -> Result<AuthorizationRequest> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let request: wit_connect::AuthorizationRequest =
             finish(vault.tokenvault_vault_connect().call_open_link(&mut store, code, redirect_uri).await)?;
         Ok(AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
@@ -215,7 +218,7 @@ impl Vault {
 
     /// Start the device flow (RFC 8628) for `key`: the code the user enters, and where.
     pub async fn begin_device(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<DeviceAuthorization> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
         let d: wit_connect::DeviceAuthorization = finish(
             vault.tokenvault_vault_connect().call_begin_device(&mut store, &key.into(), scopes.as_deref()).await,
@@ -233,7 +236,7 @@ impl Vault {
     /// One poll of a device flow. The component makes at most one request to the
     /// provider per interval, however often this is called.
     pub async fn poll_device(&self, handle: &str) -> Result<DeviceStatus> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let status: wit_connect::DeviceStatus =
             finish(vault.tokenvault_vault_connect().call_poll_device(&mut store, handle).await)?;
         Ok(match status {
@@ -245,13 +248,64 @@ impl Vault {
     /// Obtain the client's own token with the client-credentials grant and keep it as
     /// connection `key`; [`Vault::get`] obtains a new one when it is due.
     pub async fn connect_client(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<ConnectionInfo> {
-        let (mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
         finish(vault.tokenvault_vault_connect().call_connect_client(&mut store, &key.into(), scopes.as_deref()).await)
     }
 }
 
 /// One call's outcome: the component's answer, or the sandbox's failure.
+/// One instance of the component kept for a series of `get`s by one tenant, one at a time:
+/// each call after the first skips instantiation. Each call still gets the full deadline;
+/// a call that traps takes the instance with it, and the next call gets a fresh one.
+/// Instances are never shared across tenants, so a session refuses another tenant's key.
+pub struct Session {
+    runtime: Arc<Runtime>,
+    tenant: String,
+    instance: Option<Instance>,
+}
+
+/// Fields drop in order: the instance returns to the pool before its slot's permit does.
+struct Instance {
+    store: wasmtime::Store<HostState>,
+    vault: bindings::Vault,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Runtime {
+    async fn instance(&self) -> Result<Instance> {
+        let (slot, store, vault) = self.instantiate().await?;
+        Ok(Instance { store, vault, _slot: slot })
+    }
+}
+
+impl Vault {
+    /// A [`Session`] for `tenant`, its instance made now.
+    pub async fn session(&self, tenant: &str) -> Result<Session> {
+        let instance = Some(self.runtime.instance().await?);
+        Ok(Session { runtime: self.runtime.clone(), tenant: tenant.to_owned(), instance })
+    }
+}
+
+impl Session {
+    /// Like [`Vault::get`], on this session's instance.
+    pub async fn get(&mut self, key: &ConnectionKey) -> Result<TokenSet> {
+        if key.tenant != self.tenant {
+            return Err(Error::InvalidInput("this session serves another tenant".into()));
+        }
+        let Instance { store, vault, .. } = match &mut self.instance {
+            Some(instance) => instance,
+            empty => empty.insert(self.runtime.instance().await?),
+        };
+        store.data_mut().deadline = Instant::now() + self.runtime.sandbox.deadline;
+        let result = finish(vault.tokenvault_vault_tokens().call_get(&mut *store, &key.into()).await);
+        if matches!(result, Err(Error::Sandbox(_))) {
+            self.instance = None;
+        }
+        result
+    }
+}
+
 fn finish<T, U: From<T>>(result: wasmtime::Result<Result<T, wit::Error>>) -> Result<U> {
     match result {
         Ok(Ok(value)) => Ok(value.into()),

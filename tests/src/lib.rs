@@ -31,13 +31,12 @@ pub fn ensure_npm_packages(dir: &Path, marker_package: &str) {
     install_once(dir, &marker, Command::new("npm").args(["install", "--no-audit", "--no-fund", "--loglevel=error"]));
 }
 
-/// The Python host's virtual environment, with its packages (pinned with hashes by
-/// requirements.txt) installed on first use; returns its interpreter.
-pub fn python_host_venv() -> PathBuf {
-    let dir = tests_dir("python-host");
-    let python = dir.join(".venv/bin/python");
-    install_once(&dir, ".venv/installed", Command::new("sh").arg("install.sh"));
-    python
+/// The virtual environment of a folder with a requirements.txt (pinned with hashes), its
+/// packages installed on first use; returns its interpreter. Python 3.9+ is needed.
+pub fn python_venv(dir: &Path) -> PathBuf {
+    let script = tests_dir("python-venv.sh");
+    install_once(dir, ".venv/installed", Command::new("sh").arg(script).arg(dir));
+    dir.join(".venv/bin/python")
 }
 
 /// A random value, e.g. a client secret that doubles as a canary.

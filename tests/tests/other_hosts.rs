@@ -10,7 +10,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 use tokenvault::storage::StorageUrl;
 use tokenvault::{ConnectionKey, Options, TokenGrant, Vault};
-use tokenvault_tests::{OAuthServer, ensure_npm_packages, provider_config, python_host_venv, random_value, tests_dir};
+use tokenvault_tests::{OAuthServer, ensure_npm_packages, provider_config, python_venv, random_value, tests_dir};
 
 /// A data directory whose `rust.db` and `keyring.json` hold one connection written by
 /// this host, and `plan.json` saying what it holds and what the other host should write.
@@ -97,7 +97,7 @@ async fn the_node_host_runs_the_component_and_shares_its_records() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_host_runs_the_component() {
-    let python = python_host_venv();
+    let python = python_venv(&tests_dir("python-host"));
     let server = OAuthServer::start(3600);
     let (interop, _plan) = interop_dir(&server).await;
     let component = component_file(interop.path());

@@ -138,3 +138,62 @@ async fn a_component_that_reaches_for_env_files_stdin_or_sockets_gets_nothing() 
     assert!(line("socket:").contains("refused"), "{report}");
     assert!(listener.accept().is_err(), "no connection reached the listener");
 }
+
+async fn store_for(vault: &Vault, user: &str) {
+    let grant = TokenGrant {
+        access_token: format!("{user}-token"),
+        token_type: "Bearer".into(),
+        expires_in: None,
+        refresh_token: None,
+        scope: None,
+    };
+    vault.store(&key(user), &grant).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_beyond_the_pool_wait_for_a_slot_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = sandboxed_vault(dir.path(), SandboxLimits { max_instances: 2, ..Default::default() });
+    store_for(&vault, "slow").await;
+    store_alice(&vault).await;
+    // Slow calls hold their slots; a crowd of quick ones turns slots over as fast as it can
+    // (a permit released before its slot was back in the pool failed such calls).
+    let calls: Vec<_> = (0..208)
+        .map(|i| {
+            let vault = vault.clone();
+            let user = if i < 8 { "slow" } else { "alice" };
+            tokio::spawn(async move { (user, vault.get(&key(user)).await) })
+        })
+        .collect();
+    for call in calls {
+        let (user, result) = tokio::time::timeout(NEVER, call).await.unwrap().unwrap();
+        assert_eq!(result.unwrap().access_token, format!("{user}-token"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_keeps_one_instance_with_a_fresh_deadline_per_call_and_replaces_it_after_a_trap() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = SandboxLimits { max_instances: 1, deadline: Duration::from_secs(1), ..Default::default() };
+    let vault = sandboxed_vault(dir.path(), limits);
+    store_for(&vault, "slow").await;
+    store_alice(&vault).await;
+
+    let mut session = vault.session("acme").await.unwrap();
+    // The session holds the only slot: a one-off call waits for it.
+    let waiting = tokio::time::timeout(Duration::from_millis(300), vault.get(&key("alice"))).await;
+    assert!(waiting.is_err(), "a call got an instance while the session held the only one");
+    for _ in 0..3 {
+        assert_eq!(session.get(&key("slow")).await.unwrap().access_token, "slow-token");
+        tokio::time::sleep(Duration::from_millis(500)).await; // 1.5 s in all: past one deadline
+    }
+
+    let message = expect_sandbox_error(session.get(&key("spin")).await, "spin in a session");
+    assert!(message.contains("deadline"), "{message}");
+    assert_eq!(session.get(&key("alice")).await.unwrap().access_token, "alice-token", "a fresh instance serves");
+
+    let other = session.get(&ConnectionKey::new("globex", "alice", "idp", "default")).await;
+    assert!(matches!(other, Err(Error::InvalidInput(_))), "{other:?}");
+    drop(session);
+    alice_is_served(&vault).await;
+}

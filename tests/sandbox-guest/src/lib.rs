@@ -5,10 +5,16 @@
 //! - `spin`: loops forever; the call deadline must stop it.
 //! - `hog`: allocates until memory runs out; the memory cap must stop it.
 //! - `deep`: recurses without end; the stack limit must stop it.
+//! - `slow`: computes for 50 ms, then answers like anyone else.
 //! - `snoop`: `get` tries what the host must not grant (environment, arguments, working
 //!   directory, the file named by the key's `name`, the root directory, stdin, a TCP
 //!   connection to the address in the key's `provider`) and returns, as the access
 //!   token, one line per attempt saying what it got.
+//!
+//! - `floor`: `get` opens the connection's sealed record with the product's own `seal::open`
+//!   and returns its plaintext, and does nothing else: one AES-256-GCM-SIV open plus the
+//!   call across the boundary, the floor the benchmarks hold a warm `get` against. The
+//!   first call reads the record and its key through the imports; later calls reuse them.
 //!
 //! For any other user, `store` keeps the access token in storage as is (this component
 //! seals nothing) and `get` reads it back: enough to show the host still serves calls.
@@ -23,7 +29,7 @@ wit_bindgen::generate!({
 });
 
 use exports::tokenvault::vault::{connect, providers, tokens};
-use tokenvault::vault::{storage, types as wit};
+use tokenvault::vault::{keyring, storage, types as wit};
 
 struct Component;
 export!(Component);
@@ -47,6 +53,12 @@ fn misbehave(user: &str) {
         }
         "deep" => {
             std::hint::black_box(recurse(1));
+        }
+        "slow" => {
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_millis(50) {
+                std::hint::black_box(start);
+            }
         }
         _ => {}
     }
@@ -97,9 +109,40 @@ fn snoop(key: &wit::ConnectionKey) -> String {
     .join("\n")
 }
 
+/// The sealed record and its key, as the first `floor` call read them.
+static FLOOR_RECORD: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+
+fn floor(key: &wit::ConnectionKey) -> WitResult<String> {
+    use tokenvault_guest::{model, record, seal};
+    let key = model::ConnectionKey {
+        tenant: key.tenant.clone(),
+        user: key.user.clone(),
+        provider: key.provider.clone(),
+        name: key.name.clone(),
+    };
+    let (envelope, material) = FLOOR_RECORD.get_or_init(|| {
+        let entry = storage::get(&record::token_key(&key)).ok().flatten().expect("floor: store the record first");
+        let key_id = seal::key_id(&entry.value).expect("floor: a sealed record");
+        let material = keyring::key_by_id(key_id).ok().flatten().expect("floor: the record's key");
+        (entry.value, material)
+    });
+    let plaintext = seal::open(envelope, material, &record::token_context(&key))
+        .map_err(|_| wit::Error::Integrity("floor: the record does not open".into()))?;
+    String::from_utf8(plaintext).map_err(|_| wit::Error::Integrity("floor: not UTF-8".into()))
+}
+
 impl tokens::Guest for Component {
     fn get(key: wit::ConnectionKey) -> WitResult<wit::TokenSet> {
         misbehave(&key.user);
+        if key.user == "floor" {
+            return Ok(wit::TokenSet {
+                access_token: floor(&key)?,
+                token_type: "Bearer".into(),
+                expires_at: None,
+                scope: None,
+                refresh_token: None,
+            });
+        }
         if key.user == "snoop" {
             return Ok(wit::TokenSet {
                 access_token: snoop(&key),

@@ -1,0 +1,424 @@
+//! tokenvault's benchmarks, measured side by side in one run:
+//!
+//!     cargo bench -p tokenvault-tests --bench vault [-- SUITE...]
+//!
+//! Suites: `get` (warm, fresh, native and floor), `startup`, `ops` (store, list, refresh),
+//! `concurrency` (throughput, memory per instance), `scale` (10³ to 10⁶ records on SQLite
+//! and PostgreSQL), `coalesce` (1,000 gets of one expired token), `python` (Fernet + Redis).
+//! All of them when none is named. The report (markdown) goes to stdout and to
+//! `target/bench-report.md`; BENCHMARKS.md holds the latest one with the machine.
+//!
+//! PostgreSQL and Redis come from `TOKENVAULT_TEST_POSTGRES` and `TOKENVAULT_TEST_REDIS`
+//! (default: this machine's, on 127.0.0.1); the `python` suite makes a virtualenv in
+//! `tests/benches/python/.venv` on first use.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokenvault::storage::StorageUrl;
+use tokenvault::{SandboxLimits, Vault};
+
+const SUITES: [&str; 7] = ["get", "startup", "ops", "concurrency", "scale", "coalesce", "python"];
+
+fn main() {
+    // cargo bench passes `--bench`; names without dashes choose suites.
+    let chosen: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    for name in &chosen {
+        assert!(SUITES.contains(&name.as_str()), "unknown suite {name}; suites: {}", SUITES.join(", "));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut report = String::from("# tokenvault benchmark report\n\n");
+    for suite in SUITES {
+        if !chosen.is_empty() && !chosen.iter().any(|c| c == suite) {
+            continue;
+        }
+        eprintln!("running {suite} …");
+        let section = runtime.block_on(async {
+            match suite {
+                "get" => get().await,
+                "startup" => startup().await,
+                "ops" => ops().await,
+                "concurrency" => concurrency().await,
+                "scale" => scale().await,
+                "coalesce" => coalesce().await,
+                "python" => python().await,
+                _ => unreachable!(),
+            }
+        });
+        println!("{section}");
+        report.push_str(&section);
+        report.push('\n');
+    }
+    let path = tokenvault_tests::tests_dir("../target/bench-report.md");
+    std::fs::write(&path, report).unwrap();
+    eprintln!("report written to {}", path.display());
+}
+
+/// A warm `get` of a fresh token against its references.
+async fn get() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let services = memory_services(dir.path());
+    let product = vault(dir.path(), services.clone(), None, SandboxLimits::default(), None);
+    product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
+    let key = key("floor");
+    product.store(&key, &grant(1)).await.unwrap();
+    let floor_vault = vault(dir.path(), services.clone(), Some(SANDBOX_COMPONENT), SandboxLimits::default(), None);
+    let native = tokenvault_guest::vault::Vault::new(NativePlatform::copy_of(&services).await);
+    let native_key = tokenvault_guest::model::ConnectionKey {
+        tenant: key.tenant.clone(),
+        user: key.user.clone(),
+        provider: key.provider.clone(),
+        name: key.name.clone(),
+    };
+    let mut floor = floor_vault.session("acme").await.unwrap();
+    let mut warm = product.session("acme").await.unwrap();
+    let expected = grant(1).access_token;
+    assert!(floor.get(&key).await.unwrap().access_token.contains(&expected), "the floor opens the same record");
+
+    let names = ["native guest", "floor (open + call)", "warm get", "fresh instance + get", "fresh instance only"];
+    let samples = interleaved(&names, 10, 1000, async |case| match case {
+        0 => assert_eq!(native.get(&native_key).unwrap().access_token, expected),
+        1 => drop(floor.get(&key).await.unwrap()),
+        2 => assert_eq!(warm.get(&key).await.unwrap().access_token, expected),
+        3 => assert_eq!(product.get(&key).await.unwrap().access_token, expected),
+        _ => drop(product.session("acme").await.unwrap()),
+    })
+    .await;
+    let (floor_t, warm_t, fresh_t) =
+        (find(&samples, names[1]).median(), find(&samples, names[2]).median(), find(&samples, names[3]).median());
+    format!(
+        "## Warm `get` (in-memory storage, 10 × 1,000 calls per case, interleaved)\n\n{}\n{}{}",
+        table(&samples, Some(names[1])),
+        target("warm get / floor", ratio(warm_t, floor_t), 1.3, true),
+        target("fresh instance + get / warm get", ratio(fresh_t, warm_t), 3.0, true),
+    )
+}
+
+/// Opening a vault: the component from the precompiled cache, or compiled.
+async fn startup() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let services = memory_services(dir.path());
+    let open = |cache: bool| {
+        let services = services.clone();
+        let cache_dir = dir.path().join("cache");
+        move || {
+            let start = Instant::now();
+            let vault = Vault::with_component(
+                tokenvault::COMPONENT_WASM,
+                services.clone(),
+                Default::default(),
+                SandboxLimits::default(),
+                cache.then_some(cache_dir.as_path()),
+            )
+            .unwrap();
+            let elapsed = start.elapsed();
+            drop(vault);
+            elapsed
+        }
+    };
+    open(true)(); // fills the cache
+    let mut samples = vec![("compile", Sample::default()), ("precompiled cache", Sample::default())];
+    for _ in 0..3 {
+        samples[0].1.0.push(open(false)());
+        for _ in 0..10 {
+            samples[1].1.0.push(open(true)());
+        }
+    }
+    let cached = samples[1].1.median();
+    format!(
+        "## Start-up: `Vault::with_component` (engine, pool, component)\n\n{}\n{}{}",
+        table(&samples, Some("compile")),
+        target("start-up from the cache, ms", cached.as_secs_f64() * 1e3, 5.0, true),
+        target("compile / cache", ratio(samples[0].1.median(), cached), 10.0, false),
+    )
+}
+
+/// store, list and a forced refresh, each a fresh instance, against a local token endpoint.
+async fn ops() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let product = vault(dir.path(), memory_services(dir.path()), None, SandboxLimits::default(), Some(&endpoint));
+    product.put_provider(&provider(&endpoint.url)).await.unwrap();
+    for (i, name) in ["default", "work", "home"].into_iter().enumerate() {
+        product.store(&tokenvault::ConnectionKey::new("acme", "lister", "idp", name), &grant(i as u64)).await.unwrap();
+    }
+    product.store(&key("refresher"), &grant(9)).await.unwrap();
+    let agent = ureq::Agent::new_with_defaults();
+    let mut n = 0u64;
+    let names = ["token endpoint alone (HTTP POST)", "store", "list (3 connections)", "refresh (forced)"];
+    let samples = interleaved(&names, 5, 200, async |case| match case {
+        0 => {
+            let url = endpoint.url.clone();
+            let agent = agent.clone();
+            tokio::task::spawn_blocking(move || agent.post(&url).send_form([("grant_type", "refresh_token")]).unwrap())
+                .await
+                .unwrap();
+        }
+        1 => {
+            n += 1;
+            product.store(&key("storer"), &grant(n)).await.unwrap();
+        }
+        2 => assert_eq!(product.list("acme", "lister").await.unwrap().len(), 3),
+        _ => drop(product.refresh(&key("refresher")).await.unwrap()),
+    })
+    .await;
+    format!("## store, list, refresh (fresh instance each, in-memory storage)\n\n{}", table(&samples, None))
+}
+
+/// Throughput with concurrent callers on both cores, and memory per live instance.
+async fn concurrency() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let product = vault(dir.path(), memory_services(dir.path()), None, SandboxLimits::default(), None);
+    product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
+    product.store(&key("busy"), &grant(1)).await.unwrap();
+    let mut out = String::from(
+        "## Concurrent callers (fresh instance per get, in-memory storage, 2 worker threads)\n\n\
+         | callers | gets/s | median µs | p99 µs |\n|---:|---:|---:|---:|\n",
+    );
+    for callers in [1usize, 2, 8, 32, 128] {
+        let until = Instant::now() + Duration::from_secs(2);
+        let tasks: Vec<_> = (0..callers)
+            .map(|_| {
+                let product = product.clone();
+                tokio::spawn(async move {
+                    let mut sample = Sample::default();
+                    while Instant::now() < until {
+                        let start = Instant::now();
+                        product.get(&key("busy")).await.unwrap();
+                        sample.0.push(start.elapsed());
+                    }
+                    sample
+                })
+            })
+            .collect();
+        let mut all = Sample::default();
+        for task in tasks {
+            all.0.extend(task.await.unwrap().0);
+        }
+        let rate = all.0.len() as f64 / 2.0;
+        out.push_str(&format!("| {callers} | {rate:.0} | {} | {} |\n", us(all.median()), us(all.percentile(0.99))));
+    }
+    // Memory: instances kept alive by sessions, each having served one get.
+    let before = rss_bytes();
+    let mut sessions = Vec::new();
+    for _ in 0..200 {
+        let mut session = product.session("acme").await.unwrap();
+        session.get(&key("busy")).await.unwrap();
+        sessions.push(session);
+    }
+    let per_instance = (rss_bytes().saturating_sub(before)) / 200;
+    drop(sessions);
+    out.push_str(&format!(
+        "\nMemory per live instance (resident, 200 instances each after one get): **{} KiB**\n",
+        per_instance / 1024
+    ));
+    out
+}
+
+/// `get` latency as the store grows from 10³ to 10⁶ records, on SQLite and PostgreSQL.
+async fn scale() -> String {
+    let mut out = String::from(
+        "## `get` as the store grows (fresh instance per get; filler rows are copies of a real sealed record)\n\n\
+         | backend | records | median µs | p99 µs |\n|---|---:|---:|---:|\n",
+    );
+    let mut targets = String::new();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("scale.db");
+    let sqlite = StorageUrl::Sqlite(db.clone());
+    let postgres_url =
+        std::env::var("TOKENVAULT_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("bench_{}", std::process::id());
+    let postgres = StorageUrl::parse(&format!("{postgres_url}?schema={schema}")).unwrap();
+    for (backend, url) in [("sqlite", sqlite), ("postgres", postgres)] {
+        let storage = url.open().await.unwrap();
+        let product = vault(dir.path(), services(dir.path(), storage.clone()), None, SandboxLimits::default(), None);
+        product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
+        product.store(&key("scaled"), &grant(1)).await.unwrap();
+        let record_key = storage.list("tok/", None, 10).await.unwrap().keys[0].clone();
+        let mut medians = Vec::new();
+        let mut filled = 2u64; // the provider and the token
+        for size in [1_000u64, 100_000, 1_000_000] {
+            let filler = match backend {
+                "sqlite" => Filler::Sqlite(db.clone()),
+                _ => Filler::Postgres(postgres_url.clone(), schema.clone()),
+            };
+            filler.fill(&record_key, filled, size).await;
+            filled = size;
+            let names = ["get"];
+            let samples = interleaved(&names, 5, 400, async |_| drop(product.get(&key("scaled")).await.unwrap())).await;
+            let sample = &samples[0].1;
+            medians.push(sample.median());
+            out.push_str(&format!(
+                "| {backend} | {size} | {} | {} |\n",
+                us(sample.median()),
+                us(sample.percentile(0.99))
+            ));
+        }
+        targets.push_str(&target(&format!("{backend}: 10⁶ / 10³"), ratio(medians[2], medians[0]), 1.5, true));
+        if backend == "postgres" {
+            Filler::Postgres(postgres_url.clone(), schema.clone()).drop_schema().await;
+        }
+    }
+    format!("{out}\n{targets}")
+}
+
+/// Rows that make a store hold `to` records, copies of the record at `record_key`.
+enum Filler {
+    Sqlite(std::path::PathBuf),
+    Postgres(String, String),
+}
+
+impl Filler {
+    async fn fill(&self, record_key: &str, from: u64, to: u64) {
+        match self {
+            Filler::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path).unwrap();
+                conn.execute(
+                    "WITH RECURSIVE n(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)
+                     INSERT INTO tokenvault_records (key, value, version)
+                     SELECT printf('tok/t%04d/u%08d/idp/default', i % 1000, i),
+                            (SELECT value FROM tokenvault_records WHERE key = ?3), 1000000000 + i FROM n",
+                    rusqlite::params![(from + 1) as i64, to as i64, record_key],
+                )
+                .unwrap();
+            }
+            Filler::Postgres(url, schema) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(connection);
+                let table = format!("\"{schema}\".tokenvault_records");
+                client
+                    .execute(
+                        &format!(
+                            "INSERT INTO {table} (key, value, version)
+                             SELECT format('tok/t%s/u%s/idp/default', lpad((i % 1000)::text, 4, '0'), lpad(i::text, 8, '0')),
+                                    (SELECT value FROM {table} WHERE key = $3), 1000000000 + i
+                             FROM generate_series($1::bigint, $2::bigint) AS i"
+                        ),
+                        &[&((from + 1) as i64), &(to as i64), &record_key],
+                    )
+                    .await
+                    .unwrap();
+                client.batch_execute(&format!("ANALYZE {table}")).await.unwrap();
+            }
+        }
+    }
+
+    async fn drop_schema(&self) {
+        if let Filler::Postgres(url, schema) = self {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+        }
+    }
+}
+
+/// 1,000 concurrent gets of one expired token: upstream calls and latency, relative to one
+/// refresh round trip, against a token endpoint that takes `BENCH_PROVIDER_DELAY_MS`
+/// (default 50) to answer, as a provider across a network does.
+async fn coalesce() -> String {
+    let delay_ms: u64 = std::env::var("BENCH_PROVIDER_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = TokenEndpoint::start(Duration::from_millis(delay_ms)).await;
+    let services = memory_services(dir.path());
+    let clock = services.clock.clone();
+    let product = vault(dir.path(), services, None, SandboxLimits::default(), Some(&endpoint));
+    product.put_provider(&provider(&endpoint.url)).await.unwrap();
+    let key = key("crowd");
+    product.store(&key, &grant(1)).await.unwrap();
+
+    let mut round_trip = Sample::default();
+    for _ in 0..10 {
+        let start = Instant::now();
+        product.refresh(&key).await.unwrap();
+        round_trip.0.push(start.elapsed());
+    }
+    let round_trip = round_trip.median();
+    let mut crowd = Sample::default();
+    let mut upstream = Vec::new();
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(2 * 3600)); // the token is now an hour past expiry
+        let before = endpoint.requests.load(std::sync::atomic::Ordering::SeqCst);
+        let start = Instant::now();
+        let callers: Vec<_> = (0..1000)
+            .map(|_| {
+                let (product, key) = (product.clone(), key.clone());
+                tokio::spawn(async move {
+                    product.get(&key).await.unwrap();
+                    start.elapsed()
+                })
+            })
+            .collect();
+        for caller in callers {
+            crowd.0.push(caller.await.unwrap());
+        }
+        upstream.push(endpoint.requests.load(std::sync::atomic::Ordering::SeqCst) - before);
+    }
+    let p99 = crowd.percentile(0.99);
+    let mut out = format!(
+        "## 1,000 concurrent gets of one expired token (3 rounds; token endpoint answers in {delay_ms} ms)\n\n\
+         One forced refresh, round trip: **{} ms**. Upstream refreshes per round: **{upstream:?}**.\n\n\
+         | of 3,000 gets | ms | × round trip |\n|---|---:|---:|\n",
+        us(round_trip / 1000).replace(".0", "")
+    );
+    for (label, p) in [("median", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+        let t = crowd.percentile(p);
+        out.push_str(&format!("| {label} | {:.1} | {:.2} |\n", t.as_secs_f64() * 1e3, ratio(t, round_trip)));
+    }
+    out.push('\n');
+    out.push_str(&target("upstream refreshes per round (max)", *upstream.iter().max().unwrap() as f64, 1.0, true));
+    out.push_str(&target("p99 / one refresh round trip", ratio(p99, round_trip), 2.0, true));
+    out
+}
+
+/// A `get` against the approach it replaces: Python, Fernet-encrypted JSON in Redis.
+async fn python() -> String {
+    let redis = std::env::var("TOKENVAULT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let venv_dir = tokenvault_tests::tests_dir("benches/python");
+    let python = tokenvault_tests::python_venv(&venv_dir);
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = format!("bench{}", std::process::id());
+    let storage = StorageUrl::parse(&format!("{redis}?namespace={namespace}")).unwrap().open().await.unwrap();
+    let product = vault(dir.path(), services(dir.path(), storage.clone()), None, SandboxLimits::default(), None);
+    product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
+    let key = key("floor");
+    product.store(&key, &grant(1)).await.unwrap();
+    let mut warm = product.session("acme").await.unwrap();
+
+    let mut samples = vec![
+        ("Python: Fernet + redis-py get, decrypt, parse", Sample::default()),
+        ("Python: redis-py get alone", Sample::default()),
+        ("tokenvault: get, fresh instance (Redis backend)", Sample::default()),
+        ("tokenvault: get, warm instance (Redis backend)", Sample::default()),
+    ];
+    for _ in 0..3 {
+        let output = std::process::Command::new(&python)
+            .arg(venv_dir.join("fernet_redis.py"))
+            .args([&redis, "3000"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let times: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        for (i, series) in ["get_decrypt_parse", "get_only"].into_iter().enumerate() {
+            let ns = times[series].as_array().unwrap().iter().map(|t| Duration::from_nanos(t.as_u64().unwrap()));
+            samples[i].1.0.extend(ns);
+        }
+        let ours = interleaved(&["fresh", "warm"], 1, 3000, async |case| match case {
+            0 => drop(product.get(&key).await.unwrap()),
+            _ => drop(warm.get(&key).await.unwrap()),
+        })
+        .await;
+        samples[2].1.0.extend(ours[0].1.0.iter());
+        samples[3].1.0.extend(ours[1].1.0.iter());
+    }
+    product.remove(&key).await.unwrap();
+    product.remove_provider("idp").await.unwrap();
+    let python_t = samples[0].1.median();
+    format!(
+        "## Against Python + Fernet + Redis (same Redis, one caller, 3 × 3,000 calls each)\n\n{}\n{}{}",
+        table(&samples, Some(samples[0].0)),
+        target("Python / tokenvault fresh get", ratio(python_t, samples[2].1.median()), 5.0, false),
+        target("Python / tokenvault warm get", ratio(python_t, samples[3].1.median()), 5.0, false),
+    )
+}

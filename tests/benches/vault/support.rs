@@ -1,0 +1,256 @@
+//! What the suites share: timing and statistics, vault fixtures, the guest compiled
+//! natively, and a local token endpoint.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokenvault::audit::MemoryAudit;
+use tokenvault::keys::Keyring;
+use tokenvault::storage::{MemoryStorage, Storage};
+use tokenvault::{ClientAuth, ConnectionKey, ProviderConfig, SandboxLimits, Services, TokenGrant, Vault};
+use tokenvault_guest::platform::{Entry, HttpError, KeyPage, Platform, SealingKey, StorageError};
+
+/// The test-only component, whose `floor` user opens a record and does nothing else.
+pub const SANDBOX_COMPONENT: &[u8] = include_bytes!(env!("TOKENVAULT_SANDBOX_COMPONENT_PATH"));
+
+/// Per-operation times of one case.
+#[derive(Default, Clone)]
+pub struct Sample(pub Vec<Duration>);
+
+impl Sample {
+    fn sorted(&self) -> Vec<Duration> {
+        let mut times = self.0.clone();
+        times.sort();
+        times
+    }
+
+    pub fn percentile(&self, p: f64) -> Duration {
+        let times = self.sorted();
+        assert!(!times.is_empty(), "an empty sample");
+        times[((times.len() - 1) as f64 * p).round() as usize]
+    }
+
+    pub fn median(&self) -> Duration {
+        self.percentile(0.5)
+    }
+}
+
+/// Microseconds, for reports.
+pub fn us(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us >= 100.0 { format!("{us:.0}") } else { format!("{us:.1}") }
+}
+
+pub fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+/// Run each case `rounds` times in turn, `per_round` operations at a time, so that a
+/// noisy moment hits every case alike; `run(i)` does one operation of case `i`.
+pub async fn interleaved(
+    names: &[&'static str],
+    rounds: usize,
+    per_round: usize,
+    mut run: impl AsyncFnMut(usize),
+) -> Vec<(&'static str, Sample)> {
+    let mut samples = vec![Sample::default(); names.len()];
+    for case in 0..names.len() {
+        for _ in 0..per_round.min(100) {
+            run(case).await; // warm up
+        }
+    }
+    for _ in 0..rounds {
+        for (case, sample) in samples.iter_mut().enumerate() {
+            for _ in 0..per_round {
+                let start = Instant::now();
+                run(case).await;
+                sample.0.push(start.elapsed());
+            }
+        }
+    }
+    names.iter().copied().zip(samples).collect()
+}
+
+/// A markdown table of samples: median and p99 per case, and the median's ratio to `base`.
+pub fn table(samples: &[(&str, Sample)], base: Option<&str>) -> String {
+    let base = base.map(|b| samples.iter().find(|(n, _)| *n == b).expect("base case").1.median());
+    let mut out = String::from("| case | median µs | p99 µs |");
+    out.push_str(if base.is_some() { " ratio |\n|---|---:|---:|---:|\n" } else { "\n|---|---:|---:|\n" });
+    for (name, sample) in samples {
+        out.push_str(&format!("| {name} | {} | {} |", us(sample.median()), us(sample.percentile(0.99))));
+        if let Some(base) = base {
+            out.push_str(&format!(" {:.2}× |", ratio(sample.median(), base)));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// One line on a target: what was measured, the bound, met or missed.
+pub fn target(what: &str, measured: f64, bound: f64, lower_is_better: bool) -> String {
+    let met = if lower_is_better { measured <= bound } else { measured >= bound };
+    let relation = if lower_is_better { "≤" } else { "≥" };
+    format!("- {what}: **{measured:.2}** (target {relation} {bound}): {}\n", if met { "met" } else { "MISSED" })
+}
+
+pub fn find<'a>(samples: &'a [(&str, Sample)], name: &str) -> &'a Sample {
+    &samples.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no case {name}")).1
+}
+
+pub fn key(user: &str) -> ConnectionKey {
+    ConnectionKey::new("acme", user, "idp", "default")
+}
+
+/// A token response like a provider's: an hour to live.
+pub fn grant(n: u64) -> TokenGrant {
+    TokenGrant {
+        access_token: format!("gho_{:036}", n),
+        token_type: "Bearer".into(),
+        expires_in: Some(3600),
+        refresh_token: Some(format!("ghr_{:076}", n)),
+        scope: Some("openid offline_access repo".into()),
+    }
+}
+
+pub fn provider(token_url: &str) -> ProviderConfig {
+    ProviderConfig {
+        name: "idp".into(),
+        token_url: Some(token_url.into()),
+        client_id: "bench".into(),
+        client_secret: Some("bench-secret".into()),
+        client_auth: Some(ClientAuth::ClientSecretPost),
+        ..Default::default()
+    }
+}
+
+pub fn services(dir: &Path, storage: Arc<dyn Storage>) -> Services {
+    Services {
+        storage,
+        keyring: Arc::new(Keyring::load_or_create(&dir.join("keyring.json")).unwrap()),
+        // In memory: a JSON-lines file would add a write per call to every case alike.
+        audit: Arc::new(MemoryAudit::default()),
+        clock: Default::default(),
+    }
+}
+
+pub fn memory_services(dir: &Path) -> Services {
+    services(dir, Arc::new(MemoryStorage::default()))
+}
+
+/// A vault running `component` (the product's unless given) over `services`, allowed to
+/// reach `endpoint`, its compiled form cached in `dir`.
+pub fn vault(
+    dir: &Path,
+    services: Services,
+    component: Option<&[u8]>,
+    limits: SandboxLimits,
+    endpoint: Option<&TokenEndpoint>,
+) -> Vault {
+    let mut egress = tokenvault::http::EgressPolicy::default();
+    egress.allowed.extend(endpoint.map(|e| e.origin.parse().unwrap()));
+    let wasm = component.unwrap_or(tokenvault::COMPONENT_WASM);
+    Vault::with_component(wasm, services, egress, limits, Some(&dir.join("cache"))).unwrap()
+}
+
+/// The guest's own code compiled natively, over the same records: what the sandbox and
+/// the boundary cost, when compared with the component.
+pub struct NativePlatform {
+    records: BTreeMap<String, (Vec<u8>, u64)>,
+    key: (String, Vec<u8>),
+}
+
+impl NativePlatform {
+    /// A copy of what `storage` holds, and the keyring's active key.
+    pub async fn copy_of(services: &Services) -> Self {
+        let mut records = BTreeMap::new();
+        let page = services.storage.list("", None, 10_000).await.unwrap();
+        for key in page.keys {
+            let entry = services.storage.get(&key).await.unwrap().unwrap();
+            records.insert(key, (entry.value, entry.version));
+        }
+        let (id, material) = services.keyring.active();
+        NativePlatform { records, key: (id.to_owned(), material.to_vec()) }
+    }
+}
+
+impl Platform for NativePlatform {
+    fn storage_get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
+        Ok(self.records.get(key).map(|(value, version)| Entry { value: value.clone(), version: *version }))
+    }
+    fn storage_put(&self, _: &str, _: &[u8], _: Option<u64>) -> Result<u64, StorageError> {
+        Err(StorageError::Unavailable("read-only".into()))
+    }
+    fn storage_delete(&self, _: &str, _: u64) -> Result<(), StorageError> {
+        Err(StorageError::Unavailable("read-only".into()))
+    }
+    fn storage_list(&self, _: &str, _: Option<&str>, _: u32) -> Result<KeyPage, StorageError> {
+        Err(StorageError::Unavailable("read-only".into()))
+    }
+    fn active_key(&self) -> Result<SealingKey, String> {
+        Ok(SealingKey { id: self.key.0.clone(), material: self.key.1.clone() })
+    }
+    fn key_by_id(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok((id == self.key.0).then(|| self.key.1.clone()))
+    }
+    fn audit(&self, event: tokenvault_guest::model::AuditEvent) {
+        std::hint::black_box(event);
+    }
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    }
+    fn sleep_ms(&self, ms: u64) {
+        std::thread::sleep(Duration::from_millis(ms))
+    }
+    fn http(&self, _: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+        Err(HttpError::Denied)
+    }
+}
+
+/// A token endpoint on 127.0.0.1 that answers every refresh with a new token pair after
+/// `delay`, counting the requests.
+pub struct TokenEndpoint {
+    pub origin: String,
+    pub url: String,
+    pub requests: Arc<AtomicU64>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl TokenEndpoint {
+    pub async fn start(delay: Duration) -> Self {
+        use axum::routing::post;
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
+        let app = axum::Router::new().route(
+            "/token",
+            post(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    tokio::time::sleep(delay).await;
+                    let g = grant(1_000_000 + n);
+                    axum::Json(serde_json::json!({
+                        "access_token": g.access_token, "token_type": "Bearer", "expires_in": 3600,
+                        "refresh_token": g.refresh_token, "scope": g.scope,
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        TokenEndpoint { url: format!("{origin}/token"), origin, requests, _server: server }
+    }
+}
+
+/// Resident memory of this process.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
