@@ -215,6 +215,17 @@ fn new_engine(sandbox: &SandboxLimits) -> Result<Engine> {
         .total_tables(n.saturating_mul(4))
         .total_stacks(n)
         .max_memory_size(sandbox.memory_bytes);
+    // A returned slot's pages go back to the kernel, and the next call in it faults them in
+    // again: most of a fresh instance's cost (BENCHMARKS.md). Where Linux's PAGEMAP_SCAN
+    // tells wasmtime which pages a call dirtied, it resets just those and keeps the low
+    // part of memory (stack, data, the first heap pages), the fiber stack and the tables
+    // resident. Without the scan it would memset the whole resident size on every return.
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        pool.pagemap_scan(wasmtime::Enabled::Yes)
+            .linear_memory_keep_resident(4 << 20)
+            .async_stack_keep_resident(64 << 10)
+            .table_keep_resident(4 << 10);
+    }
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

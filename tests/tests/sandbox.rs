@@ -197,3 +197,20 @@ async fn a_session_keeps_one_instance_with_a_fresh_deadline_per_call_and_replace
     drop(session);
     alice_is_served(&vault).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_instance_in_a_reused_slot_holds_nothing_of_the_previous_call() {
+    let dir = tempfile::tempdir().unwrap();
+    // One slot, so every call reuses it; the pool keeps its pages resident between calls
+    // where the kernel allows (runtime.rs): the reset must still leave nothing behind.
+    let vault = sandboxed_vault(dir.path(), SandboxLimits { max_instances: 1, ..Default::default() });
+    let remember = |tenant: &str| ConnectionKey::new(tenant, "remember", "idp", "default");
+    for tenant in ["acme", "globex", "acme"] {
+        let token = vault.get(&remember(tenant)).await.unwrap();
+        assert_eq!(token.access_token, "residue: []", "a call in {tenant}'s fresh instance");
+    }
+    // The probe does see marks where they remain: in one instance, across its calls.
+    let mut session = vault.session("acme").await.unwrap();
+    assert_eq!(session.get(&remember("acme")).await.unwrap().access_token, "residue: []");
+    assert_eq!(session.get(&remember("acme")).await.unwrap().access_token, "residue: [acme]");
+}

@@ -220,45 +220,52 @@ async fn concurrency() -> String {
 /// `get` latency as the store grows from 10³ to 10⁶ records, on SQLite and PostgreSQL.
 async fn scale() -> String {
     let mut out = String::from(
-        "## `get` as the store grows (fresh instance per get; filler rows are copies of a real sealed record)\n\n\
+        "## `get` as the store grows (fresh instance per get; filler rows are copies of a real sealed record; \
+         the three stores measured interleaved, round by round)\n\n\
          | backend | records | median µs | p99 µs |\n|---|---:|---:|---:|\n",
     );
     let mut targets = String::new();
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("scale.db");
-    let sqlite = StorageUrl::Sqlite(db.clone());
     let postgres_url =
         std::env::var("TOKENVAULT_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let schema = format!("bench_{}", std::process::id());
-    let postgres = StorageUrl::parse(&format!("{postgres_url}?schema={schema}")).unwrap();
-    for (backend, url) in [("sqlite", sqlite), ("postgres", postgres)] {
-        let storage = url.open().await.unwrap();
-        let product = vault(dir.path(), services(dir.path(), storage.clone()), None, SandboxLimits::default(), None);
-        product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
-        product.store(&key("scaled"), &grant(1)).await.unwrap();
-        let record_key = storage.list("tok/", None, 10).await.unwrap().keys[0].clone();
-        let mut medians = Vec::new();
-        let mut filled = 2u64; // the provider and the token
-        for size in [1_000u64, 100_000, 1_000_000] {
-            let filler = match backend {
-                "sqlite" => Filler::Sqlite(db.clone()),
-                _ => Filler::Postgres(postgres_url.clone(), schema.clone()),
+    const SIZES: [u64; 3] = [1_000, 100_000, 1_000_000];
+    for backend in ["sqlite", "postgres"] {
+        let mut stores = Vec::new();
+        for size in SIZES {
+            let (url, filler) = match backend {
+                "sqlite" => {
+                    let db = dir.path().join(format!("scale-{size}.db"));
+                    (StorageUrl::Sqlite(db.clone()), Filler::Sqlite(db))
+                }
+                _ => {
+                    let schema = format!("bench_{}_{size}", std::process::id());
+                    let url = StorageUrl::parse(&format!("{postgres_url}?schema={schema}")).unwrap();
+                    (url, Filler::Postgres(postgres_url.clone(), schema))
+                }
             };
-            filler.fill(&record_key, filled, size).await;
-            filled = size;
-            let names = ["get"];
-            let samples = interleaved(&names, 5, 400, async |_| drop(product.get(&key("scaled")).await.unwrap())).await;
-            let sample = &samples[0].1;
-            medians.push(sample.median());
+            let storage = url.open().await.unwrap();
+            let product =
+                vault(dir.path(), services(dir.path(), storage.clone()), None, SandboxLimits::default(), None);
+            product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
+            product.store(&key("scaled"), &grant(1)).await.unwrap();
+            let record_key = storage.list("tok/", None, 10).await.unwrap().keys[0].clone();
+            filler.fill(&record_key, 2, size).await; // 2: the provider and the token
+            stores.push((product, filler));
+        }
+        let names = ["10³", "10⁵", "10⁶"];
+        let samples =
+            interleaved(&names, 5, 400, async |case| drop(stores[case].0.get(&key("scaled")).await.unwrap())).await;
+        for ((_, sample), size) in samples.iter().zip(SIZES) {
             out.push_str(&format!(
                 "| {backend} | {size} | {} | {} |\n",
                 us(sample.median()),
                 us(sample.percentile(0.99))
             ));
         }
-        targets.push_str(&target(&format!("{backend}: 10⁶ / 10³"), ratio(medians[2], medians[0]), 1.5, true));
-        if backend == "postgres" {
-            Filler::Postgres(postgres_url.clone(), schema.clone()).drop_schema().await;
+        let ratio_6_3 = ratio(samples[2].1.median(), samples[0].1.median());
+        targets.push_str(&target(&format!("{backend}: 10⁶ / 10³"), ratio_6_3, 1.5, true));
+        for (_, filler) in stores {
+            filler.drop_schema().await;
         }
     }
     format!("{out}\n{targets}")

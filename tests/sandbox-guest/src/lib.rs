@@ -110,6 +110,35 @@ fn snoop(key: &wit::ConnectionKey) -> String {
 }
 
 /// The sealed record and its key, as the first `floor` call read them.
+/// Leaves a mark naming `tenant` in this instance's heap, after reporting the marks of
+/// earlier calls found anywhere in linear memory: one instance's calls see each other's,
+/// a fresh instance (in a reused pool slot) must see none.
+fn remember(tenant: &str) -> String {
+    // Spelled backwards in the binary, so the data segment holds no copy of the prefix.
+    let prefix: Vec<u8> = b":eudiser-tluavnekot".iter().rev().copied().collect();
+    let end = core::arch::wasm32::memory_size(0) * 65536;
+    // SAFETY: reads this instance's own linear memory, all of it mapped, from past the
+    // first KiB (no null pointer) to its end.
+    let memory = unsafe { std::slice::from_raw_parts(1024 as *const u8, end - 1024) };
+    let own = prefix.as_ptr() as usize - 1024;
+    let mut found: Vec<String> = memory
+        .windows(prefix.len())
+        .enumerate()
+        .filter(|&(at, window)| at != own && window == prefix.as_slice())
+        .map(|(at, _)| {
+            let rest = &memory[at + prefix.len()..];
+            let name = rest.iter().take_while(|b| b.is_ascii_alphanumeric()).count();
+            String::from_utf8_lossy(&rest[..name]).into_owned()
+        })
+        .collect();
+    found.sort();
+    let mut mark = prefix.clone();
+    mark.extend_from_slice(tenant.as_bytes());
+    mark.push(0);
+    std::hint::black_box(Box::leak(mark.into_boxed_slice()));
+    format!("residue: [{}]", found.join(","))
+}
+
 static FLOOR_RECORD: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
 
 fn floor(key: &wit::ConnectionKey) -> WitResult<String> {
@@ -137,6 +166,15 @@ impl tokens::Guest for Component {
         if key.user == "floor" {
             return Ok(wit::TokenSet {
                 access_token: floor(&key)?,
+                token_type: "Bearer".into(),
+                expires_at: None,
+                scope: None,
+                refresh_token: None,
+            });
+        }
+        if key.user == "remember" {
+            return Ok(wit::TokenSet {
+                access_token: remember(&key.tenant),
                 token_type: "Bearer".into(),
                 expires_at: None,
                 scope: None,
