@@ -4,7 +4,8 @@
 //!
 //! Suites: `get` (warm, fresh, native and floor), `startup`, `ops` (store, list, refresh),
 //! `concurrency` (throughput, memory per instance), `scale` (10³ to 10⁶ records on SQLite
-//! and PostgreSQL), `coalesce` (1,000 gets of one expired token), `python` (Fernet + Redis).
+//! and PostgreSQL), `coalesce` (1,000 gets of one expired token;
+//! `BENCH_POOL_SLOTS` sets its pool size), `python` (Fernet + Redis).
 //! All of them when none is named. The report (markdown) goes to stdout and to
 //! `target/bench-report.md`; BENCHMARKS.md holds the latest one with the machine.
 //!
@@ -330,7 +331,12 @@ async fn coalesce() -> String {
     let endpoint = TokenEndpoint::start(Duration::from_millis(delay_ms)).await;
     let services = memory_services(dir.path());
     let clock = services.clock.clone();
-    let product = vault(dir.path(), services, None, SandboxLimits::default(), Some(&endpoint));
+    // BENCH_POOL_SLOTS tries another pool size (the default is the product's, 256).
+    let limits = match std::env::var("BENCH_POOL_SLOTS").ok().and_then(|v| v.parse().ok()) {
+        Some(max_instances) => SandboxLimits { max_instances, ..Default::default() },
+        None => SandboxLimits::default(),
+    };
+    let product = vault(dir.path(), services, None, limits, Some(&endpoint));
     product.put_provider(&provider(&endpoint.url)).await.unwrap();
     let key = key("crowd");
     product.store(&key, &grant(1)).await.unwrap();
