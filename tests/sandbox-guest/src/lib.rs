@@ -81,6 +81,11 @@ fn storage_error(e: storage::StorageError) -> wit::Error {
     })
 }
 
+/// A token set of just a value: what this test component's `get` answers.
+fn bearer(access_token: String) -> wit::TokenSet {
+    wit::TokenSet { access_token, token_type: "Bearer".into(), expires_at: None, scope: None, refresh_token: None }
+}
+
 fn unsupported<T>() -> WitResult<T> {
     Err(wit::Error::InvalidInput("not supported by the sandbox test component".into()))
 }
@@ -164,42 +169,18 @@ impl tokens::Guest for Component {
     fn get(key: wit::ConnectionKey) -> WitResult<wit::TokenSet> {
         misbehave(&key.user);
         if key.user == "floor" {
-            return Ok(wit::TokenSet {
-                access_token: floor(&key)?,
-                token_type: "Bearer".into(),
-                expires_at: None,
-                scope: None,
-                refresh_token: None,
-            });
+            return Ok(bearer(floor(&key)?));
         }
         if key.user == "remember" {
-            return Ok(wit::TokenSet {
-                access_token: remember(&key.tenant),
-                token_type: "Bearer".into(),
-                expires_at: None,
-                scope: None,
-                refresh_token: None,
-            });
+            return Ok(bearer(remember(&key.tenant)));
         }
         if key.user == "snoop" {
-            return Ok(wit::TokenSet {
-                access_token: snoop(&key),
-                token_type: "Bearer".into(),
-                expires_at: None,
-                scope: None,
-                refresh_token: None,
-            });
+            return Ok(bearer(snoop(&key)));
         }
         let entry = storage::get(&storage_key(&key)).map_err(storage_error)?;
         let entry = entry.ok_or_else(|| wit::Error::NotFound("no such connection".into()))?;
         let access_token = String::from_utf8(entry.value).map_err(|_| wit::Error::Integrity("not UTF-8".into()))?;
-        Ok(wit::TokenSet {
-            access_token,
-            token_type: "Bearer".into(),
-            expires_at: None,
-            scope: None,
-            refresh_token: None,
-        })
+        Ok(bearer(access_token))
     }
 
     fn refresh(key: wit::ConnectionKey) -> WitResult<wit::TokenSet> {
