@@ -254,7 +254,6 @@ impl Vault {
     }
 }
 
-/// One call's outcome: the component's answer, or the sandbox's failure.
 /// One instance of the component kept for a series of `get`s by one tenant, one at a time:
 /// each call after the first skips instantiation. Each call still gets the full deadline;
 /// a call that traps takes the instance with it, and the next call gets a fresh one.
@@ -306,6 +305,7 @@ impl Session {
     }
 }
 
+/// One call's outcome: the component's answer, or the sandbox's failure.
 fn finish<T, U: From<T>>(result: wasmtime::Result<Result<T, wit::Error>>) -> Result<U> {
     match result {
         Ok(Ok(value)) => Ok(value.into()),

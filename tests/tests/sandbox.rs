@@ -32,15 +32,15 @@ fn key(user: &str) -> ConnectionKey {
     ConnectionKey::new("acme", user, "idp", "default")
 }
 
-async fn store_alice(vault: &Vault) {
+async fn store_for(vault: &Vault, user: &str) {
     let grant = TokenGrant {
-        access_token: "alice-token".into(),
+        access_token: format!("{user}-token"),
         token_type: "Bearer".into(),
         expires_in: None,
         refresh_token: None,
         scope: None,
     };
-    vault.store(&key("alice"), &grant).await.unwrap();
+    vault.store(&key(user), &grant).await.unwrap();
 }
 
 async fn alice_is_served(vault: &Vault) {
@@ -63,7 +63,7 @@ async fn a_call_past_its_deadline_is_stopped_and_others_are_served_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
     let limits = SandboxLimits { deadline: Duration::from_secs(3), ..Default::default() };
     let vault = sandboxed_vault(dir.path(), limits);
-    store_alice(&vault).await;
+    store_for(&vault, "alice").await;
 
     let spinning = tokio::spawn({
         let vault = vault.clone();
@@ -87,7 +87,7 @@ async fn a_call_past_its_memory_cap_fails_alone_and_its_memory_is_reclaimed() {
     // Two pool slots: if a failed call kept its instance or memory, the third would fail.
     let limits = SandboxLimits { memory_bytes: 16 << 20, max_instances: 2, ..Default::default() };
     let vault = sandboxed_vault(dir.path(), limits);
-    store_alice(&vault).await;
+    store_for(&vault, "alice").await;
 
     for round in 0..5 {
         let result = tokio::time::timeout(NEVER, vault.get(&key("hog"))).await.unwrap();
@@ -101,7 +101,7 @@ async fn a_call_past_its_memory_cap_fails_alone_and_its_memory_is_reclaimed() {
 async fn a_call_that_overflows_its_stack_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
     let vault = sandboxed_vault(dir.path(), SandboxLimits::default());
-    store_alice(&vault).await;
+    store_for(&vault, "alice").await;
 
     let result = tokio::time::timeout(NEVER, vault.get(&key("deep"))).await.unwrap();
     let message = expect_sandbox_error(result, "deep");
@@ -139,23 +139,12 @@ async fn a_component_that_reaches_for_env_files_stdin_or_sockets_gets_nothing() 
     assert!(listener.accept().is_err(), "no connection reached the listener");
 }
 
-async fn store_for(vault: &Vault, user: &str) {
-    let grant = TokenGrant {
-        access_token: format!("{user}-token"),
-        token_type: "Bearer".into(),
-        expires_in: None,
-        refresh_token: None,
-        scope: None,
-    };
-    vault.store(&key(user), &grant).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_beyond_the_pool_wait_for_a_slot_instead_of_failing() {
     let dir = tempfile::tempdir().unwrap();
     let vault = sandboxed_vault(dir.path(), SandboxLimits { max_instances: 2, ..Default::default() });
     store_for(&vault, "slow").await;
-    store_alice(&vault).await;
+    store_for(&vault, "alice").await;
     // Slow calls hold their slots; a crowd of quick ones turns slots over as fast as it can
     // (a permit released before its slot was back in the pool failed such calls).
     let calls: Vec<_> = (0..208)
@@ -177,7 +166,7 @@ async fn a_session_keeps_one_instance_with_a_fresh_deadline_per_call_and_replace
     let limits = SandboxLimits { max_instances: 1, deadline: Duration::from_secs(1), ..Default::default() };
     let vault = sandboxed_vault(dir.path(), limits);
     store_for(&vault, "slow").await;
-    store_alice(&vault).await;
+    store_for(&vault, "alice").await;
 
     let mut session = vault.session("acme").await.unwrap();
     // The session holds the only slot: a one-off call waits for it.

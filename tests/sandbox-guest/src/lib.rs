@@ -10,7 +10,9 @@
 //!   directory, the file named by the key's `name`, the root directory, stdin, a TCP
 //!   connection to the address in the key's `provider`) and returns, as the access
 //!   token, one line per attempt saying what it got.
-//!
+//! - `remember`: `get` reports, as the access token, the marks earlier calls left anywhere
+//!   in this instance's linear memory, then leaves one naming the key's tenant: a fresh
+//!   instance in a reused pool slot must report none.
 //! - `floor`: `get` opens the connection's sealed record with the product's own `seal::open`
 //!   and returns its plaintext, and does nothing else: one AES-256-GCM-SIV open plus the
 //!   call across the boundary, the floor the benchmarks hold a warm `get` against. The
@@ -114,7 +116,6 @@ fn snoop(key: &wit::ConnectionKey) -> String {
     .join("\n")
 }
 
-/// The sealed record and its key, as the first `floor` call read them.
 /// Leaves a mark naming `tenant` in this instance's heap, after reporting the marks of
 /// earlier calls found anywhere in linear memory: one instance's calls see each other's,
 /// a fresh instance (in a reused pool slot) must see none.
@@ -144,6 +145,7 @@ fn remember(tenant: &str) -> String {
     format!("residue: [{}]", found.join(","))
 }
 
+/// The sealed record and its key, as the first `floor` call read them.
 static FLOOR_RECORD: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
 
 fn floor(key: &wit::ConnectionKey) -> WitResult<String> {
