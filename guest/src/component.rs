@@ -334,6 +334,10 @@ impl Platform for Imports {
         Ok(KeyPage { keys: page.keys, cursor: page.cursor })
     }
 
+    fn storage_wait_for_change(&self, key: &str, seen: Option<u64>, timeout_ms: u32) -> Result<(), StorageError> {
+        storage::wait_for_change(key, seen, timeout_ms).map_err(storage_error)
+    }
+
     fn active_key(&self) -> Result<SealingKey, String> {
         let key = keyring::active_key()?;
         Ok(SealingKey { id: key.id, material: key.material })

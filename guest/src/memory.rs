@@ -9,7 +9,7 @@ use crate::platform::{Entry, HttpError, KeyPage, Platform, SealingKey, StorageEr
 
 type Responder = Box<dyn Fn(&oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError>>;
 
-/// What "other callers" do while one sleeps.
+/// What "other callers" do while one sleeps or waits.
 type Sleeper = Box<dyn Fn(&MemoryPlatform)>;
 
 pub struct MemoryPlatform {
@@ -20,7 +20,7 @@ pub struct MemoryPlatform {
     pub now_ms: Cell<u64>,
     pub requests: RefCell<Vec<oauth2::HttpRequest>>,
     responder: RefCell<Responder>,
-    /// Runs at every sleep: what "other callers" do meanwhile.
+    /// Runs at every sleep and wait: what "other callers" do meanwhile.
     sleeper: RefCell<Option<Sleeper>>,
     pub slept_ms: Cell<u64>,
     /// Writes under this prefix fail (storage unavailable) this many more times.
@@ -56,6 +56,18 @@ impl MemoryPlatform {
 
     pub fn fail_puts(&self, prefix: &str, times: u32) {
         *self.failing_puts.borrow_mut() = (prefix.to_owned(), times);
+    }
+
+    /// Time passes while this caller waits.
+    fn pass_ms(&self, ms: u64) {
+        self.now_ms.set(self.now_ms.get() + ms);
+        self.slept_ms.set(self.slept_ms.get() + ms);
+    }
+
+    fn others_act(&self) {
+        if let Some(sleeper) = self.sleeper.borrow().as_ref() {
+            sleeper(self);
+        }
     }
 
     pub fn advance_secs(&self, secs: u64) {
@@ -107,6 +119,15 @@ impl Platform for MemoryPlatform {
         Ok(KeyPage { keys, cursor })
     }
 
+    /// Other callers act once (the sleeper); if they changed the record the wait ends
+    /// a millisecond later, otherwise it lasts the whole timeout.
+    fn storage_wait_for_change(&self, key: &str, seen: Option<u64>, timeout_ms: u32) -> Result<(), StorageError> {
+        self.others_act();
+        let changed = self.records.borrow().get(key).map(|(_, v)| *v) != seen;
+        self.pass_ms(if changed { 1 } else { u64::from(timeout_ms) });
+        Ok(())
+    }
+
     fn active_key(&self) -> Result<SealingKey, String> {
         let keys = self.keys.borrow();
         let (id, material) = keys.last().ok_or("empty keyring")?;
@@ -126,11 +147,8 @@ impl Platform for MemoryPlatform {
     }
 
     fn sleep_ms(&self, ms: u64) {
-        self.now_ms.set(self.now_ms.get() + ms);
-        self.slept_ms.set(self.slept_ms.get() + ms);
-        if let Some(sleeper) = self.sleeper.borrow().as_ref() {
-            sleeper(self);
-        }
+        self.pass_ms(ms);
+        self.others_act();
     }
 
     fn http(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {

@@ -52,6 +52,9 @@ pub trait Platform {
     fn storage_put(&self, key: &str, value: &[u8], expected: Option<u64>) -> Result<u64, StorageError>;
     fn storage_delete(&self, key: &str, expected: u64) -> Result<(), StorageError>;
     fn storage_list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<KeyPage, StorageError>;
+    /// Wait until the record's version is no longer `seen`, or `timeout_ms` passes; may
+    /// return early, so read the record again.
+    fn storage_wait_for_change(&self, key: &str, seen: Option<u64>, timeout_ms: u32) -> Result<(), StorageError>;
 
     fn active_key(&self) -> Result<SealingKey, String>;
     fn key_by_id(&self, id: &str) -> Result<Option<Vec<u8>>, String>;
@@ -60,7 +63,7 @@ pub trait Platform {
 
     /// Wall-clock time, Unix milliseconds.
     fn now_ms(&self) -> u64;
-    /// Wait, e.g. for another caller's refresh to land.
+    /// Pause, e.g. before retrying a write while storage is unavailable.
     fn sleep_ms(&self, ms: u64);
 
     fn http(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError>;
@@ -79,6 +82,9 @@ impl<T: Platform + ?Sized> Platform for &T {
     }
     fn storage_list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<KeyPage, StorageError> {
         (**self).storage_list(prefix, cursor, limit)
+    }
+    fn storage_wait_for_change(&self, key: &str, seen: Option<u64>, timeout_ms: u32) -> Result<(), StorageError> {
+        (**self).storage_wait_for_change(key, seen, timeout_ms)
     }
     fn active_key(&self) -> Result<SealingKey, String> {
         (**self).active_key()

@@ -19,17 +19,23 @@ const MAX_ATTEMPTS: usize = 5;
 pub const LEASE_MS: u64 = 40_000;
 /// How long a caller waits for another caller's refresh; below the call deadline.
 const WAIT_FOR_OTHERS_MS: u64 = 20_000;
-/// Waiters poll the token record at 10, 20, then every 25 ms: a provider answers in tens
-/// of milliseconds, and a waiter that slept past the answer adds all of its oversleep to
-/// its latency (BENCHMARKS.md, coalesced refresh). One read per waiter per poll.
-const FIRST_POLL_MS: u64 = 10;
-const MAX_POLL_MS: u64 = 25;
+/// Waiters wait for the lease to change (the host wakes them when it is released) and
+/// read the token again at least this often: a holder that saved the token but could not
+/// release its lease must not hold them up for the lease's whole life.
+const RECHECK_MS: u64 = 1_000;
 /// Pauses between attempts to save a refreshed token while storage is unavailable.
 const SAVE_RETRY_PAUSES_MS: [u64; 3] = [50, 250, 1_000];
 const LIST_PAGE: u32 = 100;
 
 pub struct Vault<P> {
     platform: P,
+}
+
+enum Lease {
+    /// This caller holds the lease, at this version.
+    Taken(u64),
+    /// Another holder has it (at this version, when known).
+    Held(Option<u64>),
 }
 
 pub(crate) enum Put {
@@ -202,8 +208,10 @@ impl<P: Platform> Vault<P> {
     /// 3. It refreshes upstream and saves by compare-and-swap on the token's version, so a
     ///    stale holder can never overwrite a newer token; then it releases the lease.
     /// 4. Callers that find the lease taken return the current token if it is still valid
-    ///    (only `Wanted::Fresh`), and otherwise poll the token record until its access
-    ///    token changes (or the lease frees up and they may take it themselves).
+    ///    (only `Wanted::Fresh`), and otherwise wait for the lease to change, then read the
+    ///    token: renewed, they return it; if not (the holder failed), they try for the
+    ///    lease themselves. Waiting costs them nothing: the host wakes them (BENCHMARKS.md,
+    ///    coalesced refresh).
     fn refresh_coordinated(
         &self,
         key: &ConnectionKey,
@@ -214,22 +222,24 @@ impl<P: Platform> Vault<P> {
     ) -> Result<TokenSet> {
         let lease_key = record::lease_key(key);
         let give_up_at = self.platform.now_ms() + WAIT_FOR_OTHERS_MS;
-        let mut pause = FIRST_POLL_MS;
         loop {
-            if let Some(lease_version) = self.acquire_lease(&lease_key)? {
-                let result = self.load_token(key).and_then(|(current, current_version)| {
-                    ensure_active(&current)?;
-                    if current_version != version && renewed_since(&token, &current) {
-                        Ok(current.token_set()) // another holder finished in between
-                    } else {
-                        self.refresh_upstream(key, current, current_version, provider)
-                    }
-                });
-                // A failed release only delays others until the lease expires; they see
-                // the new token version long before that.
-                let _ = self.platform.storage_delete(&lease_key, lease_version);
-                return result;
-            }
+            let held = match self.acquire_lease(&lease_key)? {
+                Lease::Held(version) => version,
+                Lease::Taken(lease_version) => {
+                    let result = self.load_token(key).and_then(|(current, current_version)| {
+                        ensure_active(&current)?;
+                        if current_version != version && renewed_since(&token, &current) {
+                            Ok(current.token_set()) // another holder finished in between
+                        } else {
+                            self.refresh_upstream(key, current, current_version, provider)
+                        }
+                    });
+                    // A failed release only delays others until the lease expires; they see
+                    // the new token version long before that.
+                    let _ = self.platform.storage_delete(&lease_key, lease_version);
+                    return result;
+                }
+            };
             // Someone else is refreshing.
             if wanted == Wanted::Fresh && !expiry::is_expired(self.now(), token.expires_at) {
                 return Ok(token.token_set());
@@ -244,8 +254,8 @@ impl<P: Platform> Vault<P> {
                     ),
                 ));
             }
-            self.platform.sleep_ms(pause);
-            pause = (pause * 2).min(MAX_POLL_MS);
+            let timeout = (give_up_at - self.platform.now_ms()).min(RECHECK_MS);
+            self.platform.storage_wait_for_change(&lease_key, held, timeout as u32).map_err(storage_error)?;
             let (current, current_version) = self.load_token(key)?;
             if current_version != version {
                 ensure_active(&current)?;
@@ -257,8 +267,8 @@ impl<P: Platform> Vault<P> {
         }
     }
 
-    /// Take the lease; `None` when another holder has it. Returns the lease's version.
-    fn acquire_lease(&self, lease_key: &str) -> Result<Option<u64>> {
+    /// Take the lease, or learn which version of it another holder has.
+    fn acquire_lease(&self, lease_key: &str) -> Result<Lease> {
         let now = self.platform.now_ms();
         let mut holder = [0u8; 8];
         getrandom::fill(&mut holder).map_err(|_| VaultError::Storage("no randomness for a lease holder".into()))?;
@@ -273,14 +283,15 @@ impl<P: Platform> Vault<P> {
                 let expires =
                     serde_json::from_slice::<record::Lease>(&entry.value).map(|l| l.expires_at_ms).unwrap_or(0);
                 if expires > now {
-                    return Ok(None);
+                    return Ok(Lease::Held(Some(entry.version)));
                 }
                 Some(entry.version) // expired: its holder is gone; take it over
             }
         };
         match self.platform.storage_put(lease_key, &value, expected) {
-            Ok(version) => Ok(Some(version)),
-            Err(StorageError::Conflict) => Ok(None),
+            Ok(version) => Ok(Lease::Taken(version)),
+            // Another caller took it first; its version is learned on the next read.
+            Err(StorageError::Conflict) => Ok(Lease::Held(None)),
             Err(StorageError::Unavailable(why)) => Err(VaultError::Storage(why)),
         }
     }

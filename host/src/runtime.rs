@@ -24,7 +24,7 @@ use crate::config::Options;
 use crate::error::{Error, Result};
 use crate::http::{EgressHooks, EgressPolicy};
 use crate::keys::Keyring;
-use crate::storage::{self, Storage};
+use crate::storage::{self, Changes, Storage};
 
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
@@ -82,6 +82,9 @@ pub(crate) struct Runtime {
     /// failing to instantiate.
     slots: Arc<Semaphore>,
     pub(crate) services: Services,
+    /// Callers waiting for records to change (another caller's refresh), and the writes
+    /// that wake them.
+    changes: Arc<Changes>,
     pub(crate) egress: Arc<EgressPolicy>,
     pub(crate) sandbox: SandboxLimits,
     _ticker: EpochTicker,
@@ -97,6 +100,7 @@ pub(crate) struct HostState {
     hooks: EgressHooks,
     limits: StoreLimits,
     services: Services,
+    changes: Arc<Changes>,
 }
 
 impl WasiView for HostState {
@@ -140,7 +144,16 @@ impl Runtime {
             .map_err(|e| Error::Config(format!("cannot link the component: {e}")))?;
         let ticker = EpochTicker::start(engine.clone());
         let slots = Arc::new(Semaphore::new(sandbox.max_instances as usize));
-        Ok(Runtime { engine, pre, slots, services, egress: Arc::new(egress), sandbox, _ticker: ticker })
+        Ok(Runtime {
+            engine,
+            pre,
+            slots,
+            services,
+            changes: Arc::default(),
+            egress: Arc::new(egress),
+            sandbox,
+            _ticker: ticker,
+        })
     }
 
     /// A fresh instance in a fresh store, for one call (or one [`crate::Session`]), and the
@@ -157,6 +170,7 @@ impl Runtime {
             hooks: EgressHooks(self.egress.clone()),
             limits: StoreLimitsBuilder::new().memory_size(self.sandbox.memory_bytes).trap_on_grow_failure(true).build(),
             services: self.services.clone(),
+            changes: self.changes.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -326,11 +340,31 @@ impl wit_storage::Host for HostState {
         value: Vec<u8>,
         expected: Option<u64>,
     ) -> wasmtime::Result<Result<u64, wit_storage::StorageError>> {
-        Ok(self.services.storage.put(&key, &value, expected).await.map_err(storage_error))
+        let written = self.services.storage.put(&key, &value, expected).await;
+        if let Ok(version) = written {
+            self.changes.publish(&key, Some(version));
+        }
+        Ok(written.map_err(storage_error))
     }
 
     async fn delete(&mut self, key: String, expected: u64) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
-        Ok(self.services.storage.delete(&key, expected).await.map_err(storage_error))
+        let deleted = self.services.storage.delete(&key, expected).await;
+        if deleted.is_ok() {
+            self.changes.publish(&key, None);
+        }
+        Ok(deleted.map_err(storage_error))
+    }
+
+    async fn wait_for_change(
+        &mut self,
+        key: String,
+        seen: Option<u64>,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
+        // The deadline stops a guest only while it runs, so a wait ends before it.
+        let until_deadline = self.deadline.saturating_duration_since(Instant::now());
+        let timeout = Duration::from_millis(timeout_ms.into()).min(until_deadline);
+        Ok(self.changes.wait(&self.services.storage, &key, seen, timeout).await.map_err(storage_error))
     }
 
     async fn list(

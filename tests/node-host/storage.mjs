@@ -52,6 +52,23 @@ export class MemoryStorage {
   }
 }
 
+const WAIT_POLL_MS = 10;
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * The storage import's `wait-for-change`. jco calls imports synchronously, so nothing in
+ * this thread writes meanwhile: the record is read every 10 ms for other writers, and the
+ * thread blocks in between.
+ */
+export function waitForChange(storage, key, seen, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (storage.get(key)?.version === seen) {
+    const left = deadline - Date.now();
+    if (left <= 0) return;
+    Atomics.wait(pause, 0, 0, Math.min(WAIT_POLL_MS, left));
+  }
+}
+
 // The Rust host's SQLite format (one file for all three hosts): a file either host wrote,
 // the other reads.
 const SCHEMA = readFileSync(new URL('../../host/src/storage/sqlite.sql', import.meta.url), 'utf8');

@@ -19,6 +19,7 @@ import * as clocks from '@bytecodealliance/preview2-shim/clocks';
 import * as http from '@bytecodealliance/preview2-shim/http';
 import * as io from '@bytecodealliance/preview2-shim/io';
 import * as random from '@bytecodealliance/preview2-shim/random';
+import { waitForChange } from './storage.mjs';
 
 /** The Rust host's keyring file: `{ active, keys: { id: base64 } }`. */
 export class Keyring {
@@ -148,6 +149,7 @@ export async function openVault({ component, storage, keyring, allowedOrigins = 
       put: (key, value, expected) => storage.put(key, value, expected),
       delete: (key, expected) => storage.delete(key, expected),
       list: (prefix, cursor, limit) => storage.list(prefix, cursor, limit),
+      waitForChange: (key, seen, timeoutMs) => waitForChange(storage, key, seen, timeoutMs),
     },
     'tokenvault:vault/keyring': keyring.import,
     'tokenvault:vault/audit': { emit: (event) => audit.push(event) },

@@ -178,3 +178,36 @@ def test_a_version_conflict_reaches_the_component_which_retries() -> None:
     vault.call("tokens", "store", key("dora"), grant)
     assert storage.raced
     assert vault.call("tokens", "get", key("dora")).access_token == grant.access_token
+
+
+class GivingUpHolder(MemoryStorage):
+    """Another process holds `lease_key`, then gives up without a result: its lease
+    vanishes on the third read, while the component waits in wait-for-change."""
+
+    def __init__(self, lease_key: str) -> None:
+        super().__init__()
+        self.lease_key = lease_key
+        lease = {"holder": "another-process", "expires_at_ms": int(time.time() * 1000) + 40_000}
+        self.lease_version = self.put(lease_key, json.dumps(lease).encode(), None)
+        self.lease_reads = 0
+
+    def get(self, key: str) -> tuple[bytes, int] | None:
+        if key == self.lease_key:
+            self.lease_reads += 1
+            if self.lease_reads == 3:
+                self.delete(key, self.lease_version)
+        return super().get(key)
+
+
+def test_a_refresh_waits_on_another_holders_lease_and_takes_it_once_released() -> None:
+    storage = GivingUpHolder("lease/acme/erin/idp/default")
+    vault = Vault(COMPONENT, storage, Keyring.create(), allow_http=True)
+    register_provider(vault)
+    grant = real_grant()
+    vault.call("tokens", "store", key("erin"), grant)
+    before = refreshes_seen()
+    refreshed = vault.call("tokens", "refresh", key("erin"))
+    assert storage.lease_reads > 3, "the caller waited on the lease, then took it"
+    assert refreshes_seen() == before + 1, "it refreshed once itself"
+    assert refreshed.access_token != grant.access_token
+    assert storage.records.get(storage.lease_key) is None, "and released its own lease"

@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,6 +32,8 @@ from wasmtime.component import Component, Linker, Record, ResultType, Variant, V
 PACKAGE = "tokenvault:vault"
 VERSION = "0.1.0"
 WASI_HTTP_HANDLER = "wasi:http/outgoing-handler@0.2.12"
+# How often a caller waiting for another's refresh reads the record (wait-for-change).
+WAIT_POLL_SECONDS = 0.01
 
 
 class VaultError(Exception):
@@ -304,8 +307,29 @@ class Vault:
             keys, next_cursor = storage.list(prefix, cursor, limit)
             return "ok", record(keys=keys, cursor=next_cursor)
 
+        def version_of(key: str) -> int | None:
+            entry = storage.get(key)
+            return None if entry is None else entry[1]
+
+        def wait_for_change(key: str, seen: int | None, timeout_ms: int) -> tuple[str, Any]:
+            # Imports are called synchronously, so nothing in this thread writes meanwhile:
+            # read the record every 10 ms for other threads' and processes' writes.
+            deadline = time.monotonic() + timeout_ms / 1000
+            while version_of(key) == seen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                time.sleep(min(WAIT_POLL_SECONDS, left))
+            return "ok", None
+
         return {
-            "storage": {"get": get, "put": put, "delete": delete, "list": list_keys},
+            "storage": {
+                "get": get,
+                "put": put,
+                "delete": delete,
+                "list": list_keys,
+                "wait-for-change": wait_for_change,
+            },
             "keyring": {
                 "active-key": lambda: ("ok", record(id=keyring.active, material=keyring.keys[keyring.active])),
                 "key-by-id": lambda key_id: ("ok", keyring.keys.get(key_id)),

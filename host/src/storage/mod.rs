@@ -4,6 +4,7 @@
 //! that was never used for that key before (one counter per store), so a stale writer is
 //! fenced off by compare-and-swap even after a delete and re-create.
 
+mod changes;
 mod memory;
 mod postgres;
 mod redis;
@@ -12,6 +13,7 @@ mod sqlite;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use changes::Changes;
 pub use memory::MemoryStorage;
 pub use postgres::PostgresStorage;
 pub use redis::RedisStorage;

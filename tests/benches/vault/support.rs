@@ -189,6 +189,10 @@ impl Platform for NativePlatform {
     fn storage_list(&self, _: &str, _: Option<&str>, _: u32) -> Result<KeyPage, StorageError> {
         Err(StorageError::Unavailable("read-only".into()))
     }
+    /// Nothing writes here, so a wait would only time out; the benchmark's gets never wait.
+    fn storage_wait_for_change(&self, _: &str, _: Option<u64>, _: u32) -> Result<(), StorageError> {
+        Err(StorageError::Unavailable("read-only".into()))
+    }
     fn active_key(&self) -> Result<SealingKey, String> {
         Ok(SealingKey { id: self.key.0.clone(), material: self.key.1.clone() })
     }

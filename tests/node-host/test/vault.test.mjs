@@ -165,6 +165,32 @@ test('refresh goes to the real token endpoint through the allow-listed HTTP shim
   assert.deepEqual(vault.deniedRequests, []);
 });
 
+test("a refresh waits on another holder's lease and takes it once released", async () => {
+  const storage = new MemoryStorage();
+  const vault = await openVault({ component, storage, keyring: Keyring.create(), allowedOrigins: [issuer] });
+  registerProvider(vault);
+  const { grant } = await realGrant();
+  vault.tokens.store(key('erin'), grant);
+  // Another process holds the lease, then gives up without a result: its lease vanishes
+  // on the third read, while the component waits in wait-for-change.
+  const leaseKey = 'lease/acme/erin/idp/default';
+  const lease = JSON.stringify({ holder: 'another-process', expires_at_ms: Date.now() + 40_000 });
+  const leaseVersion = storage.put(leaseKey, new TextEncoder().encode(lease), undefined);
+  let leaseReads = 0;
+  const get = storage.get.bind(storage);
+  storage.get = (k) => {
+    if (k === leaseKey && ++leaseReads === 3) storage.delete(leaseKey, leaseVersion);
+    return get(k);
+  };
+
+  const before = await refreshesSeen();
+  const refreshed = vault.tokens.refresh(key('erin'));
+  assert.ok(leaseReads > 3, `the caller waited on the lease, then took it (${leaseReads} reads)`);
+  assert.equal(await refreshesSeen(), before + 1, 'it refreshed once itself');
+  assert.notEqual(refreshed.accessToken, grant.accessToken);
+  assert.equal(get(leaseKey), undefined, 'and released its own lease');
+});
+
 test('a request to an origin the host does not allow is refused before it leaves', async () => {
   const vault = await openVault({
     component,
