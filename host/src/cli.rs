@@ -7,11 +7,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
+use tokenvault::serve::ApiKeys;
 use tokenvault::storage::StorageUrl;
 use tokenvault::{ClientAuth, ConnectionKey, Error, Options, ProviderConfig, Result, TemplateRef, TokenGrant, Vault};
 
 mod connect;
 mod inspect;
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "tokenvault", version, about = "OAuth token custody in a WebAssembly sandbox")]
@@ -79,6 +81,16 @@ enum Command {
     RevokeAll { tenant: String, user: String },
     /// A guided tour: store, list and read back a token, and look at the sealed record.
     Demo,
+    /// Run the HTTP service for backends: the token API under /v1 (OpenAPI at
+    /// /openapi.json), /healthz and /readyz. On first start it prints an operator API key.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "TOKENVAULT_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Manage the API keys that callers of `serve` present.
+    #[command(subcommand)]
+    Apikey(ApikeyCommand),
     /// Show what the component exports and imports, what this host grants each import
     /// (egress, storage, keyring, audit, limits; never environment, arguments, files,
     /// sockets or stdin), and its SHA-256 for pinning.
@@ -90,6 +102,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// Make a key for one tenant's connections (or, with --operator, for every tenant and
+    /// the provider registry). Prints it once; only its hash is kept.
+    Create {
+        #[arg(required_unless_present = "operator", conflicts_with = "operator")]
+        tenant: Option<String>,
+        #[arg(long)]
+        operator: bool,
+    },
+    /// List keys: id, scope and creation time (never a key).
+    Ls,
+    /// Revoke a key by its id: requests presenting it fail from now on.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -219,7 +247,9 @@ enum TokenCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Ok(mut filter) = std::env::var("TOKENVAULT_LOG") {
+    // A service logs its requests by default; a command logs only when asked.
+    let default_filter = matches!(cli.command, Command::Serve { .. }).then(|| "info".to_owned());
+    if let Some(mut filter) = std::env::var("TOKENVAULT_LOG").ok().or(default_filter) {
         // The compiler traces every instruction it emits: millions of lines, minutes of
         // work. Keep it quiet unless asked for by name.
         if !filter.contains("cranelift") && !filter.contains("regalloc") {
@@ -229,6 +259,7 @@ pub fn main() -> ExitCode {
         }
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .init();
     }
@@ -304,6 +335,17 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo => demo(&vault, &cli.data_dir).await,
+        Command::Serve { listen } => serve::run(vault, listen).await,
+        Command::Apikey(ApikeyCommand::Create { tenant, operator: _ }) => serve::create_key(&vault, tenant).await,
+        Command::Apikey(ApikeyCommand::Ls) => {
+            print_json(&ApiKeys::of(&vault).list().await?);
+            Ok(())
+        }
+        Command::Apikey(ApikeyCommand::Revoke { id }) => {
+            ApiKeys::of(&vault).revoke(&id).await?;
+            print_json(&serde_json::json!({ "revoked": id }));
+            Ok(())
+        }
         Command::Inspect { .. } => unreachable!("handled before the vault opens"),
     }
 }

@@ -87,4 +87,25 @@ impl serde::Serialize for Error {
     }
 }
 
+/// The OpenAPI schema of an error's JSON form.
+impl utoipa::PartialSchema for Error {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .property(
+                "error",
+                ObjectBuilder::new().schema_type(Type::String).description(Some(
+                    "not-found, invalid-input, reconnect-required, provider-error, storage, integrity, \
+                     egress-denied, sandbox, config; the API adds unauthorized and forbidden",
+                )),
+            )
+            .required("error")
+            .property("message", ObjectBuilder::new().schema_type(Type::String))
+            .required("message")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Error {}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConnectionKey {
     pub tenant: String,
     pub user: String,
@@ -27,7 +27,7 @@ impl ConnectionKey {
 }
 
 /// A usable token set, as `get` and `refresh` return it.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TokenSet {
     pub access_token: String,
     pub token_type: String,
@@ -50,7 +50,7 @@ impl fmt::Debug for TokenSet {
 }
 
 /// A token response as a provider returns it (RFC 6749 §5.1), e.g. read from stdin.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 pub struct TokenGrant {
     pub access_token: String,
     /// Defaults to `Bearer` when a response omits it.
@@ -98,27 +98,35 @@ fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
 }
 
 impl TokenGrant {
-    /// Parse a token response. Errors name the problem and its place, never a value
-    /// (serde's own messages can quote one).
+    /// Parse a token response.
     pub fn from_json(json: &[u8]) -> Result<Self, crate::Error> {
-        serde_json::from_slice(json).map_err(|e| {
-            let (line, column) = (e.line(), e.column());
-            let text = e.to_string();
-            let why = match e.classify() {
-                serde_json::error::Category::Data if text.starts_with("missing field") => {
-                    text.split(" at line").next().unwrap_or("missing field").to_owned()
-                }
-                serde_json::error::Category::Data => {
-                    format!("a field has the wrong type (line {line}, column {column})")
-                }
-                _ => format!("not valid JSON (line {line}, column {column})"),
-            };
-            crate::Error::InvalidInput(format!("token response: {why}"))
-        })
+        parse_json("token response", json)
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Parse `what` from JSON. Errors name the problem and its place, never a value (serde's
+/// own messages can quote one).
+pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, json: &[u8]) -> Result<T, crate::Error> {
+    serde_json::from_slice(json).map_err(|e| {
+        let (line, column) = (e.line(), e.column());
+        let text = e.to_string();
+        let why = match e.classify() {
+            serde_json::error::Category::Data
+                if text.starts_with("missing field") || text.starts_with("unknown field") =>
+            {
+                // "unknown field `x`, expected one of …": the name of a field, not a value.
+                text.split(" at line").next().unwrap_or("unexpected field").to_owned()
+            }
+            serde_json::error::Category::Data => {
+                format!("a field has the wrong type (line {line}, column {column})")
+            }
+            _ => format!("not valid JSON (line {line}, column {column})"),
+        };
+        crate::Error::InvalidInput(format!("{what}: {why}"))
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConnectionStatus {
     Active,
@@ -126,7 +134,7 @@ pub enum ConnectionStatus {
 }
 
 /// How a connection's access token is renewed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConnectionKind {
     /// A user's delegated tokens, renewed with the refresh token.
@@ -136,7 +144,7 @@ pub enum ConnectionKind {
 }
 
 /// A connection's metadata: never a value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConnectionInfo {
     pub provider: String,
     pub name: String,
@@ -148,7 +156,7 @@ pub struct ConnectionInfo {
     pub updated_at: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// HTTP Basic authentication (RFC 6749 §2.3.1), the default.
@@ -157,7 +165,10 @@ pub enum ClientAuth {
     ClientSecretPost,
 }
 
-#[derive(Clone, Default, PartialEq, Eq)]
+/// A provider to register. Endpoints come from a template, or from the issuer's metadata,
+/// or are given; a given one overrides the others. Every field but `client_id` is optional.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProviderConfig {
     pub name: String,
     /// A built-in template (github, google, microsoft, slack, discord, gitlab).
@@ -172,6 +183,8 @@ pub struct ProviderConfig {
     pub client_secret: Option<String>,
     pub client_auth: Option<ClientAuth>,
     pub scopes: Vec<String>,
+    /// Extra parameters of the authorization request, as `[name, value]` pairs.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub authorization_params: Vec<(String, String)>,
     pub refresh_buffer_secs: Option<u32>,
 }
@@ -197,7 +210,7 @@ impl fmt::Debug for ProviderConfig {
 }
 
 /// A built-in provider template and its parameter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TemplateRef {
     pub name: String,
     /// Microsoft: the directory tenant (default "common").
@@ -205,7 +218,7 @@ pub struct TemplateRef {
 }
 
 /// A registered provider, without its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProviderInfo {
     pub name: String,
     pub template: Option<String>,
@@ -218,13 +231,14 @@ pub struct ProviderInfo {
     pub has_client_secret: bool,
     pub client_auth: ClientAuth,
     pub scopes: Vec<String>,
+    #[schema(value_type = Vec<Vec<String>>)]
     pub authorization_params: Vec<(String, String)>,
     pub refresh_buffer_secs: u32,
     pub updated_at: u64,
 }
 
 /// Where to send a user's browser to connect an account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuthorizationRequest {
     pub url: String,
     /// The opaque state the provider sends back to the redirect URI.
@@ -234,7 +248,7 @@ pub struct AuthorizationRequest {
 }
 
 /// A connection a completed flow made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Connected {
     pub key: ConnectionKey,
     pub info: ConnectionInfo,
@@ -243,7 +257,7 @@ pub struct Connected {
 /// A one-time, short-lived code that starts connecting a user's account (see
 /// [`crate::Vault::open_link`]). It lets its holder connect an account to that user, so
 /// show it only to them; `Debug` redacts it.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ConnectLink {
     pub code: String,
     /// Unix seconds.
@@ -257,7 +271,7 @@ impl fmt::Debug for ConnectLink {
 }
 
 /// What [`crate::Vault::get_or_link`] found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TokenOrLink {
     Token(TokenSet),
@@ -267,7 +281,7 @@ pub enum TokenOrLink {
 
 /// What became of a removed connection's tokens at the provider. The connection is
 /// deleted locally whatever the provider answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum UpstreamRevocation {
     /// The provider accepted revoking the refresh token and the access token (RFC 7009).
@@ -279,7 +293,7 @@ pub enum UpstreamRevocation {
 }
 
 /// A removed connection and what happened upstream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RemovalReceipt {
     pub provider: String,
     pub name: String,
@@ -287,7 +301,7 @@ pub struct RemovalReceipt {
 }
 
 /// A started device flow (RFC 8628): what to show the user, and the handle to poll.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DeviceAuthorization {
     pub handle: String,
     pub user_code: String,
@@ -299,7 +313,7 @@ pub struct DeviceAuthorization {
     pub expires_at: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeviceStatus {
     /// The user has not finished: poll again after this many seconds.

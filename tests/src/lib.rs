@@ -407,3 +407,106 @@ impl tokenvault::storage::Storage for FlakyStorage {
         format!("flaky {}", self.inner.describe())
     }
 }
+
+/// `tokenvault serve` on a free loopback port, its stdout and logs collected as they come.
+/// Stopped with SIGTERM when dropped (or by [`Served::stop`]).
+pub struct Served {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// The operator key a fresh service prints, when it printed one.
+    pub first_key: Option<String>,
+    /// Everything it printed so far, stdout and stderr (the logs).
+    pub printed: std::sync::Arc<std::sync::Mutex<String>>,
+    agent: ureq::Agent,
+}
+
+impl Tokenvault {
+    /// Start `tokenvault serve`; returns once it listens (a first key is printed before that).
+    pub fn serve(&self) -> Served {
+        let mut child = Command::new(tokenvault_bin())
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(&self.args)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("TOKENVAULT_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tokenvault serve");
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (lines, first_lines) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let (printed, lines) = (printed.clone(), lines.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { return };
+                    printed.lock().unwrap().push_str(&format!("{line}\n"));
+                    let _ = lines.send(line);
+                }
+            });
+        }
+        drop(lines);
+        let (mut url, mut first_key) = (None, None);
+        while url.is_none() {
+            let line = first_lines
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("serve did not start: {}", printed.lock().unwrap()));
+            if let Some(key) = line.strip_prefix("First API key (operator): ") {
+                first_key = Some(key.trim().to_owned());
+            }
+            if let Some(rest) = line.strip_prefix("tokenvault is serving ") {
+                url = Some(rest.split_whitespace().next().unwrap().to_owned());
+            }
+        }
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        Served { child, url: url.unwrap(), first_key, printed, agent }
+    }
+}
+
+impl Served {
+    /// One request: `(status, JSON body or Null)`; `key` goes in `Authorization: Bearer`.
+    pub fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+        let (status, text) = self.call_text(method, path, key, body.map(Value::to_string).as_deref());
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// One request with a raw body: `(status, body text)`.
+    pub fn call_text(&self, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> (u16, String) {
+        let request = http_request(method, &format!("{}{path}", self.url));
+        let request = match key {
+            Some(key) => request.header("authorization", format!("Bearer {key}")),
+            None => request,
+        };
+        let response = match body {
+            Some(body) => {
+                self.agent.run(request.header("content-type", "application/json").body(body.to_owned()).unwrap())
+            }
+            None => self.agent.run(request.body(()).unwrap()),
+        };
+        let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (response.status().as_u16(), response.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    /// Send SIGTERM and wait for the exit: whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+fn http_request(method: &str, url: &str) -> ureq::http::request::Builder {
+    ureq::http::Request::builder().method(method).uri(url)
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}

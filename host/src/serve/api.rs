@@ -1,0 +1,216 @@
+//! The JSON API under `/v1`, mirroring the CLI: tokens of a tenant's users, and the
+//! provider registry. Every handler takes a [`Caller`], so no request reaches the vault
+//! without a valid key, and checks that key's scope before anything else.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::api_error::ApiError;
+use super::auth::Caller;
+use crate::error::Error;
+use crate::types::{
+    ConnectionInfo, ConnectionKey, ProviderConfig, ProviderInfo, RemovalReceipt, TokenGrant, TokenSet, parse_json,
+};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tokenvault",
+        description = "OAuth token custody: backends store, read fresh and remove their users' tokens. \
+                       Every request needs `Authorization: Bearer <API key>` (`tokenvault apikey create`). \
+                       Errors are `{\"error\": kind, \"message\": …}`; no response but a token endpoint's \
+                       ever holds a token value."
+    ),
+    modifiers(&BearerAuth),
+    security(("api_key" = [])),
+    tags(
+        (name = "tokens", description = "A tenant's users' connections"),
+        (name = "providers", description = "The OAuth providers, shared by all tenants"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("api_key", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_connections, revoke_all))
+        .routes(routes!(put_connection, remove_connection))
+        .routes(routes!(get_token))
+        .routes(routes!(refresh_token))
+        .routes(routes!(list_providers))
+        .routes(routes!(get_provider, put_provider, remove_provider))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct UserPath {
+    tenant: String,
+    user: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct ConnectionPath {
+    tenant: String,
+    user: String,
+    provider: String,
+    /// Which of the user's connections to this provider ("default" unless you keep several).
+    name: String,
+}
+
+impl ConnectionPath {
+    fn key(&self, caller: &Caller) -> Result<ConnectionKey, ApiError> {
+        caller.for_tenant(&self.tenant)?;
+        Ok(ConnectionKey::new(&self.tenant, &self.user, &self.provider, &self.name))
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct ProviderPath {
+    name: String,
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// The user's connections: metadata only.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/users/{user}/connections", tag = "tokens", params(UserPath),
+    responses((status = 200, body = Vec<ConnectionInfo>), (status = "4XX", body = Error)))]
+async fn list_connections(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<UserPath>,
+) -> ApiResult<Vec<ConnectionInfo>> {
+    caller.for_tenant(&path.tenant)?;
+    Ok(Json(state.vault.list(&path.tenant, &path.user).await?))
+}
+
+/// Remove every connection of the user, revoking each at its provider: one receipt each.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/users/{user}/connections", tag = "tokens", params(UserPath),
+    responses((status = 200, body = Vec<RemovalReceipt>), (status = "4XX", body = Error)))]
+async fn revoke_all(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<UserPath>,
+) -> ApiResult<Vec<RemovalReceipt>> {
+    caller.for_tenant(&path.tenant)?;
+    Ok(Json(state.vault.revoke_all(&path.tenant, &path.user).await?))
+}
+
+/// Seal and store a token response (RFC 6749 section 5.1), replacing what the connection held.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}", tag = "tokens",
+    params(ConnectionPath), request_body = TokenGrant,
+    responses((status = 200, body = ConnectionInfo), (status = "4XX", body = Error)))]
+async fn put_connection(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<ConnectionPath>,
+    body: Bytes,
+) -> ApiResult<ConnectionInfo> {
+    let key = path.key(&caller)?;
+    let grant = TokenGrant::from_json(&body)?;
+    Ok(Json(state.vault.store(&key, &grant).await?))
+}
+
+/// Revoke the connection's tokens at the provider (RFC 7009), then delete it here.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}", tag = "tokens",
+    params(ConnectionPath), responses((status = 200, body = RemovalReceipt), (status = "4XX", body = Error)))]
+async fn remove_connection(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<ConnectionPath>,
+) -> ApiResult<RemovalReceipt> {
+    Ok(Json(state.vault.remove(&path.key(&caller)?).await?))
+}
+
+/// A token fresh enough to use, refreshed first when it is about to expire.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}/token", tag = "tokens",
+    params(ConnectionPath),
+    responses((status = 200, body = TokenSet), (status = 409, description = "reconnect-required", body = Error),
+        (status = "4XX", body = Error), (status = 502, description = "the provider failed", body = Error)))]
+async fn get_token(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<ConnectionPath>,
+) -> ApiResult<TokenSet> {
+    Ok(Json(state.vault.get(&path.key(&caller)?).await?))
+}
+
+/// Refresh now, whatever the expiry.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}/refresh",
+    tag = "tokens", params(ConnectionPath),
+    responses((status = 200, body = TokenSet), (status = 409, description = "reconnect-required", body = Error),
+        (status = "4XX", body = Error), (status = 502, description = "the provider failed", body = Error)))]
+async fn refresh_token(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<ConnectionPath>,
+) -> ApiResult<TokenSet> {
+    Ok(Json(state.vault.refresh(&path.key(&caller)?).await?))
+}
+
+/// The registered providers, without their secrets.
+#[utoipa::path(get, path = "/v1/providers", tag = "providers",
+    responses((status = 200, body = Vec<ProviderInfo>), (status = "4XX", body = Error)))]
+async fn list_providers(_caller: Caller, State(state): State<AppState>) -> ApiResult<Vec<ProviderInfo>> {
+    Ok(Json(state.vault.providers().await?))
+}
+
+#[utoipa::path(get, path = "/v1/providers/{name}", tag = "providers", params(ProviderPath),
+    responses((status = 200, body = ProviderInfo), (status = "4XX", body = Error)))]
+async fn get_provider(
+    _caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<ProviderPath>,
+) -> ApiResult<ProviderInfo> {
+    Ok(Json(state.vault.provider(&path.name).await?))
+}
+
+/// Add a provider, or replace the one of that name (operator keys only).
+#[utoipa::path(put, path = "/v1/providers/{name}", tag = "providers", params(ProviderPath),
+    request_body = ProviderConfig,
+    responses((status = 200, body = ProviderInfo), (status = "4XX", body = Error)))]
+async fn put_provider(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<ProviderPath>,
+    body: Bytes,
+) -> ApiResult<ProviderInfo> {
+    caller.operator()?;
+    let mut config: ProviderConfig = parse_json("provider", &body)?;
+    if !config.name.is_empty() && config.name != path.name {
+        return Err(
+            Error::InvalidInput(format!("the body names provider {}, the path {}", config.name, path.name)).into()
+        );
+    }
+    config.name = path.name;
+    Ok(Json(state.vault.put_provider(&config).await?))
+}
+
+/// Remove a provider (operator keys only); connections to it are kept.
+#[utoipa::path(delete, path = "/v1/providers/{name}", tag = "providers", params(ProviderPath),
+    responses((status = 204), (status = "4XX", body = Error)))]
+async fn remove_provider(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<ProviderPath>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    caller.operator()?;
+    state.vault.remove_provider(&path.name).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,54 @@
+//! How the API answers a failure: `{"error": kind, "message": …}` with a fitting status.
+//! Messages come from the vault's errors and the checks here, which never hold a value.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::Error;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No credentials, or ones that are wrong, expired or revoked.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// Valid credentials that do not reach this tenant or operation.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Vault(#[from] Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Vault(err) => match err {
+                Error::NotFound(_) => StatusCode::NOT_FOUND,
+                Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
+                // The request is fine; the connection's state is not: the user must connect again.
+                Error::ReconnectRequired(_) => StatusCode::CONFLICT,
+                Error::Provider(_) | Error::EgressDenied(_) => StatusCode::BAD_GATEWAY,
+                Error::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Error::Integrity(_) | Error::Sandbox(_) | Error::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match self {
+            ApiError::Vault(err) => serde_json::to_value(&err).expect("errors serialize"),
+            ApiError::Unauthorized(message) => serde_json::json!({ "error": "unauthorized", "message": message }),
+            ApiError::Forbidden(message) => serde_json::json!({ "error": "forbidden", "message": message }),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert("www-authenticate", "Bearer".parse().expect("a valid header value"));
+        }
+        response
+    }
+}

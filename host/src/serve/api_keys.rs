@@ -1,0 +1,232 @@
+//! API keys for the backends that call `tokenvault serve`.
+//!
+//! A key is `tvk_<id>_<secret>`: the id names it (to list and revoke it), the secret is
+//! 32 random bytes. Only the SHA-256 of the whole key is kept, in the vault's storage
+//! under `apikey/<id>` beside the component's records (so every `serve` process on one
+//! database knows the same keys); the key itself is shown once, when it is created. A
+//! 256-bit random secret needs no slow hash: there is nothing to guess from its digest.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::storage::{Storage, StorageError};
+
+const PREFIX: &str = "tvk_";
+const ID_BYTES: usize = 6;
+const RECORD_PREFIX: &str = "apikey/";
+
+/// What a key may reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// One tenant's connections; the provider registry read-only.
+    Tenant(String),
+    /// Every tenant, and the provider registry.
+    Operator,
+}
+
+impl Scope {
+    pub fn allows_tenant(&self, tenant: &str) -> bool {
+        match self {
+            Scope::Operator => true,
+            Scope::Tenant(own) => own == tenant,
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Operator => f.write_str("operator"),
+            Scope::Tenant(tenant) => write!(f, "tenant {tenant}"),
+        }
+    }
+}
+
+/// A key as listed: never the key, never its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub scope: Scope,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// A key just created: the only time `key` is known.
+#[derive(Serialize)]
+pub struct NewApiKey {
+    pub key: String,
+    #[serde(flatten)]
+    pub info: ApiKeyInfo,
+}
+
+impl std::fmt::Debug for NewApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewApiKey").field("key", &"<redacted>").field("info", &self.info).finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyRecord {
+    scope: Scope,
+    sha256: String,
+    created_at: u64,
+}
+
+#[derive(Clone)]
+pub struct ApiKeys {
+    storage: Arc<dyn Storage>,
+    clock: Clock,
+}
+
+impl ApiKeys {
+    pub fn new(storage: Arc<dyn Storage>, clock: Clock) -> Self {
+        ApiKeys { storage, clock }
+    }
+
+    /// The keys kept in `vault`'s storage.
+    pub fn of(vault: &crate::Vault) -> Self {
+        let services = vault.services();
+        ApiKeys::new(services.storage.clone(), services.clock.clone())
+    }
+
+    pub async fn create(&self, scope: Scope) -> Result<NewApiKey> {
+        if let Scope::Tenant(tenant) = &scope
+            && tenant.is_empty()
+        {
+            return Err(Error::InvalidInput("a tenant key needs a tenant".into()));
+        }
+        let mut id = [0u8; ID_BYTES];
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut id).and_then(|()| getrandom::fill(&mut secret)).map_err(|e| {
+            Error::Config(format!("no randomness for an API key: {e}")) // not a value: the OS error
+        })?;
+        let id = hex::encode(id);
+        let key = format!("{PREFIX}{id}_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+        let created_at = self.clock.now().as_secs();
+        let record = KeyRecord { scope: scope.clone(), sha256: digest(&key), created_at };
+        let value = serde_json::to_vec(&record).expect("key records serialize");
+        self.storage.put(&record_key(&id), &value, None).await.map_err(storage_error)?;
+        Ok(NewApiKey { key, info: ApiKeyInfo { id, scope, created_at } })
+    }
+
+    /// Every key, by id.
+    pub async fn list(&self) -> Result<Vec<ApiKeyInfo>> {
+        let mut keys = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.storage.list(RECORD_PREFIX, cursor.as_deref(), 100).await.map_err(storage_error)?;
+            for storage_key in &page.keys {
+                let id = &storage_key[RECORD_PREFIX.len()..];
+                if let Some((record, _)) = self.record(id).await? {
+                    keys.push(ApiKeyInfo { id: id.to_owned(), scope: record.scope, created_at: record.created_at });
+                }
+            }
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    /// Delete a key: requests presenting it fail from now on.
+    pub async fn revoke(&self, id: &str) -> Result<()> {
+        let Some((_, version)) = self.record(id).await? else {
+            return Err(Error::NotFound(format!("no API key {id}")));
+        };
+        match self.storage.delete(&record_key(id), version).await {
+            Ok(()) | Err(StorageError::Conflict) => Ok(()), // gone already
+            Err(e) => Err(storage_error(e)),
+        }
+    }
+
+    /// The key's scope, if `presented` is a key that exists; `None` for anything else.
+    pub async fn verify(&self, presented: &str) -> Result<Option<ApiKeyInfo>> {
+        let Some((id, _secret)) = presented.strip_prefix(PREFIX).and_then(|rest| rest.split_once('_')) else {
+            return Ok(None);
+        };
+        if id.len() != 2 * ID_BYTES || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let Some((record, _)) = self.record(id).await? else {
+            return Ok(None);
+        };
+        let matches: bool = digest(presented).as_bytes().ct_eq(record.sha256.as_bytes()).into();
+        Ok(matches.then(|| ApiKeyInfo { id: id.to_owned(), scope: record.scope, created_at: record.created_at }))
+    }
+
+    async fn record(&self, id: &str) -> Result<Option<(KeyRecord, u64)>> {
+        let Some(entry) = self.storage.get(&record_key(id)).await.map_err(storage_error)? else {
+            return Ok(None);
+        };
+        let record = serde_json::from_slice(&entry.value)
+            .map_err(|e| Error::Integrity(format!("API key record {id} is unreadable: {e}")))?;
+        Ok(Some((record, entry.version)))
+    }
+}
+
+fn record_key(id: &str) -> String {
+    format!("{RECORD_PREFIX}{id}")
+}
+
+fn digest(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn storage_error(e: StorageError) -> Error {
+    Error::Storage(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    fn keys() -> (ApiKeys, Arc<dyn Storage>) {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
+        (ApiKeys::new(storage.clone(), Clock::system()), storage)
+    }
+
+    #[tokio::test]
+    async fn a_created_key_verifies_and_only_its_digest_is_stored() {
+        let (keys, storage) = keys();
+        let new = keys.create(Scope::Tenant("acme".into())).await.unwrap();
+        assert!(new.key.starts_with("tvk_") && new.key.len() > 50);
+        assert_eq!(keys.verify(&new.key).await.unwrap(), Some(new.info.clone()));
+        let stored = storage.get(&record_key(&new.info.id)).await.unwrap().unwrap();
+        let stored = String::from_utf8(stored.value).unwrap();
+        let secret = new.key.rsplit('_').next().unwrap();
+        assert!(!stored.contains(secret), "the secret is stored: {stored}");
+        assert!(!format!("{new:?}").contains(secret), "Debug shows the key");
+        assert_eq!(keys.list().await.unwrap(), vec![new.info]);
+    }
+
+    #[tokio::test]
+    async fn wrong_malformed_and_revoked_keys_fail() {
+        let (keys, _) = keys();
+        let new = keys.create(Scope::Operator).await.unwrap();
+        let mut tampered = new.key.clone();
+        let last = tampered.pop().unwrap();
+        tampered.push(if last == 'A' { 'B' } else { 'A' });
+        for presented in [tampered.as_str(), "", "tvk_", "tvk_zz_secret", "Bearer x", &new.key[4..]] {
+            assert_eq!(keys.verify(presented).await.unwrap(), None, "{presented:?}");
+        }
+        keys.revoke(&new.info.id).await.unwrap();
+        assert_eq!(keys.verify(&new.key).await.unwrap(), None);
+        assert!(matches!(keys.revoke(&new.info.id).await, Err(Error::NotFound(_))));
+        assert!(keys.list().await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_tenant_key_reaches_its_tenant_only() {
+        assert!(Scope::Tenant("acme".into()).allows_tenant("acme"));
+        assert!(!Scope::Tenant("acme".into()).allows_tenant("globex"));
+        assert!(Scope::Operator.allows_tenant("globex"));
+    }
+}

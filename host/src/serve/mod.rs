@@ -1,0 +1,101 @@
+//! `tokenvault serve`: the vault as an HTTP service next to the backends that use it.
+//!
+//! [`router`] builds the whole service as an axum `Router` (an embedder may mount it in
+//! its own); [`serve`] runs it until a shutdown signal, finishing the calls in flight.
+
+mod api;
+mod api_error;
+pub mod api_keys;
+mod auth;
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+pub use api_error::ApiError;
+pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey, Scope};
+
+use crate::Vault;
+
+/// What every handler reaches.
+#[derive(Clone)]
+pub struct AppState {
+    pub vault: Vault,
+    pub api_keys: ApiKeys,
+}
+
+impl AppState {
+    pub fn new(vault: Vault) -> Self {
+        AppState { api_keys: ApiKeys::of(&vault), vault }
+    }
+}
+
+/// The service: the API under `/v1`, its OpenAPI description at `/openapi.json`, and
+/// `/healthz` (the process answers) and `/readyz` (and its storage does).
+pub fn router(state: AppState) -> axum::Router {
+    let (api, openapi) = api::routes().split_for_parts();
+    axum::Router::new()
+        .merge(api)
+        .route("/openapi.json", get(move || async move { Json(openapi) }))
+        .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/readyz", get(ready))
+        .fallback(not_found)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// Serve `router` on `listener` until `shutdown` completes; calls in flight then finish
+/// before this returns.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    // One read of a key nobody writes: proves the backend answers.
+    match state.vault.services().storage.get("readyz").await {
+        Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(e) => ApiError::from(crate::Error::Storage(e.to_string())).into_response(),
+    }
+}
+
+/// One log line per request: method, route template (`/v1/tenants/{tenant}/…`, never
+/// the concrete path or query, which may hold codes and state), status and duration.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    let route = route.as_deref().unwrap_or("(no route)");
+    let ms = (started.elapsed().as_secs_f64() * 1e3 * 10.0).round() / 10.0;
+    if status.is_server_error() {
+        tracing::warn!(%method, %route, status = status.as_u16(), ms, "request failed");
+    } else {
+        tracing::info!(%method, %route, status = status.as_u16(), ms, "request");
+    }
+    response
+}
+
+/// The first key of a fresh service: when no API key exists yet, an operator key, so
+/// whoever started the service can call it and make tenant keys.
+pub async fn first_key(api_keys: &ApiKeys) -> crate::Result<Option<NewApiKey>> {
+    if !api_keys.list().await?.is_empty() {
+        return Ok(None);
+    }
+    api_keys.create(Scope::Operator).await.map(Some)
+}
+
+/// Not found, as JSON like every other error.
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": "not-found", "message": "no such endpoint" })))
+}

@@ -1,0 +1,239 @@
+//! `tokenvault serve` as a backend meets it: the real binary on loopback, a real OAuth
+//! server, API keys made with the CLI, every endpoint, its auth failures, and a scan of
+//! every response and log line for the values it must never show.
+
+use serde_json::{Value, json};
+use tokenvault_tests::{OAuthServer, Served, Tokenvault};
+
+const CONN: &str = "/v1/tenants/acme/users/alice/connections";
+
+fn provider_body(server: &OAuthServer) -> Value {
+    json!({
+        "token_url": server.token_url(),
+        "authorization_url": format!("{}/auth", server.issuer),
+        "revocation_url": format!("{}/token/revocation", server.issuer),
+        "client_id": "vault-basic",
+        "client_secret": server.basic_secret,
+        "client_auth": "client_secret_basic",
+        "scopes": ["openid", "offline_access"],
+        "authorization_params": [["prompt", "consent"]],
+    })
+}
+
+/// A key the CLI makes while `serve` runs on the same data directory.
+fn tenant_key(cli: &Tokenvault, tenant: &str) -> (String, String) {
+    let made = cli.run(&["apikey", "create", tenant], None).json();
+    (made["key"].as_str().unwrap().to_owned(), made["id"].as_str().unwrap().to_owned())
+}
+
+struct Scan {
+    /// Values that may appear only in the bodies of the token endpoints.
+    secrets: Vec<String>,
+    /// Every response body that is not a token endpoint's.
+    bodies: Vec<String>,
+}
+
+impl Scan {
+    fn checked(
+        &mut self,
+        served: &Served,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let (status, answer) = served.call(method, path, key, body);
+        self.bodies.push(answer.to_string());
+        (status, answer)
+    }
+
+    fn assert_clean(&self, served: &Served) {
+        let printed = served.printed.lock().unwrap().clone();
+        for secret in &self.secrets {
+            for body in &self.bodies {
+                assert!(!body.contains(secret.as_str()), "a response shows a secret: {body}");
+            }
+            assert!(!printed.contains(secret.as_str()), "the output shows a secret:\n{printed}");
+        }
+    }
+}
+
+#[test]
+fn every_endpoint_answers_its_callers_and_only_them() {
+    let server = OAuthServer::start(600);
+    let cli = Tokenvault::new(&[&server.origin()]);
+    let served = cli.serve();
+    let operator = served.first_key.clone().expect("a fresh service prints its first key");
+    let mut scan = Scan { secrets: vec![server.basic_secret.clone()], bodies: Vec::new() };
+
+    // Unauthenticated: health, readiness and the description only.
+    assert_eq!(served.call("GET", "/healthz", None, None).0, 200);
+    assert_eq!(served.call("GET", "/readyz", None, None), (200, json!({ "status": "ready" })));
+    let (status, openapi) = served.call("GET", "/openapi.json", None, None);
+    assert_eq!(status, 200);
+    for path in [
+        "/v1/providers",
+        "/v1/providers/{name}",
+        "/v1/tenants/{tenant}/users/{user}/connections",
+        "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}",
+        "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}/token",
+        "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}/refresh",
+    ] {
+        assert!(openapi["paths"][path].is_object(), "{path} is not described");
+    }
+    assert_eq!(openapi["components"]["securitySchemes"]["api_key"]["scheme"], "bearer");
+
+    // No key, a malformed one, an unknown one: 401 before anything else.
+    for key in [None, Some("nonsense"), Some("tvk_000000000000_AAAA")] {
+        let (status, answer) = scan.checked(&served, "GET", "/v1/providers", key, None);
+        assert_eq!((status, answer["error"].as_str()), (401, Some("unauthorized")), "{key:?}: {answer}");
+    }
+
+    // The operator registers the provider; the secret goes in and never comes out.
+    let (status, provider) =
+        scan.checked(&served, "PUT", "/v1/providers/idp", Some(&operator), Some(&provider_body(&server)));
+    assert_eq!(status, 200, "{provider}");
+    assert_eq!((provider["name"].as_str(), provider["has_client_secret"].as_bool()), (Some("idp"), Some(true)));
+    let (status, listed) = scan.checked(&served, "GET", "/v1/providers", Some(&operator), None);
+    assert_eq!((status, listed.as_array().map(Vec::len)), (200, Some(1)));
+
+    // A tenant key: its tenant's connections, the registry read-only.
+    let (acme, acme_id) = tenant_key(&cli, "acme");
+    let (status, _) = scan.checked(&served, "GET", "/v1/providers/idp", Some(&acme), None);
+    assert_eq!(status, 200);
+    let (status, answer) =
+        scan.checked(&served, "PUT", "/v1/providers/idp", Some(&acme), Some(&provider_body(&server)));
+    assert_eq!((status, answer["error"].as_str()), (403, Some("forbidden")));
+    let (status, answer) = scan.checked(&served, "DELETE", "/v1/providers/idp", Some(&acme), None);
+    assert_eq!(status, 403, "{answer}");
+
+    // put, get, refresh, list.
+    let grant = server.grant("vault-basic");
+    let (access, refresh) = (grant["access_token"].as_str().unwrap(), grant["refresh_token"].as_str().unwrap());
+    scan.secrets.extend([access.to_owned(), refresh.to_owned()]);
+    let (status, info) = scan.checked(&served, "PUT", &format!("{CONN}/idp/default"), Some(&acme), Some(&grant));
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["has_refresh_token"], true);
+    let (status, token) = served.call("GET", &format!("{CONN}/idp/default/token"), Some(&acme), None);
+    assert_eq!((status, token["access_token"].as_str()), (200, Some(access)));
+    let (status, renewed) = served.call("POST", &format!("{CONN}/idp/default/refresh"), Some(&acme), None);
+    assert_eq!(status, 200, "{renewed}");
+    assert_ne!(renewed["access_token"].as_str(), Some(access));
+    assert_eq!(server.refresh_stats().0, 1, "one refresh reached the provider");
+    let renewed_access = renewed["access_token"].as_str().unwrap().to_owned();
+    scan.secrets.extend([renewed_access.clone(), renewed["refresh_token"].as_str().unwrap().to_owned()]);
+    let (status, connections) = scan.checked(&served, "GET", CONN, Some(&acme), None);
+    assert_eq!(status, 200);
+    assert_eq!(connections.as_array().unwrap().len(), 1);
+    assert_eq!(connections[0]["provider"], "idp");
+
+    // Another tenant's connections are out of reach, whatever the method.
+    for (method, path) in [
+        ("GET", "/v1/tenants/globex/users/alice/connections".to_owned()),
+        ("DELETE", "/v1/tenants/globex/users/alice/connections".to_owned()),
+        ("GET", "/v1/tenants/globex/users/alice/connections/idp/default/token".to_owned()),
+        ("POST", "/v1/tenants/globex/users/alice/connections/idp/default/refresh".to_owned()),
+        ("DELETE", "/v1/tenants/globex/users/alice/connections/idp/default".to_owned()),
+    ] {
+        let (status, answer) = scan.checked(&served, method, &path, Some(&acme), None);
+        assert_eq!((status, answer["error"].as_str()), (403, Some("forbidden")), "{method} {path}");
+    }
+    let (status, _) =
+        scan.checked(&served, "PUT", "/v1/tenants/globex/users/x/connections/idp/default", Some(&acme), Some(&grant));
+    assert_eq!(status, 403);
+
+    // Errors in the API's shape, with fitting statuses.
+    let (status, answer) = scan.checked(&served, "GET", &format!("{CONN}/idp/other/token"), Some(&acme), None);
+    assert_eq!((status, answer["error"].as_str()), (404, Some("not-found")), "{answer}");
+    let (status, text) =
+        served.call_text("PUT", &format!("{CONN}/idp/bad"), Some(&acme), Some(r#"{"access_token": 12"#));
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["error"], "invalid-input");
+    let (status, answer) = scan.checked(&served, "GET", "/v1/nowhere", Some(&acme), None);
+    assert_eq!((status, answer["error"].as_str()), (404, Some("not-found")));
+    let (status, answer) = scan.checked(
+        &served,
+        "PUT",
+        "/v1/providers/other",
+        Some(&operator),
+        Some(&json!({ "name": "idp", "client_id": "x" })),
+    );
+    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid-input")), "{answer}");
+
+    // remove revokes upstream; revoke-all removes the rest.
+    let (status, receipt) = scan.checked(&served, "DELETE", &format!("{CONN}/idp/default"), Some(&acme), None);
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["upstream"]["outcome"], "revoked");
+    assert!(!server.is_active("vault-basic", &renewed_access), "the provider still honours the removed token");
+    for name in ["work", "home"] {
+        let grant = server.grant("vault-basic");
+        scan.secrets.extend([grant["access_token"].as_str().unwrap().to_owned()]);
+        assert_eq!(served.call("PUT", &format!("{CONN}/idp/{name}"), Some(&acme), Some(&grant)).0, 200);
+    }
+    let (status, receipts) = scan.checked(&served, "DELETE", CONN, Some(&acme), None);
+    assert_eq!(status, 200, "{receipts}");
+    assert_eq!(receipts.as_array().unwrap().len(), 2);
+    assert_eq!(scan.checked(&served, "GET", CONN, Some(&acme), None).1, json!([]));
+
+    // A revoked key stops working at once; the operator removes the provider.
+    cli.run(&["apikey", "revoke", &acme_id], None).json();
+    let (status, answer) = scan.checked(&served, "GET", CONN, Some(&acme), None);
+    assert_eq!((status, answer["error"].as_str()), (401, Some("unauthorized")));
+    let (status, text) = served.call_text("DELETE", "/v1/providers/idp", Some(&operator), None);
+    assert_eq!((status, text.as_str()), (204, ""));
+
+    // Keys are listed without themselves; the logs name routes, not paths.
+    let listed = cli.run(&["apikey", "ls"], None);
+    scan.secrets.extend([operator.clone(), acme.clone()]);
+    scan.bodies.push(listed.stdout.clone());
+    assert_eq!(listed.json().as_array().unwrap().len(), 1, "the operator's key remains");
+    let printed = served.printed.lock().unwrap().clone();
+    assert!(printed.contains("route=/v1/tenants/{tenant}/users/{user}/connections"), "{printed}");
+    assert!(!printed.contains("/users/alice"), "a log line holds a concrete path:\n{printed}");
+    // The first key is printed once, at start: remove that line before scanning the rest.
+    let printed_after_start = printed.replace(&format!("First API key (operator): {operator}"), "");
+    assert!(!printed_after_start.contains(&operator));
+    scan.secrets.retain(|s| *s != operator);
+    scan.assert_clean(&served);
+}
+
+#[test]
+fn a_restarted_service_keeps_its_keys_and_prints_none() {
+    let cli = Tokenvault::new(&[]);
+    let mut first = cli.serve();
+    let key = first.first_key.clone().unwrap();
+    assert!(first.stop(), "serve exits cleanly on SIGTERM");
+    let second = cli.serve();
+    assert_eq!(second.first_key, None);
+    assert_eq!(second.call("GET", "/v1/providers", Some(&key), None), (200, json!([])));
+}
+
+#[test]
+fn shutdown_finishes_the_calls_in_flight() {
+    let server = OAuthServer::start(600);
+    let cli = Tokenvault::new(&[&server.origin()]);
+    let mut served = cli.serve();
+    let operator = served.first_key.clone().unwrap();
+    assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&provider_body(&server))).0, 200);
+    let grant = server.grant("vault-basic");
+    assert_eq!(served.call("PUT", &format!("{CONN}/idp/default"), Some(&operator), Some(&grant)).0, 200);
+
+    // The provider takes 1.5 s to answer the refresh; SIGTERM arrives meanwhile.
+    server.fault(json!({ "delay_ms": 1500 }));
+    let (url, key) = (served.url.clone(), operator.clone());
+    let in_flight = std::thread::spawn(move || {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        let mut response = agent
+            .post(format!("{url}{CONN}/idp/default/refresh"))
+            .header("authorization", format!("Bearer {key}"))
+            .send_empty()
+            .unwrap();
+        (response.status().as_u16(), response.body_mut().read_json::<Value>().unwrap())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(served.stop(), "serve exits cleanly");
+    let (status, token) = in_flight.join().unwrap();
+    assert_eq!(status, 200, "{token}");
+    assert_ne!(token["access_token"], grant["access_token"]);
+    assert_eq!(server.refresh_stats().0, 1);
+}
