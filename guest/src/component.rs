@@ -344,7 +344,22 @@ impl Platform for Imports {
     }
 
     fn key_by_id(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
-        keyring::key_by_id(id)
+        // A key id always names the same material, so an instance that serves several calls
+        // (a host's session of one tenant) asks the host once per key: one import crossing
+        // less on every later `get`. The cache dies with the instance.
+        thread_local! {
+            static OPENING_KEYS: std::cell::RefCell<Vec<(String, Vec<u8>)>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        if let Some(material) =
+            OPENING_KEYS.with_borrow(|keys| keys.iter().find(|(k, _)| k == id).map(|(_, m)| m.clone()))
+        {
+            return Ok(Some(material));
+        }
+        let material = keyring::key_by_id(id)?;
+        if let Some(material) = &material {
+            OPENING_KEYS.with_borrow_mut(|keys| keys.push((id.to_owned(), material.clone())));
+        }
+        Ok(material)
     }
 
     fn audit(&self, event: model::AuditEvent) {

@@ -30,7 +30,14 @@ pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "tokenvault:vault/vault",
-        imports: { default: async | trappable },
+        // The keyring and the audit sink answer from memory (a file append at most), so
+        // they are plain calls: an async import costs a future and a fiber switch per call.
+        imports: {
+            "tokenvault:vault/keyring.active-key": trappable,
+            "tokenvault:vault/keyring.key-by-id": trappable,
+            "tokenvault:vault/audit.emit": trappable,
+            default: async | trappable,
+        },
         exports: { default: async },
         with: {
             "wasi:io": wasmtime_wasi::p2::bindings::io,
@@ -384,18 +391,18 @@ impl wit_storage::Host for HostState {
 }
 
 impl keyring::Host for HostState {
-    async fn active_key(&mut self) -> wasmtime::Result<Result<keyring::Key, String>> {
+    fn active_key(&mut self) -> wasmtime::Result<Result<keyring::Key, String>> {
         let (id, material) = self.services.keyring.active();
         Ok(Ok(keyring::Key { id: id.to_owned(), material: material.to_vec() }))
     }
 
-    async fn key_by_id(&mut self, id: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+    fn key_by_id(&mut self, id: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
         Ok(Ok(self.services.keyring.get(&id).map(|k| k.to_vec())))
     }
 }
 
 impl audit::Host for HostState {
-    async fn emit(&mut self, event: audit::Event) -> wasmtime::Result<()> {
+    fn emit(&mut self, event: audit::Event) -> wasmtime::Result<()> {
         use audit::{Action as A, Outcome as O};
         let action = match event.action {
             A::TokenStore => "token-store",
