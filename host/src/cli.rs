@@ -87,6 +87,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "TOKENVAULT_LISTEN", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Where browsers reach this service, e.g. https://vault.example.com: connect links
+        /// point there, and PUBLIC_URL/oauth/callback is the redirect URI [default: http://LISTEN].
+        #[arg(long, env = "TOKENVAULT_PUBLIC_URL", value_name = "URL")]
+        public_url: Option<String>,
     },
     /// Manage the API keys that callers of `serve` present.
     #[command(subcommand)]
@@ -335,7 +339,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo => demo(&vault, &cli.data_dir).await,
-        Command::Serve { listen } => serve::run(vault, listen).await,
+        Command::Serve { listen, public_url } => serve::run(vault, listen, public_url).await,
         Command::Apikey(ApikeyCommand::Create { tenant, operator: _ }) => serve::create_key(&vault, tenant).await,
         Command::Apikey(ApikeyCommand::Ls) => {
             print_json(&ApiKeys::of(&vault).list().await?);

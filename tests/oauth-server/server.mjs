@@ -39,6 +39,8 @@ const ACCESS_TTL = Number(process.env.ACCESS_TTL ?? 4);
 const DEVICE_INTERVAL = Number(process.env.DEVICE_INTERVAL ?? 1);
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 const REDIRECT_URI = 'http://127.0.0.1/callback';
+// The redirect URI of `tokenvault serve` on loopback (any port, as above).
+const SERVE_REDIRECT_URI = 'http://127.0.0.1/oauth/callback';
 const ACCOUNT = 'test-user';
 
 const server = http.createServer();
@@ -58,7 +60,7 @@ const clients = [
   application_type: 'native',
   grant_types: ['authorization_code', 'refresh_token', DEVICE_GRANT, ...(client_secret ? ['client_credentials'] : [])],
   response_types: ['code'],
-  redirect_uris: [REDIRECT_URI],
+  redirect_uris: [REDIRECT_URI, SERVE_REDIRECT_URI],
 }));
 
 const provider = new Provider(issuer, {

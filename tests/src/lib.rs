@@ -463,7 +463,8 @@ impl Tokenvault {
                 url = Some(rest.split_whitespace().next().unwrap().to_owned());
             }
         }
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        // Redirects are answers to check, not to follow.
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().new_agent();
         Served { child, url: url.unwrap(), first_key, printed, agent }
     }
 }
@@ -473,6 +474,14 @@ impl Served {
     pub fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> (u16, Value) {
         let (status, text) = self.call_text(method, path, key, body.map(Value::to_string).as_deref());
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A browser's GET of `url` (on this service): `(status, Location header, body text)`.
+    pub fn browse(&self, url: &str) -> (u16, Option<String>, String) {
+        let path = url.strip_prefix(&self.url).unwrap_or_else(|| panic!("{url} is not on {}", self.url));
+        let mut response = self.agent.get(format!("{}{path}", self.url)).call().unwrap();
+        let location = response.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
+        (response.status().as_u16(), location, response.body_mut().read_to_string().unwrap_or_default())
     }
 
     /// One request with a raw body: `(status, body text)`.

@@ -237,3 +237,72 @@ fn shutdown_finishes_the_calls_in_flight() {
     assert_ne!(token["access_token"], grant["access_token"]);
     assert_eq!(server.refresh_stats().0, 1);
 }
+
+#[test]
+fn a_user_connects_in_the_browser_through_a_link_the_backend_asked_for() {
+    let server = OAuthServer::start(600);
+    let cli = Tokenvault::new(&[&server.origin()]);
+    let served = cli.serve();
+    let operator = served.first_key.clone().unwrap();
+    assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&provider_body(&server))).0, 200);
+    let (acme, _) = tenant_key(&cli, "acme");
+
+    // The backend asks for a link for alice, who has no connection yet.
+    let (status, link) = served.call("POST", &format!("{CONN}/idp/default/link"), Some(&acme), None);
+    assert_eq!(status, 200, "{link}");
+    let link_url = link["url"].as_str().unwrap().to_owned();
+    assert!(link_url.starts_with(&format!("{}/connect/idp?link=", served.url)), "{link_url}");
+    let (status, _) =
+        served.call("POST", "/v1/tenants/globex/users/alice/connections/idp/default/link", Some(&acme), None);
+    assert_eq!(status, 403, "a key asks for links of its own tenant only");
+
+    // Alice's browser opens it, no key: off to the provider, which sends her back.
+    let (status, to_provider, _) = served.browse(&link_url);
+    assert_eq!(status, 303);
+    let to_provider = to_provider.expect("a Location");
+    assert!(to_provider.starts_with(&format!("{}/auth?", server.issuer)), "{to_provider}");
+    let callback = format!("{}/oauth/callback", served.url);
+    let redirect_uri =
+        url::Url::parse(&to_provider).unwrap().query_pairs().find(|(k, _)| k == "redirect_uri").unwrap().1.into_owned();
+    assert_eq!(redirect_uri, callback);
+    let back = server.authorize(&to_provider, false);
+    assert!(back.starts_with(&format!("{callback}?")), "{back}");
+    let (status, _, page) = served.browse(&back);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Connected") && page.contains("<strong>idp</strong>"), "{page}");
+
+    // The backend now finds the connection, with a refresh token, and a fresh token.
+    let (_, connections) = served.call("GET", CONN, Some(&acme), None);
+    assert_eq!(connections[0]["has_refresh_token"], true, "{connections}");
+    let (status, token) = served.call("GET", &format!("{CONN}/idp/default/token"), Some(&acme), None);
+    assert_eq!(status, 200);
+    let access = token["access_token"].as_str().unwrap();
+    assert!(server.is_active("vault-basic", access));
+    assert!(!page.contains(access), "the result page shows the token");
+
+    // The link is spent, and the callback works once.
+    for url in [&link_url, &back] {
+        let (status, location, page) = served.browse(url);
+        assert!((400..500).contains(&status), "{url}: {status} {page}");
+        assert_eq!(location, None);
+        assert!(page.contains("Not connected"), "{page}");
+    }
+
+    // A user who refuses at the provider sees why, and nothing is stored.
+    let (_, link) = served.call("POST", &format!("{CONN}/idp/work/link"), Some(&acme), None);
+    let (_, to_provider, _) = served.browse(link["url"].as_str().unwrap());
+    let back = server.authorize(&to_provider.unwrap(), true);
+    let (status, _, page) = served.browse(&back);
+    assert_ne!(status, 200, "{page}");
+    assert!(page.contains("Not connected") && page.contains("access_denied"), "{page}");
+    assert_eq!(served.call("GET", CONN, Some(&acme), None).1.as_array().unwrap().len(), 1);
+
+    // A made-up or missing link code is refused, as a page.
+    for url in [format!("{}/connect/idp?link=made-up", served.url), format!("{}/connect/idp", served.url)] {
+        let (status, _, page) = served.browse(&url);
+        assert!((400..500).contains(&status), "{url}: {status}");
+        assert!(page.contains("Not connected"));
+    }
+    let printed = served.printed.lock().unwrap().clone();
+    assert!(!printed.contains(access) && !printed.contains("link="), "the log holds a value or a link:\n{printed}");
+}

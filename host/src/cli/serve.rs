@@ -5,13 +5,15 @@ use std::net::SocketAddr;
 use tokenvault::serve::{self, ApiKeys, AppState, Scope};
 use tokenvault::{Error, Result, Vault};
 
-pub async fn run(vault: Vault, listen: SocketAddr) -> Result<()> {
-    let state = AppState::new(vault);
-    let first_key = serve::first_key(&state.api_keys).await?;
+pub async fn run(vault: Vault, listen: SocketAddr, public_url: Option<String>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
     let address = listener.local_addr().map_err(|e| Error::Config(format!("no local address: {e}")))?;
+    let state = AppState::new(vault, &public_url.unwrap_or_else(|| format!("http://{address}")))?;
+    let first_key = serve::first_key(&state.api_keys).await?;
+    // Before the address is printed: whoever reads it may signal at once.
+    let shutdown = shutdown_signal()?;
     if let Some(new) = first_key {
         println!(
             "First API key ({}): {}\n  Shown once; only its hash is kept. `tokenvault apikey create TENANT` makes tenant keys.",
@@ -19,34 +21,34 @@ pub async fn run(vault: Vault, listen: SocketAddr) -> Result<()> {
         );
     }
     println!("tokenvault is serving http://{address}  (API /v1, OpenAPI /openapi.json; Ctrl-C stops)");
+    println!("Redirect URI to register at providers: {}", state.callback_url());
     tracing::info!(%address, "serving");
-    serve::serve(listener, serve::router(state), shutdown_signal())
+    serve::serve(listener, serve::router(state), shutdown)
         .await
         .map_err(|e| Error::Config(format!("the server failed: {e}")))?;
     tracing::info!("stopped: calls in flight finished");
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM (what service managers send).
-async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Ctrl-C or SIGTERM (what service managers send), listened for from now on.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind| signal(kind).map_err(|e| Error::Config(format!("cannot handle signals: {e}")));
+    let (mut interrupt, mut terminate) = (listen(SignalKind::interrupt())?, listen(SignalKind::terminate())?);
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 pub async fn create_key(vault: &Vault, tenant: Option<String>) -> Result<()> {

@@ -5,15 +5,16 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
 use super::api_error::ApiError;
 use super::auth::Caller;
+use super::connect;
 use crate::error::Error;
 use crate::types::{
     ConnectionInfo, ConnectionKey, ProviderConfig, ProviderInfo, RemovalReceipt, TokenGrant, TokenSet, parse_json,
@@ -52,6 +53,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(put_connection, remove_connection))
         .routes(routes!(get_token))
         .routes(routes!(refresh_token))
+        .routes(routes!(create_link))
         .routes(routes!(list_providers))
         .routes(routes!(get_provider, put_provider, remove_provider))
 }
@@ -162,6 +164,41 @@ async fn refresh_token(
     Path(path): Path<ConnectionPath>,
 ) -> ApiResult<TokenSet> {
     Ok(Json(state.vault.refresh(&path.key(&caller)?).await?))
+}
+
+#[derive(Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct LinkRequest {
+    /// Scopes to request instead of the provider's configured ones.
+    scopes: Option<Vec<String>>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ConnectLinkUrl {
+    /// Hand this to the user (and only to them): it works once, until `expires_at`, and
+    /// connects their account at the provider to this connection.
+    url: String,
+    /// Unix seconds.
+    expires_at: u64,
+}
+
+/// A one-time link (fifteen minutes) that connects the user's account in their browser,
+/// with no API key: for a user who has no connection yet or must reconnect.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}/link",
+    tag = "tokens", params(ConnectionPath), request_body(content = Option<LinkRequest>),
+    responses((status = 200, body = ConnectLinkUrl), (status = "4XX", body = Error)))]
+async fn create_link(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<ConnectionPath>,
+    body: Bytes,
+) -> ApiResult<ConnectLinkUrl> {
+    let key = path.key(&caller)?;
+    let request: LinkRequest =
+        if body.is_empty() { LinkRequest::default() } else { parse_json("link request", &body)? };
+    let link = state.vault.link(&key, request.scopes.as_deref()).await?;
+    let url = connect::link_url(&state.public_url, &key.provider, &link.code);
+    Ok(Json(ConnectLinkUrl { url, expires_at: link.expires_at }))
 }
 
 /// The registered providers, without their secrets.

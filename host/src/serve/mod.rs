@@ -7,6 +7,7 @@ mod api;
 mod api_error;
 pub mod api_keys;
 mod auth;
+mod connect;
 
 use std::time::Instant;
 
@@ -28,20 +29,35 @@ use crate::Vault;
 pub struct AppState {
     pub vault: Vault,
     pub api_keys: ApiKeys,
+    /// Where browsers reach this service (`http://127.0.0.1:8080`): connect links point
+    /// there, and `{public_url}/oauth/callback` is the redirect URI to register at providers.
+    pub public_url: String,
 }
 
 impl AppState {
-    pub fn new(vault: Vault) -> Self {
-        AppState { api_keys: ApiKeys::of(&vault), vault }
+    pub fn new(vault: Vault, public_url: &str) -> crate::Result<Self> {
+        let parsed = url::Url::parse(public_url)
+            .map_err(|e| crate::Error::Config(format!("the public URL {public_url:?} is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
+            return Err(crate::Error::Config(format!("the public URL {public_url:?} must be http(s) without a query")));
+        }
+        Ok(AppState { api_keys: ApiKeys::of(&vault), vault, public_url: public_url.trim_end_matches('/').to_owned() })
+    }
+
+    /// The redirect URI providers send browsers back to.
+    pub fn callback_url(&self) -> String {
+        format!("{}{}", self.public_url, connect::CALLBACK_PATH)
     }
 }
 
-/// The service: the API under `/v1`, its OpenAPI description at `/openapi.json`, and
-/// `/healthz` (the process answers) and `/readyz` (and its storage does).
+/// The service: the API under `/v1`, its OpenAPI description at `/openapi.json`, the
+/// connect flow's pages (`/connect/{provider}`, `/oauth/callback`), and `/healthz` (the
+/// process answers) and `/readyz` (and its storage does).
 pub fn router(state: AppState) -> axum::Router {
     let (api, openapi) = api::routes().split_for_parts();
     axum::Router::new()
         .merge(api)
+        .merge(connect::routes())
         .route("/openapi.json", get(move || async move { Json(openapi) }))
         .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))

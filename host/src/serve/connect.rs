@@ -1,0 +1,119 @@
+//! Connecting an end user's account, in their browser, with no API key of theirs.
+//!
+//! The backend asks the API for a link (`POST …/connections/{provider}/{name}/link`) and
+//! hands it to its user. The link carries a one-time code that the component made and
+//! keeps sealed (15 minutes): `GET /connect/{provider}?link=CODE` spends it and sends the
+//! browser to the provider (PKCE, with `{public URL}/oauth/callback` as the redirect URI),
+//! and `GET /oauth/callback` completes the flow, stores the tokens and shows a result page.
+
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
+
+use super::AppState;
+use super::api_error::ApiError;
+
+pub const CALLBACK_PATH: &str = "/oauth/callback";
+
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new().route("/connect/{provider}", get(open)).route(CALLBACK_PATH, get(callback))
+}
+
+/// Where a link for `provider` with `code` points.
+pub fn link_url(public_url: &str, provider: &str, code: &str) -> String {
+    let mut url = url::Url::parse(public_url).expect("AppState::new checked the public URL");
+    url.path_segments_mut().expect("an http(s) URL").pop_if_empty().extend(["connect", provider]);
+    url.query_pairs_mut().append_pair("link", code);
+    url.into()
+}
+
+#[derive(Deserialize)]
+struct OpenQuery {
+    link: Option<String>,
+}
+
+/// The link's provider in the path is decoration for the user: the link names its own
+/// connection, so the path is not read.
+async fn open(
+    State(state): State<AppState>,
+    Path(_provider): Path<String>,
+    Query(query): Query<OpenQuery>,
+) -> Response {
+    let Some(code) = query.link.filter(|c| !c.is_empty()) else {
+        return failure_page(StatusCode::BAD_REQUEST, "This connect link is incomplete: it has no link code.");
+    };
+    match state.vault.open_link(&code, &state.callback_url()).await {
+        // 303: the browser follows with a GET, whatever brought it here.
+        Ok(request) => Redirect::to(&request.url).into_response(),
+        Err(err) => {
+            let error = ApiError::from(err);
+            failure_page(error.status(), &format!("This link cannot be used: {}", message(&error)))
+        }
+    }
+}
+
+async fn callback(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    match state.vault.complete(query.as_deref().unwrap_or_default()).await {
+        Ok(connected) => page(
+            StatusCode::OK,
+            "Connected",
+            html! {
+                p.badge.ok { "Connected" }
+                p { "Your " strong { (connected.key.provider) } " account is connected. You can close this window." }
+            },
+        ),
+        Err(err) => {
+            let error = ApiError::from(err);
+            failure_page(error.status(), &format!("Connecting failed: {}", message(&error)))
+        }
+    }
+}
+
+/// The error's message alone (its kind is for programs).
+fn message(error: &ApiError) -> String {
+    let text = error.to_string();
+    text.split_once(": ").map_or(text.clone(), |(_, message)| message.to_owned())
+}
+
+fn failure_page(status: StatusCode, text: &str) -> Response {
+    page(status, "Not connected", html! { p.badge.failed { "Not connected" } p { (text) } })
+}
+
+/// A small page; maud escapes every value put in it.
+fn page(status: StatusCode, title: &str, body: Markup) -> Response {
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · tokenvault" }
+                style { (maud::PreEscaped(STYLE)) }
+            }
+            body { main { h1 { (title) } (body) } }
+        }
+    };
+    (status, Html(markup.into_string())).into_response()
+}
+
+pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}\
+main{max-width:40rem;margin:4rem auto;padding:2rem;background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002}\
+.badge{display:inline-block;padding:.2rem .6rem;border-radius:1rem;font-size:.9rem;font-weight:600}\
+.ok{background:#d8f5de;color:#126b2a}.failed{background:#fde2e1;color:#8a1c17}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_urls_escape_their_parts() {
+        assert_eq!(link_url("http://127.0.0.1:8080", "github", "abc"), "http://127.0.0.1:8080/connect/github?link=abc");
+        assert_eq!(
+            link_url("https://vault.example/base/", "a b", "x&y"),
+            "https://vault.example/base/connect/a%20b?link=x%26y"
+        );
+    }
+}
