@@ -64,6 +64,19 @@ impl tokens::Guest for Component {
         Ok(vault().revoke_all(&tenant, &user)?.into_iter().map(Into::into).collect())
     }
 
+    fn due_for_refresh(horizon_secs: u32, cursor: Option<String>, limit: u32) -> WitResult<tokens::DuePage> {
+        let page = vault().due_for_refresh(horizon_secs, cursor.as_deref(), limit)?;
+        Ok(tokens::DuePage { keys: page.keys.into_iter().map(Into::into).collect(), cursor: page.cursor })
+    }
+
+    fn refresh_if_due(key: wit::ConnectionKey, horizon_secs: u32) -> WitResult<tokens::RefreshOutcome> {
+        Ok(match vault().refresh_if_due(&key.into(), horizon_secs)? {
+            model::RefreshOutcome::NotDue => tokens::RefreshOutcome::NotDue,
+            model::RefreshOutcome::Refreshed => tokens::RefreshOutcome::Refreshed,
+            model::RefreshOutcome::NotRenewable => tokens::RefreshOutcome::NotRenewable,
+        })
+    }
+
     fn store(key: wit::ConnectionKey, grant: wit::TokenGrant) -> WitResult<wit::ConnectionInfo> {
         let grant = model::TokenGrant {
             access_token: grant.access_token,
@@ -161,10 +174,7 @@ impl connect::Guest for Component {
 }
 
 fn connected(key: model::ConnectionKey, info: model::ConnectionInfo) -> connect::Connected {
-    connect::Connected {
-        key: wit::ConnectionKey { tenant: key.tenant, user: key.user, provider: key.provider, name: key.name },
-        info: info.into(),
-    }
+    connect::Connected { key: key.into(), info: info.into() }
 }
 
 // ---- conversions ------------------------------------------------------------------
@@ -172,6 +182,12 @@ fn connected(key: model::ConnectionKey, info: model::ConnectionInfo) -> connect:
 impl From<wit::ConnectionKey> for model::ConnectionKey {
     fn from(k: wit::ConnectionKey) -> Self {
         model::ConnectionKey { tenant: k.tenant, user: k.user, provider: k.provider, name: k.name }
+    }
+}
+
+impl From<model::ConnectionKey> for wit::ConnectionKey {
+    fn from(k: model::ConnectionKey) -> Self {
+        wit::ConnectionKey { tenant: k.tenant, user: k.user, provider: k.provider, name: k.name }
     }
 }
 

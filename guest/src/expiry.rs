@@ -34,6 +34,11 @@ pub fn is_expired(now: u64, expires_at: Option<u64>) -> bool {
     expires_at.is_some_and(|exp| now >= exp)
 }
 
+/// Whether a token expires within `horizon_secs` from `now` (never, when it does not expire).
+pub fn expires_within(now: u64, expires_at: Option<u64>, horizon_secs: u32) -> bool {
+    expires_at.is_some_and(|at| at <= now.saturating_add(u64::from(horizon_secs)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -233,3 +233,18 @@ impl<T> From<&crate::error::Result<T>> for AuditOutcome {
         }
     }
 }
+
+/// One page of connections due for background refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuePage {
+    pub keys: Vec<ConnectionKey>,
+    pub cursor: Option<String>,
+}
+
+/// What a background refresh of one connection did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    NotDue,
+    Refreshed,
+    NotRenewable,
+}

@@ -46,6 +46,9 @@ pub fn user_prefix(tenant: &str, user: &str) -> String {
 }
 
 /// The connection a storage key under [`user_prefix`] names.
+/// The prefix of every connection of every tenant.
+pub const ALL_TOKENS_PREFIX: &str = TOKEN_PREFIX;
+
 pub fn parse_token_key(storage_key: &str) -> Option<ConnectionKey> {
     let mut parts = storage_key.strip_prefix(TOKEN_PREFIX)?.split('/');
     let key = ConnectionKey {

@@ -120,6 +120,57 @@ impl<P: Platform> Vault<P> {
         result
     }
 
+    /// Background refresh, step one: of the next `limit` connections after `cursor` (every
+    /// tenant's), those that can be renewed and whose token expires within `horizon_secs`.
+    /// A record that fails to open is skipped here; `get` reports it.
+    pub fn due_for_refresh(&self, horizon_secs: u32, cursor: Option<&str>, limit: u32) -> Result<DuePage> {
+        if limit == 0 || limit > 1000 {
+            return Err(VaultError::InvalidInput("limit must be 1 to 1000".into()));
+        }
+        let page = self.platform.storage_list(record::ALL_TOKENS_PREFIX, cursor, limit).map_err(storage_error)?;
+        let now = self.now();
+        let mut keys = Vec::new();
+        for key in page.keys.iter().filter_map(|storage_key| record::parse_token_key(storage_key)) {
+            match self.load_token(&key) {
+                Ok((token, _))
+                    if token.status == ConnectionStatus::Active
+                        && token.renewable()
+                        && expiry::expires_within(now, token.expires_at, horizon_secs) =>
+                {
+                    keys.push(key)
+                }
+                Ok(_) | Err(VaultError::NotFound(_) | VaultError::Integrity(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(DuePage { keys, cursor: page.cursor })
+    }
+
+    /// Background refresh, step two: refresh `key` if its token still expires within
+    /// `horizon_secs`, through the same lease as every other caller, so a connection that
+    /// another process just renewed is left alone. Audited when it refreshed or failed.
+    pub fn refresh_if_due(&self, key: &ConnectionKey, horizon_secs: u32) -> Result<RefreshOutcome> {
+        let result = self.refresh_if_due_inner(key, horizon_secs);
+        if !matches!(result, Ok(RefreshOutcome::NotDue | RefreshOutcome::NotRenewable)) {
+            self.audit_token(AuditAction::TokenRefresh, key, AuditOutcome::from(&result));
+        }
+        result
+    }
+
+    fn refresh_if_due_inner(&self, key: &ConnectionKey, horizon_secs: u32) -> Result<RefreshOutcome> {
+        record::validate_key(key)?;
+        let (token, version) = self.load_token(key)?;
+        if token.status != ConnectionStatus::Active || !token.renewable() {
+            return Ok(RefreshOutcome::NotRenewable);
+        }
+        if !expiry::expires_within(self.now(), token.expires_at, horizon_secs) {
+            return Ok(RefreshOutcome::NotDue);
+        }
+        let provider = self.load_provider(&key.provider)?;
+        self.refresh_coordinated(key, token, version, &provider, Wanted::Renewed)?;
+        Ok(RefreshOutcome::Refreshed)
+    }
+
     fn store_inner(&self, key: &ConnectionKey, grant: TokenGrant) -> Result<ConnectionInfo> {
         record::validate_key(key)?;
         self.load_provider(&key.provider)?;
@@ -1140,6 +1191,52 @@ mod tests {
         assert!(matches!(&err, VaultError::Storage(m) if m.contains("could not be saved")), "{err}");
         assert_eq!(vault.platform().records.borrow().get(&record::token_key(&key())).cloned(), before);
         assert!(lease_of(&vault).is_none(), "the lease is released after a failed save");
+    }
+
+    #[test]
+    fn background_refresh_finds_due_connections_of_every_tenant_and_renews_each_once() {
+        let vault = vault();
+        let at = |tenant: &str, user: &str, name: &str| ConnectionKey::new(tenant, user, "acme", name);
+        vault.store(&at("t1", "alice", "soon"), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        vault.store(&at("t2", "bob", "soon"), grant("at-2", Some("rt-2"), Some(200))).unwrap();
+        vault.store(&at("t1", "alice", "later"), grant("at-3", Some("rt-3"), Some(3600))).unwrap();
+        vault.store(&at("t1", "alice", "no-refresh"), grant("at-4", None, Some(100))).unwrap();
+        vault.store(&at("t1", "alice", "forever"), grant("at-5", Some("rt-5"), None)).unwrap();
+
+        // Within 300 s: the two "soon" ones, over two pages of three.
+        let first = vault.due_for_refresh(300, None, 3).unwrap();
+        let rest = vault.due_for_refresh(300, first.cursor.as_deref(), 3).unwrap();
+        assert_eq!(rest.cursor, None);
+        let mut due: Vec<_> =
+            first.keys.iter().chain(&rest.keys).map(|k| (k.tenant.as_str(), k.name.as_str())).collect();
+        due.sort();
+        assert_eq!(due, [("t1", "soon"), ("t2", "soon")]);
+        assert!(matches!(vault.due_for_refresh(300, None, 0), Err(VaultError::InvalidInput(_))));
+
+        vault.platform().respond(json(200, ROTATED));
+        assert_eq!(vault.refresh_if_due(&at("t1", "alice", "soon"), 300).unwrap(), RefreshOutcome::Refreshed);
+        assert_eq!(vault.platform().requests.borrow().len(), 1);
+        // Renewed for 100 s: not due within 60 s any more; a second pass leaves it alone.
+        assert_eq!(vault.refresh_if_due(&at("t1", "alice", "soon"), 60).unwrap(), RefreshOutcome::NotDue);
+        assert_eq!(vault.refresh_if_due(&at("t1", "alice", "later"), 300).unwrap(), RefreshOutcome::NotDue);
+        assert_eq!(vault.refresh_if_due(&at("t1", "alice", "forever"), 300).unwrap(), RefreshOutcome::NotDue);
+        assert_eq!(vault.refresh_if_due(&at("t1", "alice", "no-refresh"), 300).unwrap(), RefreshOutcome::NotRenewable);
+        assert_eq!(vault.platform().requests.borrow().len(), 1, "only the due one went upstream");
+        assert_eq!(vault.get(&at("t1", "alice", "soon")).unwrap().access_token, "at-new");
+        let refresh_events =
+            vault.platform().events.borrow().iter().filter(|e| e.action == AuditAction::TokenRefresh).count();
+        assert_eq!(refresh_events, 1, "audited when it refreshed, not when there was nothing to do");
+    }
+
+    #[test]
+    fn background_refresh_leaves_a_dead_connection_for_the_user_to_reconnect() {
+        let vault = vault();
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        vault.platform().respond(json(400, r#"{"error":"invalid_grant"}"#));
+        assert!(matches!(vault.refresh_if_due(&key(), 300), Err(VaultError::ReconnectRequired(_))));
+        assert!(vault.due_for_refresh(300, None, 10).unwrap().keys.is_empty(), "no longer offered");
+        assert_eq!(vault.refresh_if_due(&key(), 300).unwrap(), RefreshOutcome::NotRenewable);
+        assert_eq!(vault.platform().requests.borrow().len(), 1);
     }
 }
 

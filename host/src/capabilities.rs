@@ -264,7 +264,20 @@ mod tests {
         assert!(grant("wasi:cli/environment").1.starts_with("nothing"));
         assert!(report.imports.iter().all(|i| i.granted.is_some()));
         let tokens = report.exports.iter().find(|e| e.name == "tokenvault:vault/tokens@0.1.0").unwrap();
-        assert_eq!(tokens.functions, ["get", "get-or-link", "list", "refresh", "remove", "revoke-all", "store"]);
+        assert_eq!(
+            tokens.functions,
+            [
+                "due-for-refresh",
+                "get",
+                "get-or-link",
+                "list",
+                "refresh",
+                "refresh-if-due",
+                "remove",
+                "revoke-all",
+                "store"
+            ]
+        );
         assert_eq!(report.component.sha256, hex::encode(Sha256::digest(crate::COMPONENT_WASM)));
     }
 

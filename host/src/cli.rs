@@ -91,6 +91,15 @@ enum Command {
         /// point there, and PUBLIC_URL/oauth/callback is the redirect URI [default: http://LISTEN].
         #[arg(long, env = "TOKENVAULT_PUBLIC_URL", value_name = "URL")]
         public_url: Option<String>,
+        /// Background refresh: look for tokens to renew every this many seconds (0: never).
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        refresh_every: u64,
+        /// Background refresh renews tokens that expire within this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        refresh_within: u64,
+        /// Background refresh sends at most this many refreshes a minute to one provider.
+        #[arg(long, value_name = "N", default_value_t = 120)]
+        refresh_rate: u32,
     },
     /// Manage the API keys that callers of `serve` present.
     #[command(subcommand)]
@@ -339,7 +348,14 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo => demo(&vault, &cli.data_dir).await,
-        Command::Serve { listen, public_url } => serve::run(vault, listen, public_url).await,
+        Command::Serve { listen, public_url, refresh_every, refresh_within, refresh_rate } => {
+            let schedule = (refresh_every > 0).then(|| tokenvault::scheduler::Schedule {
+                interval: std::time::Duration::from_secs(refresh_every),
+                horizon: std::time::Duration::from_secs(refresh_within),
+                per_provider_per_minute: refresh_rate,
+            });
+            serve::run(vault, serve::ServeArgs { listen, public_url, schedule }).await
+        }
         Command::Apikey(ApikeyCommand::Create { tenant, operator: _ }) => serve::create_key(&vault, tenant).await,
         Command::Apikey(ApikeyCommand::Ls) => {
             print_json(&ApiKeys::of(&vault).list().await?);

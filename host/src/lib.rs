@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod runtime;
+pub mod scheduler;
 pub mod serve;
 pub mod storage;
 pub mod types;

@@ -323,6 +323,26 @@ pub enum DeviceStatus {
     Connected(Connected),
 }
 
+/// One page of connections due for background refresh ([`crate::Vault::due_for_refresh`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuePage {
+    pub keys: Vec<ConnectionKey>,
+    /// Where the next page starts; none after the last.
+    pub cursor: Option<String>,
+}
+
+/// What [`crate::Vault::refresh_if_due`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefreshOutcome {
+    /// The token expires after the horizon (or never).
+    NotDue,
+    /// Renewed, by this call or by another caller it waited for.
+    Refreshed,
+    /// No refresh token, or the user must connect again.
+    NotRenewable,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

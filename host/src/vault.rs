@@ -1,7 +1,7 @@
 //! The typed API embedders call. Each call runs in a fresh instance of the component.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -122,6 +122,32 @@ impl Vault {
             vault.tokenvault_vault_tokens().call_revoke_all(&mut store, tenant, user).await,
         )
         .map(|receipts| receipts.into_iter().map(Into::into).collect())
+    }
+
+    /// Background refresh, step one: of the next `limit` connections after `cursor` (every
+    /// tenant's), those that can be renewed and whose token expires within `horizon`.
+    pub async fn due_for_refresh(&self, horizon: Duration, cursor: Option<&str>, limit: u32) -> Result<DuePage> {
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let page: wit_tokens::DuePage = finish(
+            vault.tokenvault_vault_tokens().call_due_for_refresh(&mut store, secs(horizon), cursor, limit).await,
+        )?;
+        Ok(DuePage {
+            keys: page.keys.into_iter().map(|k| ConnectionKey::new(k.tenant, k.user, k.provider, k.name)).collect(),
+            cursor: page.cursor,
+        })
+    }
+
+    /// Background refresh, step two: refresh `key` if its token still expires within
+    /// `horizon`, coordinated with every other caller (no value comes back).
+    pub async fn refresh_if_due(&self, key: &ConnectionKey, horizon: Duration) -> Result<RefreshOutcome> {
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let outcome: wit_tokens::RefreshOutcome =
+            finish(vault.tokenvault_vault_tokens().call_refresh_if_due(&mut store, &key.into(), secs(horizon)).await)?;
+        Ok(match outcome {
+            wit_tokens::RefreshOutcome::NotDue => RefreshOutcome::NotDue,
+            wit_tokens::RefreshOutcome::Refreshed => RefreshOutcome::Refreshed,
+            wit_tokens::RefreshOutcome::NotRenewable => RefreshOutcome::NotRenewable,
+        })
     }
 
     // ---- providers ------------------------------------------------------------------
@@ -306,6 +332,10 @@ impl Session {
 }
 
 /// One call's outcome: the component's answer, or the sandbox's failure.
+fn secs(duration: Duration) -> u32 {
+    u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
+}
+
 fn finish<T, U: From<T>>(result: wasmtime::Result<Result<T, wit::Error>>) -> Result<U> {
     match result {
         Ok(Ok(value)) => Ok(value.into()),

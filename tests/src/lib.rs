@@ -424,11 +424,17 @@ pub struct Served {
 impl Tokenvault {
     /// Start `tokenvault serve`; returns once it listens (a first key is printed before that).
     pub fn serve(&self) -> Served {
+        self.serve_with(&[])
+    }
+
+    /// `serve` with more options, e.g. `["--refresh-every", "1"]`.
+    pub fn serve_with(&self, options: &[&str]) -> Served {
         let mut child = Command::new(tokenvault_bin())
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .args(&self.args)
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(options)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("TOKENVAULT_LOG")
             .stdout(Stdio::piped())

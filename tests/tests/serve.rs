@@ -306,3 +306,43 @@ fn a_user_connects_in_the_browser_through_a_link_the_backend_asked_for() {
     let printed = served.printed.lock().unwrap().clone();
     assert!(!printed.contains(access) && !printed.contains("link="), "the log holds a value or a link:\n{printed}");
 }
+
+#[test]
+fn two_services_on_one_database_renew_tokens_before_they_expire_without_burning_one() {
+    let server = OAuthServer::start(8); // access tokens live 8 s
+    let cli = Tokenvault::new(&[&server.origin()]);
+    let schedule = ["--refresh-every", "1", "--refresh-within", "5"];
+    let first = cli.serve_with(&schedule);
+    let operator = first.first_key.clone().unwrap();
+    assert_eq!(first.call("PUT", "/v1/providers/idp", Some(&operator), Some(&provider_body(&server))).0, 200);
+    let mut stored = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let grant = server.grant("vault-basic");
+        assert_eq!(first.call("PUT", &format!("{CONN}/idp/{name}"), Some(&operator), Some(&grant)).0, 200);
+        stored.push((name, grant["access_token"].as_str().unwrap().to_owned()));
+    }
+    let second = cli.serve_with(&schedule);
+    assert_eq!(second.first_key, None, "the second service shares the first one's keys");
+
+    // Due 3 s after each renewal, both services passing every second: by 9 s every token
+    // has been renewed about twice, each time by one of them.
+    std::thread::sleep(std::time::Duration::from_secs(9));
+    let (ok, failed, invalid_grant) = server.refresh_stats();
+    assert_eq!((failed, invalid_grant), (0, 0), "a refresh token was used twice");
+    assert!(ok >= 4, "only {ok} refreshes");
+    let expected_at_most = 4 * 3; // one per token every 3 s at most
+    assert!(ok <= expected_at_most, "{ok} refreshes: duplicates");
+    let (_, connections) = second.call("GET", CONN, Some(&operator), None);
+    for connection in connections.as_array().unwrap() {
+        let expires_at = connection["expires_at"].as_u64().unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!(expires_at > now, "{connection} expired: the scheduler fell behind");
+    }
+    for (name, first_access) in stored {
+        let (status, token) = second.call("GET", &format!("{CONN}/idp/{name}/token"), Some(&operator), None);
+        assert_eq!(status, 200);
+        assert_ne!(token["access_token"].as_str().unwrap(), first_access, "{name} was never renewed");
+    }
+    let logs = format!("{}{}", first.printed.lock().unwrap(), second.printed.lock().unwrap());
+    assert!(logs.contains("background refresh") && logs.contains("refreshed="), "{logs}");
+}

@@ -2,10 +2,20 @@
 
 use std::net::SocketAddr;
 
+use tokenvault::scheduler::{self, Schedule};
 use tokenvault::serve::{self, ApiKeys, AppState, Scope};
 use tokenvault::{Error, Result, Vault};
 
-pub async fn run(vault: Vault, listen: SocketAddr, public_url: Option<String>) -> Result<()> {
+/// `serve`'s settings beyond the vault's.
+pub struct ServeArgs {
+    pub listen: SocketAddr,
+    pub public_url: Option<String>,
+    /// None: no background refresh.
+    pub schedule: Option<Schedule>,
+}
+
+pub async fn run(vault: Vault, args: ServeArgs) -> Result<()> {
+    let ServeArgs { listen, public_url, schedule } = args;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
@@ -23,9 +33,29 @@ pub async fn run(vault: Vault, listen: SocketAddr, public_url: Option<String>) -
     println!("tokenvault is serving http://{address}  (API /v1, OpenAPI /openapi.json; Ctrl-C stops)");
     println!("Redirect URI to register at providers: {}", state.callback_url());
     tracing::info!(%address, "serving");
-    serve::serve(listener, serve::router(state), shutdown)
+    // One signal stops both the server and the scheduler.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stopping = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let scheduler = schedule.map(|schedule| {
+        tracing::info!(
+            every_s = schedule.interval.as_secs(),
+            within_s = schedule.horizon.as_secs(),
+            "background refresh on"
+        );
+        tokio::spawn(scheduler::run(state.vault.clone(), schedule, stopped.clone()))
+    });
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    serve::serve(listener, serve::router(state), stopping(stopped))
         .await
         .map_err(|e| Error::Config(format!("the server failed: {e}")))?;
+    if let Some(scheduler) = scheduler {
+        let _ = scheduler.await;
+    }
     tracing::info!("stopped: calls in flight finished");
     Ok(())
 }

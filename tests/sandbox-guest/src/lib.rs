@@ -210,6 +210,15 @@ impl tokens::Guest for Component {
         unsupported()
     }
 
+    fn due_for_refresh(_horizon_secs: u32, _cursor: Option<String>, _limit: u32) -> WitResult<tokens::DuePage> {
+        unsupported()
+    }
+
+    fn refresh_if_due(key: wit::ConnectionKey, _horizon_secs: u32) -> WitResult<tokens::RefreshOutcome> {
+        misbehave(&key.user);
+        unsupported()
+    }
+
     fn store(key: wit::ConnectionKey, grant: wit::TokenGrant) -> WitResult<wit::ConnectionInfo> {
         misbehave(&key.user);
         let storage_key = storage_key(&key);
