@@ -271,8 +271,12 @@ pub struct LinkRecord {
     pub expires_at: u64,
 }
 
+/// A link is stored under the SHA-256 of its code, not the code: the code lets whoever
+/// holds it connect an account to the user, and storage keys are not sealed.
 pub fn link_key(code: &str) -> String {
-    format!("{LINK_PREFIX}{}", escape(code))
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(code.as_bytes());
+    format!("{LINK_PREFIX}{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 pub fn link_context(code: &str) -> [&str; 2] {
@@ -282,6 +286,16 @@ pub fn link_context(code: &str) -> [&str; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_is_stored_under_a_digest_of_its_code() {
+        let code = "Zq3-link-code-canary";
+        let key = link_key(code);
+        assert!(key.starts_with(LINK_PREFIX) && !key.contains("canary"), "{key}");
+        assert_eq!(key.len(), LINK_PREFIX.len() + 64);
+        assert_eq!(key, link_key(code));
+        assert_ne!(key, link_key("another code"));
+    }
 
     #[test]
     fn token_keys_round_trip_awkward_ids() {
