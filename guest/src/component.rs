@@ -171,6 +171,11 @@ impl connect::Guest for Component {
     fn connect_client(key: wit::ConnectionKey, scopes: Option<Vec<String>>) -> WitResult<wit::ConnectionInfo> {
         Ok(vault().connect_client(&key.into(), scopes)?.into())
     }
+
+    fn sweep_expired(cursor: Option<String>, limit: u32) -> WitResult<connect::SweepPage> {
+        let page = vault().sweep_expired(cursor.as_deref(), limit)?;
+        Ok(connect::SweepPage { deleted: page.deleted, cursor: page.cursor })
+    }
 }
 
 fn connected(key: model::ConnectionKey, info: model::ConnectionInfo) -> connect::Connected {

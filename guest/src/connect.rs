@@ -61,7 +61,8 @@ impl<P: Platform> Vault<P> {
     pub fn open_link(&self, code: &str, redirect_uri: &str) -> Result<AuthorizationRequest> {
         let unknown = || VaultError::InvalidInput("unknown, used or expired connect link".into());
         let taken = if is_random_token(code) {
-            self.take_sealed::<LinkRecord>(&record::link_key(code), &record::link_context(code))
+            let link_key = record::link_key(code);
+            self.take_sealed::<LinkRecord>(&link_key, &record::link_context(&link_key))
                 .and_then(|link| link.ok_or_else(unknown))
         } else {
             Err(unknown())
@@ -91,7 +92,8 @@ impl<P: Platform> Vault<P> {
         }
         let code = random_token()?;
         let link = LinkRecord { connection: key.clone(), scopes, expires_at: self.now() + LINK_TTL_SECS };
-        match self.put_sealed(&record::link_key(&code), &record::link_context(&code), &link, None)? {
+        let link_key = record::link_key(&code);
+        match self.put_sealed(&link_key, &record::link_context(&link_key), &link, None)? {
             Put::Written => Ok(ConnectLink { code, expires_at: link.expires_at }),
             Put::Conflict => Err(VaultError::Storage("a fresh random link code was already taken".into())),
         }

@@ -248,3 +248,10 @@ pub enum RefreshOutcome {
     Refreshed,
     NotRenewable,
 }
+
+/// What one step of the sweep of expired pending records did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepPage {
+    pub deleted: u32,
+    pub cursor: Option<String>,
+}

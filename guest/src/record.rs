@@ -279,13 +279,39 @@ pub fn link_key(code: &str) -> String {
     format!("{LINK_PREFIX}{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
-pub fn link_context(code: &str) -> [&str; 2] {
-    ["link", code]
+/// Sealed with the digest its key holds (not the code), so a sweep can open it.
+pub fn link_context(link_key: &str) -> [&str; 2] {
+    ["link", link_key.strip_prefix(LINK_PREFIX).unwrap_or(link_key)]
+}
+
+/// The one-time records (pending flows, device flows, connect links) that expire, in the
+/// order a sweep walks them.
+pub const PENDING_PREFIXES: [&str; 3] = [FLOW_PREFIX, DEVICE_PREFIX, LINK_PREFIX];
+
+/// A pending record's sealing context from its storage key: its kind and its id.
+pub fn pending_context(storage_key: &str) -> Option<(&'static str, String)> {
+    if let Some(state) = storage_key.strip_prefix(FLOW_PREFIX) {
+        Some(("flow", unescape(state)?))
+    } else if let Some(handle) = storage_key.strip_prefix(DEVICE_PREFIX) {
+        Some(("device", unescape(handle)?))
+    } else {
+        storage_key.strip_prefix(LINK_PREFIX).map(|digest| ("link", digest.to_owned()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_records_context_follows_from_its_key() {
+        let context = |key: &str| pending_context(key).map(|(kind, id)| [kind.to_owned(), id]);
+        assert_eq!(context(&flow_key("st8")), Some(flow_context("st8").map(String::from)));
+        assert_eq!(context(&device_key("h/1")), Some(device_context("h/1").map(String::from)));
+        let link = link_key("code");
+        assert_eq!(context(&link), Some(link_context(&link).map(String::from)));
+        assert_eq!(context("tok/a/b/c/d"), None);
+    }
 
     #[test]
     fn a_link_is_stored_under_a_digest_of_its_code() {

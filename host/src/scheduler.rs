@@ -6,7 +6,8 @@
 //! expiring within `horizon`, in a shuffled order, each under its provider's budget of
 //! refreshes per minute. `refresh_if_due` takes the same lease as every other caller and
 //! re-checks expiry under it, so any number of `serve` processes (and the callers they
-//! serve) cause one upstream refresh per token. Nothing here sees a token value.
+//! serve) cause one upstream refresh per token. Nothing here sees a token value. After
+//! each pass, a sweep deletes pending flows and connect links that expired over an hour ago.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -62,6 +63,10 @@ pub async fn run(vault: Vault, schedule: Schedule, mut stop: watch::Receiver<boo
                 "background refresh"
             );
         }
+        let swept = sweep(&vault, &stop).await;
+        if swept > 0 {
+            tracing::info!(deleted = swept, "swept expired pending flows and connect links");
+        }
     }
 }
 
@@ -98,6 +103,27 @@ pub async fn pass(
             None => return report,
         }
     }
+}
+
+/// Delete pending flows, device flows and connect links that expired over an hour ago.
+pub async fn sweep(vault: &Vault, stop: &watch::Receiver<bool>) -> u32 {
+    let (mut deleted, mut cursor) = (0, None);
+    while !*stop.borrow() {
+        match vault.sweep_expired(cursor.as_deref(), PAGE).await {
+            Ok((step, next)) => {
+                deleted += step;
+                match next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = err.kind(), "sweep failed; the next pass retries");
+                break;
+            }
+        }
+    }
+    deleted
 }
 
 async fn refresh_one(vault: &Vault, key: &ConnectionKey, horizon: Duration, report: &mut PassReport) {

@@ -150,6 +150,15 @@ impl Vault {
         })
     }
 
+    /// Housekeeping: one step of deleting pending flows, device flows and connect links
+    /// that expired over an hour ago; `(deleted, next cursor)`, the cursor none when done.
+    pub async fn sweep_expired(&self, cursor: Option<&str>, limit: u32) -> Result<(u32, Option<String>)> {
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let page: wit_connect::SweepPage =
+            finish(vault.tokenvault_vault_connect().call_sweep_expired(&mut store, cursor, limit).await)?;
+        Ok((page.deleted, page.cursor))
+    }
+
     // ---- providers ------------------------------------------------------------------
 
     pub async fn put_provider(&self, config: &ProviderConfig) -> Result<ProviderInfo> {

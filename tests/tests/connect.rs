@@ -237,3 +237,28 @@ async fn flows_links_and_device_codes_expire() {
     assert!(expired.to_string().contains("expired"), "{expired}");
     assert_eq!(server.device_polls_and_faults(), (0, 0), "an expired device code is not polled");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduler_sweeps_flows_and_links_an_hour_after_they_expire() {
+    let server = OAuthServer::start(60);
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open_vault(dir.path(), &[&server.origin()]).await;
+    vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
+    let abandoned = vault.begin(&key("dora"), REDIRECT, None).await.unwrap();
+    let link = vault.link(&key("dora"), None).await.unwrap();
+    let (_stop, running) = tokio::sync::watch::channel(false);
+    assert_eq!(tokenvault::scheduler::sweep(&vault, &running).await, 0, "nothing expired yet");
+
+    vault.services().clock.advance(std::time::Duration::from_secs(2 * 3600));
+    let kept = vault.link(&key("erin"), None).await.unwrap();
+    assert_eq!(tokenvault::scheduler::sweep(&vault, &running).await, 2);
+    let records = vault.services().storage.list("", None, 100).await.unwrap().keys;
+    assert!(!records.iter().any(|k| k.starts_with("flow/")), "{records:?}");
+    assert_eq!(records.iter().filter(|k| k.starts_with("link/")).count(), 1, "{records:?}");
+
+    // The abandoned flow's callback and the old link now find nothing; the new link works.
+    let location = server.authorize(&abandoned.url, false);
+    assert!(matches!(vault.complete(&query_of(&location)).await, Err(Error::InvalidInput(_))));
+    assert!(matches!(vault.open_link(&link.code, REDIRECT).await, Err(Error::InvalidInput(_))));
+    assert!(vault.open_link(&kept.code, REDIRECT).await.is_ok());
+}

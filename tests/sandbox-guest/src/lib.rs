@@ -288,4 +288,8 @@ impl connect::Guest for Component {
     fn connect_client(_key: wit::ConnectionKey, _scopes: Option<Vec<String>>) -> WitResult<wit::ConnectionInfo> {
         unsupported()
     }
+
+    fn sweep_expired(_cursor: Option<String>, _limit: u32) -> WitResult<connect::SweepPage> {
+        unsupported()
+    }
 }
