@@ -82,7 +82,8 @@ enum Command {
     /// A guided tour: store, list and read back a token, and look at the sealed record.
     Demo,
     /// Run the HTTP service for backends: the token API under /v1 (OpenAPI at
-    /// /openapi.json), /healthz and /readyz. On first start it prints an operator API key.
+    /// /openapi.json), the connect pages for end users, background refresh, /healthz and
+    /// /readyz. On first start it prints an operator API key.
     Serve {
         /// Address to listen on.
         #[arg(long, env = "TOKENVAULT_LISTEN", default_value = "127.0.0.1:8080")]
