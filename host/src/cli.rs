@@ -101,6 +101,16 @@ enum Command {
         /// Background refresh sends at most this many refreshes a minute to one provider.
         #[arg(long, value_name = "N", default_value_t = 120)]
         refresh_rate: u32,
+        /// Also accept JWTs signed by a key of this key set (with --jwt-issuer and
+        /// --jwt-audience); the tenant they act for is in --jwt-tenant-claim.
+        #[arg(long, value_name = "URL", requires_all = ["jwt_issuer", "jwt_audience"])]
+        jwks_url: Option<String>,
+        #[arg(long, value_name = "ISS", requires = "jwks_url")]
+        jwt_issuer: Option<String>,
+        #[arg(long, value_name = "AUD", requires = "jwks_url")]
+        jwt_audience: Option<String>,
+        #[arg(long, value_name = "CLAIM", default_value = "tenant")]
+        jwt_tenant_claim: String,
     },
     /// Manage the API keys that callers of `serve` present.
     #[command(subcommand)]
@@ -349,13 +359,29 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo => demo(&vault, &cli.data_dir).await,
-        Command::Serve { listen, public_url, refresh_every, refresh_within, refresh_rate } => {
+        Command::Serve {
+            listen,
+            public_url,
+            refresh_every,
+            refresh_within,
+            refresh_rate,
+            jwks_url,
+            jwt_issuer,
+            jwt_audience,
+            jwt_tenant_claim,
+        } => {
+            let jwt = jwks_url.map(|jwks_url| tokenvault::serve::jwt::JwtConfig {
+                jwks_url,
+                issuer: jwt_issuer.unwrap_or_default(),
+                audience: jwt_audience.unwrap_or_default(),
+                tenant_claim: jwt_tenant_claim,
+            });
             let schedule = (refresh_every > 0).then(|| tokenvault::scheduler::Schedule {
                 interval: std::time::Duration::from_secs(refresh_every),
                 horizon: std::time::Duration::from_secs(refresh_within),
                 per_provider_per_minute: refresh_rate,
             });
-            serve::run(vault, serve::ServeArgs { listen, public_url, schedule }).await
+            serve::run(vault, serve::ServeArgs { listen, public_url, jwt, schedule }).await
         }
         Command::Apikey(ApikeyCommand::Create { tenant, operator: _ }) => serve::create_key(&vault, tenant).await,
         Command::Apikey(ApikeyCommand::Ls) => {

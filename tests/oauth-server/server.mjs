@@ -13,6 +13,8 @@
 //   POST /__test/device  {user_code, deny}      act as the user on the device verification
 //                                               page: enter the code, log in and consent
 //                                               (or abort, with deny)
+//   GET  /__test/jwks                           the key set backend JWTs are signed with
+//   POST /__test/jwt     {claims, ttl}          a JWT with those claims (ES256), for ttl seconds
 //   POST /__test/fault   {status, body, content_type, delay_ms, reset, count}
 //                                               the next `count` token requests get this
 //   GET  /__test/stats                          counts of refresh-token grants by outcome,
@@ -28,6 +30,8 @@
 import http from 'node:http';
 import { createHash, randomBytes } from 'node:crypto';
 import Provider from 'oidc-provider';
+// oidc-provider's own JOSE library: signs the JWTs a company IdP would give its backends.
+import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 
 // stdout carries the ready line only: the harness stops reading after it, and a later
 // write there (oidc-provider's notices) would hit a closed pipe.
@@ -96,10 +100,30 @@ provider.on('grant.error', (ctx, err) => {
 const faults = [];
 let denyNext = false;
 
+// An ES256 key for backend JWTs (POST /__test/jwt), published at GET /__test/jwks.
+const jwtKeys = await generateKeyPair('ES256');
+const jwks = { keys: [{ ...(await exportJWK(jwtKeys.publicKey)), kid: 'backend-1', alg: 'ES256', use: 'sig' }] };
+
 // Test controls and fault injection, ahead of the provider's own routes.
 provider.use(async (ctx, next) => {
   if (ctx.path === '/__test/stats') {
     ctx.body = stats;
+    return;
+  }
+  if (ctx.path === '/__test/jwks') {
+    ctx.body = jwks;
+    return;
+  }
+  if (ctx.path === '/__test/jwt' && ctx.method === 'POST') {
+    // {claims, ttl}: a JWT with these claims, issued now, expiring after ttl seconds.
+    const { claims, ttl } = await readJson(ctx.req);
+    const now = Math.floor(Date.now() / 1000);
+    const jwt = await new SignJWT(claims)
+      .setProtectedHeader({ alg: 'ES256', kid: 'backend-1' })
+      .setIssuedAt(now)
+      .setExpirationTime(now + ttl)
+      .sign(jwtKeys.privateKey);
+    ctx.body = { jwt };
     return;
   }
   if (ctx.path === '/__test/fault' && ctx.method === 'POST') {

@@ -145,6 +145,13 @@ impl OAuthServer {
         (stats["device_polls"].as_u64().unwrap(), stats["faults_served"].as_u64().unwrap())
     }
 
+    /// A JWT with `claims`, signed by the key at `{issuer}/__test/jwks`, valid for `ttl_secs`
+    /// (negative: expired that long ago).
+    pub fn jwt(&self, claims: Value, ttl_secs: i64) -> String {
+        let answer = self.post_json("/__test/jwt", json!({ "claims": claims, "ttl": ttl_secs }));
+        answer["jwt"].as_str().expect("a jwt").to_owned()
+    }
+
     /// Make the next token request(s) fail: {status, body, content_type, delay_ms, reset, count}.
     pub fn fault(&self, fault: Value) {
         self.post_json("/__test/fault", fault);

@@ -346,3 +346,47 @@ fn two_services_on_one_database_renew_tokens_before_they_expire_without_burning_
     let logs = format!("{}{}", first.printed.lock().unwrap(), second.printed.lock().unwrap());
     assert!(logs.contains("background refresh") && logs.contains("refreshed="), "{logs}");
 }
+
+#[test]
+fn a_jwt_from_the_operators_identity_provider_acts_for_the_tenant_it_names() {
+    let server = OAuthServer::start(600);
+    let cli = Tokenvault::new(&[&server.origin()]);
+    let jwks = format!("{}/__test/jwks", server.issuer);
+    let served = cli.serve_with(&["--jwks-url", &jwks, "--jwt-issuer", &server.issuer, "--jwt-audience", "tokenvault"]);
+    let claims =
+        |tenant: &str| json!({ "iss": server.issuer, "aud": "tokenvault", "sub": "billing-service", "tenant": tenant });
+    let acme = server.jwt(claims("acme"), 300);
+
+    assert_eq!(served.call("GET", CONN, Some(&acme), None), (200, json!([])));
+    let (status, answer) = served.call("GET", "/v1/tenants/globex/users/alice/connections", Some(&acme), None);
+    assert_eq!((status, answer["error"].as_str()), (403, Some("forbidden")), "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("jwt:billing-service"), "{answer}");
+    let (status, _) = served.call("PUT", "/v1/providers/idp", Some(&acme), Some(&provider_body(&server)));
+    assert_eq!(status, 403, "a tenant's token does not change providers");
+
+    // Every way a token can be wrong is a 401.
+    let mut tampered = acme.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let mut no_tenant = claims("acme");
+    no_tenant.as_object_mut().unwrap().remove("tenant");
+    let wrong = [
+        ("expired", server.jwt(claims("acme"), -600)),
+        ("another audience", server.jwt(json!({ "iss": server.issuer, "aud": "other", "tenant": "acme" }), 300)),
+        (
+            "another issuer",
+            server.jwt(json!({ "iss": "http://127.0.0.1:9/evil", "aud": "tokenvault", "tenant": "acme" }), 300),
+        ),
+        ("no tenant", server.jwt(no_tenant, 300)),
+        ("tampered", tampered),
+        ("not a token", "a.b.c".to_owned()),
+    ];
+    for (why, token) in wrong {
+        let (status, answer) = served.call("GET", CONN, Some(&token), None);
+        assert_eq!((status, answer["error"].as_str()), (401, Some("unauthorized")), "{why}: {answer}");
+    }
+    // API keys still work beside JWTs.
+    let operator = served.first_key.clone().unwrap();
+    assert_eq!(served.call("GET", CONN, Some(&operator), None).0, 200);
+    assert!(!served.printed.lock().unwrap().contains(&acme), "a token in the log");
+}

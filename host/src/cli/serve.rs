@@ -10,17 +10,21 @@ use tokenvault::{Error, Result, Vault};
 pub struct ServeArgs {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
+    pub jwt: Option<tokenvault::serve::jwt::JwtConfig>,
     /// None: no background refresh.
     pub schedule: Option<Schedule>,
 }
 
 pub async fn run(vault: Vault, args: ServeArgs) -> Result<()> {
-    let ServeArgs { listen, public_url, schedule } = args;
+    let ServeArgs { listen, public_url, jwt, schedule } = args;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
     let address = listener.local_addr().map_err(|e| Error::Config(format!("no local address: {e}")))?;
-    let state = AppState::new(vault, &public_url.unwrap_or_else(|| format!("http://{address}")))?;
+    let mut state = AppState::new(vault, &public_url.unwrap_or_else(|| format!("http://{address}")))?;
+    if let Some(config) = jwt {
+        state.jwt = Some(std::sync::Arc::new(tokenvault::serve::jwt::JwtVerifier::new(config).await?));
+    }
     let first_key = serve::first_key(&state.api_keys).await?;
     // Before the address is printed: whoever reads it may signal at once.
     let shutdown = shutdown_signal()?;

@@ -1,4 +1,5 @@
-//! Who is calling: every API request carries `Authorization: Bearer <API key>`.
+//! Who is calling: every API request carries `Authorization: Bearer <credential>`, an API
+//! key (`tvk_…`) or, when the operator configured an identity provider, a JWT from it.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -6,10 +7,14 @@ use axum::http::request::Parts;
 
 use super::AppState;
 use super::api_error::ApiError;
-use super::api_keys::{ApiKeyInfo, Scope};
+use super::api_keys::Scope;
 
 /// The authenticated caller of a request; a handler that takes one cannot run without it.
-pub struct Caller(pub ApiKeyInfo);
+pub struct Caller {
+    /// An API key's id, or `jwt:<sub>`: for messages and logs.
+    pub id: String,
+    pub scope: Scope,
+}
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -23,31 +28,41 @@ impl FromRequestParts<AppState> for Caller {
             .ok()
             .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
             .map(str::trim)
-            .ok_or_else(|| ApiError::Unauthorized("the Authorization header is not Bearer <API key>".into()))?;
-        match state.api_keys.verify(presented).await? {
-            Some(info) => Ok(Caller(info)),
-            None => Err(ApiError::Unauthorized("unknown or revoked API key".into())),
+            .ok_or_else(|| ApiError::Unauthorized("the Authorization header is not Bearer <credential>".into()))?;
+        if let Some(info) = state.api_keys.verify(presented).await? {
+            return Ok(Caller { id: info.id, scope: info.scope });
         }
+        if let Some(jwt) = &state.jwt
+            && !presented.starts_with("tvk_")
+        {
+            return match jwt.verify(presented).await {
+                Some(caller) => {
+                    Ok(Caller { id: format!("jwt:{}", caller.subject), scope: Scope::Tenant(caller.tenant) })
+                }
+                None => Err(ApiError::Unauthorized("invalid, expired or foreign token".into())),
+            };
+        }
+        Err(ApiError::Unauthorized("unknown or revoked API key".into()))
     }
 }
 
 impl Caller {
     /// Allowed to act on `tenant`'s connections?
     pub fn for_tenant(&self, tenant: &str) -> Result<(), ApiError> {
-        if self.0.scope.allows_tenant(tenant) {
+        if self.scope.allows_tenant(tenant) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!("API key {} is for {}, not tenant {tenant}", self.0.id, self.0.scope)))
+            Err(ApiError::Forbidden(format!("{} is for {}, not tenant {tenant}", self.id, self.scope)))
         }
     }
 
     /// Allowed to change what all tenants share (the provider registry)?
     pub fn operator(&self) -> Result<(), ApiError> {
-        match self.0.scope {
+        match self.scope {
             Scope::Operator => Ok(()),
             Scope::Tenant(_) => Err(ApiError::Forbidden(format!(
-                "API key {} is for {}; only an operator key changes providers",
-                self.0.id, self.0.scope
+                "{} is for {}; only an operator key changes providers",
+                self.id, self.scope
             ))),
         }
     }

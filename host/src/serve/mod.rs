@@ -8,6 +8,7 @@ mod api_error;
 pub mod api_keys;
 mod auth;
 mod connect;
+pub mod jwt;
 
 use std::time::Instant;
 
@@ -32,6 +33,8 @@ pub struct AppState {
     /// Where browsers reach this service (`http://127.0.0.1:8080`): connect links point
     /// there, and `{public_url}/oauth/callback` is the redirect URI to register at providers.
     pub public_url: String,
+    /// Accepts JWTs from the operator's identity provider, when one is configured.
+    pub jwt: Option<std::sync::Arc<jwt::JwtVerifier>>,
 }
 
 impl AppState {
@@ -41,7 +44,8 @@ impl AppState {
         if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
             return Err(crate::Error::Config(format!("the public URL {public_url:?} must be http(s) without a query")));
         }
-        Ok(AppState { api_keys: ApiKeys::of(&vault), vault, public_url: public_url.trim_end_matches('/').to_owned() })
+        let public_url = public_url.trim_end_matches('/').to_owned();
+        Ok(AppState { api_keys: ApiKeys::of(&vault), vault, public_url, jwt: None })
     }
 
     /// The redirect URI providers send browsers back to.
