@@ -349,7 +349,7 @@ impl<P: Platform> Vault<P> {
                     ),
                 ));
             }
-            let timeout = (give_up_at - self.platform.now_ms()).min(RECHECK_MS);
+            let timeout = give_up_at.saturating_sub(self.platform.now_ms()).min(RECHECK_MS);
             self.platform.storage_wait_for_change(&lease_key, held, timeout as u32).map_err(storage_error)?;
             let (current, current_version) = self.load_token(key)?;
             if current_version != version {
