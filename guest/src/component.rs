@@ -64,6 +64,16 @@ impl tokens::Guest for Component {
         Ok(vault().revoke_all(&tenant, &user)?.into_iter().map(Into::into).collect())
     }
 
+    fn users(tenant: String, after: Option<String>, limit: u32) -> WitResult<tokens::UserPage> {
+        let page = vault().users(&tenant, after.as_deref(), limit)?;
+        let users = page
+            .users
+            .into_iter()
+            .map(|u| tokens::UserConnections { user: u.user, connections: u.connections })
+            .collect();
+        Ok(tokens::UserPage { users, next: page.next })
+    }
+
     fn due_for_refresh(horizon_secs: u32, cursor: Option<String>, limit: u32) -> WitResult<tokens::DuePage> {
         let page = vault().due_for_refresh(horizon_secs, cursor.as_deref(), limit)?;
         Ok(tokens::DuePage { keys: page.keys.into_iter().map(Into::into).collect(), cursor: page.cursor })

@@ -241,6 +241,20 @@ pub struct DuePage {
     pub cursor: Option<String>,
 }
 
+/// A user of a tenant and their connections' (provider, name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserConnections {
+    pub user: String,
+    pub connections: Vec<(String, String)>,
+}
+
+/// One page of a tenant's users; `next` is the last user, to continue after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserPage {
+    pub users: Vec<UserConnections>,
+    pub next: Option<String>,
+}
+
 /// What a background refresh of one connection did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshOutcome {

@@ -45,6 +45,17 @@ pub fn user_prefix(tenant: &str, user: &str) -> String {
     format!("{TOKEN_PREFIX}{}/{}/", escape(tenant), escape(user))
 }
 
+/// The prefix under which all of one tenant's connections are stored.
+pub fn tenant_prefix(tenant: &str) -> String {
+    format!("{TOKEN_PREFIX}{}/", escape(tenant))
+}
+
+/// A list cursor past every connection of `user`: keys sort bytewise, and `0` is the
+/// character after the separator `/`, which an escaped id never contains.
+pub fn after_user(tenant: &str, user: &str) -> String {
+    format!("{TOKEN_PREFIX}{}/{}0", escape(tenant), escape(user))
+}
+
 /// The connection a storage key under [`user_prefix`] names.
 /// The prefix of every connection of every tenant.
 pub const ALL_TOKENS_PREFIX: &str = TOKEN_PREFIX;

@@ -122,6 +122,35 @@ impl<P: Platform> Vault<P> {
         result
     }
 
+    /// The tenant's users who hold connections: at most `limit` after the user `after`,
+    /// each with all of their connections' names (records are not opened).
+    pub fn users(&self, tenant: &str, after: Option<&str>, limit: u32) -> Result<UserPage> {
+        record::validate_id("tenant", tenant)?;
+        if limit == 0 || limit > 1000 {
+            return Err(VaultError::InvalidInput("limit must be 1 to 1000".into()));
+        }
+        let prefix = record::tenant_prefix(tenant);
+        let mut cursor = after.map(|user| record::after_user(tenant, user));
+        let mut users: Vec<UserConnections> = Vec::new();
+        loop {
+            let page = self.platform.storage_list(&prefix, cursor.as_deref(), 500).map_err(storage_error)?;
+            for key in page.keys.iter().filter_map(|storage_key| record::parse_token_key(storage_key)) {
+                if users.last().is_none_or(|last| last.user != key.user) {
+                    if users.len() == limit as usize {
+                        let next = users.last().map(|last| last.user.clone());
+                        return Ok(UserPage { users, next });
+                    }
+                    users.push(UserConnections { user: key.user.clone(), connections: Vec::new() });
+                }
+                users.last_mut().expect("pushed above").connections.push((key.provider, key.name));
+            }
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(UserPage { users, next: None }),
+            }
+        }
+    }
+
     /// Background refresh, step one: of the next `limit` connections after `cursor` (every
     /// tenant's), those that can be renewed and whose token expires within `horizon_secs`.
     /// A record that fails to open is skipped here; `get` reports it.
@@ -1013,6 +1042,45 @@ mod tests {
             vault.store(&ConnectionKey::new("t1", "bob", "acme", &format!("c{i:03}")), grant("a", None, None)).unwrap();
         }
         assert_eq!(vault.list("t1", "bob").unwrap().len(), 250);
+    }
+
+    #[test]
+    fn users_page_through_a_tenant_one_whole_user_at_a_time() {
+        let vault = vault();
+        let store = |tenant: &str, user: &str, name: &str| {
+            vault.store(&ConnectionKey::new(tenant, user, "acme", name), grant("a", None, None)).unwrap();
+        };
+        // Names that sort around the separator once escaped: "a/b" is "a%2Fb", "a0" follows "a/".
+        let names = ["a", "a/b", "a0", "a%", "a-", "b", "z"];
+        for user in names {
+            store("t1", user, "default");
+        }
+        for i in 0..600 {
+            store("t1", "a0", &format!("c{i:03}")); // one user across storage pages
+        }
+        store("t2", "intruder", "default");
+        store("t10", "intruder", "default");
+
+        let (mut seen, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let page = vault.users("t1", after.as_deref(), 2).unwrap();
+            assert!(page.users.len() <= 2);
+            for user in &page.users {
+                let expected = if user.user == "a0" { 601 } else { 1 };
+                assert_eq!(user.connections.len(), expected, "{}", user.user);
+            }
+            seen.extend(page.users.into_iter().map(|u| u.user));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        seen.sort();
+        let mut expected = names.map(String::from).to_vec();
+        expected.sort();
+        assert_eq!(seen, expected);
+        assert!(vault.users("t1", None, 0).is_err() && vault.users("t1", None, 1001).is_err());
+        assert!(vault.users("nobody", None, 10).unwrap().users.is_empty());
     }
 
     #[test]

@@ -275,7 +275,8 @@ mod tests {
                 "refresh-if-due",
                 "remove",
                 "revoke-all",
-                "store"
+                "store",
+                "users"
             ]
         );
         assert_eq!(report.component.sha256, hex::encode(Sha256::digest(crate::COMPONENT_WASM)));

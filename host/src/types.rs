@@ -323,6 +323,29 @@ pub enum DeviceStatus {
     Connected(Connected),
 }
 
+/// A user of a tenant and the connections they hold ([`crate::Vault::users`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct UserConnections {
+    pub user: String,
+    pub connections: Vec<ConnectionName>,
+}
+
+/// A connection's provider and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ConnectionName {
+    pub provider: String,
+    pub name: String,
+}
+
+/// One page of a tenant's users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct UserPage {
+    pub users: Vec<UserConnections>,
+    /// The last user of this page: ask again with `after` set to it for the next page;
+    /// none after the last.
+    pub next: Option<String>,
+}
+
 /// One page of connections due for background refresh ([`crate::Vault::due_for_refresh`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DuePage {

@@ -124,6 +124,27 @@ impl Vault {
         .map(|receipts| receipts.into_iter().map(Into::into).collect())
     }
 
+    /// The tenant's users who hold connections: at most `limit` (1 to 1000) after the user
+    /// `after`, each with all of their connections' names.
+    pub async fn users(&self, tenant: &str, after: Option<&str>, limit: u32) -> Result<UserPage> {
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let page: wit_tokens::UserPage =
+            finish(vault.tokenvault_vault_tokens().call_users(&mut store, tenant, after, limit).await)?;
+        let users = page
+            .users
+            .into_iter()
+            .map(|u| UserConnections {
+                user: u.user,
+                connections: u
+                    .connections
+                    .into_iter()
+                    .map(|(provider, name)| ConnectionName { provider, name })
+                    .collect(),
+            })
+            .collect();
+        Ok(UserPage { users, next: page.next })
+    }
+
     /// Background refresh, step one: of the next `limit` connections after `cursor` (every
     /// tenant's), those that can be renewed and whose token expires within `horizon`.
     pub async fn due_for_refresh(&self, horizon: Duration, cursor: Option<&str>, limit: u32) -> Result<DuePage> {

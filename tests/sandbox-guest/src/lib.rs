@@ -210,6 +210,10 @@ impl tokens::Guest for Component {
         unsupported()
     }
 
+    fn users(_tenant: String, _after: Option<String>, _limit: u32) -> WitResult<tokens::UserPage> {
+        unsupported()
+    }
+
     fn due_for_refresh(_horizon_secs: u32, _cursor: Option<String>, _limit: u32) -> WitResult<tokens::DuePage> {
         unsupported()
     }
