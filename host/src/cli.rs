@@ -82,8 +82,9 @@ enum Command {
     /// A guided tour: store, list and read back a token, and look at the sealed record.
     Demo,
     /// Run the HTTP service for backends: the token API under /v1 (OpenAPI at
-    /// /openapi.json), the connect pages for end users, background refresh, /healthz and
-    /// /readyz. On first start it prints an operator API key.
+    /// /openapi.json), the connect pages for end users, the console (/console: end users'
+    /// connections; admins sign in with an API key or OpenID Connect), background refresh,
+    /// /healthz and /readyz. On first start it prints an operator API key.
     Serve {
         /// Address to listen on.
         #[arg(long, env = "TOKENVAULT_LISTEN", default_value = "127.0.0.1:8080")]
@@ -111,6 +112,19 @@ enum Command {
         jwt_audience: Option<String>,
         #[arg(long, value_name = "CLAIM", default_value = "tenant")]
         jwt_tenant_claim: String,
+        /// Console sign-in through this OpenID Connect provider (with --console-oidc-client-id
+        /// and the client's secret); register PUBLIC_URL/console/oidc/callback as its
+        /// redirect URI. The ID token's --console-oidc-tenant-claim names the tenant the
+        /// person administers.
+        #[arg(long, env = "TOKENVAULT_CONSOLE_OIDC_ISSUER", value_name = "URL", requires = "console_oidc_client_id")]
+        console_oidc_issuer: Option<String>,
+        #[arg(long, env = "TOKENVAULT_CONSOLE_OIDC_CLIENT_ID", value_name = "ID", requires = "console_oidc_issuer")]
+        console_oidc_client_id: Option<String>,
+        /// The console client's secret (better in the environment than on a command line).
+        #[arg(long, env = "TOKENVAULT_CONSOLE_OIDC_CLIENT_SECRET", value_name = "SECRET", hide_env_values = true)]
+        console_oidc_client_secret: Option<String>,
+        #[arg(long, value_name = "CLAIM", default_value = "tenant")]
+        console_oidc_tenant_claim: String,
     },
     /// Manage the API keys that callers of `serve` present.
     #[command(subcommand)]
@@ -369,7 +383,22 @@ async fn run(cli: Cli) -> Result<()> {
             jwt_issuer,
             jwt_audience,
             jwt_tenant_claim,
+            console_oidc_issuer,
+            console_oidc_client_id,
+            console_oidc_client_secret,
+            console_oidc_tenant_claim,
         } => {
+            let oidc = match (console_oidc_issuer, console_oidc_client_id) {
+                (Some(issuer), Some(client_id)) => Some(tokenvault::serve::console::oidc::OidcConfig {
+                    issuer,
+                    client_id,
+                    client_secret: console_oidc_client_secret.ok_or_else(|| {
+                        Error::Config("--console-oidc-issuer needs the client's secret: set TOKENVAULT_CONSOLE_OIDC_CLIENT_SECRET".into())
+                    })?,
+                    tenant_claim: console_oidc_tenant_claim,
+                }),
+                _ => None,
+            };
             let jwt = jwks_url.map(|jwks_url| tokenvault::serve::jwt::JwtConfig {
                 jwks_url,
                 issuer: jwt_issuer.unwrap_or_default(),
@@ -381,7 +410,7 @@ async fn run(cli: Cli) -> Result<()> {
                 horizon: std::time::Duration::from_secs(refresh_within),
                 per_provider_per_minute: refresh_rate,
             });
-            serve::run(vault, serve::ServeArgs { listen, public_url, jwt, schedule }).await
+            serve::run(vault, serve::ServeArgs { listen, public_url, jwt, oidc, schedule }).await
         }
         Command::Apikey(ApikeyCommand::Create { tenant, operator: _ }) => serve::create_key(&vault, tenant).await,
         Command::Apikey(ApikeyCommand::Ls) => {

@@ -105,9 +105,17 @@ pub async fn pass(
     }
 }
 
-/// Delete pending flows, device flows and connect links that expired over an hour ago.
+/// Delete pending flows, device flows and connect links that expired over an hour ago,
+/// and expired console sessions.
 pub async fn sweep(vault: &Vault, stop: &watch::Receiver<bool>) -> u32 {
-    let (mut deleted, mut cursor) = (0, None);
+    let mut deleted = match crate::serve::console::session::Sessions::of(vault).sweep().await {
+        Ok(swept) => swept,
+        Err(err) => {
+            tracing::warn!(error = err.kind(), "sweeping console sessions failed; the next pass retries");
+            0
+        }
+    };
+    let mut cursor = None;
     while !*stop.borrow() {
         match vault.sweep_expired(cursor.as_deref(), PAGE).await {
             Ok((step, next)) => {

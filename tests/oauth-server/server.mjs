@@ -4,11 +4,11 @@
 // when ready and exits when its stdin closes. Besides the provider's own endpoints it
 // serves a few test controls under /__test/:
 //   POST /__test/grant   {client_id}            run a real authorization-code + PKCE flow
-//                                               (login and consent answered automatically)
+//                                               (logging in on the login page, consent given)
 //                                               and return the token endpoint's response
 //   POST /__test/authorize {url, deny}          act as the user's browser: follow an
-//                                               authorization URL through login and consent
-//                                               (or refuse it, with deny) and return the
+//                                               authorization URL through the login page
+//                                               (or cancel there, with deny) and return the
 //                                               redirect it ends at: {location}
 //   POST /__test/device  {user_code, deny}      act as the user on the device verification
 //                                               page: enter the code, log in and consent
@@ -20,12 +20,22 @@
 //   GET  /__test/stats                          counts of refresh-token grants by outcome,
 //                                               of device-code grants the provider
 //                                               answered, and of faults served
+//   GET  /__test/issued                         every secret value this server handed
+//                                               out (tokens, device codes, authorization
+//                                               codes, JWTs): the suite's canaries
 //
 // The device authorization response names an interval of DEVICE_INTERVAL seconds
 // (oidc-provider names none, which means 5), so tests need not wait long.
 //
+// Logging in: the provider's login page (/interaction/{uid}) is a form a browser fills
+// in: login `test-user`, password `test-password` (an account whose `tenant` claim is
+// acme); Cancel refuses (access_denied). Consent is given without a page.
+//
+// Client `console` (secret CONSOLE_SECRET) is an operator's OpenID Connect login for
+// tokenvault's console; its ID tokens carry the `tenant` claim.
+//
 // Environment: ACCESS_TTL (seconds, default 4), BASIC_SECRET, POST_SECRET,
-// DEVICE_INTERVAL (default 1).
+// CONSOLE_SECRET, DEVICE_INTERVAL (default 1).
 
 import http from 'node:http';
 import { createHash, randomBytes } from 'node:crypto';
@@ -46,6 +56,9 @@ const REDIRECT_URI = 'http://127.0.0.1/callback';
 // The redirect URI of `tokenvault serve` on loopback (any port, as above).
 const SERVE_REDIRECT_URI = 'http://127.0.0.1/oauth/callback';
 const ACCOUNT = 'test-user';
+const PASSWORD = 'test-password';
+// The redirect URI of tokenvault's console sign-in on loopback.
+const CONSOLE_REDIRECT_URI = 'http://127.0.0.1/console/oidc/callback';
 
 const server = http.createServer();
 await new Promise((resolve) => server.listen(Number(process.env.PORT ?? 0), '127.0.0.1', resolve));
@@ -66,6 +79,15 @@ const clients = [
   response_types: ['code'],
   redirect_uris: [REDIRECT_URI, SERVE_REDIRECT_URI],
 }));
+clients.push({
+  client_id: 'console',
+  client_secret: process.env.CONSOLE_SECRET ?? 'console-secret',
+  token_endpoint_auth_method: 'client_secret_basic',
+  application_type: 'native',
+  grant_types: ['authorization_code'],
+  response_types: ['code'],
+  redirect_uris: [CONSOLE_REDIRECT_URI],
+});
 
 const provider = new Provider(issuer, {
   clients,
@@ -77,7 +99,10 @@ const provider = new Provider(issuer, {
     deviceFlow: { enabled: true },
   },
   interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
-  findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+  findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub, tenant: 'acme' }) }),
+  // The tenant claim comes with the openid scope, and goes in the ID token of a code flow.
+  claims: { openid: ['sub', 'tenant'] },
+  conformIdTokenClaims: false,
   // Every refresh rotates the refresh token, as Slack and GitHub Apps do; reuse of a
   // rotated token is refused (invalid_grant) and revokes the grant (RFC 9700).
   rotateRefreshToken: true,
@@ -98,14 +123,31 @@ provider.on('grant.error', (ctx, err) => {
 });
 
 const faults = [];
-let denyNext = false;
 
 // An ES256 key for backend JWTs (POST /__test/jwt), published at GET /__test/jwks.
 const jwtKeys = await generateKeyPair('ES256');
 const jwks = { keys: [{ ...(await exportJWK(jwtKeys.publicKey)), kid: 'backend-1', alg: 'ES256', use: 'sig' }] };
 
+// Every secret value handed out, for the harness's scan of what tokenvault shows.
+const issued = new Set();
+const SECRET_FIELDS = ['access_token', 'refresh_token', 'id_token', 'device_code', 'jwt'];
+
 // Test controls and fault injection, ahead of the provider's own routes.
 provider.use(async (ctx, next) => {
+  await next();
+  for (const field of SECRET_FIELDS) {
+    if (typeof ctx.body?.[field] === 'string') issued.add(ctx.body[field]);
+  }
+  const location = ctx.response.get('location');
+  const code = location && URL.canParse(location) && new URL(location).searchParams.get('code');
+  if (code) issued.add(code);
+});
+
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/__test/issued') {
+    ctx.body = [...issued];
+    return;
+  }
   if (ctx.path === '/__test/stats') {
     ctx.body = stats;
     return;
@@ -134,8 +176,7 @@ provider.use(async (ctx, next) => {
   }
   if (ctx.path === '/__test/authorize' && ctx.method === 'POST') {
     const { url, deny } = await readJson(ctx.req);
-    denyNext = Boolean(deny);
-    ctx.body = { location: await browse(url) };
+    ctx.body = { location: await browse(url, Boolean(deny)) };
     return;
   }
   if (ctx.path === '/__test/device' && ctx.method === 'POST') {
@@ -169,17 +210,28 @@ provider.use(async (ctx, next) => {
       return;
     }
   }
-  // Login and consent, answered at once for the test account.
-  if (ctx.method === 'GET' && ctx.path.startsWith('/interaction/')) {
+  // The login page, a form to fill in; consent is given without a page.
+  const interaction = ctx.path.match(/^\/interaction\/([\w-]+)(\/login|\/abort)?$/);
+  if (interaction) {
     const details = await provider.interactionDetails(ctx.req, ctx.res);
     const { prompt, params, session } = details;
     let result;
-    if (denyNext) {
-      denyNext = false;
+    if (interaction[2] === '/abort' && ctx.method === 'POST') {
       result = { error: 'access_denied', error_description: 'the user said no' };
-    } else if (prompt.name === 'login') {
+    } else if (interaction[2] === '/login' && ctx.method === 'POST') {
+      const form = new URLSearchParams(await readText(ctx.req));
+      if (form.get('login') !== ACCOUNT || form.get('password') !== PASSWORD) {
+        ctx.status = 401;
+        ctx.type = 'html';
+        ctx.body = loginPage(details.uid, 'Wrong login or password.');
+        return;
+      }
       result = { login: { accountId: ACCOUNT } };
-    } else {
+    } else if (ctx.method === 'GET' && prompt.name === 'login') {
+      ctx.type = 'html';
+      ctx.body = loginPage(details.uid);
+      return;
+    } else if (ctx.method === 'GET' && prompt.name === 'consent') {
       const grant = details.grantId
         ? await provider.Grant.find(details.grantId)
         : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
@@ -190,6 +242,9 @@ provider.use(async (ctx, next) => {
         grant.addResourceScope(indicator, scopes.join(' '));
       }
       result = { consent: { grantId: await grant.save() } };
+    } else {
+      ctx.status = 405;
+      return;
     }
     const to = await provider.interactionResult(ctx.req, ctx.res, result, { mergeWithLastSubmission: false });
     ctx.status = 303;
@@ -201,42 +256,31 @@ provider.use(async (ctx, next) => {
 
 server.on('request', provider.callback());
 
-async function readJson(req) {
+async function readText(req) {
   let text = '';
   for await (const chunk of req) text += chunk;
+  return text;
+}
+
+async function readJson(req) {
+  const text = await readText(req);
   return text ? JSON.parse(text) : {};
 }
 
-const base64url = (buf) => buf.toString('base64url');
-
-// The user's browser: follows redirects from an authorization URL, with cookies, until
-// one leaves this server (the client's redirect URI), and returns that location.
-async function browse(start) {
-  const cookies = new Map();
-  let url = start;
-  for (let hop = 0; hop < 10; hop += 1) {
-    const res = await fetch(url, {
-      redirect: 'manual',
-      headers: { cookie: [...cookies].map(([k, v]) => `${k}=${v}`).join('; ') },
-    });
-    for (const cookie of res.headers.getSetCookie()) {
-      const pair = cookie.split(';')[0];
-      const eq = pair.indexOf('=');
-      cookies.set(pair.slice(0, eq), pair.slice(eq + 1));
-    }
-    const location = res.headers.get('location');
-    if (!location) throw new Error(`authorization stopped at ${new URL(url).pathname} with HTTP ${res.status}`);
-    const next = new URL(location, url);
-    if (next.origin !== issuer) return next.href;
-    url = next.href;
-  }
-  throw new Error('authorization did not end at a redirect URI');
+function loginPage(uid, error) {
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign in · test provider</title></head>
+<body><h1>Sign in to the test provider</h1>${error ? `<p role="alert">${error}</p>` : ''}
+<form method="post" action="/interaction/${uid}/login">
+<label>Login <input name="login" autocomplete="username"></label>
+<label>Password <input name="password" type="password" autocomplete="current-password"></label>
+<button id="sign-in" type="submit">Sign in</button></form>
+<form method="post" action="/interaction/${uid}/abort"><button id="cancel" type="submit">Cancel</button></form>
+</body></html>`;
 }
 
-// The user on the device verification page (RFC 8628 §3.3): open it with the code
-// (oidc-provider answers with a self-posting form holding its CSRF token), confirm or
-// abort, then log in and consent through the redirects until a page is shown.
-async function enterUserCode(userCode, deny) {
+// A browser with cookies, following redirects by hand. On the login page it signs in as
+// the test account, or cancels when `deny`; `done(url)` says where to stop.
+function userAgent(deny = false) {
   const cookies = new Map();
   const send = async (url, init = {}) => {
     const res = await fetch(url, {
@@ -251,18 +295,61 @@ async function enterUserCode(userCode, deny) {
     }
     return res;
   };
+  // Follow from `res` (the response to `url`) until a redirect leaves this server or a
+  // page other than the login page is shown; returns {location} or {status}.
+  const follow = async (url, res) => {
+    for (let hop = 0; hop < 12; hop += 1) {
+      const location = res.headers.get('location');
+      if (location) {
+        const next = new URL(location, url);
+        if (next.origin !== issuer) return { location: next.href };
+        url = next.href;
+        res = await send(url);
+        continue;
+      }
+      const path = new URL(url).pathname;
+      if (res.status === 200 && path.startsWith('/interaction/')) {
+        url = `${issuer}${path}/${deny ? 'abort' : 'login'}`;
+        res = await send(url, {
+          method: 'POST',
+          headers: { 'content-type': 'application/x-www-form-urlencoded' },
+          body: new URLSearchParams({ login: ACCOUNT, password: PASSWORD }),
+        });
+        continue;
+      }
+      return { status: res.status, path };
+    }
+    throw new Error('too many redirects');
+  };
+  return { send, follow };
+}
+
+const base64url = (buf) => buf.toString('base64url');
+
+// The user's browser: from an authorization URL through the login page until a redirect
+// leaves this server (the client's redirect URI), and returns that location.
+async function browse(start, deny = false) {
+  const agent = userAgent(deny);
+  const end = await agent.follow(start, await agent.send(start));
+  if (!end.location) throw new Error(`authorization stopped at ${end.path} with HTTP ${end.status}`);
+  return end.location;
+}
+
+// The user on the device verification page (RFC 8628 §3.3): open it with the code
+// (oidc-provider answers with a self-posting form holding its CSRF token), confirm or
+// abort, then log in and consent through the redirects until a page is shown.
+async function enterUserCode(userCode, deny) {
+  const { send, follow } = userAgent();
   const form = await (await send(`${issuer}/device?${new URLSearchParams({ user_code: userCode })}`)).text();
   const xsrf = form.match(/name="xsrf" value="([^"]+)"/)?.[1];
   if (!xsrf) throw new Error('the device page has no xsrf field');
-  let res = await send(`${issuer}/device`, {
+  const res = await send(`${issuer}/device`, {
     method: 'POST',
     headers: { 'content-type': 'application/x-www-form-urlencoded' },
     body: new URLSearchParams({ xsrf, user_code: userCode, ...(deny ? { abort: 'yes' } : { confirm: 'yes' }) }),
   });
-  for (let hop = 0; hop < 10 && res.headers.get('location'); hop += 1) {
-    res = await send(new URL(res.headers.get('location'), issuer).href);
-  }
-  return { status: res.status };
+  const end = await follow(`${issuer}/device`, res);
+  return { status: end.status };
 }
 
 // A complete authorization-code flow with PKCE against this provider, as a browser and

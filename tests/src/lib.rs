@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+pub mod canary;
+
 /// A folder of the tests: the OAuth server, and the Node and Python hosts.
 pub fn tests_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
@@ -46,6 +48,27 @@ pub fn random_value(prefix: &str) -> String {
     format!("{prefix}{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
+impl OAuthServer {
+    /// The provider registration `serve`'s API takes for this server (`PUT /v1/providers/…`):
+    /// client `vault-basic`, refresh tokens, revocation, a consent prompt.
+    pub fn provider_body(&self) -> Value {
+        json!({
+            "token_url": self.token_url(),
+            "authorization_url": format!("{}/auth", self.issuer),
+            "revocation_url": format!("{}/token/revocation", self.issuer),
+            "client_id": "vault-basic",
+            "client_secret": self.basic_secret,
+            "client_auth": "client_secret_basic",
+            "scopes": ["openid", "offline_access"],
+            "authorization_params": [["prompt", "consent"]],
+        })
+    }
+}
+
+/// The account on the OAuth server's login page (its `tenant` claim is acme).
+pub const TEST_LOGIN: &str = "test-user";
+pub const TEST_PASSWORD: &str = "test-password";
+
 /// oidc-provider on 127.0.0.1 with refresh-token rotation and short-lived access tokens.
 /// Stops when dropped.
 pub struct OAuthServer {
@@ -56,6 +79,8 @@ pub struct OAuthServer {
     pub basic_secret: String,
     /// Secret of client `vault-post` (client_secret_post).
     pub post_secret: String,
+    /// Secret of client `console`: an operator's OpenID Connect login for the console.
+    pub console_secret: String,
     agent: ureq::Agent,
 }
 
@@ -65,12 +90,14 @@ impl OAuthServer {
         ensure_npm_packages(&tests_dir("oauth-server"), "oidc-provider");
         let basic_secret = random_value("basic-secret-");
         let post_secret = random_value("post-secret-");
+        let console_secret = random_value("console-secret-");
         let mut child = Command::new("node")
             .arg("server.mjs")
             .current_dir(tests_dir("oauth-server"))
             .env("ACCESS_TTL", access_ttl_secs.to_string())
             .env("BASIC_SECRET", &basic_secret)
             .env("POST_SECRET", &post_secret)
+            .env("CONSOLE_SECRET", &console_secret)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -87,6 +114,7 @@ impl OAuthServer {
             port: ready["port"].as_u64().unwrap() as u16,
             basic_secret,
             post_secret,
+            console_secret,
             agent,
         }
     }
@@ -196,8 +224,31 @@ fn basic_auth(client_id: &str, secret: &str) -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}")))
 }
 
+impl OAuthServer {
+    /// Every secret this server handed out so far, and its clients' secrets.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut response = self.agent.get(format!("{}/__test/issued", self.issuer)).call().unwrap();
+        let mut secrets: Vec<String> = response.body_mut().read_json().unwrap();
+        secrets.extend([self.basic_secret.clone(), self.post_secret.clone(), self.console_secret.clone()]);
+        secrets
+    }
+}
+
 impl Drop for OAuthServer {
+    /// Stops the server, after the canary scan: nothing tokenvault showed in this test
+    /// process holds a secret this server handed out (see [`canary`]).
     fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let findings = canary::findings(&self.secrets());
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            if let Some((source, text)) = findings.first() {
+                panic!(
+                    "canary scan: {} texts tokenvault showed hold a secret; the first, from {source}:\n{text}",
+                    findings.len()
+                );
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -295,6 +346,9 @@ impl Tokenvault {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         };
+        let source = format!("tokenvault {}", args.first().unwrap_or(&""));
+        canary::record_answer(&source, &run.stdout);
+        canary::record(source, &run.stderr);
         self.runs.borrow_mut().push((args.iter().map(|s| s.to_string()).collect(), run.clone()));
         run
     }
@@ -315,6 +369,7 @@ impl Running {
             let mut line = String::new();
             assert!(self.stderr.read_line(&mut line).unwrap() > 0, "ended before printing the line: {}", self.shown);
             self.shown.push_str(&line);
+            canary::record("tokenvault (running)", &line);
             if wanted(line.trim()) {
                 return line.trim().to_owned();
             }
@@ -324,10 +379,14 @@ impl Running {
     /// Wait for the end (asserting success): its stdout as JSON, and everything it
     /// printed, stdout and stderr.
     pub fn finish(mut self) -> (Value, String) {
-        std::io::Read::read_to_string(&mut self.stderr, &mut self.shown).unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stderr, &mut rest).unwrap();
+        canary::record("tokenvault (running)", &rest);
+        self.shown.push_str(&rest);
         let output = self.child.wait_with_output().unwrap();
         assert!(output.status.success(), "failed: {}", self.shown);
         let stdout = String::from_utf8_lossy(&output.stdout);
+        canary::record_answer("tokenvault (running)", &stdout);
         self.shown.push_str(&stdout);
         let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout}"));
         (json, self.shown)
@@ -423,8 +482,8 @@ pub struct Served {
     pub url: String,
     /// The operator key a fresh service prints, when it printed one.
     pub first_key: Option<String>,
-    /// Everything it printed so far, stdout and stderr (the logs).
-    pub printed: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Everything it printed so far, stdout and stderr (the logs): see [`Served::log`].
+    printed: std::sync::Arc<std::sync::Mutex<String>>,
     agent: ureq::Agent,
 }
 
@@ -458,7 +517,8 @@ impl Tokenvault {
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { return };
-                    printed.lock().unwrap().push_str(&format!("{line}\n"));
+                    canary::record("serve log", &line);
+                    printed.lock().unwrap_or_else(|e| e.into_inner()).push_str(&format!("{line}\n"));
                     let _ = lines.send(line);
                 }
             });
@@ -468,7 +528,7 @@ impl Tokenvault {
         while url.is_none() {
             let line = first_lines
                 .recv_timeout(std::time::Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("serve did not start: {}", printed.lock().unwrap()));
+                .unwrap_or_else(|_| panic!("serve did not start: {}", printed.lock().unwrap().clone()));
             if let Some(key) = line.strip_prefix("First API key (operator): ") {
                 first_key = Some(key.trim().to_owned());
             }
@@ -494,7 +554,9 @@ impl Served {
         let path = url.strip_prefix(&self.url).unwrap_or_else(|| panic!("{url} is not on {}", self.url));
         let mut response = self.agent.get(format!("{}{path}", self.url)).call().unwrap();
         let location = response.headers().get("location").map(|l| l.to_str().unwrap().to_owned());
-        (response.status().as_u16(), location, response.body_mut().read_to_string().unwrap_or_default())
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        canary::record(format!("GET {path}"), &format!("{}\n{body}", location.as_deref().unwrap_or_default()));
+        (response.status().as_u16(), location, body)
     }
 
     /// One request with a raw body: `(status, body text)`.
@@ -510,8 +572,25 @@ impl Served {
             }
             None => self.agent.run(request.body(()).unwrap()),
         };
-        let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        (response.status().as_u16(), response.body_mut().read_to_string().unwrap_or_default())
+        let mut response = response.unwrap_or_else(|e| {
+            // The service's last lines (a panic, say) may still be on their way.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            panic!("{method} {path}: {e}\n{}", self.log())
+        });
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        canary::record_answer(format!("{method} {path}"), &text);
+        (response.status().as_u16(), text)
+    }
+
+    /// What the service printed so far (stdout and stderr, one line each).
+    pub fn log(&self) -> String {
+        self.printed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A browser of this service's pages: keeps cookies, shows redirects without following.
+    pub fn browser(&self) -> Browser {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().new_agent();
+        Browser { agent, base: self.url.clone() }
     }
 
     /// Send SIGTERM and wait for the exit: whether it exited cleanly.
@@ -530,5 +609,61 @@ impl Drop for Served {
         if let Ok(None) = self.child.try_wait() {
             self.stop();
         }
+    }
+}
+
+/// A cookie-keeping client of one service's pages (see [`Served::browser`]).
+pub struct Browser {
+    agent: ureq::Agent,
+    base: String,
+}
+
+/// A page as a browser got it.
+pub struct Page {
+    pub status: u16,
+    pub location: Option<String>,
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: String,
+}
+
+impl Page {
+    /// The CSRF token of the page's first form.
+    pub fn csrf(&self) -> String {
+        let marker = r#"name="csrf" value=""#;
+        let start = self.body.find(marker).unwrap_or_else(|| panic!("no CSRF field in:\n{}", self.body)) + marker.len();
+        self.body[start..].split('"').next().unwrap().to_owned()
+    }
+}
+
+impl Browser {
+    /// GET a path of the service, or a full URL on it.
+    pub fn get(&self, path_or_url: &str) -> Page {
+        Self::page(format!("GET {path_or_url}"), self.agent.get(self.url(path_or_url)).call())
+    }
+
+    /// Submit a form (`application/x-www-form-urlencoded`).
+    pub fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
+        Self::page(format!("POST {path}"), self.agent.post(self.url(path)).send_form(form.iter().copied()))
+    }
+
+    fn url(&self, path_or_url: &str) -> String {
+        if path_or_url.starts_with("http") { path_or_url.to_owned() } else { format!("{}{path_or_url}", self.base) }
+    }
+
+    fn page(source: String, response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Page {
+        let mut response = response.expect("the service answers");
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap_or_default().to_owned()))
+            .collect::<std::collections::HashMap<_, _>>();
+        let page = Page {
+            status: response.status().as_u16(),
+            location: headers.get("location").cloned(),
+            body: response.body_mut().read_to_string().unwrap_or_default(),
+            headers,
+        };
+        canary::record(source, &format!("{}\n{}", page.location.as_deref().unwrap_or_default(), page.body));
+        page
     }
 }

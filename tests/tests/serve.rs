@@ -7,19 +7,6 @@ use tokenvault_tests::{OAuthServer, Served, Tokenvault};
 
 const CONN: &str = "/v1/tenants/acme/users/alice/connections";
 
-fn provider_body(server: &OAuthServer) -> Value {
-    json!({
-        "token_url": server.token_url(),
-        "authorization_url": format!("{}/auth", server.issuer),
-        "revocation_url": format!("{}/token/revocation", server.issuer),
-        "client_id": "vault-basic",
-        "client_secret": server.basic_secret,
-        "client_auth": "client_secret_basic",
-        "scopes": ["openid", "offline_access"],
-        "authorization_params": [["prompt", "consent"]],
-    })
-}
-
 /// A key the CLI makes while `serve` runs on the same data directory.
 fn tenant_key(cli: &Tokenvault, tenant: &str) -> (String, String) {
     let made = cli.run(&["apikey", "create", tenant], None).json();
@@ -48,7 +35,7 @@ impl Scan {
     }
 
     fn assert_clean(&self, served: &Served) {
-        let printed = served.printed.lock().unwrap().clone();
+        let printed = served.log();
         for secret in &self.secrets {
             for body in &self.bodies {
                 assert!(!body.contains(secret.as_str()), "a response shows a secret: {body}");
@@ -78,6 +65,9 @@ fn every_endpoint_answers_its_callers_and_only_them() {
         "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}",
         "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}/token",
         "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}/refresh",
+        "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}/link",
+        "/v1/tenants/{tenant}/users",
+        "/v1/tenants/{tenant}/users/{user}/console-link",
     ] {
         assert!(openapi["paths"][path].is_object(), "{path} is not described");
     }
@@ -91,7 +81,7 @@ fn every_endpoint_answers_its_callers_and_only_them() {
 
     // The operator registers the provider; the secret goes in and never comes out.
     let (status, provider) =
-        scan.checked(&served, "PUT", "/v1/providers/idp", Some(&operator), Some(&provider_body(&server)));
+        scan.checked(&served, "PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body()));
     assert_eq!(status, 200, "{provider}");
     assert_eq!((provider["name"].as_str(), provider["has_client_secret"].as_bool()), (Some("idp"), Some(true)));
     let (status, listed) = scan.checked(&served, "GET", "/v1/providers", Some(&operator), None);
@@ -102,7 +92,7 @@ fn every_endpoint_answers_its_callers_and_only_them() {
     let (status, _) = scan.checked(&served, "GET", "/v1/providers/idp", Some(&acme), None);
     assert_eq!(status, 200);
     let (status, answer) =
-        scan.checked(&served, "PUT", "/v1/providers/idp", Some(&acme), Some(&provider_body(&server)));
+        scan.checked(&served, "PUT", "/v1/providers/idp", Some(&acme), Some(&server.provider_body()));
     assert_eq!((status, answer["error"].as_str()), (403, Some("forbidden")));
     let (status, answer) = scan.checked(&served, "DELETE", "/v1/providers/idp", Some(&acme), None);
     assert_eq!(status, 403, "{answer}");
@@ -126,9 +116,19 @@ fn every_endpoint_answers_its_callers_and_only_them() {
     assert_eq!(status, 200);
     assert_eq!(connections.as_array().unwrap().len(), 1);
     assert_eq!(connections[0]["provider"], "idp");
+    let (status, users) = scan.checked(&served, "GET", "/v1/tenants/acme/users?limit=10", Some(&acme), None);
+    assert_eq!(status, 200, "{users}");
+    assert_eq!(
+        users,
+        json!({ "users": [{ "user": "alice", "connections": [{ "provider": "idp", "name": "default" }] }], "next": null })
+    );
+    let (status, answer) = scan.checked(&served, "GET", "/v1/tenants/acme/users?limit=0", Some(&acme), None);
+    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid-input")), "{answer}");
 
     // Another tenant's connections are out of reach, whatever the method.
     for (method, path) in [
+        ("GET", "/v1/tenants/globex/users".to_owned()),
+        ("POST", "/v1/tenants/globex/users/alice/console-link".to_owned()),
         ("GET", "/v1/tenants/globex/users/alice/connections".to_owned()),
         ("DELETE", "/v1/tenants/globex/users/alice/connections".to_owned()),
         ("GET", "/v1/tenants/globex/users/alice/connections/idp/default/token".to_owned()),
@@ -187,7 +187,7 @@ fn every_endpoint_answers_its_callers_and_only_them() {
     scan.secrets.extend([operator.clone(), acme.clone()]);
     scan.bodies.push(listed.stdout.clone());
     assert_eq!(listed.json().as_array().unwrap().len(), 1, "the operator's key remains");
-    let printed = served.printed.lock().unwrap().clone();
+    let printed = served.log();
     assert!(printed.contains("route=/v1/tenants/{tenant}/users/{user}/connections"), "{printed}");
     assert!(!printed.contains("/users/alice"), "a log line holds a concrete path:\n{printed}");
     // The first key is printed once, at start: remove that line before scanning the rest.
@@ -208,13 +208,74 @@ fn a_restarted_service_keeps_its_keys_and_prints_none() {
     assert_eq!(second.call("GET", "/v1/providers", Some(&key), None), (200, json!([])));
 }
 
+/// A raw HTTP/1.1 connection to the service, to control when each byte is sent.
+struct RawConnection {
+    socket: std::net::TcpStream,
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl RawConnection {
+    fn open(served: &Served) -> Self {
+        let socket = std::net::TcpStream::connect(served.url.strip_prefix("http://").unwrap()).unwrap();
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        RawConnection { reader: std::io::BufReader::new(socket.try_clone().unwrap()), socket }
+    }
+
+    fn send(&mut self, bytes: &str) {
+        std::io::Write::write_all(&mut self.socket, bytes.as_bytes()).unwrap();
+    }
+
+    /// The next response's status; its body is read (by Content-Length) and dropped.
+    fn status(&mut self) -> u16 {
+        use std::io::{BufRead, Read};
+        let mut status = String::new();
+        assert_ne!(self.reader.read_line(&mut status).unwrap(), 0, "the service closed the connection");
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        self.reader.read_exact(&mut vec![0; length]).unwrap();
+        status.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+/// A refusal sent before the request's body arrived must not cost the client its kept-alive
+/// connection: pooled clients send their next request on it (ureq sends a body-less POST
+/// as an empty chunked body, whose last chunk may come a moment after the headers).
+#[test]
+fn a_refusal_before_the_body_arrives_keeps_the_connection() {
+    let cli = Tokenvault::new(&[]);
+    let served = cli.serve();
+    let mut connection = RawConnection::open(&served);
+    connection.send(
+        "POST /v1/tenants/acme/users/alice/console-link HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    connection.send("0\r\n\r\n");
+    assert_eq!(connection.status(), 401, "no key");
+    connection.send("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert_eq!(connection.status(), 200, "the same connection serves the next request");
+
+    // Bodies have a limit; a longer one is refused as soon as its length is declared.
+    let mut connection = RawConnection::open(&served);
+    connection.send(&format!("PUT /v1/providers/big HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", 2 << 20));
+    assert_eq!(connection.status(), 413);
+}
+
 #[test]
 fn shutdown_finishes_the_calls_in_flight() {
     let server = OAuthServer::start(600);
     let cli = Tokenvault::new(&[&server.origin()]);
     let mut served = cli.serve();
     let operator = served.first_key.clone().unwrap();
-    assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&provider_body(&server))).0, 200);
+    assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body())).0, 200);
     let grant = server.grant("vault-basic");
     assert_eq!(served.call("PUT", &format!("{CONN}/idp/default"), Some(&operator), Some(&grant)).0, 200);
 
@@ -244,7 +305,7 @@ fn a_user_connects_in_the_browser_through_a_link_the_backend_asked_for() {
     let cli = Tokenvault::new(&[&server.origin()]);
     let served = cli.serve();
     let operator = served.first_key.clone().unwrap();
-    assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&provider_body(&server))).0, 200);
+    assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body())).0, 200);
     let (acme, _) = tenant_key(&cli, "acme");
 
     // The backend asks for a link for alice, who has no connection yet.
@@ -303,7 +364,7 @@ fn a_user_connects_in_the_browser_through_a_link_the_backend_asked_for() {
         assert!((400..500).contains(&status), "{url}: {status}");
         assert!(page.contains("Not connected"));
     }
-    let printed = served.printed.lock().unwrap().clone();
+    let printed = served.log();
     assert!(!printed.contains(access) && !printed.contains("link="), "the log holds a value or a link:\n{printed}");
 }
 
@@ -314,7 +375,7 @@ fn two_services_on_one_database_renew_tokens_before_they_expire_without_burning_
     let schedule = ["--refresh-every", "1", "--refresh-within", "5"];
     let first = cli.serve_with(&schedule);
     let operator = first.first_key.clone().unwrap();
-    assert_eq!(first.call("PUT", "/v1/providers/idp", Some(&operator), Some(&provider_body(&server))).0, 200);
+    assert_eq!(first.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body())).0, 200);
     let mut stored = Vec::new();
     for name in ["a", "b", "c", "d"] {
         let grant = server.grant("vault-basic");
@@ -343,7 +404,7 @@ fn two_services_on_one_database_renew_tokens_before_they_expire_without_burning_
         assert_eq!(status, 200);
         assert_ne!(token["access_token"].as_str().unwrap(), first_access, "{name} was never renewed");
     }
-    let logs = format!("{}{}", first.printed.lock().unwrap(), second.printed.lock().unwrap());
+    let logs = format!("{}{}", first.log(), second.log());
     assert!(logs.contains("background refresh") && logs.contains("refreshed="), "{logs}");
 }
 
@@ -361,7 +422,7 @@ fn a_jwt_from_the_operators_identity_provider_acts_for_the_tenant_it_names() {
     let (status, answer) = served.call("GET", "/v1/tenants/globex/users/alice/connections", Some(&acme), None);
     assert_eq!((status, answer["error"].as_str()), (403, Some("forbidden")), "{answer}");
     assert!(answer["message"].as_str().unwrap().contains("jwt:billing-service"), "{answer}");
-    let (status, _) = served.call("PUT", "/v1/providers/idp", Some(&acme), Some(&provider_body(&server)));
+    let (status, _) = served.call("PUT", "/v1/providers/idp", Some(&acme), Some(&server.provider_body()));
     assert_eq!(status, 403, "a tenant's token does not change providers");
 
     // Every way a token can be wrong is a 401.
@@ -388,5 +449,5 @@ fn a_jwt_from_the_operators_identity_provider_acts_for_the_tenant_it_names() {
     // API keys still work beside JWTs.
     let operator = served.first_key.clone().unwrap();
     assert_eq!(served.call("GET", CONN, Some(&operator), None).0, 200);
-    assert!(!served.printed.lock().unwrap().contains(&acme), "a token in the log");
+    assert!(!served.log().contains(&acme), "a token in the log");
 }

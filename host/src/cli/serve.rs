@@ -11,12 +11,14 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
     pub jwt: Option<tokenvault::serve::jwt::JwtConfig>,
+    /// The console's OpenID Connect sign-in.
+    pub oidc: Option<tokenvault::serve::console::oidc::OidcConfig>,
     /// None: no background refresh.
     pub schedule: Option<Schedule>,
 }
 
 pub async fn run(vault: Vault, args: ServeArgs) -> Result<()> {
-    let ServeArgs { listen, public_url, jwt, schedule } = args;
+    let ServeArgs { listen, public_url, jwt, oidc, schedule } = args;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
@@ -24,6 +26,9 @@ pub async fn run(vault: Vault, args: ServeArgs) -> Result<()> {
     let mut state = AppState::new(vault, &public_url.unwrap_or_else(|| format!("http://{address}")))?;
     if let Some(config) = jwt {
         state.jwt = Some(std::sync::Arc::new(tokenvault::serve::jwt::JwtVerifier::new(config).await?));
+    }
+    if let Some(config) = oidc {
+        state.oidc = Some(std::sync::Arc::new(tokenvault::serve::console::oidc::OidcLogin::discover(config).await?));
     }
     let first_key = serve::first_key(&state.api_keys).await?;
     // Before the address is printed: whoever reads it may signal at once.
@@ -36,6 +41,13 @@ pub async fn run(vault: Vault, args: ServeArgs) -> Result<()> {
     }
     println!("tokenvault is serving http://{address}  (API /v1, OpenAPI /openapi.json; Ctrl-C stops)");
     println!("Redirect URI to register at providers: {}", state.callback_url());
+    println!("Console: {}  (admins sign in with an API key; users arrive by console links)", state.console_url());
+    if state.oidc.is_some() {
+        println!(
+            "Console sign-in redirect URI to register at your identity provider: {}",
+            state.console_oidc_callback_url()
+        );
+    }
     tracing::info!(%address, "serving");
     // One signal stops both the server and the scheduler.
     let (stop, stopped) = tokio::sync::watch::channel(false);

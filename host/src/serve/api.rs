@@ -14,10 +14,12 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::api_error::ApiError;
 use super::auth::Caller;
-use super::connect;
+use super::console::session::Principal;
+use super::{connect, console};
 use crate::error::Error;
 use crate::types::{
-    ConnectionInfo, ConnectionKey, ProviderConfig, ProviderInfo, RemovalReceipt, TokenGrant, TokenSet, parse_json,
+    ConnectionInfo, ConnectionKey, ProviderConfig, ProviderInfo, RemovalReceipt, TokenGrant, TokenSet, UserPage,
+    parse_json,
 };
 
 #[derive(OpenApi)]
@@ -54,6 +56,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_token))
         .routes(routes!(refresh_token))
         .routes(routes!(create_link))
+        .routes(routes!(list_users))
+        .routes(routes!(create_console_link))
         .routes(routes!(list_providers))
         .routes(routes!(get_provider, put_provider, remove_provider))
 }
@@ -199,6 +203,64 @@ async fn create_link(
     let link = state.vault.link(&key, request.scopes.as_deref()).await?;
     let url = connect::link_url(&state.public_url, &key.provider, &link.code);
     Ok(Json(ConnectLinkUrl { url, expires_at: link.expires_at }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct TenantPath {
+    tenant: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct UsersQuery {
+    /// Continue after this user (the previous page's `next`).
+    after: Option<String>,
+    /// Users per page, 1 to 1000 (default 100).
+    limit: Option<u32>,
+}
+
+/// The tenant's users who hold connections, each with their connections' names.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/users", tag = "tokens", params(TenantPath, UsersQuery),
+    responses((status = 200, body = UserPage), (status = "4XX", body = Error)))]
+async fn list_users(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<TenantPath>,
+    axum::extract::Query(query): axum::extract::Query<UsersQuery>,
+) -> ApiResult<UserPage> {
+    caller.for_tenant(&path.tenant)?;
+    Ok(Json(state.vault.users(&path.tenant, query.after.as_deref(), query.limit.unwrap_or(100)).await?))
+}
+
+#[derive(Serialize, ToSchema)]
+struct ConsoleLinkUrl {
+    /// Hand this to the user (and only to them): it opens their page of the console,
+    /// where they see and disconnect their connections. It works once, until `expires_at`;
+    /// the session it starts lasts an hour.
+    url: String,
+    /// Unix seconds.
+    expires_at: u64,
+}
+
+/// A one-time link (fifteen minutes) into the console for the user: their connections,
+/// to disconnect or reconnect, with no API key.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/users/{user}/console-link", tag = "tokens", params(UserPath),
+    responses((status = 200, body = ConsoleLinkUrl), (status = "4XX", body = Error)))]
+async fn create_console_link(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<UserPath>,
+) -> ApiResult<ConsoleLinkUrl> {
+    caller.for_tenant(&path.tenant)?;
+    for (what, id) in [("tenant", &path.tenant), ("user", &path.user)] {
+        if id.is_empty() || id.len() > 256 {
+            return Err(Error::InvalidInput(format!("the {what} must be 1 to 256 bytes")).into());
+        }
+    }
+    let principal = Principal::User { tenant: path.tenant, user: path.user };
+    let (code, expires_at) = state.sessions.link(principal).await?;
+    Ok(Json(ConsoleLinkUrl { url: console::link_url(&state.public_url, &code), expires_at }))
 }
 
 /// The registered providers, without their secrets.

@@ -15,6 +15,9 @@ pub enum ApiError {
     /// Valid credentials that do not reach this tenant or operation.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// A request body over the service's limit.
+    #[error("payload-too-large: {0}")]
+    TooLarge(String),
     #[error(transparent)]
     Vault(#[from] Error),
 }
@@ -24,6 +27,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Vault(err) => match err {
                 Error::NotFound(_) => StatusCode::NOT_FOUND,
                 Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
@@ -44,6 +48,7 @@ impl IntoResponse for ApiError {
             ApiError::Vault(err) => serde_json::to_value(&err).expect("errors serialize"),
             ApiError::Unauthorized(message) => serde_json::json!({ "error": "unauthorized", "message": message }),
             ApiError::Forbidden(message) => serde_json::json!({ "error": "forbidden", "message": message }),
+            ApiError::TooLarge(message) => serde_json::json!({ "error": "payload-too-large", "message": message }),
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

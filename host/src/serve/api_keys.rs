@@ -146,6 +146,11 @@ impl ApiKeys {
         }
     }
 
+    /// Does the key with this id still exist (not revoked)?
+    pub async fn exists(&self, id: &str) -> Result<bool> {
+        Ok(self.record(id).await?.is_some())
+    }
+
     /// The key's scope, if `presented` is a key that exists; `None` for anything else.
     pub async fn verify(&self, presented: &str) -> Result<Option<ApiKeyInfo>> {
         let Some((id, _secret)) = presented.strip_prefix(PREFIX).and_then(|rest| rest.split_once('_')) else {

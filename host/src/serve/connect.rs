@@ -13,13 +13,17 @@ use axum::routing::get;
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
-use super::AppState;
 use super::api_error::ApiError;
+use super::console::{self, Visitor};
+use super::{AppState, console::session::Principal};
 
 pub const CALLBACK_PATH: &str = "/oauth/callback";
 
 pub fn routes() -> axum::Router<AppState> {
-    axum::Router::new().route("/connect/{provider}", get(open)).route(CALLBACK_PATH, get(callback))
+    axum::Router::new()
+        .route("/connect/{provider}", get(open))
+        .route(CALLBACK_PATH, get(callback))
+        .layer(axum::middleware::map_response(console::guard_headers))
 }
 
 /// Where a link for `provider` with `code` points.
@@ -55,16 +59,25 @@ async fn open(
     }
 }
 
-async fn callback(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+/// Completes the flow. A browser that came from the user's console page (its session is
+/// for the connection's user) gets a link back there.
+async fn callback(State(state): State<AppState>, visitor: Option<Visitor>, RawQuery(query): RawQuery) -> Response {
     match state.vault.complete(query.as_deref().unwrap_or_default()).await {
-        Ok(connected) => page(
-            StatusCode::OK,
-            "Connected",
-            html! {
-                p.badge.ok { "Connected" }
-                p { "Your " strong { (connected.key.provider) } " account is connected. You can close this window." }
-            },
-        ),
+        Ok(connected) => {
+            let key = &connected.key;
+            let own_console = visitor.is_some_and(|v| {
+                v.session.principal == Principal::User { tenant: key.tenant.clone(), user: key.user.clone() }
+            });
+            page(
+                StatusCode::OK,
+                "Connected",
+                html! {
+                    p.badge.ok { "Connected" }
+                    p { "Your " strong { (key.provider) } " account is connected. You can close this window." }
+                    @if own_console { p { a href="/console/me" { "Your connections" } } }
+                },
+            )
+        }
         Err(err) => {
             let error = ApiError::from(err);
             failure_page(error.status(), &format!("Connecting failed: {}", message(&error)))

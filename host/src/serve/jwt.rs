@@ -52,6 +52,15 @@ impl JwtVerifier {
 
     /// The caller a valid token names; `None` for any token that is not valid.
     pub async fn verify(&self, token: &str) -> Option<JwtCaller> {
+        let claims = self.verify_claims(token).await?;
+        let tenant = claims.get(&self.config.tenant_claim)?.as_str().filter(|t| !t.is_empty())?.to_owned();
+        let subject = claims.get("sub").and_then(|s| s.as_str()).unwrap_or("jwt").to_owned();
+        Some(JwtCaller { tenant, subject })
+    }
+
+    /// The claims of a valid token (signature, `exp`, `iss`, `aud` checked); `None` for
+    /// any token that is not valid.
+    pub async fn verify_claims(&self, token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         let kid = header.kid?;
         let jwk = match self.key(&kid).await {
@@ -70,11 +79,7 @@ impl JwtVerifier {
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[&self.config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        let claims =
-            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation).ok()?.claims;
-        let tenant = claims.get(&self.config.tenant_claim)?.as_str().filter(|t| !t.is_empty())?.to_owned();
-        let subject = claims.get("sub").and_then(|s| s.as_str()).unwrap_or("jwt").to_owned();
-        Some(JwtCaller { tenant, subject })
+        Some(jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation).ok()?.claims)
     }
 
     async fn key(&self, kid: &str) -> Option<Jwk> {

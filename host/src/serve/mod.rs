@@ -8,6 +8,7 @@ mod api_error;
 pub mod api_keys;
 mod auth;
 mod connect;
+pub mod console;
 pub mod jwt;
 
 use std::time::Instant;
@@ -35,6 +36,10 @@ pub struct AppState {
     pub public_url: String,
     /// Accepts JWTs from the operator's identity provider, when one is configured.
     pub jwt: Option<std::sync::Arc<jwt::JwtVerifier>>,
+    /// The console's sessions and console links.
+    pub sessions: console::session::Sessions,
+    /// The console's sign-in through the operator's OpenID Connect provider, if configured.
+    pub oidc: Option<std::sync::Arc<console::oidc::OidcLogin>>,
 }
 
 impl AppState {
@@ -45,27 +50,46 @@ impl AppState {
             return Err(crate::Error::Config(format!("the public URL {public_url:?} must be http(s) without a query")));
         }
         let public_url = public_url.trim_end_matches('/').to_owned();
-        Ok(AppState { api_keys: ApiKeys::of(&vault), vault, public_url, jwt: None })
+        Ok(AppState {
+            api_keys: ApiKeys::of(&vault),
+            sessions: console::session::Sessions::of(&vault),
+            vault,
+            public_url,
+            jwt: None,
+            oidc: None,
+        })
     }
 
     /// The redirect URI providers send browsers back to.
     pub fn callback_url(&self) -> String {
         format!("{}{}", self.public_url, connect::CALLBACK_PATH)
     }
+
+    /// Where people open the console.
+    pub fn console_url(&self) -> String {
+        format!("{}/console", self.public_url)
+    }
+
+    /// The redirect URI to register at the operator's OpenID Connect provider.
+    pub fn console_oidc_callback_url(&self) -> String {
+        format!("{}{}", self.public_url, console::oidc::CALLBACK_PATH)
+    }
 }
 
 /// The service: the API under `/v1`, its OpenAPI description at `/openapi.json`, the
-/// connect flow's pages (`/connect/{provider}`, `/oauth/callback`), and `/healthz` (the
-/// process answers) and `/readyz` (and its storage does).
+/// connect flow's pages (`/connect/{provider}`, `/oauth/callback`), the console under
+/// `/console`, and `/healthz` (the process answers) and `/readyz` (and its storage does).
 pub fn router(state: AppState) -> axum::Router {
     let (api, openapi) = api::routes().split_for_parts();
     axum::Router::new()
         .merge(api)
         .merge(connect::routes())
+        .merge(console::routes())
         .route("/openapi.json", get(move || async move { Json(openapi) }))
         .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))
         .fallback(not_found)
+        .layer(middleware::from_fn(read_body_first))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
@@ -104,6 +128,36 @@ async fn log_request(request: Request, next: Next) -> Response {
         tracing::info!(%method, %route, status = status.as_u16(), ms, "request");
     }
     response
+}
+
+/// The largest request body taken: the API's are a grant or a provider, a few KiB.
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Read the whole request body before anything answers. A handler that needs no body,
+/// or a refusal (401, 403) sent before the body is read, would otherwise leave it unread;
+/// hyper then closes the connection after the response unless the body happened to have
+/// arrived already, and a client that reuses the kept-alive connection fails its next
+/// request. Reading first makes keep-alive hold whatever the timing.
+async fn read_body_first(request: Request, next: Next) -> Response {
+    let too_large = || ApiError::TooLarge(format!("request bodies are at most {MAX_BODY_BYTES} bytes")).into_response();
+    let declared = request.headers().get(axum::http::header::CONTENT_LENGTH);
+    if declared.and_then(|v| v.to_str().ok()?.parse::<usize>().ok()).is_some_and(|n| n > MAX_BODY_BYTES) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(e) => {
+            let over_limit =
+                std::error::Error::source(&e).is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                too_large()
+            } else {
+                let message = format!("the request body could not be read: {e}");
+                ApiError::from(crate::Error::InvalidInput(message)).into_response()
+            }
+        }
+    }
 }
 
 /// The first key of a fresh service: when no API key exists yet, an operator key, so

@@ -1,0 +1,313 @@
+//! The administrator's pages: a tenant's users and their connections, revoking all of a
+//! user's connections (after a confirmation), and the audit log with filters.
+
+use std::collections::BTreeMap;
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::user::{connections_table, upstream_text, utc};
+use super::{Admin, error_page, href, page};
+use crate::audit::{AUDIT_ACTIONS, AUDIT_OUTCOMES, AuditFilter};
+use crate::serve::AppState;
+use crate::serve::api_keys::Scope;
+
+/// Users per page.
+const USERS_PER_PAGE: u32 = 50;
+/// Audit events shown at most.
+const AUDIT_LIMIT: usize = 200;
+
+#[derive(Deserialize)]
+pub struct UsersQuery {
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    after: String,
+}
+
+/// The tenant a page is about: the one asked for (if this admin reaches it), or the
+/// admin's own. An operator who names none gets `None` and picks one.
+fn tenant_of(admin: &Admin, asked: &str) -> Result<Option<String>, Response> {
+    match (&admin.scope, asked) {
+        (Scope::Tenant(own), "") => Ok(Some(own.clone())),
+        (Scope::Operator, "") => Ok(None),
+        (_, asked) => admin.check_tenant(asked).map(|()| Some(asked.to_owned())),
+    }
+}
+
+/// An operator names the tenant to look at.
+fn tenant_picker(admin: &Admin, action: &str, tenant: &str) -> Markup {
+    html! {
+        @if admin.scope == Scope::Operator {
+            form.filters method="get" action=(action) {
+                div { label for="tenant" { "Tenant" } input #tenant type="text" name="tenant" value=(tenant) required; }
+                button type="submit" { "Show" }
+            }
+        }
+    }
+}
+
+/// The tenant's users, each with their connections counted by provider.
+pub async fn users(admin: Admin, State(state): State<AppState>, Query(query): Query<UsersQuery>) -> Response {
+    let tenant = match tenant_of(&admin, &query.tenant) {
+        Ok(Some(tenant)) => tenant,
+        Ok(None) => {
+            let body =
+                html! { (tenant_picker(&admin, "/console/admin", "")) p.muted { "Name a tenant to see its users." } };
+            return page(StatusCode::OK, "Users", Some(&admin.visitor), body);
+        }
+        Err(refused) => return refused,
+    };
+    let after = (!query.after.is_empty()).then_some(query.after.as_str());
+    let found = match state.vault.users(&tenant, after, USERS_PER_PAGE).await {
+        Ok(found) => found,
+        Err(err) => return error_page(Some(&admin.visitor), err.into()),
+    };
+    let body = html! {
+        (tenant_picker(&admin, "/console/admin", &tenant))
+        @if found.users.is_empty() {
+            p.muted { "No user of tenant " strong { (tenant) } " has a connection." }
+        } @else {
+            table {
+                thead { tr { th { "User" } th { "Connections" } } }
+                tbody {
+                    @for user in &found.users {
+                        tr data-user=(user.user) {
+                            td { a href=(href("/console/admin/user", &[("tenant", &tenant), ("user", &user.user)])) { (user.user) } }
+                            td { (by_provider(user.connections.iter().map(|c| c.provider.as_str()))) }
+                        }
+                    }
+                }
+            }
+        }
+        @if let Some(next) = &found.next {
+            p { a href=(href("/console/admin", &[("tenant", &tenant), ("after", next)])) { "Next users →" } }
+        }
+    };
+    page(StatusCode::OK, &format!("Users of {tenant}"), Some(&admin.visitor), body)
+}
+
+/// "github (1), microsoft (3)": connections counted by provider.
+fn by_provider<'a>(providers: impl Iterator<Item = &'a str>) -> String {
+    let mut counts = BTreeMap::<&str, usize>::new();
+    for provider in providers {
+        *counts.entry(provider).or_default() += 1;
+    }
+    counts.iter().map(|(provider, count)| format!("{provider} ({count})")).collect::<Vec<_>>().join(", ")
+}
+
+#[derive(Deserialize)]
+pub struct UserQuery {
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    user: String,
+}
+
+impl UserQuery {
+    /// The tenant and user named, if this admin reaches them.
+    fn check(&self, admin: &Admin) -> Result<(String, String), Response> {
+        match tenant_of(admin, &self.tenant)? {
+            Some(tenant) if !self.user.is_empty() => Ok((tenant, self.user.clone())),
+            _ => Err(super::message_page(
+                StatusCode::BAD_REQUEST,
+                "Which user?",
+                Some(&admin.visitor),
+                "Name a tenant and a user.",
+            )),
+        }
+    }
+}
+
+/// One user's connections, and the way to revoke them all.
+pub async fn user(admin: Admin, State(state): State<AppState>, Query(query): Query<UserQuery>) -> Response {
+    let (tenant, user) = match query.check(&admin) {
+        Ok(named) => named,
+        Err(refused) => return refused,
+    };
+    let list = match state.vault.list(&tenant, &user).await {
+        Ok(list) => list,
+        Err(err) => return error_page(Some(&admin.visitor), err.into()),
+    };
+    let now = state.vault.services().clock.now().as_secs();
+    let body = html! {
+        p.muted { "Tenant " (tenant) }
+        (connections_table(&list, now, |_| html! {}))
+        @if !list.is_empty() {
+            p { a.button.danger href=(href("/console/admin/revoke-all", &[("tenant", &tenant), ("user", &user)])) { "Revoke all…" } }
+        }
+        p { a href=(href("/console/admin/audit", &[("tenant", &tenant), ("user", &user)])) { "This user's audit events" } }
+    };
+    page(StatusCode::OK, &format!("User {user}"), Some(&admin.visitor), body)
+}
+
+/// Revoking all asks first: what will happen, and a button that does it.
+pub async fn confirm_revoke_all(
+    admin: Admin,
+    State(state): State<AppState>,
+    Query(query): Query<UserQuery>,
+) -> Response {
+    let (tenant, user) = match query.check(&admin) {
+        Ok(named) => named,
+        Err(refused) => return refused,
+    };
+    let count = match state.vault.list(&tenant, &user).await {
+        Ok(list) => list.len(),
+        Err(err) => return error_page(Some(&admin.visitor), err.into()),
+    };
+    let body = html! {
+        p.notice.warn {
+            "Revoke all " strong { (count) } " connection" @if count != 1 { "s" } " of " strong { (user) }
+            " (tenant " (tenant) ")? Each is revoked at its provider and deleted here; the user must connect again. "
+            "This cannot be undone."
+        }
+        form method="post" action="/console/admin/revoke-all" {
+            input type="hidden" name="csrf" value=(admin.visitor.session.csrf);
+            input type="hidden" name="tenant" value=(tenant);
+            input type="hidden" name="user" value=(user);
+            button.danger type="submit" { "Yes, revoke all" }
+            " "
+            a href=(href("/console/admin/user", &[("tenant", &tenant), ("user", &user)])) { "Cancel" }
+        }
+    };
+    page(StatusCode::OK, "Revoke all?", Some(&admin.visitor), body)
+}
+
+#[derive(Deserialize)]
+pub struct RevokeAllForm {
+    csrf: String,
+    tenant: String,
+    user: String,
+}
+
+pub async fn revoke_all(admin: Admin, State(state): State<AppState>, Form(form): Form<RevokeAllForm>) -> Response {
+    if let Err(refused) = admin.visitor.check_csrf(&form.csrf) {
+        return refused;
+    }
+    let (tenant, user) = match (UserQuery { tenant: form.tenant, user: form.user }).check(&admin) {
+        Ok(named) => named,
+        Err(refused) => return refused,
+    };
+    let receipts = match state.vault.revoke_all(&tenant, &user).await {
+        Ok(receipts) => receipts,
+        Err(err) => return error_page(Some(&admin.visitor), err.into()),
+    };
+    let body = html! {
+        p.notice role="status" { "Revoked " (receipts.len()) " connection" @if receipts.len() != 1 { "s" } " of " strong { (user) } "." }
+        @if !receipts.is_empty() {
+            table {
+                thead { tr { th { "Provider" } th { "Name" } th { "At the provider" } } }
+                tbody {
+                    @for receipt in &receipts {
+                        tr { td { (receipt.provider) } td { (receipt.name) } td { (upstream_text(&receipt.upstream)) } }
+                    }
+                }
+            }
+        }
+        p { a href=(href("/console/admin", &[("tenant", &tenant)])) { "Back to the users" } }
+    };
+    page(StatusCode::OK, "Revoked", Some(&admin.visitor), body)
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    provider: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    outcome: String,
+}
+
+/// The newest audit events, filtered; a tenant's admin sees their tenant's only.
+pub async fn audit(admin: Admin, State(state): State<AppState>, Query(query): Query<AuditQuery>) -> Response {
+    let tenant = match tenant_of(&admin, &query.tenant) {
+        Ok(tenant) => tenant,
+        Err(refused) => return refused,
+    };
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let filter = AuditFilter {
+        tenant: tenant.clone(),
+        user: some(&query.user),
+        provider: some(&query.provider),
+        action: some(&query.action),
+        outcome: some(&query.outcome),
+    };
+    let sink = state.vault.services().audit.clone();
+    let read = {
+        let filter = filter.clone();
+        tokio::task::spawn_blocking(move || sink.read(&filter, AUDIT_LIMIT)).await
+    };
+    let events = match read {
+        Ok(Ok(events)) => events,
+        Ok(Err(err)) => return error_page(Some(&admin.visitor), err.into()),
+        Err(join) => {
+            return error_page(
+                Some(&admin.visitor),
+                crate::Error::Config(format!("reading the audit log failed: {join}")).into(),
+            );
+        }
+    };
+    let select = |name: &str, options: &[&str], chosen: &str| {
+        html! {
+            select #(name) name=(name) {
+                option value="" { "any" }
+                @for option in options { option value=(option) selected[*option == chosen] { (option) } }
+            }
+        }
+    };
+    let body = html! {
+        form.filters method="get" action="/console/admin/audit" {
+            @if admin.scope == Scope::Operator {
+                div { label for="tenant" { "Tenant" } input #tenant type="text" name="tenant" value=(query.tenant); }
+            }
+            div { label for="user" { "User" } input #user type="text" name="user" value=(query.user); }
+            div { label for="provider" { "Provider" } input #provider type="text" name="provider" value=(query.provider); }
+            div { label for="action" { "Action" } (select("action", AUDIT_ACTIONS, &query.action)) }
+            div { label for="outcome" { "Outcome" } (select("outcome", AUDIT_OUTCOMES, &query.outcome)) }
+            button type="submit" { "Filter" }
+        }
+        @match &events {
+            None => p.muted { "This service's audit sink cannot be read back." },
+            Some(events) if events.is_empty() => p.muted { "No event matches." },
+            Some(events) => {
+                p.muted { "Newest first" @if events.len() == AUDIT_LIMIT { ", the latest " (AUDIT_LIMIT) } "." }
+                table {
+                    thead { tr { th { "Time (UTC)" } th { "Action" } th { "Outcome" } th { "Tenant" } th { "User" } th { "Provider" } th { "Name" } } }
+                    tbody {
+                        @for event in events {
+                            tr.event {
+                                td { (utc(event.at_ms / 1000)) }
+                                td { (event.action) }
+                                td { (event.outcome) }
+                                td { (event.tenant.as_deref().unwrap_or("")) }
+                                td { (event.user.as_deref().unwrap_or("")) }
+                                td { (event.provider.as_deref().unwrap_or("")) }
+                                td { (event.name.as_deref().unwrap_or("")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(StatusCode::OK, "Audit log", Some(&admin.visitor), body)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connections_are_counted_by_provider() {
+        let providers = ["microsoft", "github", "microsoft", "microsoft"];
+        assert_eq!(super::by_provider(providers.into_iter()), "github (1), microsoft (3)");
+        assert_eq!(super::by_provider(std::iter::empty()), "");
+    }
+}
