@@ -72,6 +72,8 @@ enum Command {
     /// Connect the account a connect link names (from `link` or `token get --link`),
     /// like `connect` does; the link is spent.
     OpenLink {
+        /// The link's code. It may begin with `-` (codes are base64url).
+        #[arg(allow_hyphen_values = true)]
         code: String,
         #[command(flatten)]
         redirect: RedirectArgs,

@@ -70,6 +70,9 @@ fn errors_are_one_line_starting_with_their_kind() {
     assert!(line.starts_with("config: "), "{line}");
     let line = error_line(&tokenvault(dir.path(), &["token", "put", "acme", "alice", "github"], "{not json"));
     assert!(line.starts_with("invalid-input: token response"), "{line}");
+    // Link codes are base64url, so one may begin with `-`: it is still the code.
+    let line = error_line(&tokenvault(dir.path(), &["open-link", "-Mx2_unknown-link"], ""));
+    assert!(line.starts_with("invalid-input: "), "{line}");
 }
 
 #[test]

@@ -4,8 +4,9 @@
 //! codes, JWTs) and its client secrets are looked for in all of it.
 //!
 //! A token may appear in one place only: the `access_token`, `refresh_token` and
-//! `id_token` fields of a token answer (an object with an `access_token`), which is what
-//! `get` and `refresh` return. Those fields are dropped before a JSON answer is recorded.
+//! `id_token` fields of a token answer (an object with an `access_token`, or the `token`
+//! of `get --link`'s answer), which is what `get` and `refresh` return. Those fields are
+//! dropped before a JSON answer is recorded.
 
 use std::sync::Mutex;
 
@@ -34,13 +35,23 @@ pub fn record(source: impl Into<String>, text: &str) {
 /// Record an answer that may be a token answer: its token fields are where tokens belong.
 pub fn record_answer(source: impl Into<String>, text: &str) {
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(mut answer)) if answer.contains_key("access_token") => {
-            for field in TOKEN_FIELDS {
-                answer.remove(field);
+        Ok(Value::Object(mut answer)) => {
+            drop_token_fields(&mut answer);
+            // `get --link` answers a token as {"token": {…}}.
+            if let Some(Value::Object(token)) = answer.get_mut("token") {
+                drop_token_fields(token);
             }
             record(source, &Value::Object(answer).to_string());
         }
         _ => record(source, text),
+    }
+}
+
+fn drop_token_fields(answer: &mut serde_json::Map<String, Value>) {
+    if answer.contains_key("access_token") {
+        for field in TOKEN_FIELDS {
+            answer.remove(field);
+        }
     }
 }
 
@@ -75,6 +86,9 @@ mod tests {
         let answer = serde_json::json!({ "access_token": token, "refresh_token": token, "provider": "idp" });
         record_answer("GET token", &answer.to_string());
         assert!(findings(std::slice::from_ref(&token)).is_empty(), "a token answer's own fields are allowed");
+
+        record_answer("get --link", &serde_json::json!({ "token": answer }).to_string());
+        assert!(findings(std::slice::from_ref(&token)).is_empty(), "nor is get --link's token");
 
         let listed = serde_json::json!([{ "access_token": token }]);
         record_answer("GET list", &listed.to_string());
