@@ -8,13 +8,13 @@
 
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use maud::{DOCTYPE, Markup, html};
+use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::api_error::ApiError;
-use super::console::{self, Visitor};
+use super::console::Visitor;
 use super::{AppState, console::session::Principal};
 
 pub const CALLBACK_PATH: &str = "/oauth/callback";
@@ -23,7 +23,7 @@ pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/connect/{provider}", get(open))
         .route(CALLBACK_PATH, get(callback))
-        .layer(axum::middleware::map_response(console::guard_headers))
+        .layer(axum::middleware::map_response(super::html::guard_headers))
 }
 
 /// Where a link for `provider` with `code` points.
@@ -97,25 +97,8 @@ fn failure_page(status: StatusCode, text: &str) -> Response {
 
 /// A small page; maud escapes every value put in it.
 fn page(status: StatusCode, title: &str, body: Markup) -> Response {
-    let markup = html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · tokenvault" }
-                style { (maud::PreEscaped(STYLE)) }
-            }
-            body { main { h1 { (title) } (body) } }
-        }
-    };
-    (status, Html(markup.into_string())).into_response()
+    super::html::page(status, title, "", None, body)
 }
-
-pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}\
-main{max-width:40rem;margin:4rem auto;padding:2rem;background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002}\
-.badge{display:inline-block;padding:.2rem .6rem;border-radius:1rem;font-size:.9rem;font-weight:600}\
-.ok{background:#d8f5de;color:#126b2a}.failed{background:#fde2e1;color:#8a1c17}";
 
 #[cfg(test)]
 mod tests {

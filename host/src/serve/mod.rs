@@ -9,6 +9,7 @@ pub mod api_keys;
 mod auth;
 mod connect;
 pub mod console;
+mod html;
 pub mod jwt;
 
 use std::time::Instant;

@@ -21,13 +21,13 @@ pub mod session;
 mod user;
 
 use axum::extract::{FromRequestParts, Query, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{Markup, html};
 use serde::Deserialize;
 
 use self::session::{Principal, Session, csrf_matches, random_token};
@@ -55,7 +55,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/admin/revoke-all", get(admin::confirm_revoke_all).post(admin::revoke_all))
         .route("/console/admin/audit", get(admin::audit))
         .merge(oidc::routes())
-        .layer(axum::middleware::map_response(guard_headers))
+        .layer(axum::middleware::map_response(super::html::guard_headers))
 }
 
 /// The console link's address for `code`.
@@ -71,26 +71,6 @@ pub fn href(path: &str, pairs: &[(&str, &str)]) -> String {
     }
     let query = query.finish();
     if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") }
-}
-
-/// No script may run, nothing may frame a page, no form may post elsewhere, and nothing
-/// is cached or sent on as a referrer (a console link's code is in its address).
-pub async fn guard_headers(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    for (name, value) in [
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:; \
-             frame-ancestors 'none'; base-uri 'none'",
-        ),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
-        (header::CACHE_CONTROL, "no-store"),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-    ] {
-        headers.insert(name, HeaderValue::from_static(value));
-    }
-    response
 }
 
 /// A signed-in browser: its session id (from the cookie) and its session.
@@ -412,49 +392,37 @@ fn message_page(status: StatusCode, title: &str, visitor: Option<&Visitor>, text
 
 /// A console page; maud escapes every value put in it.
 fn page(status: StatusCode, title: &str, visitor: Option<&Visitor>, body: Markup) -> Response {
-    let markup = html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · tokenvault" }
-                style { (PreEscaped(super::connect::STYLE)) (PreEscaped(STYLE)) }
-            }
-            body {
-                header {
-                    span.brand { "tokenvault" }
-                    @if let Some(visitor) = visitor {
-                        nav {
-                            @match &visitor.session.principal {
-                                Principal::Admin { scope, .. } => {
-                                    a href="/console/admin" { "Users" }
-                                    a href="/console/admin/audit" { "Audit log" }
-                                    span.who { "Admin · " (scope) }
-                                }
-                                Principal::User { user, .. } => {
-                                    a href="/console/me" { "Your connections" }
-                                    span.who { (user) }
-                                }
-                            }
-                            form.inline method="post" action="/console/sign-out" {
-                                input type="hidden" name="csrf" value=(visitor.session.csrf);
-                                button.link type="submit" { "Sign out" }
-                            }
+    let header = html! {
+        header {
+            span.brand { "tokenvault" }
+            @if let Some(visitor) = visitor {
+                nav {
+                    @match &visitor.session.principal {
+                        Principal::Admin { scope, .. } => {
+                            a href="/console/admin" { "Users" }
+                            a href="/console/admin/audit" { "Audit log" }
+                            span.who { "Admin · " (scope) }
+                        }
+                        Principal::User { user, .. } => {
+                            a href="/console/me" { "Your connections" }
+                            span.who { (user) }
                         }
                     }
+                    form.inline method="post" action="/console/sign-out" {
+                        input type="hidden" name="csrf" value=(visitor.session.csrf);
+                        button.link type="submit" { "Sign out" }
+                    }
                 }
-                main.wide { h1 { (title) } (body) }
             }
         }
     };
-    (status, Html(markup.into_string())).into_response()
+    super::html::page(status, title, STYLE, Some(header), body)
 }
 
 const STYLE: &str = "header{display:flex;justify-content:space-between;align-items:center;padding:.8rem 2rem;\
 background:#1d2330;color:#fff}header a{color:#fff;margin-right:1rem}.brand{font-weight:700}\
 nav{display:flex;align-items:center;gap:.5rem}.who{opacity:.8;margin-right:.5rem}\
-main.wide{max-width:60rem;margin:2rem auto}table{border-collapse:collapse;width:100%}\
+main{max-width:60rem;margin:2rem auto}table{border-collapse:collapse;width:100%}\
 th,td{text-align:left;padding:.5rem;border-bottom:1px solid #e3e6eb;vertical-align:top}\
 form.inline{display:inline}a.button{display:inline-block;padding:.4rem .9rem;border-radius:4px;\
 color:#fff;text-decoration:none}a.button.danger{background:#b3261e}button{padding:.4rem .9rem;border-radius:4px;border:1px solid #1d2330;\
