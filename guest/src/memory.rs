@@ -14,6 +14,8 @@ type Sleeper = Box<dyn Fn(&MemoryPlatform)>;
 
 pub struct MemoryPlatform {
     pub records: RefCell<BTreeMap<String, (Vec<u8>, u64)>>,
+    /// Every key read, in order.
+    pub reads: RefCell<Vec<String>>,
     next_version: Cell<u64>,
     pub keys: RefCell<Vec<(String, Vec<u8>)>>,
     pub events: RefCell<Vec<AuditEvent>>,
@@ -31,6 +33,7 @@ impl MemoryPlatform {
     pub fn new() -> Self {
         MemoryPlatform {
             records: RefCell::default(),
+            reads: RefCell::default(),
             next_version: Cell::new(1),
             keys: RefCell::new(vec![("k1".into(), vec![1; 32])]),
             events: RefCell::default(),
@@ -77,6 +80,7 @@ impl MemoryPlatform {
 
 impl Platform for MemoryPlatform {
     fn storage_get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
+        self.reads.borrow_mut().push(key.to_owned());
         Ok(self.records.borrow().get(key).map(|(value, version)| Entry { value: value.clone(), version: *version }))
     }
 

@@ -239,8 +239,7 @@ impl<P: Platform> Vault<P> {
         if !expiry::expires_within(self.now(), token.expires_at, horizon_secs) {
             return Ok(RefreshOutcome::NotDue);
         }
-        let provider = self.load_provider(&key.provider)?;
-        self.refresh_coordinated(key, token, version, &provider, Wanted::Renewed)?;
+        self.refresh_coordinated(key, token, version, Wanted::Renewed)?;
         Ok(RefreshOutcome::Refreshed)
     }
 
@@ -293,9 +292,13 @@ impl<P: Platform> Vault<P> {
         if !expiry::could_be_due(now, token.obtained_at, token.expires_at) {
             return Ok(token.token_set());
         }
-        let provider = self.load_provider(&key.provider)?;
-        if !expiry::refresh_due(now, token.obtained_at, token.expires_at, provider.refresh_buffer_secs) {
-            return Ok(token.token_set());
+        // An expired token is due whatever the provider's refresh buffer: then only the
+        // caller that takes the lease reads the provider, not each of a crowd waiting on it.
+        if !expiry::is_expired(now, token.expires_at) {
+            let provider = self.load_provider(&key.provider)?;
+            if !expiry::refresh_due(now, token.obtained_at, token.expires_at, provider.refresh_buffer_secs) {
+                return Ok(token.token_set());
+            }
         }
         if !token.renewable() {
             return if expiry::is_expired(now, token.expires_at) {
@@ -306,7 +309,7 @@ impl<P: Platform> Vault<P> {
                 Ok(token.token_set())
             };
         }
-        self.refresh_coordinated(key, token, version, &provider, Wanted::Fresh)
+        self.refresh_coordinated(key, token, version, Wanted::Fresh)
     }
 
     fn refresh_inner(&self, key: &ConnectionKey) -> Result<TokenSet> {
@@ -316,8 +319,7 @@ impl<P: Platform> Vault<P> {
         if !token.renewable() {
             return Err(VaultError::InvalidInput("the connection has no refresh token to refresh with".into()));
         }
-        let provider = self.load_provider(&key.provider)?;
-        self.refresh_coordinated(key, token, version, &provider, Wanted::Renewed)
+        self.refresh_coordinated(key, token, version, Wanted::Renewed)
     }
 
     /// Single-flight refresh: however many callers (threads, instances, processes, hosts on
@@ -341,7 +343,6 @@ impl<P: Platform> Vault<P> {
         key: &ConnectionKey,
         mut token: TokenRecord,
         mut version: u64,
-        provider: &ProviderRecord,
         wanted: Wanted,
     ) -> Result<TokenSet> {
         let lease_key = record::lease_key(key);
@@ -355,7 +356,9 @@ impl<P: Platform> Vault<P> {
                         if current_version != version && renewed_since(&token, &current) {
                             Ok(current.token_set()) // another holder finished in between
                         } else {
-                            self.refresh_upstream(key, current, current_version, provider)
+                            // Read under the lease: its newest configuration.
+                            let provider = self.load_provider(&key.provider)?;
+                            self.refresh_upstream(key, current, current_version, &provider)
                         }
                     });
                     // A failed release only delays others until the lease expires; they see
@@ -1214,9 +1217,30 @@ mod tests {
                 p.storage_delete(&lease_key, version).unwrap();
             }
         });
+        platform.reads.borrow_mut().clear();
         let token = vault.get(&key()).unwrap();
         assert_eq!(token.access_token, "at-theirs");
         assert!(platform.requests.borrow().is_empty(), "the waiter refreshed too");
+        // Only the lease holder needs the provider (here the other one, whose `store`
+        // reads it once): a crowd of waiters does not open it.
+        let provider = record::provider_key("acme");
+        assert_eq!(
+            platform.reads.borrow().iter().filter(|k| **k == provider).count(),
+            1,
+            "the waiter read the provider"
+        );
+    }
+
+    #[test]
+    fn an_expired_token_of_a_removed_provider_is_not_found_and_leaves_no_lease() {
+        let vault = vault();
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        vault.remove_provider("acme").unwrap();
+        vault.platform().advance_secs(100);
+        let Err(err) = vault.get(&key()) else { panic!("a token without its provider") };
+        assert!(matches!(err, VaultError::NotFound(_)), "{err:?}");
+        assert!(lease_of(&vault).is_none(), "lease left behind");
+        assert!(vault.platform().requests.borrow().is_empty());
     }
 
     #[test]

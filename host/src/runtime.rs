@@ -48,6 +48,7 @@ pub(crate) mod bindings {
     });
 }
 
+use bindings::exports::tokenvault::vault::{connect, providers, tokens};
 use bindings::tokenvault::vault::{audit, keyring, storage as wit_storage};
 
 /// The component this host was built with.
@@ -85,6 +86,7 @@ pub struct Services {
 pub(crate) struct Runtime {
     engine: Engine,
     pre: bindings::VaultPre<HostState>,
+    exports: Arc<ExportIndices>,
     /// One permit per pool slot: calls beyond `max_instances` wait for a slot instead of
     /// failing to instantiate.
     slots: Arc<Semaphore>,
@@ -149,11 +151,14 @@ impl Runtime {
         let component = load_component(&engine, component_wasm, cache_dir)?;
         let pre = pre_instantiate(&engine, &component)
             .map_err(|e| Error::Config(format!("cannot link the component: {e}")))?;
+        let exports =
+            Arc::new(ExportIndices::new(&pre).map_err(|e| Error::Config(format!("cannot link the component: {e}")))?);
         let ticker = EpochTicker::start(engine.clone());
         let slots = Arc::new(Semaphore::new(sandbox.max_instances as usize));
         Ok(Runtime {
             engine,
             pre,
+            exports,
             slots,
             services,
             changes: Arc::default(),
@@ -167,7 +172,7 @@ impl Runtime {
     /// permit for its pool slot; waits while every slot is in use. Drop the permit last
     /// (`let (_slot, mut store, vault) = …` does): the store returns the slot to the pool
     /// only when it drops.
-    pub(crate) async fn instantiate(&self) -> Result<(OwnedSemaphorePermit, Store<HostState>, bindings::Vault)> {
+    pub(crate) async fn instantiate(&self) -> Result<(OwnedSemaphorePermit, Store<HostState>, Exports)> {
         let slot = self.slots.clone().acquire_owned().await.expect("the slot semaphore is never closed");
         let state = HostState {
             deadline: Instant::now() + self.sandbox.deadline,
@@ -191,8 +196,49 @@ impl Runtime {
                 UpdateDeadline::Yield(1)
             })
         });
-        let vault = self.pre.instantiate_async(&mut store).await.map_err(sandbox_error)?;
+        let instance = self.pre.instance_pre().instantiate_async(&mut store).await.map_err(sandbox_error)?;
+        let vault = Exports { instance, indices: self.exports.clone() };
         Ok((slot, store, vault))
+    }
+}
+
+/// Where the exported functions are in the component, found once.
+struct ExportIndices {
+    tokens: tokens::GuestIndices,
+    providers: providers::GuestIndices,
+    connect: connect::GuestIndices,
+}
+
+impl ExportIndices {
+    fn new(pre: &bindings::VaultPre<HostState>) -> wasmtime::Result<Self> {
+        let pre = pre.instance_pre();
+        Ok(ExportIndices {
+            tokens: tokens::GuestIndices::new(pre)?,
+            providers: providers::GuestIndices::new(pre)?,
+            connect: connect::GuestIndices::new(pre)?,
+        })
+    }
+}
+
+/// One instance's exports. Each interface is looked up (and its functions' types checked)
+/// when a call first uses it, not all three when the instance starts: that was a quarter
+/// of a fresh instance's cost (BENCHMARKS.md).
+pub(crate) struct Exports {
+    instance: wasmtime::component::Instance,
+    indices: Arc<ExportIndices>,
+}
+
+impl Exports {
+    pub(crate) fn tokens(&self, store: &mut Store<HostState>) -> Result<tokens::Guest> {
+        self.indices.tokens.load(store, &self.instance).map_err(sandbox_error)
+    }
+
+    pub(crate) fn providers(&self, store: &mut Store<HostState>) -> Result<providers::Guest> {
+        self.indices.providers.load(store, &self.instance).map_err(sandbox_error)
+    }
+
+    pub(crate) fn connect(&self, store: &mut Store<HostState>) -> Result<connect::Guest> {
+        self.indices.connect.load(store, &self.instance).map_err(sandbox_error)
     }
 }
 

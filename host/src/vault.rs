@@ -11,7 +11,7 @@ use crate::http::EgressPolicy;
 use crate::runtime::bindings::exports::tokenvault::vault::connect as wit_connect;
 use crate::runtime::bindings::exports::tokenvault::vault::tokens as wit_tokens;
 use crate::runtime::bindings::tokenvault::vault::types as wit;
-use crate::runtime::{COMPONENT_WASM, HostState, Runtime, SandboxLimits, Services, bindings, sandbox_error};
+use crate::runtime::{COMPONENT_WASM, HostState, Runtime, SandboxLimits, Services, sandbox_error};
 use crate::types::*;
 
 #[derive(Clone)]
@@ -72,18 +72,18 @@ impl Vault {
             refresh_token: grant.refresh_token.clone(),
             scope: grant.scope.clone(),
         };
-        finish(vault.tokenvault_vault_tokens().call_store(&mut store, &key.into(), &grant).await)
+        finish(vault.tokens(&mut store)?.call_store(&mut store, &key.into(), &grant).await)
     }
 
     /// A token fresh enough to use, refreshed first when it is about to expire.
     pub async fn get(&self, key: &ConnectionKey) -> Result<TokenSet> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        finish(vault.tokenvault_vault_tokens().call_get(&mut store, &key.into()).await)
+        finish(vault.tokens(&mut store)?.call_get(&mut store, &key.into()).await)
     }
 
     pub async fn refresh(&self, key: &ConnectionKey) -> Result<TokenSet> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        finish(vault.tokenvault_vault_tokens().call_refresh(&mut store, &key.into()).await)
+        finish(vault.tokens(&mut store)?.call_refresh(&mut store, &key.into()).await)
     }
 
     /// Like [`Vault::get`]; but when the connection does not exist or must be connected
@@ -93,7 +93,7 @@ impl Vault {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
         let found: wit_tokens::TokenOrLink =
-            finish(vault.tokenvault_vault_tokens().call_get_or_link(&mut store, &key.into(), scopes.as_deref()).await)?;
+            finish(vault.tokens(&mut store)?.call_get_or_link(&mut store, &key.into(), scopes.as_deref()).await)?;
         Ok(match found {
             wit_tokens::TokenOrLink::Token(token) => TokenOrLink::Token(token.into()),
             wit_tokens::TokenOrLink::Link(link) => TokenOrLink::Link(link.into()),
@@ -104,13 +104,13 @@ impl Vault {
     /// receipt says what happened upstream.
     pub async fn remove(&self, key: &ConnectionKey) -> Result<RemovalReceipt> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        finish(vault.tokenvault_vault_tokens().call_remove(&mut store, &key.into()).await)
+        finish(vault.tokens(&mut store)?.call_remove(&mut store, &key.into()).await)
     }
 
     pub async fn list(&self, tenant: &str, user: &str) -> Result<Vec<ConnectionInfo>> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         finish::<Vec<wit::ConnectionInfo>, Vec<wit::ConnectionInfo>>(
-            vault.tokenvault_vault_tokens().call_list(&mut store, tenant, user).await,
+            vault.tokens(&mut store)?.call_list(&mut store, tenant, user).await,
         )
         .map(|infos| infos.into_iter().map(Into::into).collect())
     }
@@ -119,7 +119,7 @@ impl Vault {
     pub async fn revoke_all(&self, tenant: &str, user: &str) -> Result<Vec<RemovalReceipt>> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         finish::<Vec<wit_tokens::RemovalReceipt>, Vec<wit_tokens::RemovalReceipt>>(
-            vault.tokenvault_vault_tokens().call_revoke_all(&mut store, tenant, user).await,
+            vault.tokens(&mut store)?.call_revoke_all(&mut store, tenant, user).await,
         )
         .map(|receipts| receipts.into_iter().map(Into::into).collect())
     }
@@ -129,7 +129,7 @@ impl Vault {
     pub async fn users(&self, tenant: &str, after: Option<&str>, limit: u32) -> Result<UserPage> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let page: wit_tokens::UserPage =
-            finish(vault.tokenvault_vault_tokens().call_users(&mut store, tenant, after, limit).await)?;
+            finish(vault.tokens(&mut store)?.call_users(&mut store, tenant, after, limit).await)?;
         let users = page
             .users
             .into_iter()
@@ -149,9 +149,8 @@ impl Vault {
     /// tenant's), those that can be renewed and whose token expires within `horizon`.
     pub async fn due_for_refresh(&self, horizon: Duration, cursor: Option<&str>, limit: u32) -> Result<DuePage> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        let page: wit_tokens::DuePage = finish(
-            vault.tokenvault_vault_tokens().call_due_for_refresh(&mut store, secs(horizon), cursor, limit).await,
-        )?;
+        let page: wit_tokens::DuePage =
+            finish(vault.tokens(&mut store)?.call_due_for_refresh(&mut store, secs(horizon), cursor, limit).await)?;
         Ok(DuePage {
             keys: page.keys.into_iter().map(|k| ConnectionKey::new(k.tenant, k.user, k.provider, k.name)).collect(),
             cursor: page.cursor,
@@ -163,7 +162,7 @@ impl Vault {
     pub async fn refresh_if_due(&self, key: &ConnectionKey, horizon: Duration) -> Result<RefreshOutcome> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let outcome: wit_tokens::RefreshOutcome =
-            finish(vault.tokenvault_vault_tokens().call_refresh_if_due(&mut store, &key.into(), secs(horizon)).await)?;
+            finish(vault.tokens(&mut store)?.call_refresh_if_due(&mut store, &key.into(), secs(horizon)).await)?;
         Ok(match outcome {
             wit_tokens::RefreshOutcome::NotDue => RefreshOutcome::NotDue,
             wit_tokens::RefreshOutcome::Refreshed => RefreshOutcome::Refreshed,
@@ -176,7 +175,7 @@ impl Vault {
     pub async fn sweep_expired(&self, cursor: Option<&str>, limit: u32) -> Result<(u32, Option<String>)> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let page: wit_connect::SweepPage =
-            finish(vault.tokenvault_vault_connect().call_sweep_expired(&mut store, cursor, limit).await)?;
+            finish(vault.connect(&mut store)?.call_sweep_expired(&mut store, cursor, limit).await)?;
         Ok((page.deleted, page.cursor))
     }
 
@@ -205,25 +204,25 @@ impl Vault {
             authorization_params: config.authorization_params.clone(),
             refresh_buffer_secs: config.refresh_buffer_secs,
         };
-        finish(vault.tokenvault_vault_providers().call_put(&mut store, &config).await)
+        finish(vault.providers(&mut store)?.call_put(&mut store, &config).await)
     }
 
     pub async fn provider(&self, name: &str) -> Result<ProviderInfo> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        finish(vault.tokenvault_vault_providers().call_get(&mut store, name).await)
+        finish(vault.providers(&mut store)?.call_get(&mut store, name).await)
     }
 
     pub async fn providers(&self) -> Result<Vec<ProviderInfo>> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         finish::<Vec<wit::ProviderInfo>, Vec<wit::ProviderInfo>>(
-            vault.tokenvault_vault_providers().call_list(&mut store).await,
+            vault.providers(&mut store)?.call_list(&mut store).await,
         )
         .map(|infos| infos.into_iter().map(Into::into).collect())
     }
 
     pub async fn remove_provider(&self, name: &str) -> Result<()> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        finish(vault.tokenvault_vault_providers().call_remove(&mut store, name).await)
+        finish(vault.providers(&mut store)?.call_remove(&mut store, name).await)
     }
 }
 
@@ -242,7 +241,7 @@ impl Vault {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
         let request: wit_connect::AuthorizationRequest = finish(
-            vault.tokenvault_vault_connect().call_begin(&mut store, &key.into(), redirect_uri, scopes.as_deref()).await,
+            vault.connect(&mut store)?.call_begin(&mut store, &key.into(), redirect_uri, scopes.as_deref()).await,
         )?;
         Ok(AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
     }
@@ -252,7 +251,7 @@ impl Vault {
     pub async fn complete(&self, callback_query: &str) -> Result<Connected> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let connected: wit_connect::Connected =
-            finish(vault.tokenvault_vault_connect().call_complete(&mut store, callback_query).await)?;
+            finish(vault.connect(&mut store)?.call_complete(&mut store, callback_query).await)?;
         Ok(connected.into())
     }
 
@@ -260,7 +259,7 @@ impl Vault {
     pub async fn link(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<ConnectLink> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
-        finish(vault.tokenvault_vault_connect().call_link(&mut store, &key.into(), scopes.as_deref()).await)
+        finish(vault.connect(&mut store)?.call_link(&mut store, &key.into(), scopes.as_deref()).await)
     }
 
     /// Spend a connect link and begin the flow for the connection it names, with this
@@ -268,7 +267,7 @@ impl Vault {
     pub async fn open_link(&self, code: &str, redirect_uri: &str) -> Result<AuthorizationRequest> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let request: wit_connect::AuthorizationRequest =
-            finish(vault.tokenvault_vault_connect().call_open_link(&mut store, code, redirect_uri).await)?;
+            finish(vault.connect(&mut store)?.call_open_link(&mut store, code, redirect_uri).await)?;
         Ok(AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
     }
 
@@ -276,9 +275,8 @@ impl Vault {
     pub async fn begin_device(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<DeviceAuthorization> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
-        let d: wit_connect::DeviceAuthorization = finish(
-            vault.tokenvault_vault_connect().call_begin_device(&mut store, &key.into(), scopes.as_deref()).await,
-        )?;
+        let d: wit_connect::DeviceAuthorization =
+            finish(vault.connect(&mut store)?.call_begin_device(&mut store, &key.into(), scopes.as_deref()).await)?;
         Ok(DeviceAuthorization {
             handle: d.handle,
             user_code: d.user_code,
@@ -294,7 +292,7 @@ impl Vault {
     pub async fn poll_device(&self, handle: &str) -> Result<DeviceStatus> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let status: wit_connect::DeviceStatus =
-            finish(vault.tokenvault_vault_connect().call_poll_device(&mut store, handle).await)?;
+            finish(vault.connect(&mut store)?.call_poll_device(&mut store, handle).await)?;
         Ok(match status {
             wit_connect::DeviceStatus::Pending(secs) => DeviceStatus::Pending { retry_after: secs },
             wit_connect::DeviceStatus::Connected(connected) => DeviceStatus::Connected(connected.into()),
@@ -306,7 +304,7 @@ impl Vault {
     pub async fn connect_client(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<ConnectionInfo> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
-        finish(vault.tokenvault_vault_connect().call_connect_client(&mut store, &key.into(), scopes.as_deref()).await)
+        finish(vault.connect(&mut store)?.call_connect_client(&mut store, &key.into(), scopes.as_deref()).await)
     }
 }
 
@@ -323,14 +321,15 @@ pub struct Session {
 /// Fields drop in order: the instance returns to the pool before its slot's permit does.
 struct Instance {
     store: wasmtime::Store<HostState>,
-    vault: bindings::Vault,
+    tokens: wit_tokens::Guest,
     _slot: OwnedSemaphorePermit,
 }
 
 impl Runtime {
     async fn instance(&self) -> Result<Instance> {
-        let (slot, store, vault) = self.instantiate().await?;
-        Ok(Instance { store, vault, _slot: slot })
+        let (slot, mut store, vault) = self.instantiate().await?;
+        let tokens = vault.tokens(&mut store)?;
+        Ok(Instance { store, tokens, _slot: slot })
     }
 }
 
@@ -348,12 +347,12 @@ impl Session {
         if key.tenant != self.tenant {
             return Err(Error::InvalidInput("this session serves another tenant".into()));
         }
-        let Instance { store, vault, .. } = match &mut self.instance {
+        let Instance { store, tokens, .. } = match &mut self.instance {
             Some(instance) => instance,
             empty => empty.insert(self.runtime.instance().await?),
         };
         store.data_mut().deadline = Instant::now() + self.runtime.sandbox.deadline;
-        let result = finish(vault.tokenvault_vault_tokens().call_get(&mut *store, &key.into()).await);
+        let result = finish(tokens.call_get(&mut *store, &key.into()).await);
         if matches!(result, Err(Error::Sandbox(_))) {
             self.instance = None;
         }

@@ -219,10 +219,12 @@ pub struct TokenEndpoint {
     pub origin: String,
     pub url: String,
     pub requests: Arc<AtomicU64>,
-    _server: tokio::task::JoinHandle<()>,
 }
 
 impl TokenEndpoint {
+    /// Serves on a thread and runtime of its own, as a provider across a network does: its
+    /// answers never wait behind the vault's work on the bench's worker threads. The
+    /// thread lives as long as the process.
     pub async fn start(delay: Duration) -> Self {
         use axum::routing::post;
         let requests = Arc::new(AtomicU64::new(0));
@@ -241,10 +243,16 @@ impl TokenEndpoint {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let origin = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        TokenEndpoint { url: format!("{origin}/token"), origin, requests, _server: server }
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await.unwrap()
+            })
+        });
+        TokenEndpoint { url: format!("{origin}/token"), origin, requests }
     }
 }
 
