@@ -294,14 +294,15 @@ impl<P: Platform> Vault<P> {
         }
         // An expired token is due whatever the provider's refresh buffer: then only the
         // caller that takes the lease reads the provider, not each of a crowd waiting on it.
-        if !expiry::is_expired(now, token.expires_at) {
+        let expired = expiry::is_expired(now, token.expires_at);
+        if !expired {
             let provider = self.load_provider(&key.provider)?;
             if !expiry::refresh_due(now, token.obtained_at, token.expires_at, provider.refresh_buffer_secs) {
                 return Ok(token.token_set());
             }
         }
         if !token.renewable() {
-            return if expiry::is_expired(now, token.expires_at) {
+            return if expired {
                 Err(VaultError::ReconnectRequired(
                     "the access token expired and the connection has no refresh token".into(),
                 ))

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap,
     UpdateDeadline,
@@ -85,7 +85,7 @@ pub struct Services {
 
 pub(crate) struct Runtime {
     engine: Engine,
-    pre: bindings::VaultPre<HostState>,
+    pre: InstancePre<HostState>,
     exports: Arc<ExportIndices>,
     /// One permit per pool slot: calls beyond `max_instances` wait for a slot instead of
     /// failing to instantiate.
@@ -149,16 +149,14 @@ impl Runtime {
     ) -> Result<Self> {
         let engine = new_engine(&sandbox)?;
         let component = load_component(&engine, component_wasm, cache_dir)?;
-        let pre = pre_instantiate(&engine, &component)
+        let (pre, exports) = pre_instantiate(&engine, &component)
             .map_err(|e| Error::Config(format!("cannot link the component: {e}")))?;
-        let exports =
-            Arc::new(ExportIndices::new(&pre).map_err(|e| Error::Config(format!("cannot link the component: {e}")))?);
         let ticker = EpochTicker::start(engine.clone());
         let slots = Arc::new(Semaphore::new(sandbox.max_instances as usize));
         Ok(Runtime {
             engine,
             pre,
-            exports,
+            exports: Arc::new(exports),
             slots,
             services,
             changes: Arc::default(),
@@ -196,13 +194,14 @@ impl Runtime {
                 UpdateDeadline::Yield(1)
             })
         });
-        let instance = self.pre.instance_pre().instantiate_async(&mut store).await.map_err(sandbox_error)?;
+        let instance = self.pre.instantiate_async(&mut store).await.map_err(sandbox_error)?;
         let vault = Exports { instance, indices: self.exports.clone() };
         Ok((slot, store, vault))
     }
 }
 
-/// Where the exported functions are in the component, found once.
+/// Where the exported functions are in the component, found once: the vault world's
+/// three interfaces.
 struct ExportIndices {
     tokens: tokens::GuestIndices,
     providers: providers::GuestIndices,
@@ -210,8 +209,7 @@ struct ExportIndices {
 }
 
 impl ExportIndices {
-    fn new(pre: &bindings::VaultPre<HostState>) -> wasmtime::Result<Self> {
-        let pre = pre.instance_pre();
+    fn new(pre: &InstancePre<HostState>) -> wasmtime::Result<Self> {
         Ok(ExportIndices {
             tokens: tokens::GuestIndices::new(pre)?,
             providers: providers::GuestIndices::new(pre)?,
@@ -244,7 +242,10 @@ impl Exports {
 
 /// Link the component to the host's imports, checking that every import is provided
 /// with the right type and that it exports the vault world.
-fn pre_instantiate(engine: &Engine, component: &Component) -> wasmtime::Result<bindings::VaultPre<HostState>> {
+fn pre_instantiate(
+    engine: &Engine,
+    component: &Component,
+) -> wasmtime::Result<(InstancePre<HostState>, ExportIndices)> {
     let mut linker: Linker<HostState> = Linker::new(engine);
     // Standard WASI: the component's std imports cli and friends; the WasiCtx of
     // `instantiate` grants them nothing (no env, args, preopens, stdin, sockets).
@@ -253,7 +254,9 @@ fn pre_instantiate(engine: &Engine, component: &Component) -> wasmtime::Result<b
     wit_storage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     keyring::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     audit::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    bindings::VaultPre::new(linker.instantiate_pre(component)?)
+    let pre = linker.instantiate_pre(component)?;
+    let exports = ExportIndices::new(&pre)?;
+    Ok((pre, exports))
 }
 
 /// Whether this host could run `component`; why not when it could not.
