@@ -16,17 +16,19 @@ async fn one_refresh_for_many_callers(storage_url: String) {
     let server = OAuthServer::start(600);
     let dir = tempfile::tempdir().unwrap();
 
-    // Set up through an in-process host: provider, and a token that expires in 1 s.
+    // Set up through an in-process host: provider, and a token that expires in 4 s (due at
+    // 2 s, with the buffer at half the lifetime): the workers read it once while it is fresh.
     let mut options = tokenvault::Options::from_data_dir(dir.path()).unwrap();
     options.storage = StorageUrl::parse(&storage_url).unwrap();
     options.allow_outbound(&[server.origin()]).unwrap();
     let vault = tokenvault::Vault::open(&options).await.unwrap();
     vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
     let mut response = server.grant("vault-basic");
-    response["expires_in"] = 1.into();
+    response["expires_in"] = 4.into();
     let original = response["access_token"].as_str().unwrap().to_owned();
     let key = ConnectionKey::new("acme", "alice", "idp", "default");
     vault.store(&key, &tokenvault_tests::grant_of(&response)).await.unwrap();
+    let expires = std::time::Instant::now() + std::time::Duration::from_secs(4);
 
     // The workers share the data directory (keyring, compiled component) and the storage.
     let mut workers: Vec<_> = (0..PROCESSES)
@@ -46,7 +48,10 @@ async fn one_refresh_for_many_callers(storage_url: String) {
         output.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "ready");
     }
-    std::thread::sleep(std::time::Duration::from_millis(1_100)); // now it has expired
+    assert_eq!(server.refresh_stats(), (0, 0, 0), "the workers' warm-up gets came too late");
+    std::thread::sleep(
+        expires.saturating_duration_since(std::time::Instant::now()) + std::time::Duration::from_millis(100),
+    );
     for worker in &mut workers {
         worker.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     }

@@ -89,7 +89,7 @@ impl std::fmt::Debug for StorageUrl {
 impl StorageUrl {
     /// `memory:`, `sqlite://PATH` (relative paths are taken from the working directory),
     /// `postgres://…` (or `postgresql://`, optionally `?schema=NAME`) or `redis://…`
-    /// (optionally `?namespace=NAME`).
+    /// (optionally `?namespace=NAME&cache=RECORDS`).
     pub fn parse(url: &str) -> Result<Self, String> {
         if url == "memory:" {
             Ok(StorageUrl::Memory)

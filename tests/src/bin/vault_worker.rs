@@ -1,5 +1,6 @@
 //! A host in a process of its own, for the multi-process tests: opens the vault over
-//! shared storage, says `ready`, waits for a line on stdin, fires N concurrent `get`s of one
+//! shared storage, reads the connection once (so the storage's cache, where the backend has
+//! one, holds the record as a running service's would), says `ready`, waits for a line on stdin, fires N concurrent `get`s of one
 //! connection and prints each outcome on a line (the access token, or `error <kind>`).
 //!
 //! usage: vault_worker DATA_DIR STORAGE_URL ALLOWED_ORIGIN TENANT USER PROVIDER GETS
@@ -21,6 +22,7 @@ async fn main() {
     options.allow_outbound(std::slice::from_ref(origin)).expect("origin");
     let vault = Vault::open(&options).await.expect("open the vault");
     let key = ConnectionKey::new(tenant, user, provider, "default");
+    vault.get(&key).await.expect("the warm-up get");
 
     println!("ready");
     let mut go = String::new();

@@ -1,0 +1,366 @@
+//! Redis storage, shared by many hosts.
+//!
+//! Each record is a hash (`d` = value, `v` = version) at `{namespace}:r:{key}`; a sorted
+//! set `{namespace}:index` (all scores 0, so ordered by key bytes) lists keys by prefix;
+//! `{namespace}:version` counts versions. Writes are Lua scripts, which Redis runs
+//! atomically. All keys of a namespace must live on one node (no Redis Cluster).
+//!
+//! Reads are served from a local cache that Redis keeps true (see [`cache`]), so a warm
+//! `get` costs no round trip.
+
+mod cache;
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, Script};
+
+use super::postgres::split_param;
+use super::{Entry, KeyPage, Storage, StorageError, StorageResult};
+use cache::RecordCache;
+
+/// How many records the cache holds unless the URL says (`?cache=N`, 0 for none).
+const DEFAULT_CACHE_RECORDS: usize = 10_000;
+
+const PUT: &str = r"
+local current = redis.call('HGET', KEYS[1], 'v')
+if ARGV[2] == '' then
+  if current then return -1 end
+elseif current ~= ARGV[2] then
+  return -1
+end
+local version = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'v', version, 'd', ARGV[1])
+redis.call('ZADD', KEYS[3], 0, ARGV[3])
+return version
+";
+
+const DELETE: &str = r"
+if redis.call('HGET', KEYS[1], 'v') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+";
+
+pub struct RedisStorage {
+    conn: ConnectionManager,
+    cache: Option<Arc<RecordCache>>,
+    namespace: String,
+    put: Script,
+    delete: Script,
+    describe: String,
+    /// Reads that went to Redis.
+    #[cfg(test)]
+    server_reads: std::sync::atomic::AtomicU64,
+}
+
+fn unavailable(err: redis::RedisError) -> StorageError {
+    StorageError::Unavailable(format!("redis: {}", err.category()))
+}
+
+impl RedisStorage {
+    /// `redis://host:port/db`, optionally `?namespace=NAME` (default `tokenvault`) and
+    /// `cache=N`, how many records to keep locally (default 10,000; 0 turns the cache off).
+    /// The cache needs Redis 6 or later (RESP3 and `CLIENT TRACKING`).
+    pub async fn connect(url: &str) -> StorageResult<Self> {
+        let (url, namespace) = split_param(url, "namespace");
+        let (url, cache) = split_param(&url, "cache");
+        let namespace = namespace.unwrap_or_else(|| "tokenvault".into());
+        if namespace.is_empty() || namespace.contains(char::is_whitespace) {
+            return Err(StorageError::Unavailable("redis: namespace must be a non-empty word".into()));
+        }
+        let cache_records = match cache {
+            None => DEFAULT_CACHE_RECORDS,
+            Some(n) => n.parse().map_err(|_| {
+                StorageError::Unavailable(format!(
+                    "redis: cache={n} is not a number of records (0 turns the cache off)"
+                ))
+            })?,
+        };
+        let invalid_url = || StorageError::Unavailable("redis: the storage URL is not a valid connection URL".into());
+        let mut info = url.as_str().into_connection_info().map_err(|_| invalid_url())?;
+        let describe = format!("redis ({}, db {}, namespace {namespace}", info.addr(), info.redis_settings().db());
+        let (cache, describe) = match NonZeroUsize::new(cache_records) {
+            None => (None, format!("{describe}, no cache)")),
+            Some(records) => {
+                // Invalidations arrive as RESP3 pushes on the connection that read the key.
+                let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+                info = info.set_redis_settings(settings);
+                (Some(Arc::new(RecordCache::new(records))), format!("{describe}, cache of {records} records)"))
+            }
+        };
+        let client = redis::Client::open(info).map_err(|_| invalid_url())?;
+        let mut config = ConnectionManagerConfig::new();
+        if let Some(cache) = &cache {
+            let cache = cache.clone();
+            config = config.set_push_sender(move |push: PushInfo| {
+                cache.on_push(&push);
+                Ok::<(), std::convert::Infallible>(())
+            });
+        }
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        Ok(RedisStorage {
+            conn,
+            cache,
+            namespace,
+            put: Script::new(PUT),
+            delete: Script::new(DELETE),
+            describe,
+            #[cfg(test)]
+            server_reads: Default::default(),
+        })
+    }
+
+    fn record(&self, key: &str) -> String {
+        format!("{}:r:{key}", self.namespace)
+    }
+
+    fn index(&self) -> String {
+        format!("{}:index", self.namespace)
+    }
+
+    /// Read a record from Redis; `track`: ask Redis to say when it changes.
+    async fn read(&self, record: &str, track: bool) -> StorageResult<Option<Entry>> {
+        #[cfg(test)]
+        self.server_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        if track {
+            // Idempotent, and sent with every tracked read so that a reconnected
+            // connection tracks again before anything it reads is kept. OPTIN: only the
+            // read right after `CACHING YES` is tracked, not the index or the scripts' reads.
+            pipe.cmd("CLIENT").arg("TRACKING").arg("ON").arg("OPTIN").ignore();
+            pipe.cmd("CLIENT").arg("CACHING").arg("YES").ignore();
+        }
+        pipe.cmd("HMGET").arg(record).arg("d").arg("v");
+        let ((value, version),): ((Option<Vec<u8>>, Option<u64>),) =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(value.zip(version).map(|(value, version)| Entry { value, version }))
+    }
+
+    /// After a write of this host's, whatever its outcome: Redis pushes the invalidation of
+    /// a client's own write after the write's reply, too late for a read that follows it.
+    fn forget(&self, record: &str) {
+        if let Some(cache) = &self.cache {
+            cache.forget(record.as_bytes());
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for RedisStorage {
+    async fn get(&self, key: &str) -> StorageResult<Option<Entry>> {
+        let record = self.record(key);
+        let Some(cache) = &self.cache else { return self.read(&record, false).await };
+        if let Some(entry) = cache.get(record.as_bytes()) {
+            return Ok(entry);
+        }
+        let ticket = cache.ticket();
+        let entry = self.read(&record, true).await?;
+        cache.keep(record.as_bytes(), entry.clone(), ticket);
+        Ok(entry)
+    }
+
+    async fn put(&self, key: &str, value: &[u8], expected: Option<u64>) -> StorageResult<u64> {
+        let mut conn = self.conn.clone();
+        let record = self.record(key);
+        let written = self
+            .put
+            .key(&record)
+            .key(format!("{}:version", self.namespace))
+            .key(self.index())
+            .arg(value)
+            .arg(expected.map(|v| v.to_string()).unwrap_or_default())
+            .arg(key)
+            .invoke_async::<i64>(&mut conn)
+            .await;
+        self.forget(&record);
+        let version = written.map_err(unavailable)?;
+        if version < 0 { Err(StorageError::Conflict) } else { Ok(version as u64) }
+    }
+
+    async fn delete(&self, key: &str, expected: u64) -> StorageResult<()> {
+        let mut conn = self.conn.clone();
+        let record = self.record(key);
+        let deleted = self
+            .delete
+            .key(&record)
+            .key(self.index())
+            .arg(expected.to_string())
+            .arg(key)
+            .invoke_async::<i64>(&mut conn)
+            .await;
+        self.forget(&record);
+        let deleted = deleted.map_err(unavailable)?;
+        if deleted == 1 { Ok(()) } else { Err(StorageError::Conflict) }
+    }
+
+    async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<KeyPage> {
+        let mut conn = self.conn.clone();
+        // Keys are UTF-8, which never contains byte 0xFF: it bounds the prefix range.
+        let min: Vec<u8> = match cursor {
+            Some(c) => [b"(", c.as_bytes()].concat(),
+            None => [b"[", prefix.as_bytes()].concat(),
+        };
+        let max: Vec<u8> = [b"(", prefix.as_bytes(), &[0xFF]].concat();
+        let keys: Vec<String> =
+            conn.zrangebylex_limit(self.index(), min, max, 0, limit as isize).await.map_err(unavailable)?;
+        let keys: Vec<String> = keys.into_iter().filter(|k| k.starts_with(prefix)).collect();
+        Ok(KeyPage::of(keys, limit))
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::storage::{conformance, test_server, unique_name};
+
+    /// A namespace of its own on the test server, emptied when the test ends.
+    struct Namespace {
+        url: String,
+        name: String,
+    }
+
+    impl Namespace {
+        fn new(test: &str) -> Option<Self> {
+            let url = test_server("TOKENVAULT_TEST_REDIS", test)?;
+            Some(Namespace { url, name: unique_name("tv_test") })
+        }
+
+        /// A host on the namespace: a connection (and a cache) of its own.
+        async fn host(&self, params: &str) -> RedisStorage {
+            RedisStorage::connect(&format!("{}?namespace={}{params}", self.url, self.name))
+                .await
+                .expect("connect to TOKENVAULT_TEST_REDIS")
+        }
+
+        async fn clean(self) {
+            let mut conn = self.host("&cache=0").await.conn;
+            let keys: Vec<String> = conn.keys(format!("{}:*", self.name)).await.unwrap();
+            let _: () = conn.del(keys).await.unwrap();
+        }
+    }
+
+    /// Read `key` until `done` holds of it; false after 2 s (well under the cache's
+    /// `MAX_AGE`: only an invalidation can have made it true). Errors (a reconnection) retry.
+    async fn reads_until(host: &RedisStorage, key: &str, done: impl Fn(Option<u64>) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(entry) = host.get(key).await
+                && done(entry.map(|e| e.version))
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance() {
+        let Some(namespace) = Namespace::new("storage::redis::conformance") else { return };
+        conformance::run(Arc::new(namespace.host("").await)).await;
+        namespace.clean().await;
+        let Some(namespace) = Namespace::new("storage::redis::conformance") else { return };
+        let uncached = namespace.host("&cache=0").await;
+        assert!(uncached.describe().ends_with("no cache)"), "{}", uncached.describe());
+        conformance::run(Arc::new(uncached)).await;
+        namespace.clean().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_warm_read_costs_no_round_trip_until_another_host_changes_the_record() {
+        let Some(namespace) = Namespace::new("storage::redis::warm_read") else { return };
+        let (here, there) = (namespace.host("").await, namespace.host("").await);
+        let v1 = here.put("k", b"1", None).await.unwrap();
+        for _ in 0..50 {
+            assert_eq!(here.get("k").await.unwrap().unwrap().version, v1);
+        }
+        assert_eq!(here.server_reads.load(Ordering::Relaxed), 1, "one read, then the cache");
+
+        let v2 = there.put("k", b"2", Some(v1)).await.unwrap();
+        assert!(reads_until(&here, "k", |v| v == Some(v2)).await, "the other host's write was never seen");
+        there.delete("k", v2).await.unwrap();
+        assert!(reads_until(&here, "k", |v| v.is_none()).await, "the other host's delete was never seen");
+        // Absence was kept too, and a create by the other host invalidates it.
+        let reads = here.server_reads.load(Ordering::Relaxed);
+        assert_eq!(here.get("k").await.unwrap(), None);
+        assert_eq!(here.server_reads.load(Ordering::Relaxed), reads);
+        let v3 = there.put("k", b"3", None).await.unwrap();
+        assert!(reads_until(&here, "k", |v| v == Some(v3)).await, "the other host's create was never seen");
+        namespace.clean().await;
+    }
+
+    /// The single-flight refresh across processes relies on this order: the lease holder
+    /// saves the token, then releases the lease; a waiter that sees the lease gone must then
+    /// read the saved token, never its cached copy of the old one.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn what_a_host_learns_after_a_write_never_meets_a_copy_from_before_it() {
+        let Some(namespace) = Namespace::new("storage::redis::causal_order") else { return };
+        let (waiter, holder) = (namespace.host("").await, namespace.host("").await);
+        let mut token = holder.put("token", b"0", None).await.unwrap();
+        for round in 0..200 {
+            let lease = holder.put("lease", b"held", None).await.unwrap();
+            // The waiter has both cached: the token as it was, and the lease as held.
+            assert_eq!(waiter.get("token").await.unwrap().unwrap().version, token);
+            assert!(reads_until(&waiter, "lease", |v| v == Some(lease)).await);
+            token = holder.put("token", round.to_string().as_bytes(), Some(token)).await.unwrap();
+            holder.delete("lease", lease).await.unwrap();
+            assert!(reads_until(&waiter, "lease", |v| v.is_none()).await);
+            assert_eq!(waiter.get("token").await.unwrap().unwrap().version, token, "round {round}");
+        }
+        namespace.clean().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_host_reads_its_own_writes_at_once_and_a_lost_race_reads_the_winner() {
+        let Some(namespace) = Namespace::new("storage::redis::own_writes") else { return };
+        let (here, there) = (namespace.host("").await, namespace.host("").await);
+        let mut version = here.put("k", b"0", None).await.unwrap();
+        for round in 0..200 {
+            assert_eq!(here.get("k").await.unwrap().unwrap().version, version);
+            version = here.put("k", round.to_string().as_bytes(), Some(version)).await.unwrap();
+            assert_eq!(here.get("k").await.unwrap().unwrap().version, version, "round {round}");
+        }
+        for round in 0..50 {
+            assert_eq!(here.get("k").await.unwrap().unwrap().version, version);
+            let winner = there.put("k", b"there", Some(version)).await.unwrap();
+            assert_eq!(here.put("k", b"here", Some(version)).await, Err(StorageError::Conflict));
+            assert_eq!(here.get("k").await.unwrap().unwrap().version, winner, "round {round}");
+            version = winner;
+        }
+        namespace.clean().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_lost_connection_empties_the_cache() {
+        let Some(namespace) = Namespace::new("storage::redis::lost_connection") else { return };
+        let (here, there) = (namespace.host("").await, namespace.host("").await);
+        let v1 = here.put("k", b"1", None).await.unwrap();
+        assert_eq!(here.get("k").await.unwrap().unwrap().version, v1);
+        let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut here.conn.clone()).await.unwrap();
+        let _: () =
+            redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut there.conn.clone()).await.unwrap();
+        // Written while `here` has no connection, so no invalidation can reach it.
+        let v2 = there.put("k", b"2", Some(v1)).await.unwrap();
+        assert!(reads_until(&here, "k", |v| v == Some(v2)).await, "served the copy from before the disconnection");
+        namespace.clean().await;
+    }
+
+    #[tokio::test]
+    async fn a_cache_size_that_is_not_a_number_is_refused() {
+        let Err(err) = RedisStorage::connect("redis://127.0.0.1:1?cache=lots").await else { panic!() };
+        assert_eq!(
+            err.to_string(),
+            "storage unavailable: redis: cache=lots is not a number of records (0 turns the cache off)"
+        );
+    }
+}
