@@ -99,7 +99,17 @@ impl RedisStorage {
                 Ok::<(), std::convert::Infallible>(())
             });
         }
-        let conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(|err| {
+            // A server that answers but refuses RESP3 (`HELLO 3`) is older than Redis 6.
+            if cache.is_some() && !err.is_io_error() {
+                StorageError::Unavailable(format!(
+                    "redis: {} (the cache needs Redis 6 or later; ?cache=0 turns it off)",
+                    err.category()
+                ))
+            } else {
+                unavailable(err)
+            }
+        })?;
         Ok(RedisStorage {
             conn,
             cache,
@@ -362,5 +372,8 @@ mod tests {
             err.to_string(),
             "storage unavailable: redis: cache=lots is not a number of records (0 turns the cache off)"
         );
+        // Nobody listening is not a server too old for the cache.
+        let Err(err) = RedisStorage::connect("redis://127.0.0.1:1").await else { panic!() };
+        assert!(!err.to_string().contains("Redis 6"), "{err}");
     }
 }
