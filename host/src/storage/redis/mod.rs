@@ -80,16 +80,18 @@ impl RedisStorage {
         };
         let invalid_url = || StorageError::Unavailable("redis: the storage URL is not a valid connection URL".into());
         let mut info = url.as_str().into_connection_info().map_err(|_| invalid_url())?;
-        let describe = format!("redis ({}, db {}, namespace {namespace}", info.addr(), info.redis_settings().db());
-        let (cache, describe) = match NonZeroUsize::new(cache_records) {
-            None => (None, format!("{describe}, no cache)")),
-            Some(records) => {
-                // Invalidations arrive as RESP3 pushes on the connection that read the key.
-                let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-                info = info.set_redis_settings(settings);
-                (Some(Arc::new(RecordCache::new(records))), format!("{describe}, cache of {records} records)"))
-            }
-        };
+        let cache = NonZeroUsize::new(cache_records).map(|records| Arc::new(RecordCache::new(records)));
+        if cache.is_some() {
+            // Invalidations arrive as RESP3 pushes on the connection that read the key.
+            let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+            info = info.set_redis_settings(settings);
+        }
+        let describe = format!(
+            "redis ({}, db {}, namespace {namespace}, {})",
+            info.addr(),
+            info.redis_settings().db(),
+            if cache.is_some() { format!("cache of {cache_records} records") } else { "no cache".into() }
+        );
         let client = redis::Client::open(info).map_err(|_| invalid_url())?;
         let mut config = ConnectionManagerConfig::new();
         if let Some(cache) = &cache {
@@ -130,13 +132,13 @@ impl RedisStorage {
         format!("{}:index", self.namespace)
     }
 
-    /// Read a record from Redis; `track`: ask Redis to say when it changes.
-    async fn read(&self, record: &str, track: bool) -> StorageResult<Option<Entry>> {
+    /// Read a record from Redis, asking Redis to say when it changes if it may be cached.
+    async fn read(&self, record: &str) -> StorageResult<Option<Entry>> {
         #[cfg(test)]
         self.server_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
-        if track {
+        if self.cache.is_some() {
             // Idempotent, and sent with every tracked read so that a reconnected
             // connection tracks again before anything it reads is kept. OPTIN: only the
             // read right after `CACHING YES` is tracked, not the index or the scripts' reads.
@@ -162,12 +164,12 @@ impl RedisStorage {
 impl Storage for RedisStorage {
     async fn get(&self, key: &str) -> StorageResult<Option<Entry>> {
         let record = self.record(key);
-        let Some(cache) = &self.cache else { return self.read(&record, false).await };
+        let Some(cache) = &self.cache else { return self.read(&record).await };
         if let Some(entry) = cache.get(record.as_bytes()) {
             return Ok(entry);
         }
         let ticket = cache.ticket();
-        let entry = self.read(&record, true).await?;
+        let entry = self.read(&record).await?;
         cache.keep(record.as_bytes(), entry.clone(), ticket);
         Ok(entry)
     }
