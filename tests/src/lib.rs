@@ -27,10 +27,11 @@ fn install_once(dir: &Path, installed: &str, install: &mut Command) {
 }
 
 /// Install a folder's npm packages (the versions its package-lock.json pins) if they are
-/// missing. Node.js 20+ and npm are needed. (`npm install` rather than `npm ci`: see .ci/run.)
+/// missing. Node.js 20+ and npm are needed. `npm ci` installs exactly the lock file and fails
+/// when it does not match package.json.
 pub fn ensure_npm_packages(dir: &Path, marker_package: &str) {
     let marker = format!("node_modules/{marker_package}/package.json");
-    install_once(dir, &marker, Command::new("npm").args(["install", "--no-audit", "--no-fund", "--loglevel=error"]));
+    install_once(dir, &marker, Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]));
 }
 
 /// The virtual environment of a folder with a requirements.txt (pinned with hashes), its
