@@ -230,7 +230,7 @@ mod tests {
     fn services(dir: &std::path::Path) -> Services {
         Services {
             storage: std::sync::Arc::new(crate::storage::MemoryStorage::default()),
-            keyring: std::sync::Arc::new(crate::keys::Keyring::load_or_create(&dir.join("keyring.json")).unwrap()),
+            keyring: std::sync::Arc::new(crate::keys::Keyring::create(&dir.join("keyring.json")).unwrap()),
             audit: std::sync::Arc::new(crate::audit::MemoryAudit::default()),
             clock: Default::default(),
         }

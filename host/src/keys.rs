@@ -1,7 +1,9 @@
 //! The keyring: sealing keys by id, and which one is active.
 //!
 //! Kept in a JSON file (mode 0600). On first use the host generates one into the data
-//! directory; an operator may point at their own file instead.
+//! directory; an operator may point at their own file instead. A missing keyring is made
+//! only over a store without sealed records: a new key could not open them, so replacing a
+//! lost keyring would make every record unreadable.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,8 +14,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::storage::Storage;
 
 pub const KEY_LEN: usize = 32;
+
+/// The storage prefixes of the component's sealed records (see guest/src/record.rs).
+const SEALED_PREFIXES: [&str; 5] = ["tok/", "prov/", "flow/", "device/", "link/"];
 
 pub struct Keyring {
     active: String,
@@ -29,11 +35,25 @@ struct KeyringFile {
 }
 
 impl Keyring {
-    /// Load the keyring at `path`, generating a new one there if it does not exist.
-    pub fn load_or_create(path: &Path) -> Result<Self, Error> {
+    /// Load the keyring at `path`. Where there is none, generate one there, unless
+    /// `storage` holds sealed records: they were sealed with the lost keyring's keys.
+    pub async fn load_or_create(path: &Path, storage: &dyn Storage) -> Result<Self, Error> {
         match std::fs::read(path) {
             Ok(bytes) => Self::parse(&bytes, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                for prefix in SEALED_PREFIXES {
+                    let page = storage.list(prefix, None, 1).await.map_err(|e| Error::Storage(e.to_string()))?;
+                    if !page.keys.is_empty() {
+                        return Err(Error::Config(format!(
+                            "the keyring {} is missing, but the storage holds records sealed with its keys \
+                             (under {prefix}); a new key could not open them, so none is made. Restore the \
+                             keyring file, or name its place with `keyring` in tokenvault.toml",
+                            path.display()
+                        )));
+                    }
+                }
+                Self::create(path)
+            }
             Err(e) => Err(Error::Config(format!("cannot read keyring {}: {e}", path.display()))),
         }
     }
@@ -64,7 +84,9 @@ impl Keyring {
         Ok(Keyring { active: file.active, keys, source: path.to_owned() })
     }
 
-    fn create(path: &Path) -> Result<Self, Error> {
+    /// Generate a keyring at `path` (or load the one another process just made there), for
+    /// a store known to be new; [`Keyring::load_or_create`] checks that it is.
+    pub fn create(path: &Path) -> Result<Self, Error> {
         let io = |e: std::io::Error| Error::Config(format!("cannot create keyring {}: {e}", path.display()));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
@@ -113,17 +135,38 @@ fn new_key_id() -> Result<String, Error> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn created_once_with_private_mode_and_reloaded() {
+    #[tokio::test]
+    async fn created_once_with_private_mode_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyring.json");
-        let first = Keyring::load_or_create(&path).unwrap();
-        let again = Keyring::load_or_create(&path).unwrap();
+        let storage = crate::storage::MemoryStorage::default();
+        let first = Keyring::load_or_create(&path, &storage).await.unwrap();
+        let again = Keyring::load_or_create(&path, &storage).await.unwrap();
         assert_eq!(first.active(), again.active());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_keyring_is_not_replaced_over_sealed_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let storage = crate::storage::MemoryStorage::default();
+        // Records nobody seals (API keys, leases) do not stop a first keyring.
+        storage.put("apikey/x", b"{}", None).await.unwrap();
+        storage.put("lease/t/u/p/n", b"{}", None).await.unwrap();
+        Keyring::load_or_create(&path, &storage).await.unwrap();
+        for prefix in SEALED_PREFIXES {
+            std::fs::remove_file(&path).unwrap();
+            let version = storage.put(&format!("{prefix}x"), b"sealed", None).await.unwrap();
+            let err = Keyring::load_or_create(&path, &storage).await.err().expect("refused").to_string();
+            assert!(err.contains("is missing") && err.contains(prefix), "{err}");
+            assert!(!path.exists(), "no keyring was made");
+            storage.delete(&format!("{prefix}x"), version).await.unwrap();
+            Keyring::load_or_create(&path, &storage).await.unwrap();
         }
     }
 

@@ -130,9 +130,10 @@ impl Services {
     pub async fn open(options: &Options) -> Result<Self> {
         std::fs::create_dir_all(&options.data_dir)
             .map_err(|e| Error::Config(format!("cannot create data directory {}: {e}", options.data_dir.display())))?;
+        let storage = options.storage.open().await.map_err(|e| Error::Storage(e.to_string()))?;
         Ok(Services {
-            storage: options.storage.open().await.map_err(|e| Error::Storage(e.to_string()))?,
-            keyring: Arc::new(Keyring::load_or_create(&options.keyring)?),
+            keyring: Arc::new(Keyring::load_or_create(&options.keyring, &*storage).await?),
+            storage,
             audit: Arc::new(JsonLinesAudit::open(&options.audit_log)?),
             clock: Clock::system(),
         })

@@ -231,6 +231,27 @@ fn templates_need_only_a_client_id_and_secret() {
 }
 
 #[test]
+fn a_lost_keyring_is_never_replaced_over_the_records_it_sealed() {
+    let tv = Tokenvault::new(&[]);
+    tv.run(&["provider", "add", "gh", "--template", "github", "--client-id", "Iv1.abc"], None).json();
+    let response = r#"{"access_token":"at-kept","token_type":"bearer"}"#;
+    tv.run(&["token", "put", "acme", "alice", "gh"], Some(response)).json();
+    let keyring = tv.data_dir.path().join("keyring.json");
+    let saved = std::fs::read(&keyring).unwrap();
+
+    std::fs::remove_file(&keyring).unwrap();
+    for read_only in [&["token", "ls", "acme", "alice"][..], &["provider", "ls"]] {
+        let refused = tv.run(read_only, None);
+        assert_eq!(refused.error_kind(), "config", "{read_only:?}: {}", refused.stderr);
+        assert!(refused.stderr.contains("keyring") && refused.stderr.contains("missing"), "{}", refused.stderr);
+        assert!(!keyring.exists(), "{read_only:?} made a new keyring over sealed records");
+    }
+
+    std::fs::write(&keyring, saved).unwrap();
+    assert_eq!(tv.run(&["token", "get", "acme", "alice", "gh"], None).json()["access_token"], "at-kept");
+}
+
+#[test]
 fn connect_by_device_code_as_the_client_and_through_a_link() {
     let server = OAuthServer::start(60);
     let mut tv = Tokenvault::new(&[&server.origin()]);

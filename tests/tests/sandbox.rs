@@ -21,7 +21,7 @@ const NEVER: Duration = Duration::from_secs(120);
 fn sandboxed_vault(dir: &std::path::Path, limits: SandboxLimits) -> Vault {
     let services = Services {
         storage: Arc::new(MemoryStorage::default()),
-        keyring: Arc::new(Keyring::load_or_create(&dir.join("keyring.json")).unwrap()),
+        keyring: Arc::new(Keyring::create(&dir.join("keyring.json")).unwrap()),
         audit: Arc::new(MemoryAudit::default()),
         clock: Default::default(),
     };

@@ -19,7 +19,7 @@ async fn setup(server: &OAuthServer, dir: &std::path::Path) -> (Vault, Arc<Flaky
     });
     let services = Services {
         storage: storage.clone(),
-        keyring: Arc::new(Keyring::load_or_create(&dir.join("keyring.json")).unwrap()),
+        keyring: Arc::new(Keyring::create(&dir.join("keyring.json")).unwrap()),
         audit: Arc::new(MemoryAudit::default()),
         clock: Default::default(),
     };

@@ -129,7 +129,7 @@ pub fn provider(token_url: &str) -> ProviderConfig {
 pub fn services(dir: &Path, storage: Arc<dyn Storage>) -> Services {
     Services {
         storage,
-        keyring: Arc::new(Keyring::load_or_create(&dir.join("keyring.json")).unwrap()),
+        keyring: Arc::new(Keyring::create(&dir.join("keyring.json")).unwrap()),
         // In memory: a JSON-lines file would add a write per call to every case alike.
         audit: Arc::new(MemoryAudit::default()),
         clock: Default::default(),
