@@ -140,13 +140,14 @@ impl connect::Guest for Component {
         key: wit::ConnectionKey,
         redirect_uri: String,
         scopes: Option<Vec<String>>,
+        browser: Option<String>,
     ) -> WitResult<connect::AuthorizationRequest> {
-        let request = vault().begin(&key.into(), &redirect_uri, scopes)?;
+        let request = vault().begin(&key.into(), &redirect_uri, scopes, browser.as_deref())?;
         Ok(connect::AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
     }
 
-    fn complete(callback_query: String) -> WitResult<connect::Connected> {
-        let (key, info) = vault().complete(&callback_query)?;
+    fn complete(callback_query: String, browser: Option<String>) -> WitResult<connect::Connected> {
+        let (key, info) = vault().complete(&callback_query, browser.as_deref())?;
         Ok(connected(key, info))
     }
 
@@ -154,8 +155,12 @@ impl connect::Guest for Component {
         Ok(vault().link(&key.into(), scopes)?.into())
     }
 
-    fn open_link(code: String, redirect_uri: String) -> WitResult<connect::AuthorizationRequest> {
-        let request = vault().open_link(&code, &redirect_uri)?;
+    fn open_link(
+        code: String,
+        redirect_uri: String,
+        browser: Option<String>,
+    ) -> WitResult<connect::AuthorizationRequest> {
+        let request = vault().open_link(&code, &redirect_uri, browser.as_deref())?;
         Ok(connect::AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
     }
 

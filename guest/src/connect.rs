@@ -7,6 +7,11 @@
 //! query the provider redirected to, spends the state (deleting it by version, so a
 //! replay or a concurrent second use finds nothing), then exchanges the code. A connect
 //! link is spent the same way, once, by `open_link`, which then begins.
+//!
+//! A flow begun for a browser is bound to it: the host passes a secret only that browser
+//! holds (a cookie), the flow keeps its SHA-256, and `complete` refuses a callback that does
+//! not bring the same secret. Otherwise whoever began a flow could send its authorization
+//! URL to someone else and have their account stored under the first user's connection.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -27,25 +32,30 @@ const RANDOM_LEN: usize = 43;
 
 impl<P: Platform> Vault<P> {
     /// Start connecting `key`. `scopes`: none requests the provider's configured ones.
+    /// `browser`: the secret of the browser the flow is for (see the module's docs).
     pub fn begin(
         &self,
         key: &ConnectionKey,
         redirect_uri: &str,
         scopes: Option<Vec<String>>,
+        browser: Option<&str>,
     ) -> Result<AuthorizationRequest> {
-        let result = self.begin_inner(key, redirect_uri, scopes);
+        let result = self.begin_inner(key, redirect_uri, scopes, browser);
         self.audit_token(AuditAction::ConnectBegin, key, AuditOutcome::from(&result));
         result
     }
 
-    /// Finish a flow with the redirect's query string; stores the tokens.
-    pub fn complete(&self, callback_query: &str) -> Result<(ConnectionKey, ConnectionInfo)> {
+    /// Finish a flow with the redirect's query string; stores the tokens. `browser`: the
+    /// secret of the browser the callback came from, which a flow begun for one requires.
+    pub fn complete(&self, callback_query: &str, browser: Option<&str>) -> Result<(ConnectionKey, ConnectionInfo)> {
         // Until the state names a flow, there is no connection to audit the call under.
         let taken =
             Callback::parse(callback_query).and_then(|callback| Ok((self.take_flow(&callback.state)?, callback)));
         let (flow, callback) = taken.inspect_err(|err| self.audit_unkeyed(AuditAction::ConnectComplete, err))?;
         let key = flow.connection.clone();
-        let result = self.finish_flow(flow, callback).map(|info| (key.clone(), info));
+        let result = check_browser(&flow, browser)
+            .and_then(|()| self.finish_flow(flow, callback))
+            .map(|info| (key.clone(), info));
         self.audit_token(AuditAction::ConnectComplete, &key, AuditOutcome::from(&result));
         result
     }
@@ -57,8 +67,8 @@ impl<P: Platform> Vault<P> {
         result
     }
 
-    /// Spend a connect link and begin the flow it names.
-    pub fn open_link(&self, code: &str, redirect_uri: &str) -> Result<AuthorizationRequest> {
+    /// Spend a connect link and begin the flow it names, for `browser` (as [`Vault::begin`]).
+    pub fn open_link(&self, code: &str, redirect_uri: &str, browser: Option<&str>) -> Result<AuthorizationRequest> {
         let unknown = || VaultError::InvalidInput("unknown, used or expired connect link".into());
         let taken = if is_random_token(code) {
             let link_key = record::link_key(code);
@@ -69,7 +79,7 @@ impl<P: Platform> Vault<P> {
         };
         let link = taken.inspect_err(|err| self.audit_unkeyed(AuditAction::ConnectOpenLink, err))?;
         let result = if self.now() > link.expires_at { Err(unknown()) } else { Ok(()) }
-            .and_then(|()| self.begin_inner(&link.connection, redirect_uri, link.scopes));
+            .and_then(|()| self.begin_inner(&link.connection, redirect_uri, link.scopes, browser));
         self.audit_token(AuditAction::ConnectOpenLink, &link.connection, AuditOutcome::from(&result));
         result
     }
@@ -113,9 +123,13 @@ impl<P: Platform> Vault<P> {
         key: &ConnectionKey,
         redirect_uri: &str,
         scopes: Option<Vec<String>>,
+        browser: Option<&str>,
     ) -> Result<AuthorizationRequest> {
         record::validate_key(key)?;
         validate_redirect_uri(redirect_uri)?;
+        if browser.is_some_and(|secret| !is_random_token(secret)) {
+            return Err(VaultError::InvalidInput("a browser's secret must be 32 random bytes, base64url".into()));
+        }
         let provider = self.load_provider(&key.provider)?;
         let scopes = scopes.unwrap_or_else(|| provider.scopes.clone());
         provider::validate_scopes(&scopes)?;
@@ -126,6 +140,7 @@ impl<P: Platform> Vault<P> {
             redirect_uri: redirect_uri.to_owned(),
             scopes,
             expires_at: self.now() + FLOW_TTL_SECS,
+            browser_digest: browser.map(record::sha256_hex),
         };
         let url = oauth::authorization_url(&provider, redirect_uri, &state, &flow.code_verifier, &flow.scopes)?;
         match self.put_sealed(&record::flow_key(&state), &record::flow_context(&state), &flow, None)? {
@@ -183,6 +198,17 @@ impl<P: Platform> Vault<P> {
             Err(StorageError::Conflict) => Ok(None),
             Err(StorageError::Unavailable(why)) => Err(VaultError::Storage(why)),
         }
+    }
+}
+
+/// A flow begun for a browser completes only with that browser's secret.
+fn check_browser(flow: &FlowRecord, browser: Option<&str>) -> Result<()> {
+    match &flow.browser_digest {
+        Some(digest) if browser.map(record::sha256_hex).as_ref() != Some(digest) => Err(VaultError::InvalidInput(
+            "this sign-in was started in another browser; open the connect link again in the browser you sign in with"
+                .into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -298,14 +324,14 @@ mod tests {
     #[test]
     fn a_flow_completes_once_with_the_recorded_redirect_uri_and_verifier() {
         let vault = vault();
-        let request = vault.begin(&key(), REDIRECT, None).unwrap();
+        let request = vault.begin(&key(), REDIRECT, None, None).unwrap();
         assert_eq!(request.state.len(), RANDOM_LEN);
         assert!(request.url.contains(&format!("state={}", request.state)));
         assert!(
             !vault.platform().records.borrow().values().any(|(v, _)| String::from_utf8_lossy(v).contains(REDIRECT))
         );
 
-        let (connected, info) = vault.complete(&format!("?code=good-code&state={}", request.state)).unwrap();
+        let (connected, info) = vault.complete(&format!("?code=good-code&state={}", request.state), None).unwrap();
         assert_eq!(connected, key());
         assert!(info.has_refresh_token);
         assert_eq!(info.scopes, ["read"], "no scope in the response: the requested ones were granted");
@@ -316,7 +342,7 @@ mod tests {
         assert_eq!(form["code_verifier"].len(), RANDOM_LEN);
         assert_eq!(vault.get(&key()).unwrap().access_token, "at-1");
 
-        let replay = vault.complete(&format!("code=good-code&state={}", request.state));
+        let replay = vault.complete(&format!("code=good-code&state={}", request.state), None);
         assert!(matches!(replay, Err(VaultError::InvalidInput(m)) if m.contains("already used")));
         assert_eq!(vault.platform().requests.borrow().len(), 1, "a replay never reaches the provider");
     }
@@ -324,24 +350,47 @@ mod tests {
     #[test]
     fn an_expired_flow_is_refused_and_spent() {
         let vault = vault();
-        let request = vault.begin(&key(), REDIRECT, Some(vec!["x".into()])).unwrap();
+        let request = vault.begin(&key(), REDIRECT, Some(vec!["x".into()]), None).unwrap();
         vault.platform().advance_secs(FLOW_TTL_SECS + 1);
-        let expired = vault.complete(&format!("code=good-code&state={}", request.state));
+        let expired = vault.complete(&format!("code=good-code&state={}", request.state), None);
         assert!(matches!(expired, Err(VaultError::InvalidInput(m)) if m.contains("expired")));
         assert!(vault.platform().requests.borrow().is_empty());
         assert!(matches!(vault.get(&key()), Err(VaultError::NotFound(_))));
     }
 
     #[test]
+    fn a_flow_begun_for_a_browser_completes_only_with_its_secret() {
+        let vault = vault();
+        let (mine, theirs) = (random_token().unwrap(), random_token().unwrap());
+        for other in [None, Some(theirs.as_str())] {
+            let request = vault.begin(&key(), REDIRECT, None, Some(&mine)).unwrap();
+            let refused = vault.complete(&format!("code=good-code&state={}", request.state), other);
+            assert!(matches!(refused, Err(VaultError::InvalidInput(m)) if m.contains("another browser")), "{other:?}");
+            assert!(vault.platform().requests.borrow().is_empty(), "the code is never exchanged");
+            let spent = vault.complete(&format!("code=good-code&state={}", request.state), Some(&mine));
+            assert!(matches!(spent, Err(VaultError::InvalidInput(m)) if m.contains("already used")), "spent");
+        }
+        assert!(
+            !vault.platform().records.borrow().values().any(|(v, _)| String::from_utf8_lossy(v).contains(&mine)),
+            "the secret itself is not stored"
+        );
+        let request = vault.begin(&key(), REDIRECT, None, Some(&mine)).unwrap();
+        vault.complete(&format!("code=good-code&state={}", request.state), Some(&mine)).unwrap();
+        assert_eq!(vault.get(&key()).unwrap().access_token, "at-1");
+        assert!(matches!(vault.begin(&key(), REDIRECT, None, Some("short")), Err(VaultError::InvalidInput(_))));
+    }
+
+    #[test]
     fn errors_from_the_authorization_server_are_typed_and_spend_the_state() {
         let vault = vault();
-        let request = vault.begin(&key(), REDIRECT, None).unwrap();
-        let denied = vault.complete(&format!("error=access_denied&error_description=no+way&state={}", request.state));
+        let request = vault.begin(&key(), REDIRECT, None, None).unwrap();
+        let denied =
+            vault.complete(&format!("error=access_denied&error_description=no+way&state={}", request.state), None);
         assert!(matches!(denied, Err(VaultError::Provider(f)) if f.code.as_deref() == Some("access_denied")));
-        assert!(vault.complete(&format!("code=good-code&state={}", request.state)).is_err());
+        assert!(vault.complete(&format!("code=good-code&state={}", request.state), None).is_err());
 
-        let request = vault.begin(&key(), REDIRECT, None).unwrap();
-        let bad_code = vault.complete(&format!("code=stolen&state={}", request.state));
+        let request = vault.begin(&key(), REDIRECT, None, None).unwrap();
+        let bad_code = vault.complete(&format!("code=stolen&state={}", request.state), None);
         assert!(matches!(bad_code, Err(VaultError::Provider(f)) if f.code.as_deref() == Some("invalid_grant")));
     }
 
@@ -361,9 +410,9 @@ mod tests {
         let storage_key = record::provider_key("acme");
         let version = vault.platform().records.borrow()[&storage_key].1;
         vault.put_sealed(&storage_key, &record::provider_context("acme"), &provider, Some(version)).unwrap();
-        let request = vault.begin(&key(), REDIRECT, None).unwrap();
+        let request = vault.begin(&key(), REDIRECT, None, None).unwrap();
         let mixed_up =
-            vault.complete(&format!("code=good-code&iss=https%3A%2F%2Fevil.example&state={}", request.state));
+            vault.complete(&format!("code=good-code&iss=https%3A%2F%2Fevil.example&state={}", request.state), None);
         assert!(matches!(mixed_up, Err(VaultError::InvalidInput(m)) if m.contains("issuer")));
         assert!(vault.platform().requests.borrow().is_empty());
     }
@@ -372,15 +421,15 @@ mod tests {
     fn bad_input_is_refused() {
         let vault = vault();
         for uri in ["not a url", "http://example.com/cb", "https://app.example/cb#frag"] {
-            assert!(matches!(vault.begin(&key(), uri, None), Err(VaultError::InvalidInput(_))), "{uri}");
+            assert!(matches!(vault.begin(&key(), uri, None, None), Err(VaultError::InvalidInput(_))), "{uri}");
         }
         assert!(matches!(
-            vault.begin(&ConnectionKey::new("t", "u", "nope", "n"), REDIRECT, None),
+            vault.begin(&ConnectionKey::new("t", "u", "nope", "n"), REDIRECT, None, None),
             Err(VaultError::NotFound(_))
         ));
         for query in ["", "code=x", "state=short&code=x", &format!("state={}&state={}", "a".repeat(43), "a".repeat(43))]
         {
-            assert!(matches!(vault.complete(query), Err(VaultError::InvalidInput(_))), "{query}");
+            assert!(matches!(vault.complete(query, None), Err(VaultError::InvalidInput(_))), "{query}");
         }
     }
 }
@@ -422,11 +471,11 @@ mod link_and_client_tests {
         };
         assert!(is_random_token(&link.code));
         assert_eq!(link.expires_at, vault.now() + LINK_TTL_SECS);
-        let request = vault.open_link(&link.code, "http://127.0.0.1:9/cb").unwrap();
+        let request = vault.open_link(&link.code, "http://127.0.0.1:9/cb", None).unwrap();
         assert!(request.url.contains("scope=write"), "the link's scopes are requested: {}", request.url);
-        let again = vault.open_link(&link.code, "http://127.0.0.1:9/cb");
+        let again = vault.open_link(&link.code, "http://127.0.0.1:9/cb", None);
         assert!(matches!(again, Err(VaultError::InvalidInput(m)) if m.contains("connect link")));
-        assert!(vault.open_link("not a code", "http://127.0.0.1:9/cb").is_err());
+        assert!(vault.open_link("not a code", "http://127.0.0.1:9/cb", None).is_err());
     }
 
     #[test]
@@ -434,7 +483,7 @@ mod link_and_client_tests {
         let vault = vault();
         let link = vault.link(&key(), None).unwrap();
         vault.platform().advance_secs(LINK_TTL_SECS + 1);
-        assert!(matches!(vault.open_link(&link.code, "http://127.0.0.1:9/cb"), Err(VaultError::InvalidInput(_))));
+        assert!(matches!(vault.open_link(&link.code, "http://127.0.0.1:9/cb", None), Err(VaultError::InvalidInput(_))));
     }
 
     #[test]

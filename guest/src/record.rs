@@ -242,6 +242,10 @@ pub struct FlowRecord {
     pub scopes: Vec<String>,
     /// Unix seconds.
     pub expires_at: u64,
+    /// SHA-256 (hex) of the secret the browser that began the flow holds; `complete` must
+    /// be given the same secret. None for flows a loopback listener completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser_digest: Option<String>,
 }
 
 /// A pending flow is stored under its state, which is random (see `connect`).
@@ -285,9 +289,13 @@ pub struct LinkRecord {
 /// A link is stored under the SHA-256 of its code, not the code: the code lets whoever
 /// holds it connect an account to the user, and storage keys are not sealed.
 pub fn link_key(code: &str) -> String {
+    format!("{LINK_PREFIX}{}", sha256_hex(code))
+}
+
+/// The SHA-256 of a secret, in hex: what is kept of link codes and browser bindings.
+pub fn sha256_hex(secret: &str) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(code.as_bytes());
-    format!("{LINK_PREFIX}{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    sha2::Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Sealed with the digest its key holds (not the code), so a sweep can open it.

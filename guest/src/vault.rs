@@ -1380,7 +1380,7 @@ mod tests {
             }
         };
         vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
-        vault.begin(&key(), "http://127.0.0.1/callback", None).unwrap();
+        vault.begin(&key(), "http://127.0.0.1/callback", None, None).unwrap();
         let old_link = vault.link(&key(), None).unwrap();
         assert_eq!(sweep_all(&vault).0, 0, "nothing has expired");
 
@@ -1392,9 +1392,9 @@ mod tests {
         let left: Vec<String> = vault.platform().records.borrow().keys().cloned().collect();
         assert_eq!(left.iter().filter(|k| k.starts_with("link/")).count(), 1, "{left:?}");
         assert!(left.iter().any(|k| k.starts_with("tok/")) && !left.iter().any(|k| k.starts_with("flow/")));
-        assert!(vault.open_link(&fresh_link.code, "http://127.0.0.1/callback").is_ok());
+        assert!(vault.open_link(&fresh_link.code, "http://127.0.0.1/callback", None).is_ok());
         assert!(matches!(
-            vault.open_link(&old_link.code, "http://127.0.0.1/callback"),
+            vault.open_link(&old_link.code, "http://127.0.0.1/callback", None),
             Err(VaultError::InvalidInput(_))
         ));
         assert!(matches!(vault.sweep_expired(Some("tok/"), 5), Ok(SweepPage { deleted: 0, cursor: None })));

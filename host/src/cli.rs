@@ -349,7 +349,7 @@ async fn run(cli: Cli) -> Result<()> {
                 let what = format!("{}'s {} account", key.user, key.provider);
                 connect::browser(&vault, &what, redirect.port, |redirect_uri| {
                     let (vault, key, scopes) = (&vault, &key, scopes.as_deref());
-                    async move { vault.begin(key, &redirect_uri, scopes).await }
+                    async move { vault.begin(key, &redirect_uri, scopes, None).await }
                 })
                 .await?
             };
@@ -364,7 +364,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::OpenLink { code, redirect } => {
             let connected = connect::browser(&vault, "the account", redirect.port, |redirect_uri| {
                 let (vault, code) = (&vault, &code);
-                async move { vault.open_link(code, &redirect_uri).await }
+                async move { vault.open_link(code, &redirect_uri, None).await }
             })
             .await?;
             print_json(&connected);

@@ -231,27 +231,34 @@ impl Vault {
 
     /// Start connecting `key`: the URL to send the user's browser to. The provider will
     /// redirect to `redirect_uri` with the query to pass to [`Vault::complete`].
-    /// `scopes`: none requests the provider's configured ones.
+    /// `scopes`: none requests the provider's configured ones. `browser`: where a redirect
+    /// URI others can reach completes the flow, a secret only the user's browser holds (32
+    /// random bytes, base64url); `complete` then requires it.
     pub async fn begin(
         &self,
         key: &ConnectionKey,
         redirect_uri: &str,
         scopes: Option<&[String]>,
+        browser: Option<&str>,
     ) -> Result<AuthorizationRequest> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
         let request: wit_connect::AuthorizationRequest = finish(
-            vault.connect(&mut store)?.call_begin(&mut store, &key.into(), redirect_uri, scopes.as_deref()).await,
+            vault
+                .connect(&mut store)?
+                .call_begin(&mut store, &key.into(), redirect_uri, scopes.as_deref(), browser)
+                .await,
         )?;
         Ok(AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
     }
 
     /// Finish a flow with the query string of the redirect (`code` and `state`, or
-    /// `error`); the tokens are stored. A state works once.
-    pub async fn complete(&self, callback_query: &str) -> Result<Connected> {
+    /// `error`); the tokens are stored. A state works once. `browser`: the secret of the
+    /// browser the redirect came from, which a flow begun for one requires.
+    pub async fn complete(&self, callback_query: &str, browser: Option<&str>) -> Result<Connected> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let connected: wit_connect::Connected =
-            finish(vault.connect(&mut store)?.call_complete(&mut store, callback_query).await)?;
+            finish(vault.connect(&mut store)?.call_complete(&mut store, callback_query, browser).await)?;
         Ok(connected.into())
     }
 
@@ -263,11 +270,17 @@ impl Vault {
     }
 
     /// Spend a connect link and begin the flow for the connection it names, with this
-    /// host's redirect URI: the URL to send the user's browser to.
-    pub async fn open_link(&self, code: &str, redirect_uri: &str) -> Result<AuthorizationRequest> {
+    /// host's redirect URI: the URL to send the user's browser to. `browser`: as for
+    /// [`Vault::begin`].
+    pub async fn open_link(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        browser: Option<&str>,
+    ) -> Result<AuthorizationRequest> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let request: wit_connect::AuthorizationRequest =
-            finish(vault.connect(&mut store)?.call_open_link(&mut store, code, redirect_uri).await)?;
+            finish(vault.connect(&mut store)?.call_open_link(&mut store, code, redirect_uri, browser).await)?;
         Ok(AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
     }
 

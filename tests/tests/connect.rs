@@ -26,9 +26,9 @@ fn params_of(query: &str) -> HashMap<String, String> {
 
 /// One whole flow for `user`: begin, the browser, complete.
 async fn connect(vault: &Vault, server: &OAuthServer, user: &str) -> tokenvault::Connected {
-    let request = vault.begin(&key(user), REDIRECT, None).await.unwrap();
+    let request = vault.begin(&key(user), REDIRECT, None, None).await.unwrap();
     let location = server.authorize(&request.url, false);
-    vault.complete(&query_of(&location)).await.unwrap()
+    vault.complete(&query_of(&location), None).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -39,7 +39,7 @@ async fn confidential_and_public_clients_connect_with_pkce_and_then_refresh() {
     for client in ["vault-basic", "vault-post", "vault-public"] {
         vault.put_provider(&provider_config(&server, "idp", client)).await.unwrap();
         let user = format!("user-of-{client}");
-        let request = vault.begin(&key(&user), REDIRECT, None).await.unwrap();
+        let request = vault.begin(&key(&user), REDIRECT, None, None).await.unwrap();
         let sent = params_of(request.url.split_once('?').unwrap().1);
         assert_eq!(sent["code_challenge_method"], "S256", "{client}");
         assert_eq!(sent["redirect_uri"], REDIRECT);
@@ -47,7 +47,7 @@ async fn confidential_and_public_clients_connect_with_pkce_and_then_refresh() {
         assert!(!sent.contains_key("code_verifier"));
 
         let location = server.authorize(&request.url, false);
-        let connected = vault.complete(&query_of(&location)).await.unwrap();
+        let connected = vault.complete(&query_of(&location), None).await.unwrap();
         assert_eq!(connected.key, key(&user), "{client}");
         assert!(connected.info.has_refresh_token, "{client}: offline_access with consent gives a refresh token");
         let mut granted = connected.info.scopes.clone();
@@ -67,18 +67,18 @@ async fn a_state_works_once_and_a_forged_one_not_at_all() {
     let vault = open_vault(dir.path(), &[&server.origin()]).await;
     vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
 
-    let request = vault.begin(&key("alice"), REDIRECT, None).await.unwrap();
+    let request = vault.begin(&key("alice"), REDIRECT, None, None).await.unwrap();
     let query = query_of(&server.authorize(&request.url, false));
-    let first = vault.complete(&query).await.unwrap();
+    let first = vault.complete(&query, None).await.unwrap();
     let token = vault.get(&first.key).await.unwrap();
 
-    let replay = vault.complete(&query).await.unwrap_err();
+    let replay = vault.complete(&query, None).await.unwrap_err();
     assert_eq!(replay.kind(), "invalid-input", "{replay}");
     assert!(replay.to_string().contains("already used"), "{replay}");
     assert_eq!(vault.get(&first.key).await.unwrap().access_token, token.access_token, "a replay changes nothing");
 
     let forged = format!("code=whatever&state={}", "A".repeat(43));
-    assert_eq!(vault.complete(&forged).await.unwrap_err().kind(), "invalid-input");
+    assert_eq!(vault.complete(&forged, None).await.unwrap_err().kind(), "invalid-input");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -88,7 +88,7 @@ async fn a_stolen_code_is_useless_without_the_verifier_the_vault_keeps() {
     let vault = open_vault(dir.path(), &[&server.origin()]).await;
     vault.put_provider(&provider_config(&server, "idp", "vault-post")).await.unwrap();
 
-    let request = vault.begin(&key("bob"), REDIRECT, None).await.unwrap();
+    let request = vault.begin(&key("bob"), REDIRECT, None, None).await.unwrap();
     let query = query_of(&server.authorize(&request.url, false));
     let code = params_of(&query)["code"].clone();
     // An attacker who intercepted the redirect, and even knows the client secret, has no
@@ -119,9 +119,9 @@ async fn a_refusal_at_the_provider_is_a_typed_error_and_stores_nothing() {
     let vault = open_vault(dir.path(), &[&server.origin()]).await;
     vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
 
-    let request = vault.begin(&key("carol"), REDIRECT, None).await.unwrap();
+    let request = vault.begin(&key("carol"), REDIRECT, None, None).await.unwrap();
     let location = server.authorize(&request.url, true);
-    match vault.complete(&query_of(&location)).await {
+    match vault.complete(&query_of(&location), None).await {
         Err(Error::Provider(failure)) => assert_eq!(failure.code.as_deref(), Some("access_denied")),
         other => panic!("expected access_denied, got {other:?}"),
     }
@@ -175,10 +175,10 @@ async fn a_missing_connection_gives_a_one_time_link_that_connects_it() {
     let TokenOrLink::Link(link) = vault.get_or_link(&key("erin"), None).await.unwrap() else {
         panic!("expected a link for a connection that does not exist");
     };
-    let request = vault.open_link(&link.code, REDIRECT).await.unwrap();
-    let connected = vault.complete(&query_of(&server.authorize(&request.url, false))).await.unwrap();
+    let request = vault.open_link(&link.code, REDIRECT, None).await.unwrap();
+    let connected = vault.complete(&query_of(&server.authorize(&request.url, false)), None).await.unwrap();
     assert_eq!(connected.key, key("erin"));
-    assert_eq!(vault.open_link(&link.code, REDIRECT).await.unwrap_err().kind(), "invalid-input", "spent");
+    assert_eq!(vault.open_link(&link.code, REDIRECT, None).await.unwrap_err().kind(), "invalid-input", "spent");
     assert!(matches!(vault.get_or_link(&key("erin"), None).await.unwrap(), TokenOrLink::Token(_)));
     let unknown = ConnectionKey::new("acme", "erin", "nope", "default");
     assert_eq!(vault.get_or_link(&unknown, None).await.unwrap_err().kind(), "not-found");
@@ -219,17 +219,17 @@ async fn flows_links_and_device_codes_expire() {
 
     // A user who comes back from the provider after ten minutes is refused, and the
     // state is spent.
-    let request = vault.begin(&key("fay"), REDIRECT, None).await.unwrap();
+    let request = vault.begin(&key("fay"), REDIRECT, None, None).await.unwrap();
     let query = query_of(&server.authorize(&request.url, false));
     later(601);
-    let late = vault.complete(&query).await.unwrap_err();
+    let late = vault.complete(&query, None).await.unwrap_err();
     assert!(late.kind() == "invalid-input" && late.to_string().contains("expired"), "{late}");
-    assert_eq!(vault.complete(&query).await.unwrap_err().kind(), "invalid-input");
+    assert_eq!(vault.complete(&query, None).await.unwrap_err().kind(), "invalid-input");
     assert_eq!(vault.get(&key("fay")).await.unwrap_err().kind(), "not-found");
 
     let link = vault.link(&key("fay"), None).await.unwrap();
     later(901);
-    assert_eq!(vault.open_link(&link.code, REDIRECT).await.unwrap_err().kind(), "invalid-input");
+    assert_eq!(vault.open_link(&link.code, REDIRECT, None).await.unwrap_err().kind(), "invalid-input");
 
     let device = vault.begin_device(&key("fay"), None).await.unwrap();
     later(601);
@@ -244,7 +244,7 @@ async fn the_scheduler_sweeps_flows_and_links_an_hour_after_they_expire() {
     let dir = tempfile::tempdir().unwrap();
     let vault = open_vault(dir.path(), &[&server.origin()]).await;
     vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
-    let abandoned = vault.begin(&key("dora"), REDIRECT, None).await.unwrap();
+    let abandoned = vault.begin(&key("dora"), REDIRECT, None, None).await.unwrap();
     let link = vault.link(&key("dora"), None).await.unwrap();
     let (_stop, running) = tokio::sync::watch::channel(false);
     assert_eq!(tokenvault::scheduler::sweep(&vault, &running).await, 0, "nothing expired yet");
@@ -258,7 +258,7 @@ async fn the_scheduler_sweeps_flows_and_links_an_hour_after_they_expire() {
 
     // The abandoned flow's callback and the old link now find nothing; the new link works.
     let location = server.authorize(&abandoned.url, false);
-    assert!(matches!(vault.complete(&query_of(&location)).await, Err(Error::InvalidInput(_))));
-    assert!(matches!(vault.open_link(&link.code, REDIRECT).await, Err(Error::InvalidInput(_))));
-    assert!(vault.open_link(&kept.code, REDIRECT).await.is_ok());
+    assert!(matches!(vault.complete(&query_of(&location), None).await, Err(Error::InvalidInput(_))));
+    assert!(matches!(vault.open_link(&link.code, REDIRECT, None).await, Err(Error::InvalidInput(_))));
+    assert!(vault.open_link(&kept.code, REDIRECT, None).await.is_ok());
 }

@@ -369,6 +369,58 @@ fn a_user_connects_in_the_browser_through_a_link_the_backend_asked_for() {
 }
 
 #[test]
+fn a_connect_flow_completes_only_in_the_browser_that_opened_its_link() {
+    let server = OAuthServer::start(600);
+    let cli = Tokenvault::new(&[&server.origin()]);
+    let served = cli.serve();
+    let operator = served.first_key.clone().unwrap();
+    assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body())).0, 200);
+    let (acme, _) = tenant_key(&cli, "acme");
+    let mallory = "/v1/tenants/acme/users/mallory/connections";
+    let link_for = |name: &str| {
+        let (status, link) = served.call("POST", &format!("{mallory}/idp/{name}/link"), Some(&acme), None);
+        assert_eq!(status, 200, "{link}");
+        link["url"].as_str().unwrap().to_owned()
+    };
+
+    // Mallory opens a link for her own connection and stops at the provider's page.
+    let attacker = served.browser();
+    let opened = attacker.get(&link_for("default"));
+    assert_eq!(opened.status, 303);
+    let cookie = &opened.headers["set-cookie"];
+    assert!(cookie.starts_with("__Host-tv_connect="), "{cookie}");
+    for attribute in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(cookie.contains(attribute), "{attribute} missing: {cookie}");
+    }
+    // She sends the provider's URL to a victim, who signs in and consents in their browser.
+    let back = server.authorize(opened.location.as_deref().unwrap(), false);
+    let victim = served.browser();
+    let refused = victim.get(&back);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("Not connected") && refused.body.contains("another browser"), "{}", refused.body);
+    assert_eq!(served.call("GET", mallory, Some(&acme), None).1, json!([]), "nothing stored for mallory");
+    // The flow is spent: not even the browser that began it can complete it now.
+    let spent = attacker.get(&back);
+    assert_eq!(spent.status, 400);
+    assert!(spent.body.contains("already used"), "{}", spent.body);
+
+    // In one browser, two links opened one after the other both complete: it keeps its secret.
+    let user = served.browser();
+    let first = user.get(&link_for("first"));
+    let second = user.get(&link_for("second"));
+    assert!(!second.headers["set-cookie"].is_empty());
+    assert_eq!(first.headers["set-cookie"].split(';').next(), second.headers["set-cookie"].split(';').next());
+    for opened in [first, second] {
+        let page = user.get(&server.authorize(opened.location.as_deref().unwrap(), false));
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(page.body.contains("Connected"), "{}", page.body);
+    }
+    let (_, connections) = served.call("GET", mallory, Some(&acme), None);
+    let names: Vec<_> = connections.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["first", "second"]);
+}
+
+#[test]
 fn two_services_on_one_database_renew_tokens_before_they_expire_without_burning_one() {
     let server = OAuthServer::start(8); // access tokens live 8 s
     let cli = Tokenvault::new(&[&server.origin()]);

@@ -64,7 +64,9 @@ async fn callback(
     let Some(done) = pending.done.lock().await.take() else {
         return page("Already handled", "This connection attempt has already been handled.");
     };
-    let result = pending.vault.complete(&query.unwrap_or_default()).await;
+    // No browser secret: only this listener, on this machine, receives the redirect, and it
+    // completes only the flow it began (its state).
+    let result = pending.vault.complete(&query.unwrap_or_default(), None).await;
     let shown = match &result {
         Ok(connected) => page(
             "Connected",

@@ -264,12 +264,13 @@ impl connect::Guest for Component {
         key: wit::ConnectionKey,
         _redirect_uri: String,
         _scopes: Option<Vec<String>>,
+        _browser: Option<String>,
     ) -> WitResult<connect::AuthorizationRequest> {
         misbehave(&key.user);
         unsupported()
     }
 
-    fn complete(_callback_query: String) -> WitResult<connect::Connected> {
+    fn complete(_callback_query: String, _browser: Option<String>) -> WitResult<connect::Connected> {
         unsupported()
     }
 
@@ -277,7 +278,11 @@ impl connect::Guest for Component {
         unsupported()
     }
 
-    fn open_link(_code: String, _redirect_uri: String) -> WitResult<connect::AuthorizationRequest> {
+    fn open_link(
+        _code: String,
+        _redirect_uri: String,
+        _browser: Option<String>,
+    ) -> WitResult<connect::AuthorizationRequest> {
         unsupported()
     }
 
