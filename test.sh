@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what is missing (the wasm target,
 # Chromium, the pinned npm and PyPI packages), starts this machine's PostgreSQL and Redis when
-# they are installed but down, then runs `cargo test --workspace` with any arguments given.
-#   ./test.sh                    everything
-#   ./test.sh -p tokenvault      arguments go to cargo test
+# they are installed but down, then runs `cargo test --workspace`, or `cargo test ARGS…`.
+#   ./test.sh                            everything
+#   ./test.sh -p tokenvault-tests --test serve    one test binary
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -54,4 +54,5 @@ if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/nul
     redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no
 fi
 
-exec cargo test --workspace "$@"
+if [ $# -eq 0 ]; then set -- --workspace; fi
+exec cargo test "$@"

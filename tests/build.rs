@@ -1,7 +1,7 @@
 //! Builds the test-only sandbox component (`sandbox-guest/`), which the sandbox tests load
 //! in place of the product component. It is never part of the `tokenvault` binary.
 
-#[path = "../host/component_build.rs"]
+#[path = "../host/lib/component_build.rs"]
 mod component_build;
 
 use std::path::PathBuf;

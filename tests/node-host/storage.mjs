@@ -71,7 +71,7 @@ export function waitForChange(storage, key, seen, timeoutMs) {
 
 // The Rust host's SQLite format (one file for all three hosts): a file either host wrote,
 // the other reads.
-const SCHEMA = readFileSync(new URL('../../host/src/storage/sqlite.sql', import.meta.url), 'utf8');
+const SCHEMA = readFileSync(new URL('../../host/lib/src/storage/sqlite.sql', import.meta.url), 'utf8');
 
 /**
  * A SQLite file in the Rust host's format, through sql.js (SQLite compiled to

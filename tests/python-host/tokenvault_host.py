@@ -191,7 +191,7 @@ class SqliteStorage:
 
 
 # The Rust host's SQLite format, one file for all three hosts.
-SQLITE_SCHEMA = (Path(__file__).parent / "../../host/src/storage/sqlite.sql").read_text()
+SQLITE_SCHEMA = (Path(__file__).parent / "../../host/lib/src/storage/sqlite.sql").read_text()
 
 
 @dataclass

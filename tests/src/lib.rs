@@ -260,7 +260,7 @@ impl Drop for OAuthServer {
 pub fn tokenvault_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().and_then(Path::parent).unwrap().join(format!("tokenvault{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} is missing: build it with `cargo build -p tokenvault`", bin.display());
+    assert!(bin.exists(), "{} is missing: build it with `cargo build -p tokenvault-cli`", bin.display());
     bin
 }
 

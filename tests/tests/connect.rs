@@ -247,11 +247,11 @@ async fn the_scheduler_sweeps_flows_and_links_an_hour_after_they_expire() {
     let abandoned = vault.begin(&key("dora"), REDIRECT, None, None).await.unwrap();
     let link = vault.link(&key("dora"), None).await.unwrap();
     let (_stop, running) = tokio::sync::watch::channel(false);
-    assert_eq!(tokenvault::scheduler::sweep(&vault, &running).await, 0, "nothing expired yet");
+    assert_eq!(tokenvault_serve::scheduler::sweep(&vault, &running).await, 0, "nothing expired yet");
 
     vault.services().clock.advance(std::time::Duration::from_secs(2 * 3600));
     let kept = vault.link(&key("erin"), None).await.unwrap();
-    assert_eq!(tokenvault::scheduler::sweep(&vault, &running).await, 2);
+    assert_eq!(tokenvault_serve::scheduler::sweep(&vault, &running).await, 2);
     let records = vault.services().storage.list("", None, 100).await.unwrap().keys;
     assert!(!records.iter().any(|k| k.starts_with("flow/")), "{records:?}");
     assert_eq!(records.iter().filter(|k| k.starts_with("link/")).count(), 1, "{records:?}");

@@ -16,8 +16,8 @@ use super::api_error::ApiError;
 use super::auth::Caller;
 use super::console::session::Principal;
 use super::{connect, console};
-use crate::error::Error;
-use crate::types::{
+use tokenvault::error::Error;
+use tokenvault::types::{
     ConnectionInfo, ConnectionKey, ProviderConfig, ProviderInfo, RemovalReceipt, TokenGrant, TokenSet, UserPage,
     parse_json,
 };

@@ -11,6 +11,7 @@ mod connect;
 pub mod console;
 mod html;
 pub mod jwt;
+pub mod scheduler;
 
 use std::time::Instant;
 
@@ -25,7 +26,7 @@ use tokio::net::TcpListener;
 pub use api_error::ApiError;
 pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey, Scope};
 
-use crate::Vault;
+use tokenvault::Vault;
 
 /// What every handler reaches.
 #[derive(Clone)]
@@ -44,11 +45,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(vault: Vault, public_url: &str) -> crate::Result<Self> {
+    pub fn new(vault: Vault, public_url: &str) -> tokenvault::Result<Self> {
         let parsed = url::Url::parse(public_url)
-            .map_err(|e| crate::Error::Config(format!("the public URL {public_url:?} is not a URL: {e}")))?;
+            .map_err(|e| tokenvault::Error::Config(format!("the public URL {public_url:?} is not a URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
-            return Err(crate::Error::Config(format!("the public URL {public_url:?} must be http(s) without a query")));
+            return Err(tokenvault::Error::Config(format!(
+                "the public URL {public_url:?} must be http(s) without a query"
+            )));
         }
         let public_url = public_url.trim_end_matches('/').to_owned();
         Ok(AppState {
@@ -109,7 +112,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     // One read of a key nobody writes: proves the backend answers.
     match state.vault.services().storage.get("readyz").await {
         Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Err(e) => ApiError::from(crate::Error::Storage(e.to_string())).into_response(),
+        Err(e) => ApiError::from(tokenvault::Error::Storage(e.to_string())).into_response(),
     }
 }
 
@@ -155,7 +158,7 @@ async fn read_body_first(request: Request, next: Next) -> Response {
                 too_large()
             } else {
                 let message = format!("the request body could not be read: {e}");
-                ApiError::from(crate::Error::InvalidInput(message)).into_response()
+                ApiError::from(tokenvault::Error::InvalidInput(message)).into_response()
             }
         }
     }
@@ -163,7 +166,7 @@ async fn read_body_first(request: Request, next: Next) -> Response {
 
 /// The first key of a fresh service: when no API key exists yet, an operator key, so
 /// whoever started the service can call it and make tenant keys.
-pub async fn first_key(api_keys: &ApiKeys) -> crate::Result<Option<NewApiKey>> {
+pub async fn first_key(api_keys: &ApiKeys) -> tokenvault::Result<Option<NewApiKey>> {
     if !api_keys.list().await?.is_empty() {
         return Ok(None);
     }

@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::clock::Clock;
-use crate::error::{Error, Result};
-use crate::serve::Scope;
-use crate::storage::{Storage, StorageError};
+use crate::Scope;
+use tokenvault::clock::Clock;
+use tokenvault::error::{Error, Result};
+use tokenvault::storage::{Storage, StorageError};
 
 const RECORD_PREFIX: &str = "session/";
 
@@ -85,7 +85,7 @@ impl Sessions {
         Sessions { storage, clock }
     }
 
-    pub fn of(vault: &crate::Vault) -> Self {
+    pub fn of(vault: &tokenvault::Vault) -> Self {
         let services = vault.services();
         Sessions::new(services.storage.clone(), services.clock.clone())
     }
@@ -205,7 +205,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::storage::MemoryStorage;
+    use tokenvault::storage::MemoryStorage;
 
     fn sessions() -> (Sessions, Arc<dyn Storage>, Clock) {
         let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::default());

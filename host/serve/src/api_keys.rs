@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::clock::Clock;
-use crate::error::{Error, Result};
-use crate::storage::{Storage, StorageError};
+use tokenvault::clock::Clock;
+use tokenvault::error::{Error, Result};
+use tokenvault::storage::{Storage, StorageError};
 
 const PREFIX: &str = "tvk_";
 const ID_BYTES: usize = 6;
@@ -91,7 +91,7 @@ impl ApiKeys {
     }
 
     /// The keys kept in `vault`'s storage.
-    pub fn of(vault: &crate::Vault) -> Self {
+    pub fn of(vault: &tokenvault::Vault) -> Self {
         let services = vault.services();
         ApiKeys::new(services.storage.clone(), services.clock.clone())
     }
@@ -191,7 +191,7 @@ fn storage_error(e: StorageError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::MemoryStorage;
+    use tokenvault::storage::MemoryStorage;
 
     fn keys() -> (ApiKeys, Arc<dyn Storage>) {
         let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::default());

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
-    let workspace = manifest_dir.parent().unwrap().to_owned();
-    for watched in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock", "host/component_build.rs"] {
+    let workspace = manifest_dir.ancestors().nth(2).unwrap().to_owned(); // host/lib -> the workspace
+    for watched in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock", "host/lib/component_build.rs"] {
         println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=TOKENVAULT_GUEST_WASM");

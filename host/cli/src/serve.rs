@@ -2,17 +2,17 @@
 
 use std::net::SocketAddr;
 
-use tokenvault::scheduler::{self, Schedule};
-use tokenvault::serve::{self, ApiKeys, AppState, Scope};
 use tokenvault::{Error, Result, Vault};
+use tokenvault_serve::scheduler::{self, Schedule};
+use tokenvault_serve::{self as serve, ApiKeys, AppState, Scope};
 
 /// `serve`'s settings beyond the vault's.
 pub struct ServeArgs {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
-    pub jwt: Option<tokenvault::serve::jwt::JwtConfig>,
+    pub jwt: Option<tokenvault_serve::jwt::JwtConfig>,
     /// The console's OpenID Connect sign-in.
-    pub oidc: Option<tokenvault::serve::console::oidc::OidcConfig>,
+    pub oidc: Option<tokenvault_serve::console::oidc::OidcConfig>,
     /// None: no background refresh.
     pub schedule: Option<Schedule>,
 }
@@ -25,10 +25,10 @@ pub async fn run(vault: Vault, args: ServeArgs) -> Result<()> {
     let address = listener.local_addr().map_err(|e| Error::Config(format!("no local address: {e}")))?;
     let mut state = AppState::new(vault, &public_url.unwrap_or_else(|| format!("http://{address}")))?;
     if let Some(config) = jwt {
-        state.jwt = Some(std::sync::Arc::new(tokenvault::serve::jwt::JwtVerifier::new(config).await?));
+        state.jwt = Some(std::sync::Arc::new(tokenvault_serve::jwt::JwtVerifier::new(config).await?));
     }
     if let Some(config) = oidc {
-        state.oidc = Some(std::sync::Arc::new(tokenvault::serve::console::oidc::OidcLogin::discover(config).await?));
+        state.oidc = Some(std::sync::Arc::new(tokenvault_serve::console::oidc::OidcLogin::discover(config).await?));
     }
     let first_key = serve::first_key(&state.api_keys).await?;
     // Before the address is printed: whoever reads it may signal at once.

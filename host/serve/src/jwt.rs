@@ -12,7 +12,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tokio::sync::RwLock;
 
-use crate::error::{Error, Result};
+use tokenvault::error::{Error, Result};
 
 /// An unknown key id triggers a new fetch of the key set at most this often.
 const REFETCH_AFTER: Duration = Duration::from_secs(30);

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::{ConnectionKey, RefreshOutcome, Vault};
+use tokenvault::{ConnectionKey, RefreshOutcome, Vault};
 
 /// Connections read per `due_for_refresh` call.
 const PAGE: u32 = 200;
@@ -108,7 +108,7 @@ pub async fn pass(
 /// Delete pending flows, device flows and connect links that expired over an hour ago,
 /// and expired console sessions.
 pub async fn sweep(vault: &Vault, stop: &watch::Receiver<bool>) -> u32 {
-    let mut deleted = match crate::serve::console::session::Sessions::of(vault).sweep().await {
+    let mut deleted = match crate::console::session::Sessions::of(vault).sweep().await {
         Ok(swept) => swept,
         Err(err) => {
             tracing::warn!(error = err.kind(), "sweeping console sessions failed; the next pass retries");

@@ -17,8 +17,6 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod runtime;
-pub mod scheduler;
-pub mod serve;
 pub mod storage;
 pub mod types;
 mod vault;

@@ -88,6 +88,7 @@ impl serde::Serialize for Error {
 }
 
 /// The OpenAPI schema of an error's JSON form.
+#[cfg(feature = "openapi")]
 impl utoipa::PartialSchema for Error {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{ObjectBuilder, Type};
@@ -106,6 +107,7 @@ impl utoipa::PartialSchema for Error {
     }
 }
 
+#[cfg(feature = "openapi")]
 impl utoipa::ToSchema for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

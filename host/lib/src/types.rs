@@ -5,7 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConnectionKey {
     pub tenant: String,
     pub user: String,
@@ -27,7 +28,8 @@ impl ConnectionKey {
 }
 
 /// A usable token set, as `get` and `refresh` return it.
-#[derive(Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenSet {
     pub access_token: String,
     pub token_type: String,
@@ -50,7 +52,8 @@ impl fmt::Debug for TokenSet {
 }
 
 /// A token response as a provider returns it (RFC 6749 §5.1), e.g. read from stdin.
-#[derive(Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenGrant {
     pub access_token: String,
     /// Defaults to `Bearer` when a response omits it.
@@ -126,7 +129,8 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, json: &[u8]) -> Re
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ConnectionStatus {
     Active,
@@ -134,7 +138,8 @@ pub enum ConnectionStatus {
 }
 
 /// How a connection's access token is renewed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ConnectionKind {
     /// A user's delegated tokens, renewed with the refresh token.
@@ -144,7 +149,8 @@ pub enum ConnectionKind {
 }
 
 /// A connection's metadata: never a value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConnectionInfo {
     pub provider: String,
     pub name: String,
@@ -156,7 +162,8 @@ pub struct ConnectionInfo {
     pub updated_at: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// HTTP Basic authentication (RFC 6749 §2.3.1), the default.
@@ -167,7 +174,8 @@ pub enum ClientAuth {
 
 /// A provider to register. Endpoints come from a template, or from the issuer's metadata,
 /// or are given; a given one overrides the others. Every field but `client_id` is optional.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct ProviderConfig {
     pub name: String,
@@ -184,7 +192,7 @@ pub struct ProviderConfig {
     pub client_auth: Option<ClientAuth>,
     pub scopes: Vec<String>,
     /// Extra parameters of the authorization request, as `[name, value]` pairs.
-    #[schema(value_type = Vec<Vec<String>>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Vec<String>>))]
     pub authorization_params: Vec<(String, String)>,
     pub refresh_buffer_secs: Option<u32>,
 }
@@ -210,7 +218,8 @@ impl fmt::Debug for ProviderConfig {
 }
 
 /// A built-in provider template and its parameter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TemplateRef {
     pub name: String,
     /// Microsoft: the directory tenant (default "common").
@@ -218,7 +227,8 @@ pub struct TemplateRef {
 }
 
 /// A registered provider, without its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProviderInfo {
     pub name: String,
     pub template: Option<String>,
@@ -231,14 +241,15 @@ pub struct ProviderInfo {
     pub has_client_secret: bool,
     pub client_auth: ClientAuth,
     pub scopes: Vec<String>,
-    #[schema(value_type = Vec<Vec<String>>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Vec<String>>))]
     pub authorization_params: Vec<(String, String)>,
     pub refresh_buffer_secs: u32,
     pub updated_at: u64,
 }
 
 /// Where to send a user's browser to connect an account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuthorizationRequest {
     pub url: String,
     /// The opaque state the provider sends back to the redirect URI.
@@ -248,7 +259,8 @@ pub struct AuthorizationRequest {
 }
 
 /// A connection a completed flow made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Connected {
     pub key: ConnectionKey,
     pub info: ConnectionInfo,
@@ -257,7 +269,8 @@ pub struct Connected {
 /// A one-time, short-lived code that starts connecting a user's account (see
 /// [`crate::Vault::open_link`]). It lets its holder connect an account to that user, so
 /// show it only to them; `Debug` redacts it.
-#[derive(Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConnectLink {
     pub code: String,
     /// Unix seconds.
@@ -271,7 +284,8 @@ impl fmt::Debug for ConnectLink {
 }
 
 /// What [`crate::Vault::get_or_link`] found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum TokenOrLink {
     Token(TokenSet),
@@ -281,7 +295,8 @@ pub enum TokenOrLink {
 
 /// What became of a removed connection's tokens at the provider. The connection is
 /// deleted locally whatever the provider answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum UpstreamRevocation {
     /// The provider accepted revoking the refresh token and the access token (RFC 7009).
@@ -293,7 +308,8 @@ pub enum UpstreamRevocation {
 }
 
 /// A removed connection and what happened upstream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RemovalReceipt {
     pub provider: String,
     pub name: String,
@@ -301,7 +317,8 @@ pub struct RemovalReceipt {
 }
 
 /// A started device flow (RFC 8628): what to show the user, and the handle to poll.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceAuthorization {
     pub handle: String,
     pub user_code: String,
@@ -313,7 +330,8 @@ pub struct DeviceAuthorization {
     pub expires_at: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum DeviceStatus {
     /// The user has not finished: poll again after this many seconds.
@@ -324,21 +342,24 @@ pub enum DeviceStatus {
 }
 
 /// A user of a tenant and the connections they hold ([`crate::Vault::users`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserConnections {
     pub user: String,
     pub connections: Vec<ConnectionName>,
 }
 
 /// A connection's provider and name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConnectionName {
     pub provider: String,
     pub name: String,
 }
 
 /// One page of a tenant's users.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserPage {
     pub users: Vec<UserConnections>,
     /// The last user of this page: ask again with `after` set to it for the next page;

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::Error;
+use tokenvault::error::Error;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

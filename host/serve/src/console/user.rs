@@ -8,9 +8,9 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{EndUser, error_page, page};
-use crate::serve::AppState;
-use crate::serve::connect;
-use crate::types::{ConnectionInfo, ConnectionKey, ConnectionKind, ConnectionStatus, UpstreamRevocation};
+use crate::AppState;
+use crate::connect;
+use tokenvault::types::{ConnectionInfo, ConnectionKey, ConnectionKind, ConnectionStatus, UpstreamRevocation};
 
 pub async fn connections(user: EndUser, State(state): State<AppState>) -> Response {
     render(&state, &user, None).await

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use tokenvault::serve::ApiKeys;
 use tokenvault::storage::StorageUrl;
 use tokenvault::{ClientAuth, ConnectionKey, Error, Options, ProviderConfig, Result, TemplateRef, TokenGrant, Vault};
+use tokenvault_serve::ApiKeys;
 
 mod connect;
 mod inspect;
@@ -285,7 +285,7 @@ enum TokenCommand {
     Ls { tenant: String, user: String },
 }
 
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // A service logs its requests by default; a command logs only when asked.
     let default_filter = matches!(cli.command, Command::Serve { .. }).then(|| "info".to_owned());
@@ -391,7 +391,7 @@ async fn run(cli: Cli) -> Result<()> {
             console_oidc_tenant_claim,
         } => {
             let oidc = match (console_oidc_issuer, console_oidc_client_id) {
-                (Some(issuer), Some(client_id)) => Some(tokenvault::serve::console::oidc::OidcConfig {
+                (Some(issuer), Some(client_id)) => Some(tokenvault_serve::console::oidc::OidcConfig {
                     issuer,
                     client_id,
                     client_secret: console_oidc_client_secret.ok_or_else(|| {
@@ -401,13 +401,13 @@ async fn run(cli: Cli) -> Result<()> {
                 }),
                 _ => None,
             };
-            let jwt = jwks_url.map(|jwks_url| tokenvault::serve::jwt::JwtConfig {
+            let jwt = jwks_url.map(|jwks_url| tokenvault_serve::jwt::JwtConfig {
                 jwks_url,
                 issuer: jwt_issuer.unwrap_or_default(),
                 audience: jwt_audience.unwrap_or_default(),
                 tenant_claim: jwt_tenant_claim,
             });
-            let schedule = (refresh_every > 0).then(|| tokenvault::scheduler::Schedule {
+            let schedule = (refresh_every > 0).then(|| tokenvault_serve::scheduler::Schedule {
                 interval: std::time::Duration::from_secs(refresh_every),
                 horizon: std::time::Duration::from_secs(refresh_within),
                 per_provider_per_minute: refresh_rate,

@@ -28,7 +28,7 @@ use crate::storage::{self, Changes, Storage};
 
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "tokenvault:vault/vault",
         // The keyring and the audit sink answer from memory (a file append at most), so
         // they are plain calls: an async import costs a future and a fiber switch per call.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
-use super::{Entry, KeyPage, Storage, StorageError, StorageResult};
+use super::{Entry, KeyPage, Storage, StorageError, StorageResult, split_param};
 
 pub struct PostgresStorage {
     config: tokio_postgres::Config,
@@ -155,24 +155,6 @@ impl Storage for PostgresStorage {
             self.schema
         )
     }
-}
-
-/// Take `name=value` out of a URL's query string (the drivers do not know our parameters).
-pub(super) fn split_param(url: &str, name: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), None) };
-    let mut found = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|pair| match pair.split_once('=') {
-            Some((k, v)) if k == name => {
-                found = Some(v.to_owned());
-                false
-            }
-            _ => true,
-        })
-        .collect();
-    let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
-    (url, found)
 }
 
 #[cfg(test)]

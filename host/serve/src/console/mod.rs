@@ -34,7 +34,7 @@ use self::session::{Principal, Session, csrf_matches, random_token};
 use super::AppState;
 use super::api_error::ApiError;
 use super::api_keys::Scope;
-use crate::audit::AuditRecord;
+use tokenvault::audit::AuditRecord;
 
 const SESSION_COOKIE: &str = "tv_session";
 /// The sign-in form's CSRF token, before there is a session to hold one.

@@ -6,8 +6,11 @@
 
 mod changes;
 mod memory;
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 use std::path::Path;
@@ -15,8 +18,11 @@ use std::sync::Arc;
 
 pub use changes::Changes;
 pub use memory::MemoryStorage;
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresStorage;
+#[cfg(feature = "redis")]
 pub use redis::RedisStorage;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;
 
 /// A stored value and its version.
@@ -115,18 +121,54 @@ impl StorageUrl {
     pub async fn open(&self) -> Result<Arc<dyn Storage>, StorageError> {
         Ok(match self {
             StorageUrl::Memory => Arc::new(MemoryStorage::default()),
+            #[cfg(feature = "sqlite")]
             StorageUrl::Sqlite(path) => Arc::new(SqliteStorage::open(path)?),
+            #[cfg(feature = "postgres")]
             StorageUrl::Postgres(url) => Arc::new(PostgresStorage::connect(url).await?),
+            #[cfg(feature = "redis")]
             StorageUrl::Redis(url) => Arc::new(RedisStorage::connect(url).await?),
+            #[cfg(not(feature = "sqlite"))]
+            StorageUrl::Sqlite(_) => return Err(not_built("sqlite")),
+            #[cfg(not(feature = "postgres"))]
+            StorageUrl::Postgres(_) => return Err(not_built("postgres")),
+            #[cfg(not(feature = "redis"))]
+            StorageUrl::Redis(_) => return Err(not_built("redis")),
         })
     }
+}
+
+/// A backend this build left out.
+#[allow(dead_code)] // with every backend compiled in
+fn not_built(feature: &str) -> StorageError {
+    StorageError::Unavailable(format!(
+        "this build has no {feature} backend (the tokenvault crate's `{feature}` feature)"
+    ))
+}
+
+/// Take `name=value` out of a URL's query string (the drivers do not know our parameters).
+#[cfg(any(feature = "postgres", feature = "redis"))]
+fn split_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), None) };
+    let mut found = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((k, v)) if k == name => {
+                found = Some(v.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+    (url, found)
 }
 
 /// The URL of a shared test server (`TOKENVAULT_TEST_POSTGRES`, `TOKENVAULT_TEST_REDIS`), or
 /// `None` after reporting the test as skipped, by name, on stderr (written directly, so
 /// the test harness does not swallow it).
-#[cfg(test)]
-pub(crate) fn test_server(var: &str, test: &str) -> Option<String> {
+#[cfg(any(test, feature = "testing"))]
+pub fn test_server(var: &str, test: &str) -> Option<String> {
     use std::io::Write;
     let url = std::env::var(var).ok().filter(|u| !u.is_empty());
     if url.is_none() {
@@ -136,16 +178,18 @@ pub(crate) fn test_server(var: &str, test: &str) -> Option<String> {
 }
 
 /// A name no other test run uses, for a schema or namespace of its own.
-#[cfg(test)]
-pub(crate) fn unique_name(prefix: &str) -> String {
+#[cfg(any(test, feature = "testing"))]
+pub fn unique_name(prefix: &str) -> String {
     let mut bytes = [0u8; 6];
     getrandom::fill(&mut bytes).unwrap();
     format!("{prefix}_{}", hex::encode(bytes))
 }
 
-/// One conformance suite, run against every backend.
-#[cfg(test)]
-pub(crate) mod conformance {
+/// One conformance suite, run against every backend: `conformance::run(storage)` panics,
+/// naming the broken promise, where a backend breaks the contract. Public with the
+/// `testing` feature, for embedders who bring their own [`Storage`].
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance {
     use super::*;
 
     pub async fn run(storage: Arc<dyn Storage>) {

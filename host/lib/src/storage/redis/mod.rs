@@ -16,7 +16,7 @@ use std::sync::Arc;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, Script};
 
-use super::postgres::split_param;
+use super::split_param;
 use super::{Entry, KeyPage, Storage, StorageError, StorageResult};
 use cache::RecordCache;
 

@@ -21,10 +21,10 @@ use sha2::{Digest, Sha256};
 
 use super::session::{Principal, csrf_matches, random_token};
 use super::{audit, sign_in_csrf_ok, sign_in_form, start_admin_session};
-use crate::error::{Error, Result};
-use crate::serve::AppState;
-use crate::serve::api_keys::Scope;
-use crate::serve::jwt::{JwtConfig, JwtVerifier};
+use crate::AppState;
+use crate::api_keys::Scope;
+use crate::jwt::{JwtConfig, JwtVerifier};
+use tokenvault::error::{Error, Result};
 
 pub const START_PATH: &str = "/console/oidc/start";
 pub const CALLBACK_PATH: &str = "/console/oidc/callback";

@@ -12,9 +12,9 @@ use serde::Deserialize;
 
 use super::user::{connections_table, upstream_text, utc};
 use super::{Admin, error_page, href, page};
-use crate::audit::{AUDIT_ACTIONS, AUDIT_OUTCOMES, AuditFilter};
-use crate::serve::AppState;
-use crate::serve::api_keys::Scope;
+use crate::AppState;
+use crate::api_keys::Scope;
+use tokenvault::audit::{AUDIT_ACTIONS, AUDIT_OUTCOMES, AuditFilter};
 
 /// Users per page.
 const USERS_PER_PAGE: u32 = 50;
@@ -252,7 +252,7 @@ pub async fn audit(admin: Admin, State(state): State<AppState>, Query(query): Qu
         Err(join) => {
             return error_page(
                 Some(&admin.visitor),
-                crate::Error::Config(format!("reading the audit log failed: {join}")).into(),
+                tokenvault::Error::Config(format!("reading the audit log failed: {join}")).into(),
             );
         }
     };
