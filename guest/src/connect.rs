@@ -20,7 +20,7 @@ use crate::error::{Result, VaultError};
 use crate::model::*;
 use crate::platform::{Platform, StorageError};
 use crate::record::{self, FlowRecord, LinkRecord};
-use crate::vault::{Put, Vault};
+use crate::vault::{Put, Vault, storage_error};
 use crate::{oauth, provider};
 
 /// How long a user has to finish connecting.
@@ -185,7 +185,7 @@ impl<P: Platform> Vault<P> {
 
     /// Read and delete a one-time record: whoever deletes it owns it, once. `None` when
     /// there is none, or another caller took it first.
-    pub(crate) fn take_sealed<T: serde::de::DeserializeOwned>(
+    fn take_sealed<T: serde::de::DeserializeOwned>(
         &self,
         storage_key: &str,
         context: &crate::seal::Context,
@@ -280,6 +280,53 @@ pub(crate) fn random_token() -> Result<String> {
 /// Whether `value` could be one of [`random_token`]'s: checked before any lookup.
 pub(crate) fn is_random_token(value: &str) -> bool {
     value.len() == RANDOM_LEN && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// How long an expired pending record is kept before a sweep deletes it.
+const SWEEP_GRACE_SECS: u64 = 3600;
+
+impl<P: Platform> Vault<P> {
+    /// Housekeeping: of the next `limit` pending flows, device flows and connect links after
+    /// `cursor`, delete those expired more than an hour ago (until then, using one says
+    /// "expired" rather than "unknown"). A record that does not open is left for an
+    /// operator to look at. Pass the cursor back until it is none.
+    pub fn sweep_expired(&self, cursor: Option<&str>, limit: u32) -> Result<SweepPage> {
+        #[derive(serde::Deserialize)]
+        struct Expiring {
+            expires_at: u64,
+        }
+        if limit == 0 || limit > 1000 {
+            return Err(VaultError::InvalidInput("limit must be 1 to 1000".into()));
+        }
+        let prefixes = record::PENDING_PREFIXES;
+        let at = cursor.map_or(Some(0), |c| prefixes.iter().position(|p| c.starts_with(p)));
+        let Some((at, prefix)) = at.and_then(|at| prefixes.get(at).map(|p| (at, *p))) else {
+            return Ok(SweepPage { deleted: 0, cursor: None });
+        };
+        let page = self.platform().storage_list(prefix, cursor, limit).map_err(storage_error)?;
+        let now = self.now();
+        let mut deleted = 0;
+        for storage_key in &page.keys {
+            let (Some((kind, id)), Some(entry)) =
+                (record::pending_context(storage_key), self.storage_get(storage_key)?)
+            else {
+                continue;
+            };
+            let expired = self
+                .open_sealed::<Expiring>(&entry, &[kind, &id])
+                .is_ok_and(|record| record.expires_at.saturating_add(SWEEP_GRACE_SECS) < now);
+            if expired {
+                match self.platform().storage_delete(storage_key, entry.version) {
+                    Ok(()) => deleted += 1,
+                    Err(StorageError::Conflict) => {} // taken or replaced meanwhile
+                    Err(StorageError::Unavailable(why)) => return Err(VaultError::Storage(why)),
+                }
+            }
+        }
+        // A finished prefix hands over to the next one: listing after "device/" is all of it.
+        let cursor = page.cursor.or_else(|| prefixes.get(at + 1).map(|next| (*next).to_owned()));
+        Ok(SweepPage { deleted, cursor })
+    }
 }
 
 #[cfg(test)]
@@ -526,5 +573,47 @@ mod link_and_client_tests {
             assert_eq!(form["grant_type"], "client_credentials");
             assert_eq!(form["scope"], "admin", "renewal asks for the scopes first asked for");
         }
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+    use crate::memory::MemoryPlatform;
+    use crate::vault::fixtures::*;
+
+    #[test]
+    fn a_sweep_deletes_pending_records_an_hour_after_they_expire_and_nothing_else() {
+        let vault = vault();
+        let sweep_all = |vault: &Vault<MemoryPlatform>| {
+            let (mut deleted, mut cursor, mut steps) = (0, None, 0);
+            loop {
+                let page = vault.sweep_expired(cursor.as_deref(), 1).unwrap();
+                (deleted, steps) = (deleted + page.deleted, steps + 1);
+                match page.cursor {
+                    Some(next) => cursor = Some(next),
+                    None => return (deleted, steps),
+                }
+            }
+        };
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        vault.begin(&key(), "http://127.0.0.1/callback", None, None).unwrap();
+        let old_link = vault.link(&key(), None).unwrap();
+        assert_eq!(sweep_all(&vault).0, 0, "nothing has expired");
+
+        vault.platform().advance_secs(15 * 60 + 3600 + 1); // both expired over an hour ago
+        let fresh_link = vault.link(&key(), None).unwrap();
+        let (deleted, steps) = sweep_all(&vault);
+        assert_eq!(deleted, 2);
+        assert!(steps >= 3, "one page of one record at a time, every kind: {steps} steps");
+        let left: Vec<String> = vault.platform().records.borrow().keys().cloned().collect();
+        assert_eq!(left.iter().filter(|k| k.starts_with("link/")).count(), 1, "{left:?}");
+        assert!(left.iter().any(|k| k.starts_with("tok/")) && !left.iter().any(|k| k.starts_with("flow/")));
+        assert!(vault.open_link(&fresh_link.code, "http://127.0.0.1/callback", None).is_ok());
+        assert!(matches!(
+            vault.open_link(&old_link.code, "http://127.0.0.1/callback", None),
+            Err(VaultError::InvalidInput(_))
+        ));
+        assert!(matches!(vault.sweep_expired(Some("tok/"), 5), Ok(SweepPage { deleted: 0, cursor: None })));
     }
 }

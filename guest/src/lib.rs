@@ -11,8 +11,11 @@ pub mod oauth;
 pub mod platform;
 pub mod provider;
 pub mod record;
+pub mod refresh;
+pub mod revocation;
 pub mod seal;
 pub mod templates;
+pub mod tokens;
 pub mod vault;
 
 #[cfg(test)]

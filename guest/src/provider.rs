@@ -1,9 +1,14 @@
-//! Registering a provider: endpoints from a template, from discovery, or given, merged
-//! into the record the vault keeps (a given value wins over a template's or metadata's).
+//! Providers: registering one (endpoints from a template, from discovery, or given, merged
+//! into the record the vault keeps; a given value wins over a template's or metadata's),
+//! reading, listing and removing them.
 
 use crate::error::{Result, VaultError};
-use crate::model::{ClientAuth, ProviderConfig};
-use crate::record::ProviderRecord;
+use crate::expiry::DEFAULT_REFRESH_BUFFER_SECS;
+use crate::model::*;
+use crate::platform::Platform;
+use crate::record::{self, ProviderRecord};
+use crate::vault::{MAX_ATTEMPTS, Put, Vault, too_contended};
+use crate::{discovery, templates};
 
 /// Endpoints and defaults, as a template or an issuer's metadata supply them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -102,6 +107,81 @@ pub fn validate_url(what: &str, url: &str) -> Result<oauth2::url::Url> {
     Ok(parsed)
 }
 
+impl<P: Platform> Vault<P> {
+    pub fn put_provider(&self, config: ProviderConfig) -> Result<ProviderInfo> {
+        let name = config.name.clone();
+        let result = self.put_provider_inner(config);
+        self.emit(AuditAction::ProviderPut, AuditOutcome::from(&result), None, None, Some(&name), None);
+        result
+    }
+
+    pub fn get_provider(&self, name: &str) -> Result<ProviderInfo> {
+        validate_provider_name(name)?;
+        Ok(self.load_provider(name)?.info(name))
+    }
+
+    pub fn list_providers(&self) -> Result<Vec<ProviderInfo>> {
+        let mut infos = Vec::new();
+        for storage_key in self.list_keys(record::provider_prefix())? {
+            let Some(name) = record::parse_provider_key(&storage_key) else {
+                continue;
+            };
+            match self.load_provider(&name) {
+                Ok(provider) => infos.push(provider.info(&name)),
+                Err(VaultError::NotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(infos)
+    }
+
+    pub fn remove_provider(&self, name: &str) -> Result<()> {
+        let result =
+            validate_provider_name(name).and_then(|()| self.delete_record(&record::provider_key(name), "provider"));
+        self.emit(AuditAction::ProviderRemove, AuditOutcome::from(&result), None, None, Some(name), None);
+        result
+    }
+
+    fn put_provider_inner(&self, config: ProviderConfig) -> Result<ProviderInfo> {
+        validate_provider_name(&config.name)?;
+        let base = match (&config.template, &config.issuer) {
+            (Some(_), Some(_)) => {
+                return Err(VaultError::InvalidInput("give a template or an issuer, not both".into()));
+            }
+            (Some(template), None) => templates::resolve(template)?,
+            (None, Some(issuer)) => discovery::discover(issuer, &|request| self.platform().http(request))?,
+            (None, None) => Endpoints::default(),
+        };
+        let name = config.name.clone();
+        let buffer = config.refresh_buffer_secs.unwrap_or(DEFAULT_REFRESH_BUFFER_SECS);
+        let provider = merge(config, base, buffer, self.now())?;
+        let storage_key = record::provider_key(&name);
+        let context = record::provider_context(&name);
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.storage_get(&storage_key)?.map(|entry| entry.version);
+            if let Put::Written = self.put_sealed(&storage_key, &context, &provider, current)? {
+                return Ok(provider.info(&name));
+            }
+        }
+        Err(too_contended("provider"))
+    }
+
+    pub(crate) fn load_provider(&self, name: &str) -> Result<ProviderRecord> {
+        self.load_sealed(&record::provider_key(name), &record::provider_context(name))?
+            .map(|(provider, _)| provider)
+            .ok_or_else(|| VaultError::NotFound(format!("provider {name:?} is not registered")))
+    }
+}
+
+fn validate_provider_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(VaultError::InvalidInput("provider name must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'".into()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +225,36 @@ mod tests {
         given.token_url = Some("https://idp.example/token".into());
         given.authorization_params = vec![("redirect_uri".into(), "https://evil.example".into())];
         assert!(matches!(merge(given, Endpoints::default(), 60, 0), Err(VaultError::InvalidInput(_))));
+    }
+
+    mod operations {
+        use super::super::*;
+        use crate::vault::fixtures::*;
+
+        #[test]
+        fn providers_are_listed_without_secrets_and_every_operation_is_audited() {
+            let vault = vault();
+            let listed = vault.list_providers().unwrap();
+            assert_eq!(listed.len(), 1);
+            assert!(listed[0].has_client_secret);
+            assert_eq!(listed[0].refresh_buffer_secs, DEFAULT_REFRESH_BUFFER_SECS);
+            vault.store(&key(), grant("a", None, None)).unwrap();
+            let _ = vault.get(&key());
+            let _ = vault.get(&ConnectionKey::new("t1", "alice", "acme", "missing"));
+            vault.remove(&key()).unwrap();
+            vault.remove_provider("acme").unwrap();
+            let seen: Vec<_> = vault.platform().events.borrow().iter().map(|e| (e.action, e.outcome)).collect();
+            assert_eq!(
+                seen,
+                vec![
+                    (AuditAction::ProviderPut, AuditOutcome::Ok),
+                    (AuditAction::TokenStore, AuditOutcome::Ok),
+                    (AuditAction::TokenGet, AuditOutcome::Ok),
+                    (AuditAction::TokenGet, AuditOutcome::NotFound),
+                    (AuditAction::TokenRemove, AuditOutcome::Ok),
+                    (AuditAction::ProviderRemove, AuditOutcome::Ok),
+                ]
+            );
+        }
     }
 }
