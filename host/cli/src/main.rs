@@ -25,7 +25,9 @@ struct Cli {
     /// allowed_outbound_hosts of tokenvault.toml. Repeatable.
     #[arg(long = "allow-outbound", value_name = "URL", global = true)]
     allow_outbound: Vec<String>,
-    /// Storage URL: sqlite://PATH or memory: (default: SQLite in the data directory).
+    /// Storage URL: sqlite://PATH, postgres://…[?schema=NAME], redis://…[?namespace=NAME&cache=RECORDS]
+    /// or memory: (default: SQLite in the data directory). Hosts sharing one PostgreSQL or
+    /// Redis share the vault.
     #[arg(long, global = true, env = "TOKENVAULT_STORAGE")]
     storage: Option<String>,
     #[command(subcommand)]

@@ -12,6 +12,9 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::error::Error;
+use wasmtime::component::HasData;
+
+use crate::bindings::tokenvault::vault::audit as wit;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AuditRecord {
@@ -28,37 +31,6 @@ pub struct AuditRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
-
-/// Every action an event can name: the component's, then the console's.
-pub const AUDIT_ACTIONS: &[&str] = &[
-    "token-store",
-    "token-get",
-    "token-refresh",
-    "token-remove",
-    "revoke-all",
-    "provider-put",
-    "provider-remove",
-    "connect-begin",
-    "connect-complete",
-    "connect-link",
-    "connect-open-link",
-    "connect-device",
-    "connect-client",
-    "console-sign-in",
-];
-
-/// Every outcome an event can name.
-pub const AUDIT_OUTCOMES: &[&str] = &[
-    "ok",
-    "not-found",
-    "invalid-input",
-    "reconnect-required",
-    "provider-error",
-    "storage",
-    "integrity",
-    "egress-denied",
-    "denied",
-];
 
 /// Which events to read back: each field set must match exactly.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -165,6 +137,72 @@ impl AuditSink for MemoryAudit {
     fn read(&self, filter: &AuditFilter, limit: usize) -> Result<Option<Vec<AuditRecord>>, Error> {
         let records = self.records.lock().unwrap().clone();
         Ok(Some(newest(records.into_iter(), filter, limit)))
+    }
+}
+
+/// Each case of a WIT enum with its name in the trail, written once: `$name` is an
+/// exhaustive match (a case the WIT gains fails to compile until it is named), and
+/// `$all` lists the same names for the console's filters.
+macro_rules! trail_names {
+    ($name:ident, $all:ident, $enum:ty { $($case:ident => $text:literal),* $(,)? }) => {
+        fn $name(case: $enum) -> &'static str {
+            match case {
+                $(<$enum>::$case => $text),*
+            }
+        }
+
+        #[doc = concat!("Every name `", stringify!($name), "` gives, in the WIT's order.")]
+        pub const $all: &[&str] = &[$($text),*];
+    };
+}
+
+trail_names!(action_name, COMPONENT_ACTIONS, wit::Action {
+    TokenStore => "token-store",
+    TokenGet => "token-get",
+    TokenRefresh => "token-refresh",
+    TokenRemove => "token-remove",
+    RevokeAll => "revoke-all",
+    ProviderPut => "provider-put",
+    ProviderRemove => "provider-remove",
+    ConnectBegin => "connect-begin",
+    ConnectComplete => "connect-complete",
+    ConnectLink => "connect-link",
+    ConnectOpenLink => "connect-open-link",
+    ConnectDevice => "connect-device",
+    ConnectClient => "connect-client",
+});
+
+trail_names!(outcome_name, COMPONENT_OUTCOMES, wit::Outcome {
+    Ok => "ok",
+    NotFound => "not-found",
+    InvalidInput => "invalid-input",
+    ReconnectRequired => "reconnect-required",
+    ProviderError => "provider-error",
+    Storage => "storage",
+    Integrity => "integrity",
+    EgressDenied => "egress-denied",
+});
+
+/// The component's `audit` import, served by a call's sink.
+pub(crate) struct AuditImport;
+
+impl HasData for AuditImport {
+    type Data<'a> = &'a dyn AuditSink;
+}
+
+/// Each event becomes a record of the sink.
+impl wit::Host for &dyn AuditSink {
+    fn emit(&mut self, event: wit::Event) -> wasmtime::Result<()> {
+        self.record(&AuditRecord {
+            at_ms: event.at,
+            action: action_name(event.action).into(),
+            outcome: outcome_name(event.outcome).into(),
+            tenant: event.tenant,
+            user: event.user,
+            provider: event.provider,
+            name: event.name,
+        });
+        Ok(())
     }
 }
 

@@ -8,9 +8,10 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, types::ComponentItem};
 
+use crate::config::SandboxLimits;
 use crate::error::{Error, Result};
 use crate::http::EgressPolicy;
-use crate::runtime::{SandboxLimits, Services};
+use crate::runtime::Services;
 
 /// Every interface the component imports, sorted.
 pub const DECLARED_IMPORTS: &[&str] = &[

@@ -7,7 +7,6 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::http::{EgressPolicy, Origin};
-use crate::runtime::SandboxLimits;
 use crate::storage::StorageUrl;
 
 pub const CONFIG_FILE: &str = "tokenvault.toml";
@@ -25,6 +24,24 @@ pub struct Options {
     pub sandbox: SandboxLimits,
     /// Where the precompiled component is cached; none compiles on every start.
     pub cache_dir: Option<PathBuf>,
+}
+
+/// The sandbox's bounds on one call: memory, run time, and instances alive at once.
+#[derive(Debug, Clone)]
+pub struct SandboxLimits {
+    /// Linear memory one instance may grow to.
+    pub memory_bytes: usize,
+    /// How long one call may run, wall clock, before it is interrupted. It must exceed
+    /// the HTTP timeouts, since a refresh waits on the provider.
+    pub deadline: Duration,
+    /// Instances alive at once (the pooling allocator's size).
+    pub max_instances: u32,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        SandboxLimits { memory_bytes: 64 << 20, deadline: Duration::from_secs(30), max_instances: 256 }
+    }
 }
 
 /// `<data-dir>/tokenvault.toml`. Every field is optional.

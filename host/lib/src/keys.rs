@@ -14,6 +14,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use wasmtime::component::HasData;
+
+use crate::bindings::tokenvault::vault::keyring;
 use crate::storage::Storage;
 
 pub const KEY_LEN: usize = 32;
@@ -129,6 +132,25 @@ fn new_key_id() -> Result<String, Error> {
     let mut bytes = [0u8; 4];
     getrandom::fill(&mut bytes).map_err(|e| Error::Config(format!("no randomness for a key id: {e}")))?;
     Ok(format!("k-{}", hex::encode(bytes)))
+}
+
+/// The component's `keyring` import, served by a call's keyring.
+pub(crate) struct KeyringImport;
+
+impl HasData for KeyringImport {
+    type Data<'a> = &'a Keyring;
+}
+
+/// The active key, and keys by id.
+impl keyring::Host for &Keyring {
+    fn active_key(&mut self) -> wasmtime::Result<Result<keyring::Key, String>> {
+        let (id, material) = self.active();
+        Ok(Ok(keyring::Key { id: id.to_owned(), material: material.to_vec() }))
+    }
+
+    fn key_by_id(&mut self, id: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+        Ok(Ok(self.get(&id).map(|k| k.to_vec())))
+    }
 }
 
 #[cfg(test)]

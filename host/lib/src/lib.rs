@@ -10,6 +10,7 @@
 //! ```
 
 pub mod audit;
+mod bindings;
 pub mod capabilities;
 pub mod clock;
 pub mod config;
@@ -22,8 +23,8 @@ pub mod types;
 mod vault;
 
 pub use clock::Clock;
-pub use config::Options;
+pub use config::{Options, SandboxLimits};
 pub use error::{Error, ProviderFailure, Result};
-pub use runtime::{COMPONENT_WASM, SandboxLimits, Services};
+pub use runtime::{COMPONENT_WASM, Services};
 pub use types::*;
 pub use vault::{Session, Vault};

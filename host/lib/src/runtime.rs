@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap,
     UpdateDeadline,
@@ -18,60 +18,21 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::audit::{AuditRecord, AuditSink, JsonLinesAudit};
+use crate::audit::{AuditImport, AuditSink, JsonLinesAudit};
 use crate::clock::Clock;
-use crate::config::Options;
+use crate::config::{Options, SandboxLimits};
 use crate::error::{Error, Result};
 use crate::http::{EgressHooks, EgressPolicy};
-use crate::keys::Keyring;
-use crate::storage::{self, Changes, Storage};
+use crate::keys::{Keyring, KeyringImport};
+use crate::storage::{Changes, Storage, StorageImport};
 
-pub(crate) mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "tokenvault:vault/vault",
-        // The keyring and the audit sink answer from memory (a file append at most), so
-        // they are plain calls: an async import costs a future and a fiber switch per call.
-        imports: {
-            "tokenvault:vault/keyring.active-key": trappable,
-            "tokenvault:vault/keyring.key-by-id": trappable,
-            "tokenvault:vault/audit.emit": trappable,
-            default: async | trappable,
-        },
-        exports: { default: async },
-        with: {
-            "wasi:io": wasmtime_wasi::p2::bindings::io,
-            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
-            "wasi:random": wasmtime_wasi::p2::bindings::random,
-            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
-        },
-    });
-}
-
-use bindings::exports::tokenvault::vault::{connect, providers, tokens};
-use bindings::tokenvault::vault::{audit, keyring, storage as wit_storage};
+use crate::bindings::exports::tokenvault::vault::{connect, providers, tokens};
+use crate::bindings::tokenvault::vault::{audit, keyring, storage as wit_storage};
 
 /// The component this host was built with.
 pub const COMPONENT_WASM: &[u8] = include_bytes!(env!("TOKENVAULT_COMPONENT_PATH"));
 
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-#[derive(Debug, Clone)]
-pub struct SandboxLimits {
-    /// Linear memory one instance may grow to.
-    pub memory_bytes: usize,
-    /// How long one call may run, wall clock, before it is interrupted. It must exceed
-    /// the HTTP timeouts, since a refresh waits on the provider.
-    pub deadline: Duration,
-    /// Instances alive at once (the pooling allocator's size).
-    pub max_instances: u32,
-}
-
-impl Default for SandboxLimits {
-    fn default() -> Self {
-        SandboxLimits { memory_bytes: 64 << 20, deadline: Duration::from_secs(30), max_instances: 256 }
-    }
-}
 
 /// What the host supplies to the component's imports.
 #[derive(Clone)]
@@ -109,6 +70,7 @@ pub(crate) struct HostState {
     hooks: EgressHooks,
     limits: StoreLimits,
     services: Services,
+    /// Wakes callers waiting for a record this call writes.
     changes: Arc<Changes>,
 }
 
@@ -252,9 +214,15 @@ fn pre_instantiate(
     // `instantiate` grants them nothing (no env, args, preopens, stdin, sockets).
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    wit_storage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    keyring::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    audit::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    // The custom imports: each capability module implements its interface over the part
+    // of a call's state it needs.
+    wit_storage::add_to_linker::<_, StorageImport>(&mut linker, |s| StorageImport {
+        storage: &s.services.storage,
+        changes: &s.changes,
+        deadline: s.deadline,
+    })?;
+    keyring::add_to_linker::<_, KeyringImport>(&mut linker, |s| &*s.services.keyring)?;
+    audit::add_to_linker::<_, AuditImport>(&mut linker, |s| &*s.services.audit)?;
     let pre = linker.instantiate_pre(component)?;
     let exports = ExportIndices::new(&pre)?;
     Ok((pre, exports))
@@ -365,129 +333,5 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-// ---- the custom imports -------------------------------------------------------------
-
-fn storage_error(err: storage::StorageError) -> wit_storage::StorageError {
-    match err {
-        storage::StorageError::Conflict => wit_storage::StorageError::Conflict,
-        storage::StorageError::Unavailable(why) => wit_storage::StorageError::Unavailable(why),
-    }
-}
-
-impl wit_storage::Host for HostState {
-    async fn get(
-        &mut self,
-        key: String,
-    ) -> wasmtime::Result<Result<Option<wit_storage::Entry>, wit_storage::StorageError>> {
-        Ok(self
-            .services
-            .storage
-            .get(&key)
-            .await
-            .map(|e| e.map(|e| wit_storage::Entry { value: e.value, version: e.version }))
-            .map_err(storage_error))
-    }
-
-    async fn put(
-        &mut self,
-        key: String,
-        value: Vec<u8>,
-        expected: Option<u64>,
-    ) -> wasmtime::Result<Result<u64, wit_storage::StorageError>> {
-        let written = self.services.storage.put(&key, &value, expected).await;
-        if let Ok(version) = written {
-            self.changes.publish(&key, Some(version));
-        }
-        Ok(written.map_err(storage_error))
-    }
-
-    async fn delete(&mut self, key: String, expected: u64) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
-        let deleted = self.services.storage.delete(&key, expected).await;
-        if deleted.is_ok() {
-            self.changes.publish(&key, None);
-        }
-        Ok(deleted.map_err(storage_error))
-    }
-
-    async fn wait_for_change(
-        &mut self,
-        key: String,
-        seen: Option<u64>,
-        timeout_ms: u32,
-    ) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
-        // The deadline stops a guest only while it runs, so a wait ends before it.
-        let until_deadline = self.deadline.saturating_duration_since(Instant::now());
-        let timeout = Duration::from_millis(timeout_ms.into()).min(until_deadline);
-        Ok(self.changes.wait(&self.services.storage, &key, seen, timeout).await.map_err(storage_error))
-    }
-
-    async fn list(
-        &mut self,
-        prefix: String,
-        cursor: Option<String>,
-        limit: u32,
-    ) -> wasmtime::Result<Result<wit_storage::KeyPage, wit_storage::StorageError>> {
-        Ok(self
-            .services
-            .storage
-            .list(&prefix, cursor.as_deref(), limit)
-            .await
-            .map(|p| wit_storage::KeyPage { keys: p.keys, cursor: p.cursor })
-            .map_err(storage_error))
-    }
-}
-
-impl keyring::Host for HostState {
-    fn active_key(&mut self) -> wasmtime::Result<Result<keyring::Key, String>> {
-        let (id, material) = self.services.keyring.active();
-        Ok(Ok(keyring::Key { id: id.to_owned(), material: material.to_vec() }))
-    }
-
-    fn key_by_id(&mut self, id: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
-        Ok(Ok(self.services.keyring.get(&id).map(|k| k.to_vec())))
-    }
-}
-
-impl audit::Host for HostState {
-    fn emit(&mut self, event: audit::Event) -> wasmtime::Result<()> {
-        use audit::{Action as A, Outcome as O};
-        let action = match event.action {
-            A::TokenStore => "token-store",
-            A::TokenGet => "token-get",
-            A::TokenRefresh => "token-refresh",
-            A::TokenRemove => "token-remove",
-            A::RevokeAll => "revoke-all",
-            A::ProviderPut => "provider-put",
-            A::ProviderRemove => "provider-remove",
-            A::ConnectBegin => "connect-begin",
-            A::ConnectComplete => "connect-complete",
-            A::ConnectLink => "connect-link",
-            A::ConnectOpenLink => "connect-open-link",
-            A::ConnectDevice => "connect-device",
-            A::ConnectClient => "connect-client",
-        };
-        let outcome = match event.outcome {
-            O::Ok => "ok",
-            O::NotFound => "not-found",
-            O::InvalidInput => "invalid-input",
-            O::ReconnectRequired => "reconnect-required",
-            O::ProviderError => "provider-error",
-            O::Storage => "storage",
-            O::Integrity => "integrity",
-            O::EgressDenied => "egress-denied",
-        };
-        self.services.audit.record(&AuditRecord {
-            at_ms: event.at,
-            action: action.into(),
-            outcome: outcome.into(),
-            tenant: event.tenant,
-            user: event.user,
-            provider: event.provider,
-            name: event.name,
-        });
-        Ok(())
     }
 }

@@ -5,13 +5,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::bindings::exports::tokenvault::vault::connect as wit_connect;
+use crate::bindings::exports::tokenvault::vault::tokens as wit_tokens;
+use crate::bindings::tokenvault::vault::types as wit;
 use crate::config::Options;
+use crate::config::SandboxLimits;
 use crate::error::{Error, ProviderFailure, Result};
 use crate::http::EgressPolicy;
-use crate::runtime::bindings::exports::tokenvault::vault::connect as wit_connect;
-use crate::runtime::bindings::exports::tokenvault::vault::tokens as wit_tokens;
-use crate::runtime::bindings::tokenvault::vault::types as wit;
-use crate::runtime::{COMPONENT_WASM, HostState, Runtime, SandboxLimits, Services, sandbox_error};
+use crate::runtime::{COMPONENT_WASM, HostState, Runtime, Services, sandbox_error};
 use crate::types::*;
 
 #[derive(Clone)]

@@ -14,8 +14,8 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::api_error::ApiError;
 use super::auth::Caller;
+use super::console;
 use super::console::session::Principal;
-use super::{connect, console};
 use tokenvault::error::Error;
 use tokenvault::types::{
     ConnectionInfo, ConnectionKey, ProviderConfig, ProviderInfo, RemovalReceipt, TokenGrant, TokenSet, UserPage,
@@ -201,7 +201,7 @@ async fn create_link(
     let request: LinkRequest =
         if body.is_empty() { LinkRequest::default() } else { parse_json("link request", &body)? };
     let link = state.vault.link(&key, request.scopes.as_deref()).await?;
-    let url = connect::link_url(&state.public_url, &key.provider, &link.code);
+    let url = crate::connect_link_url(&state.public_url, &key.provider, &link.code);
     Ok(Json(ConnectLinkUrl { url, expires_at: link.expires_at }))
 }
 

@@ -40,14 +40,6 @@ pub fn routes() -> axum::Router<AppState> {
         .layer(axum::middleware::map_response(super::html::guard_headers))
 }
 
-/// Where a link for `provider` with `code` points.
-pub fn link_url(public_url: &str, provider: &str, code: &str) -> String {
-    let mut url = url::Url::parse(public_url).expect("AppState::new checked the public URL");
-    url.path_segments_mut().expect("an http(s) URL").pop_if_empty().extend(["connect", provider]);
-    url.query_pairs_mut().append_pair("link", code);
-    url.into()
-}
-
 #[derive(Deserialize)]
 struct OpenQuery {
     link: Option<String>,
@@ -140,18 +132,4 @@ fn failure_page(status: StatusCode, text: &str) -> Response {
 /// A small page; maud escapes every value put in it.
 fn page(status: StatusCode, title: &str, body: Markup) -> Response {
     super::html::page(status, title, "", None, body)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn link_urls_escape_their_parts() {
-        assert_eq!(link_url("http://127.0.0.1:8080", "github", "abc"), "http://127.0.0.1:8080/connect/github?link=abc");
-        assert_eq!(
-            link_url("https://vault.example/base/", "a b", "x&y"),
-            "https://vault.example/base/connect/a%20b?link=x%26y"
-        );
-    }
 }

@@ -80,6 +80,14 @@ impl AppState {
     }
 }
 
+/// Where a connect link for `provider` with `code` points: the page `connect` serves.
+pub fn connect_link_url(public_url: &str, provider: &str, code: &str) -> String {
+    let mut url = url::Url::parse(public_url).expect("AppState::new checked the public URL");
+    url.path_segments_mut().expect("an http(s) URL").pop_if_empty().extend(["connect", provider]);
+    url.query_pairs_mut().append_pair("link", code);
+    url.into()
+}
+
 /// The service: the API under `/v1`, its OpenAPI description at `/openapi.json`, the
 /// connect flow's pages (`/connect/{provider}`, `/oauth/callback`), the console under
 /// `/console`, and `/healthz` (the process answers) and `/readyz` (and its storage does).
@@ -176,4 +184,21 @@ pub async fn first_key(api_keys: &ApiKeys) -> tokenvault::Result<Option<NewApiKe
 /// Not found, as JSON like every other error.
 async fn not_found() -> impl IntoResponse {
     (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": "not-found", "message": "no such endpoint" })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_link_urls_escape_their_parts() {
+        assert_eq!(
+            connect_link_url("http://127.0.0.1:8080", "github", "abc"),
+            "http://127.0.0.1:8080/connect/github?link=abc"
+        );
+        assert_eq!(
+            connect_link_url("https://vault.example/base/", "a b", "x&y"),
+            "https://vault.example/base/connect/a%20b?link=x%26y"
+        );
+    }
 }

@@ -12,6 +12,7 @@ mod postgres;
 mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod wit;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub use postgres::PostgresStorage;
 pub use redis::RedisStorage;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;
+pub(crate) use wit::StorageImport;
 
 /// A stored value and its version.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,6 +37,9 @@ use super::api_keys::Scope;
 use tokenvault::audit::AuditRecord;
 
 const SESSION_COOKIE: &str = "tv_session";
+/// The console's own audit action, beside the component's, and the outcome it adds.
+pub(crate) const SIGN_IN: &str = "console-sign-in";
+pub(crate) const DENIED: &str = "denied";
 /// The sign-in form's CSRF token, before there is a session to hold one.
 const SIGN_IN_COOKIE: &str = "tv_sign_in";
 
@@ -259,7 +262,7 @@ async fn sign_in(State(state): State<AppState>, jar: CookieJar, Form(form): Form
     let info = match state.api_keys.verify(form.api_key.trim()).await {
         Ok(Some(info)) => info,
         Ok(None) => {
-            audit(&state, "console-sign-in", "denied", None);
+            audit(&state, SIGN_IN, DENIED, None);
             return sign_in_form(&state, jar, StatusCode::UNAUTHORIZED, Some("That API key is unknown or revoked."));
         }
         Err(err) => return error_page(None, err.into()),
@@ -281,7 +284,7 @@ async fn start_admin_session(state: &AppState, jar: CookieJar, principal: Princi
     };
     match state.sessions.start(principal, session::ADMIN_TTL_SECS).await {
         Ok((id, _)) => {
-            audit(state, "console-sign-in", "ok", tenant);
+            audit(state, SIGN_IN, "ok", tenant);
             let max_age = cookie::time::Duration::seconds(session::ADMIN_TTL_SECS as i64);
             let jar = jar.remove(Cookie::build(SIGN_IN_COOKIE).path("/")).add(browser_cookie(
                 state,

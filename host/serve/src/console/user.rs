@@ -9,7 +9,6 @@ use serde::Deserialize;
 
 use super::{EndUser, error_page, page};
 use crate::AppState;
-use crate::connect;
 use tokenvault::types::{ConnectionInfo, ConnectionKey, ConnectionKind, ConnectionStatus, UpstreamRevocation};
 
 pub async fn connections(user: EndUser, State(state): State<AppState>) -> Response {
@@ -82,7 +81,9 @@ pub async fn reconnect(user: EndUser, State(state): State<AppState>, Form(form):
     }
     let key = ConnectionKey::new(&user.tenant, &user.user, &form.provider, &form.name);
     match state.vault.link(&key, None).await {
-        Ok(link) => Redirect::to(&connect::link_url(&state.public_url, &key.provider, &link.code)).into_response(),
+        Ok(link) => {
+            Redirect::to(&crate::connect_link_url(&state.public_url, &key.provider, &link.code)).into_response()
+        }
         Err(err) => error_page(Some(&user.visitor), err.into()),
     }
 }

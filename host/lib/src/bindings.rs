@@ -1,0 +1,22 @@
+//! The vault world's generated types and traits (wasmtime's `bindgen!`): the exports the
+//! host calls, and the custom imports each capability module implements.
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "tokenvault:vault/vault",
+    // The keyring and the audit sink answer from memory (a file append at most), so
+    // they are plain calls: an async import costs a future and a fiber switch per call.
+    imports: {
+        "tokenvault:vault/keyring.active-key": trappable,
+        "tokenvault:vault/keyring.key-by-id": trappable,
+        "tokenvault:vault/audit.emit": trappable,
+        default: async | trappable,
+    },
+    exports: { default: async },
+    with: {
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
+        "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        "wasi:random": wasmtime_wasi::p2::bindings::random,
+        "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+    },
+});

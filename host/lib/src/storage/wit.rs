@@ -1,0 +1,90 @@
+//! The component's `storage` import, served by the configured [`Storage`]: every write
+//! that succeeds wakes the callers of this process waiting for that record.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::HasData;
+
+use super::{Changes, Storage, StorageError};
+use crate::bindings::tokenvault::vault::storage as wit_storage;
+
+/// What one call's `storage` import reaches: the store, the registry of callers waiting
+/// for records to change, and when the call must end.
+pub struct StorageImport<'a> {
+    pub storage: &'a Arc<dyn Storage>,
+    pub changes: &'a Changes,
+    pub deadline: Instant,
+}
+
+impl HasData for StorageImport<'static> {
+    type Data<'a> = StorageImport<'a>;
+}
+
+fn storage_error(err: StorageError) -> wit_storage::StorageError {
+    match err {
+        StorageError::Conflict => wit_storage::StorageError::Conflict,
+        StorageError::Unavailable(why) => wit_storage::StorageError::Unavailable(why),
+    }
+}
+
+impl wit_storage::Host for StorageImport<'_> {
+    async fn get(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<wit_storage::Entry>, wit_storage::StorageError>> {
+        Ok(self
+            .storage
+            .get(&key)
+            .await
+            .map(|e| e.map(|e| wit_storage::Entry { value: e.value, version: e.version }))
+            .map_err(storage_error))
+    }
+
+    async fn put(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        expected: Option<u64>,
+    ) -> wasmtime::Result<Result<u64, wit_storage::StorageError>> {
+        let written = self.storage.put(&key, &value, expected).await;
+        if let Ok(version) = written {
+            self.changes.publish(&key, Some(version));
+        }
+        Ok(written.map_err(storage_error))
+    }
+
+    async fn delete(&mut self, key: String, expected: u64) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
+        let deleted = self.storage.delete(&key, expected).await;
+        if deleted.is_ok() {
+            self.changes.publish(&key, None);
+        }
+        Ok(deleted.map_err(storage_error))
+    }
+
+    async fn wait_for_change(
+        &mut self,
+        key: String,
+        seen: Option<u64>,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
+        // The deadline stops a guest only while it runs, so a wait ends before it.
+        let until_deadline = self.deadline.saturating_duration_since(Instant::now());
+        let timeout = Duration::from_millis(timeout_ms.into()).min(until_deadline);
+        Ok(self.changes.wait(self.storage, &key, seen, timeout).await.map_err(storage_error))
+    }
+
+    async fn list(
+        &mut self,
+        prefix: String,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<wit_storage::KeyPage, wit_storage::StorageError>> {
+        Ok(self
+            .storage
+            .list(&prefix, cursor.as_deref(), limit)
+            .await
+            .map(|p| wit_storage::KeyPage { keys: p.keys, cursor: p.cursor })
+            .map_err(storage_error))
+    }
+}
