@@ -299,14 +299,29 @@ fn shutdown_finishes_the_calls_in_flight() {
     assert_eq!(server.refresh_stats().0, 1);
 }
 
-#[test]
-fn a_user_connects_in_the_browser_through_a_link_the_backend_asked_for() {
+/// A service with the test OAuth server registered as provider `idp`, and a key of tenant
+/// acme. Bind every field (`cli` keeps the data directory) in this order, so the service
+/// stops before its data directory and the OAuth server go.
+struct ConnectSetup {
+    server: OAuthServer,
+    cli: Tokenvault,
+    served: Served,
+    acme: String,
+}
+
+fn connect_setup() -> ConnectSetup {
     let server = OAuthServer::start(600);
     let cli = Tokenvault::new(&[&server.origin()]);
     let served = cli.serve();
     let operator = served.first_key.clone().unwrap();
     assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body())).0, 200);
     let (acme, _) = tenant_key(&cli, "acme");
+    ConnectSetup { server, cli, served, acme }
+}
+
+#[test]
+fn a_user_connects_in_the_browser_through_a_link_the_backend_asked_for() {
+    let ConnectSetup { server, cli: _cli, served, acme } = connect_setup();
 
     // The backend asks for a link for alice, who has no connection yet.
     let (status, link) = served.call("POST", &format!("{CONN}/idp/default/link"), Some(&acme), None);
@@ -370,12 +385,7 @@ fn a_user_connects_in_the_browser_through_a_link_the_backend_asked_for() {
 
 #[test]
 fn a_connect_flow_completes_only_in_the_browser_that_opened_its_link() {
-    let server = OAuthServer::start(600);
-    let cli = Tokenvault::new(&[&server.origin()]);
-    let served = cli.serve();
-    let operator = served.first_key.clone().unwrap();
-    assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body())).0, 200);
-    let (acme, _) = tenant_key(&cli, "acme");
+    let ConnectSetup { server, cli: _cli, served, acme } = connect_setup();
     let mallory = "/v1/tenants/acme/users/mallory/connections";
     let link_for = |name: &str| {
         let (status, link) = served.call("POST", &format!("{mallory}/idp/{name}/link"), Some(&acme), None);
