@@ -1,7 +1,6 @@
 //! The WebAssembly component: WIT bindings, conversions, and a [`Platform`] over the
 //! imports. No token logic lives here.
 
-use crate::error::{ProviderFailure, VaultError};
 use crate::model;
 use crate::platform::{Entry, HttpError, KeyPage, Platform, SealingKey, StorageError};
 use crate::vault::Vault;
@@ -46,10 +45,7 @@ impl tokens::Guest for Component {
     }
 
     fn get_or_link(key: wit::ConnectionKey, scopes: Option<Vec<String>>) -> WitResult<tokens::TokenOrLink> {
-        Ok(match vault().get_or_link(&key.into(), scopes)? {
-            model::TokenOrLink::Token(token) => tokens::TokenOrLink::Token(token.into()),
-            model::TokenOrLink::Link(link) => tokens::TokenOrLink::Link(link.into()),
-        })
+        Ok(vault().get_or_link(&key.into(), scopes)?.into())
     }
 
     fn remove(key: wit::ConnectionKey) -> WitResult<tokens::RemovalReceipt> {
@@ -65,61 +61,25 @@ impl tokens::Guest for Component {
     }
 
     fn users(tenant: String, after: Option<String>, limit: u32) -> WitResult<tokens::UserPage> {
-        let page = vault().users(&tenant, after.as_deref(), limit)?;
-        let users = page
-            .users
-            .into_iter()
-            .map(|u| tokens::UserConnections { user: u.user, connections: u.connections })
-            .collect();
-        Ok(tokens::UserPage { users, next: page.next })
+        Ok(vault().users(&tenant, after.as_deref(), limit)?.into())
     }
 
     fn due_for_refresh(horizon_secs: u32, cursor: Option<String>, limit: u32) -> WitResult<tokens::DuePage> {
-        let page = vault().due_for_refresh(horizon_secs, cursor.as_deref(), limit)?;
-        Ok(tokens::DuePage { keys: page.keys.into_iter().map(Into::into).collect(), cursor: page.cursor })
+        Ok(vault().due_for_refresh(horizon_secs, cursor.as_deref(), limit)?.into())
     }
 
     fn refresh_if_due(key: wit::ConnectionKey, horizon_secs: u32) -> WitResult<tokens::RefreshOutcome> {
-        Ok(match vault().refresh_if_due(&key.into(), horizon_secs)? {
-            model::RefreshOutcome::NotDue => tokens::RefreshOutcome::NotDue,
-            model::RefreshOutcome::Refreshed => tokens::RefreshOutcome::Refreshed,
-            model::RefreshOutcome::NotRenewable => tokens::RefreshOutcome::NotRenewable,
-        })
+        Ok(vault().refresh_if_due(&key.into(), horizon_secs)?.into())
     }
 
     fn store(key: wit::ConnectionKey, grant: wit::TokenGrant) -> WitResult<wit::ConnectionInfo> {
-        let grant = model::TokenGrant {
-            access_token: grant.access_token,
-            token_type: grant.token_type,
-            expires_in: grant.expires_in,
-            refresh_token: grant.refresh_token,
-            scope: grant.scope,
-        };
-        Ok(vault().store(&key.into(), grant)?.into())
+        Ok(vault().store(&key.into(), grant.into())?.into())
     }
 }
 
 impl providers::Guest for Component {
     fn put(config: wit::ProviderConfig) -> WitResult<wit::ProviderInfo> {
-        let config = model::ProviderConfig {
-            name: config.name,
-            template: config.template.map(|t| model::TemplateRef { name: t.name, tenant: t.tenant }),
-            issuer: config.issuer,
-            authorization_url: config.authorization_url,
-            token_url: config.token_url,
-            revocation_url: config.revocation_url,
-            device_authorization_url: config.device_authorization_url,
-            client_id: config.client_id,
-            client_secret: config.client_secret,
-            client_auth: config.client_auth.map(|auth| match auth {
-                wit::ClientAuth::ClientSecretBasic => model::ClientAuth::ClientSecretBasic,
-                wit::ClientAuth::ClientSecretPost => model::ClientAuth::ClientSecretPost,
-            }),
-            scopes: config.scopes,
-            authorization_params: config.authorization_params,
-            refresh_buffer_secs: config.refresh_buffer_secs,
-        };
-        Ok(vault().put_provider(config)?.into())
+        Ok(vault().put_provider(config.into())?.into())
     }
 
     fn get(name: String) -> WitResult<wit::ProviderInfo> {
@@ -142,13 +102,11 @@ impl connect::Guest for Component {
         scopes: Option<Vec<String>>,
         browser: Option<String>,
     ) -> WitResult<connect::AuthorizationRequest> {
-        let request = vault().begin(&key.into(), &redirect_uri, scopes, browser.as_deref())?;
-        Ok(connect::AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
+        Ok(vault().begin(&key.into(), &redirect_uri, scopes, browser.as_deref())?.into())
     }
 
     fn complete(callback_query: String, browser: Option<String>) -> WitResult<connect::Connected> {
-        let (key, info) = vault().complete(&callback_query, browser.as_deref())?;
-        Ok(connected(key, info))
+        Ok(vault().complete(&callback_query, browser.as_deref())?.into())
     }
 
     fn link(key: wit::ConnectionKey, scopes: Option<Vec<String>>) -> WitResult<wit::ConnectLink> {
@@ -160,27 +118,15 @@ impl connect::Guest for Component {
         redirect_uri: String,
         browser: Option<String>,
     ) -> WitResult<connect::AuthorizationRequest> {
-        let request = vault().open_link(&code, &redirect_uri, browser.as_deref())?;
-        Ok(connect::AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
+        Ok(vault().open_link(&code, &redirect_uri, browser.as_deref())?.into())
     }
 
     fn begin_device(key: wit::ConnectionKey, scopes: Option<Vec<String>>) -> WitResult<connect::DeviceAuthorization> {
-        let d = vault().begin_device(&key.into(), scopes)?;
-        Ok(connect::DeviceAuthorization {
-            handle: d.handle,
-            user_code: d.user_code,
-            verification_uri: d.verification_uri,
-            verification_uri_complete: d.verification_uri_complete,
-            interval: d.interval,
-            expires_at: d.expires_at,
-        })
+        Ok(vault().begin_device(&key.into(), scopes)?.into())
     }
 
     fn poll_device(handle: String) -> WitResult<connect::DeviceStatus> {
-        Ok(match vault().poll_device(&handle)? {
-            model::DeviceStatus::Pending(secs) => connect::DeviceStatus::Pending(secs),
-            model::DeviceStatus::Connected(key, info) => connect::DeviceStatus::Connected(connected(key, info)),
-        })
+        Ok(vault().poll_device(&handle)?.into())
     }
 
     fn connect_client(key: wit::ConnectionKey, scopes: Option<Vec<String>>) -> WitResult<wit::ConnectionInfo> {
@@ -188,190 +134,35 @@ impl connect::Guest for Component {
     }
 
     fn sweep_expired(cursor: Option<String>, limit: u32) -> WitResult<connect::SweepPage> {
-        let page = vault().sweep_expired(cursor.as_deref(), limit)?;
-        Ok(connect::SweepPage { deleted: page.deleted, cursor: page.cursor })
+        Ok(vault().sweep_expired(cursor.as_deref(), limit)?.into())
     }
 }
 
-fn connected(key: model::ConnectionKey, info: model::ConnectionInfo) -> connect::Connected {
-    connect::Connected { key: key.into(), info: info.into() }
-}
-
-// ---- conversions ------------------------------------------------------------------
-
-impl From<wit::ConnectionKey> for model::ConnectionKey {
-    fn from(k: wit::ConnectionKey) -> Self {
-        model::ConnectionKey { tenant: k.tenant, user: k.user, provider: k.provider, name: k.name }
-    }
-}
-
-impl From<model::ConnectionKey> for wit::ConnectionKey {
-    fn from(k: model::ConnectionKey) -> Self {
-        wit::ConnectionKey { tenant: k.tenant, user: k.user, provider: k.provider, name: k.name }
-    }
-}
-
-impl From<model::TokenSet> for wit::TokenSet {
-    fn from(t: model::TokenSet) -> Self {
-        wit::TokenSet {
-            access_token: t.access_token,
-            token_type: t.token_type,
-            expires_at: t.expires_at,
-            scope: t.scope,
-            refresh_token: t.refresh_token,
-        }
-    }
-}
-
-impl From<model::ConnectionInfo> for wit::ConnectionInfo {
-    fn from(i: model::ConnectionInfo) -> Self {
-        wit::ConnectionInfo {
-            provider: i.provider,
-            name: i.name,
-            kind: match i.kind {
-                model::ConnectionKind::User => wit::ConnectionKind::User,
-                model::ConnectionKind::Client => wit::ConnectionKind::Client,
-            },
-            scopes: i.scopes,
-            expires_at: i.expires_at,
-            has_refresh_token: i.has_refresh_token,
-            status: match i.status {
-                model::ConnectionStatus::Active => wit::ConnectionStatus::Active,
-                model::ConnectionStatus::ReconnectRequired => wit::ConnectionStatus::ReconnectRequired,
-            },
-            updated_at: i.updated_at,
-        }
-    }
-}
-
-impl From<model::ConnectLink> for wit::ConnectLink {
-    fn from(l: model::ConnectLink) -> Self {
-        wit::ConnectLink { code: l.code, expires_at: l.expires_at }
-    }
-}
-
-impl From<model::RemovalReceipt> for tokens::RemovalReceipt {
-    fn from(r: model::RemovalReceipt) -> Self {
-        tokens::RemovalReceipt {
-            provider: r.provider,
-            name: r.name,
-            upstream: match r.upstream {
-                model::UpstreamRevocation::Revoked => tokens::UpstreamRevocation::Revoked,
-                model::UpstreamRevocation::Unsupported => tokens::UpstreamRevocation::Unsupported,
-                model::UpstreamRevocation::Failed(err) => tokens::UpstreamRevocation::Failed(err.into()),
-            },
-        }
-    }
-}
-
-impl From<model::ProviderInfo> for wit::ProviderInfo {
-    fn from(p: model::ProviderInfo) -> Self {
-        wit::ProviderInfo {
-            name: p.name,
-            template: p.template,
-            issuer: p.issuer,
-            authorization_url: p.authorization_url,
-            token_url: p.token_url,
-            revocation_url: p.revocation_url,
-            device_authorization_url: p.device_authorization_url,
-            client_id: p.client_id,
-            has_client_secret: p.has_client_secret,
-            client_auth: match p.client_auth {
-                model::ClientAuth::ClientSecretBasic => wit::ClientAuth::ClientSecretBasic,
-                model::ClientAuth::ClientSecretPost => wit::ClientAuth::ClientSecretPost,
-            },
-            scopes: p.scopes,
-            authorization_params: p.authorization_params,
-            refresh_buffer_secs: p.refresh_buffer_secs,
-            updated_at: p.updated_at,
-        }
-    }
-}
-
-impl From<VaultError> for wit::Error {
-    fn from(e: VaultError) -> Self {
-        match e {
-            VaultError::NotFound(m) => wit::Error::NotFound(m),
-            VaultError::InvalidInput(m) => wit::Error::InvalidInput(m),
-            VaultError::ReconnectRequired(m) => wit::Error::ReconnectRequired(m),
-            VaultError::Provider(ProviderFailure { status, code, message }) => {
-                wit::Error::ProviderError(wit::ProviderFailure { status, code, message })
-            }
-            VaultError::Storage(m) => wit::Error::Storage(m),
-            VaultError::Integrity(m) => wit::Error::Integrity(m),
-            VaultError::EgressDenied(m) => wit::Error::EgressDenied(m),
-        }
-    }
-}
-
-fn audit_event(e: model::AuditEvent) -> audit::Event {
-    use model::{AuditAction as A, AuditOutcome as O};
-    audit::Event {
-        action: match e.action {
-            A::TokenStore => audit::Action::TokenStore,
-            A::TokenGet => audit::Action::TokenGet,
-            A::TokenRefresh => audit::Action::TokenRefresh,
-            A::TokenRemove => audit::Action::TokenRemove,
-            A::RevokeAll => audit::Action::RevokeAll,
-            A::ProviderPut => audit::Action::ProviderPut,
-            A::ProviderRemove => audit::Action::ProviderRemove,
-            A::ConnectBegin => audit::Action::ConnectBegin,
-            A::ConnectComplete => audit::Action::ConnectComplete,
-            A::ConnectLink => audit::Action::ConnectLink,
-            A::ConnectOpenLink => audit::Action::ConnectOpenLink,
-            A::ConnectDevice => audit::Action::ConnectDevice,
-            A::ConnectClient => audit::Action::ConnectClient,
-        },
-        outcome: match e.outcome {
-            O::Ok => audit::Outcome::Ok,
-            O::NotFound => audit::Outcome::NotFound,
-            O::InvalidInput => audit::Outcome::InvalidInput,
-            O::ReconnectRequired => audit::Outcome::ReconnectRequired,
-            O::ProviderError => audit::Outcome::ProviderError,
-            O::Storage => audit::Outcome::Storage,
-            O::Integrity => audit::Outcome::Integrity,
-            O::EgressDenied => audit::Outcome::EgressDenied,
-        },
-        tenant: e.tenant,
-        user: e.user,
-        provider: e.provider,
-        name: e.name,
-        at: e.at_ms,
-    }
-}
+tokenvault_model::wit_conversions!(types = wit, tokens = tokens, connect = connect, audit = audit, storage = storage);
 
 // ---- the platform, over the imports -----------------------------------------------
 
 struct Imports;
 
-fn storage_error(e: storage::StorageError) -> StorageError {
-    match e {
-        storage::StorageError::Conflict => StorageError::Conflict,
-        storage::StorageError::Unavailable(why) => StorageError::Unavailable(why),
-    }
-}
-
 impl Platform for Imports {
     fn storage_get(&self, key: &str) -> Result<Option<Entry>, StorageError> {
-        let entry = storage::get(key).map_err(storage_error)?;
-        Ok(entry.map(|e| Entry { value: e.value, version: e.version }))
+        Ok(storage::get(key)?.map(Into::into))
     }
 
     fn storage_put(&self, key: &str, value: &[u8], expected: Option<u64>) -> Result<u64, StorageError> {
-        storage::put(key, value, expected).map_err(storage_error)
+        Ok(storage::put(key, value, expected)?)
     }
 
     fn storage_delete(&self, key: &str, expected: u64) -> Result<(), StorageError> {
-        storage::delete(key, expected).map_err(storage_error)
+        Ok(storage::delete(key, expected)?)
     }
 
     fn storage_list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<KeyPage, StorageError> {
-        let page = storage::list(prefix, cursor, limit).map_err(storage_error)?;
-        Ok(KeyPage { keys: page.keys, cursor: page.cursor })
+        Ok(storage::list(prefix, cursor, limit)?.into())
     }
 
     fn storage_wait_for_change(&self, key: &str, seen: Option<u64>, timeout_ms: u32) -> Result<(), StorageError> {
-        storage::wait_for_change(key, seen, timeout_ms).map_err(storage_error)
+        Ok(storage::wait_for_change(key, seen, timeout_ms)?)
     }
 
     fn active_key(&self) -> Result<SealingKey, String> {
@@ -399,7 +190,7 @@ impl Platform for Imports {
     }
 
     fn audit(&self, event: model::AuditEvent) {
-        audit::emit(&audit_event(event));
+        audit::emit(&event.into());
     }
 
     fn now_ms(&self) -> u64 {

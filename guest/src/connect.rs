@@ -16,7 +16,6 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::error::{Result, VaultError};
 use crate::model::*;
 use crate::platform::{Platform, StorageError};
 use crate::record::{self, FlowRecord, LinkRecord};
@@ -47,7 +46,7 @@ impl<P: Platform> Vault<P> {
 
     /// Finish a flow with the redirect's query string; stores the tokens. `browser`: the
     /// secret of the browser the callback came from, which a flow begun for one requires.
-    pub fn complete(&self, callback_query: &str, browser: Option<&str>) -> Result<(ConnectionKey, ConnectionInfo)> {
+    pub fn complete(&self, callback_query: &str, browser: Option<&str>) -> Result<Connected> {
         // Until the state names a flow, there is no connection to audit the call under.
         let taken =
             Callback::parse(callback_query).and_then(|callback| Ok((self.take_flow(&callback.state)?, callback)));
@@ -55,7 +54,7 @@ impl<P: Platform> Vault<P> {
         let key = flow.connection.clone();
         let result = check_browser(&flow, browser)
             .and_then(|()| self.finish_flow(flow, callback))
-            .map(|info| (key.clone(), info));
+            .map(|info| Connected { key: key.clone(), info });
         self.audit_token(AuditAction::ConnectComplete, &key, AuditOutcome::from(&result));
         result
     }
@@ -378,7 +377,8 @@ mod tests {
             !vault.platform().records.borrow().values().any(|(v, _)| String::from_utf8_lossy(v).contains(REDIRECT))
         );
 
-        let (connected, info) = vault.complete(&format!("?code=good-code&state={}", request.state), None).unwrap();
+        let Connected { key: connected, info } =
+            vault.complete(&format!("?code=good-code&state={}", request.state), None).unwrap();
         assert_eq!(connected, key());
         assert!(info.has_refresh_token);
         assert_eq!(info.scopes, ["read"], "no scope in the response: the requested ones were granted");

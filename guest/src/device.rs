@@ -8,7 +8,6 @@
 //! pollers make one request per interval.
 
 use crate::connect::{is_random_token, random_token, with_requested_scopes};
-use crate::error::{Result, VaultError};
 use crate::model::*;
 use crate::oauth::{self, DevicePoll};
 use crate::platform::{Platform, StorageError};
@@ -39,7 +38,7 @@ impl<P: Platform> Vault<P> {
         let key = flow.connection.clone();
         let result = self.poll_device_inner(handle, flow, version);
         // Pending polls are routine; the audit log records how the flow ended.
-        if !matches!(result, Ok(DeviceStatus::Pending(_))) {
+        if !matches!(result, Ok(DeviceStatus::Pending { .. })) {
             self.audit_token(AuditAction::ConnectComplete, &key, AuditOutcome::from(&result));
         }
         result
@@ -95,22 +94,22 @@ impl<P: Platform> Vault<P> {
             return Err(VaultError::InvalidInput("this device flow expired; begin again".into()));
         }
         if now < flow.next_poll_at {
-            return Ok(DeviceStatus::Pending(wait(flow.next_poll_at, now)));
+            return Ok(DeviceStatus::Pending { retry_after: wait(flow.next_poll_at, now) });
         }
         // Claim this interval's request.
         flow.next_poll_at = now + u64::from(flow.interval_secs);
         if let Put::Conflict = self.put_sealed(&storage_key, &context, &flow, Some(version))? {
-            return Ok(DeviceStatus::Pending(flow.interval_secs)); // another poller has it
+            return Ok(DeviceStatus::Pending { retry_after: flow.interval_secs }); // another poller has it
         }
         let provider = self.load_provider(&flow.connection.provider)?;
         let polled = oauth::poll_device(&provider, &flow.device_code, &|request| self.platform().http(request));
         match polled {
-            Ok(DevicePoll::Pending) => Ok(DeviceStatus::Pending(flow.interval_secs)),
+            Ok(DevicePoll::Pending) => Ok(DeviceStatus::Pending { retry_after: flow.interval_secs }),
             Ok(DevicePoll::SlowDown) => {
                 flow.interval_secs = (flow.interval_secs + SLOW_DOWN_SECS).min(MAX_INTERVAL_SECS as u32);
                 flow.next_poll_at = now + u64::from(flow.interval_secs);
                 self.update_device(&storage_key, &context, &flow)?;
-                Ok(DeviceStatus::Pending(flow.interval_secs))
+                Ok(DeviceStatus::Pending { retry_after: flow.interval_secs })
             }
             Ok(DevicePoll::Granted(grant)) => {
                 self.delete_device(&storage_key)?;
@@ -121,7 +120,7 @@ impl<P: Platform> Vault<P> {
                     ConnectionKind::User,
                     Vec::new(),
                 )?;
-                Ok(DeviceStatus::Connected(key, info))
+                Ok(DeviceStatus::Connected(Connected { key, info }))
             }
             // The user said no, or the code ran out: the flow is over.
             Err(VaultError::Provider(failure))
@@ -213,24 +212,29 @@ mod tests {
         assert_eq!((form["client_id"].as_str(), form["scope"].as_str()), ("tv-client", "read"));
 
         // Too early: answered here.
-        assert_eq!(vault.poll_device(&started.handle).unwrap(), DeviceStatus::Pending(2));
+        assert_eq!(vault.poll_device(&started.handle).unwrap(), DeviceStatus::Pending { retry_after: 2 });
         assert_eq!(token_requests(&vault), 0);
 
         answers.borrow_mut().push(r#"{"error":"authorization_pending"}"#);
         vault.platform().advance_secs(2);
-        assert_eq!(vault.poll_device(&started.handle).unwrap(), DeviceStatus::Pending(2));
+        assert_eq!(vault.poll_device(&started.handle).unwrap(), DeviceStatus::Pending { retry_after: 2 });
         assert_eq!(token_requests(&vault), 1);
 
         answers.borrow_mut().push(r#"{"error":"slow_down"}"#);
         vault.platform().advance_secs(2);
-        assert_eq!(vault.poll_device(&started.handle).unwrap(), DeviceStatus::Pending(7), "slow_down adds 5 s");
+        assert_eq!(
+            vault.poll_device(&started.handle).unwrap(),
+            DeviceStatus::Pending { retry_after: 7 },
+            "slow_down adds 5 s"
+        );
         vault.platform().advance_secs(6);
-        assert_eq!(vault.poll_device(&started.handle).unwrap(), DeviceStatus::Pending(1));
+        assert_eq!(vault.poll_device(&started.handle).unwrap(), DeviceStatus::Pending { retry_after: 1 });
         assert_eq!(token_requests(&vault), 2, "the longer interval is kept");
 
         answers.borrow_mut().push(r#"{"access_token":"at-tv","token_type":"Bearer","refresh_token":"rt-tv"}"#);
         vault.platform().advance_secs(1);
-        let DeviceStatus::Connected(connected, info) = vault.poll_device(&started.handle).unwrap() else {
+        let DeviceStatus::Connected(Connected { key: connected, info }) = vault.poll_device(&started.handle).unwrap()
+        else {
             panic!("expected the connection");
         };
         assert_eq!(connected, key());

@@ -4,8 +4,8 @@
 
 use serde::Deserialize;
 
-use crate::error::{Result, VaultError};
 use crate::model::ClientAuth;
+use crate::model::{Result, VaultError};
 use crate::oauth;
 use crate::platform::HttpError;
 use crate::provider::{Endpoints, validate_url};

@@ -1,12 +1,13 @@
 //! tokenvault's guest: all token logic, in plain Rust modules that also build and test
-//! natively. The WebAssembly component is the thin shell in `component`.
+//! natively. The WebAssembly component is the thin shell in `component`. The values it
+//! passes are `tokenvault-model`'s, shared with the hosts.
+
+pub use tokenvault_model as model;
 
 pub mod connect;
 pub mod device;
 pub mod discovery;
-pub mod error;
 pub mod expiry;
-pub mod model;
 pub mod oauth;
 pub mod platform;
 pub mod provider;

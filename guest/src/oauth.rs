@@ -16,8 +16,8 @@ use oauth2::{
     TokenUrl,
 };
 
-use crate::error::{Result, VaultError};
 use crate::model::{ClientAuth, TokenGrant};
+use crate::model::{Result, VaultError};
 use crate::platform::HttpError;
 use crate::record::ProviderRecord;
 
@@ -469,7 +469,7 @@ mod tests {
         ];
         for reply in echoing {
             let (result, _) = run(ClientAuth::ClientSecretBasic, reply);
-            let err = result.err().expect("must fail");
+            let err = result.expect_err("must fail");
             assert!(matches!(err, VaultError::Provider(_)), "{err}");
             let text = err.to_string();
             assert!(!text.contains("rt-old") && !text.contains("s3cret") && !text.contains("boom"), "{text}");

@@ -2,24 +2,7 @@
 //! import; natively (unit tests) it is [`crate::memory::MemoryPlatform`].
 
 use crate::model::AuditEvent;
-
-/// A stored value and its version.
-pub struct Entry {
-    pub value: Vec<u8>,
-    pub version: u64,
-}
-
-pub struct KeyPage {
-    pub keys: Vec<String>,
-    pub cursor: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorageError {
-    /// The expected version did not match, or the record is absent.
-    Conflict,
-    Unavailable(String),
-}
+pub use crate::model::storage::{Entry, KeyPage, StorageError};
 
 /// A sealing key: its id and 32 bytes of material.
 pub struct SealingKey {

@@ -2,7 +2,6 @@
 //! into the record the vault keeps; a given value wins over a template's or metadata's),
 //! reading, listing and removing them.
 
-use crate::error::{Result, VaultError};
 use crate::expiry::DEFAULT_REFRESH_BUFFER_SECS;
 use crate::model::*;
 use crate::platform::Platform;

@@ -5,17 +5,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, VaultError};
 use crate::model::{
     ClientAuth, ConnectionInfo, ConnectionKey, ConnectionKind, ConnectionStatus, ProviderInfo, TokenSet,
 };
+use crate::model::{Result, VaultError};
 
-const TOKEN_PREFIX: &str = "tok/";
-const PROVIDER_PREFIX: &str = "prov/";
-const LEASE_PREFIX: &str = "lease/";
-const FLOW_PREFIX: &str = "flow/";
-const DEVICE_PREFIX: &str = "device/";
-const LINK_PREFIX: &str = "link/";
+use crate::model::storage::{DEVICE_PREFIX, FLOW_PREFIX, LEASE_PREFIX, LINK_PREFIX, PROVIDER_PREFIX, TOKEN_PREFIX};
+
 const MAX_ID_LEN: usize = 256;
 
 pub fn token_key(key: &ConnectionKey) -> String {
@@ -199,6 +195,7 @@ pub struct ProviderRecord {
     pub client_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<String>,
+    #[serde(serialize_with = "kebab_case")]
     pub client_auth: ClientAuth,
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -209,6 +206,15 @@ pub struct ProviderRecord {
     pub scope_separator: Option<String>,
     pub refresh_buffer_secs: u32,
     pub updated_at: u64,
+}
+
+/// Sealed records name the client authentication as the WIT does, `client-secret-basic`,
+/// so that every version of the component opens them (`ClientAuth` reads both spellings).
+fn kebab_case<S: serde::Serializer>(auth: &ClientAuth, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    serializer.serialize_str(match auth {
+        ClientAuth::ClientSecretBasic => "client-secret-basic",
+        ClientAuth::ClientSecretPost => "client-secret-post",
+    })
 }
 
 impl ProviderRecord {
@@ -371,6 +377,17 @@ mod tests {
         assert!(validate_id("user", "a\nb").is_err());
         assert!(validate_id("user", &"x".repeat(257)).is_err());
         assert!(validate_id("user", "alice@example.com").is_ok());
+    }
+
+    #[test]
+    fn provider_records_name_the_client_authentication_as_they_always_have() {
+        let sealed = r#"{"token_url":"https://p.example/token","client_id":"c","client_auth":"client-secret-post","scopes":[],"authorization_params":[],"refresh_buffer_secs":60,"updated_at":1}"#;
+        let record: ProviderRecord = serde_json::from_str(sealed).unwrap();
+        assert_eq!(record.client_auth, ClientAuth::ClientSecretPost);
+        assert_eq!(serde_json::to_string(&record).unwrap(), sealed, "written back the same");
+        let api_spelling = sealed.replace("client-secret-post", "client_secret_post");
+        let record: ProviderRecord = serde_json::from_str(&api_spelling).unwrap();
+        assert_eq!(record.client_auth, ClientAuth::ClientSecretPost);
     }
 
     #[test]

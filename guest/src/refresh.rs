@@ -1,7 +1,6 @@
 //! Refreshing: one upstream refresh however many callers find a token due (a lease in
 //! storage), the renewed tokens saved before anything else, and background refresh.
 
-use crate::error::{Result, VaultError};
 use crate::expiry;
 use crate::model::*;
 use crate::oauth;
@@ -526,7 +525,7 @@ mod tests {
         // A holder that keeps renewing its lease but never saves.
         vault.platform().on_sleep(|p| hold_lease(p, p.now_ms() + LEASE_MS));
         hold_lease(vault.platform(), vault.platform().now_ms() + LEASE_MS);
-        let err = vault.get(&key()).err().expect("must fail");
+        let err = vault.get(&key()).expect_err("must fail");
         assert!(matches!(err, VaultError::Provider(_)), "{err}");
         assert!(vault.platform().slept_ms.get() >= WAIT_FOR_OTHERS_MS);
         assert!(vault.platform().requests.borrow().is_empty());
@@ -567,7 +566,7 @@ mod tests {
         // Storage stays down: a clear storage error, and the previous record intact.
         let before = vault.platform().records.borrow().get(&record::token_key(&key())).cloned();
         vault.platform().fail_puts("tok/", 100);
-        let err = vault.refresh(&key()).err().expect("must fail");
+        let err = vault.refresh(&key()).expect_err("must fail");
         assert!(matches!(&err, VaultError::Storage(m) if m.contains("could not be saved")), "{err}");
         assert_eq!(vault.platform().records.borrow().get(&record::token_key(&key())).cloned(), before);
         assert!(lease_of(&vault).is_none(), "the lease is released after a failed save");

@@ -1,7 +1,6 @@
 //! Removing connections: their tokens revoked at the provider (RFC 7009), then deleted
 //! here whatever the provider says, with a receipt for each.
 
-use crate::error::{Result, VaultError};
 use crate::model::*;
 use crate::oauth;
 use crate::platform::{Platform, StorageError};
@@ -54,7 +53,7 @@ impl<P: Platform> Vault<P> {
             };
             let upstream = match self.open_sealed::<TokenRecord>(&entry, &record::token_context(key)) {
                 Ok(token) => self.revoke_upstream(key, &token),
-                Err(err) => UpstreamRevocation::Failed(err),
+                Err(err) => UpstreamRevocation::Failed { reason: err },
             };
             match self.platform().storage_delete(&storage_key, entry.version) {
                 Ok(()) => {
@@ -72,7 +71,7 @@ impl<P: Platform> Vault<P> {
     fn revoke_upstream(&self, key: &ConnectionKey, token: &TokenRecord) -> UpstreamRevocation {
         let provider = match self.load_provider(&key.provider) {
             Ok(provider) => provider,
-            Err(err) => return UpstreamRevocation::Failed(err),
+            Err(err) => return UpstreamRevocation::Failed { reason: err },
         };
         if provider.revocation_url.is_none() {
             return UpstreamRevocation::Unsupported;
@@ -88,7 +87,7 @@ impl<P: Platform> Vault<P> {
                     if refresh.is_some()
                         && matches!(revocable, oauth::RevocableToken::Access(_))
                         && failure.code.as_deref() == Some("unsupported_token_type") => {}
-                Err(err) => return UpstreamRevocation::Failed(err),
+                Err(err) => return UpstreamRevocation::Failed { reason: err },
             }
         }
         UpstreamRevocation::Revoked
@@ -159,7 +158,7 @@ mod tests {
         let vault = vault(|_| (503, "busy rt-1"));
         let receipt = vault.remove(&key()).unwrap();
         match receipt.upstream {
-            UpstreamRevocation::Failed(VaultError::Provider(f)) => {
+            UpstreamRevocation::Failed { reason: VaultError::Provider(f) } => {
                 assert_eq!(f.status, Some(503));
                 assert!(!f.message.contains("rt-1"));
             }
@@ -183,7 +182,7 @@ mod tests {
         let storage_key = record::token_key(&key());
         vault.platform().records.borrow_mut().get_mut(&storage_key).unwrap().0[40] ^= 1;
         let receipt = vault.remove(&key()).unwrap();
-        assert!(matches!(receipt.upstream, UpstreamRevocation::Failed(VaultError::Integrity(_))));
+        assert!(matches!(receipt.upstream, UpstreamRevocation::Failed { reason: VaultError::Integrity(_) }));
         assert!(vault.platform().requests.borrow().is_empty());
         assert!(matches!(vault.remove(&key()), Err(VaultError::NotFound(_))));
     }

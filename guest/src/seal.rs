@@ -8,7 +8,7 @@
 use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 
-use crate::error::{Result, VaultError};
+use crate::model::{Result, VaultError};
 
 pub const FORMAT_VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;

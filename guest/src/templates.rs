@@ -7,8 +7,8 @@
 //! (`oauth::recording`); `Accept: application/json` is sent on every token
 //! request (the `oauth2` crate does), which GitHub needs to answer JSON.
 
-use crate::error::{Result, VaultError};
 use crate::model::{ClientAuth, TemplateRef};
+use crate::model::{Result, VaultError};
 use crate::provider::Endpoints;
 
 pub const NAMES: [&str; 6] = ["github", "google", "microsoft", "slack", "discord", "gitlab"];

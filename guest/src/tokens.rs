@@ -1,7 +1,6 @@
 //! Tokens: storing a token response, reading a token (refreshed first when due), and
 //! listing a user's connections and a tenant's users.
 
-use crate::error::{Result, VaultError};
 use crate::expiry;
 use crate::model::*;
 use crate::platform::Platform;
@@ -75,7 +74,11 @@ impl<P: Platform> Vault<P> {
                     }
                     users.push(UserConnections { user: key.user.clone(), connections: Vec::new() });
                 }
-                users.last_mut().expect("pushed above").connections.push((key.provider, key.name));
+                users
+                    .last_mut()
+                    .expect("pushed above")
+                    .connections
+                    .push(ConnectionName { provider: key.provider, name: key.name });
             }
             match page.cursor {
                 Some(next) => cursor = Some(next),
@@ -252,7 +255,7 @@ mod tests {
     fn list_pages_through_many_connections() {
         let vault = vault();
         for i in 0..250 {
-            vault.store(&ConnectionKey::new("t1", "bob", "acme", &format!("c{i:03}")), grant("a", None, None)).unwrap();
+            vault.store(&ConnectionKey::new("t1", "bob", "acme", format!("c{i:03}")), grant("a", None, None)).unwrap();
         }
         assert_eq!(vault.list("t1", "bob").unwrap().len(), 250);
     }

@@ -5,7 +5,6 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Result, VaultError};
 use crate::model::*;
 use crate::platform::{Platform, StorageError};
 use crate::seal;

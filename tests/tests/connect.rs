@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use tokenvault::{ConnectionKey, ConnectionKind, Error, ProviderConfig, TokenOrLink, Vault};
+use tokenvault::{ConnectionKey, ConnectionKind, Error, ProviderConfig, TokenOrLink, Vault, VaultError};
 use tokenvault_tests::{OAuthServer, open_vault, provider_config};
 
 /// The redirect URI of a native client; the server accepts any port on it (RFC 8252).
@@ -122,7 +122,7 @@ async fn a_refusal_at_the_provider_is_a_typed_error_and_stores_nothing() {
     let request = vault.begin(&key("carol"), REDIRECT, None, None).await.unwrap();
     let location = server.authorize(&request.url, true);
     match vault.complete(&query_of(&location), None).await {
-        Err(Error::Provider(failure)) => assert_eq!(failure.code.as_deref(), Some("access_denied")),
+        Err(Error::Vault(VaultError::Provider(failure))) => assert_eq!(failure.code.as_deref(), Some("access_denied")),
         other => panic!("expected access_denied, got {other:?}"),
     }
     assert_eq!(vault.get(&key("carol")).await.unwrap_err().kind(), "not-found");
@@ -258,7 +258,10 @@ async fn the_scheduler_sweeps_flows_and_links_an_hour_after_they_expire() {
 
     // The abandoned flow's callback and the old link now find nothing; the new link works.
     let location = server.authorize(&abandoned.url, false);
-    assert!(matches!(vault.complete(&query_of(&location), None).await, Err(Error::InvalidInput(_))));
-    assert!(matches!(vault.open_link(&link.code, REDIRECT, None).await, Err(Error::InvalidInput(_))));
+    assert!(matches!(vault.complete(&query_of(&location), None).await, Err(Error::Vault(VaultError::InvalidInput(_)))));
+    assert!(matches!(
+        vault.open_link(&link.code, REDIRECT, None).await,
+        Err(Error::Vault(VaultError::InvalidInput(_)))
+    ));
     assert!(vault.open_link(&kept.code, REDIRECT, None).await.is_ok());
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokenvault::{ConnectionKey, DeviceStatus, Error, ProviderConfig};
+use tokenvault::{ConnectionKey, DeviceStatus, Error, ProviderConfig, VaultError};
 use tokenvault_tests::{OAuthServer, open_vault};
 
 fn key(user: &str) -> ConnectionKey {
@@ -81,7 +81,7 @@ async fn a_user_who_aborts_ends_the_flow_with_access_denied() {
     server.enter_user_code(&started.user_code, true);
     pause(1).await;
     match vault.poll_device(&started.handle).await {
-        Err(Error::Provider(failure)) => assert_eq!(failure.code.as_deref(), Some("access_denied")),
+        Err(Error::Vault(VaultError::Provider(failure))) => assert_eq!(failure.code.as_deref(), Some("access_denied")),
         other => panic!("expected access_denied, got {other:?}"),
     }
     assert_eq!(vault.poll_device(&started.handle).await.unwrap_err().kind(), "invalid-input");

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokenvault::{ConnectionKey, ConnectionStatus, Error};
+use tokenvault::{ConnectionKey, ConnectionStatus, Error, VaultError};
 use tokenvault_tests::{OAuthServer, grant_of, open_vault, provider_config};
 
 fn key(user: &str) -> ConnectionKey {
@@ -53,7 +53,7 @@ async fn token_is_refreshed_when_it_expires_and_the_rotated_refresh_token_is_kep
 
     // invalid_grant from the provider marks the connection for reconnect.
     let err = vault.refresh(&key("alice")).await.unwrap_err();
-    assert!(matches!(err, Error::ReconnectRequired(_)), "{err}");
+    assert!(matches!(err, Error::Vault(VaultError::ReconnectRequired(_))), "{err}");
     let err = vault.get(&key("alice")).await.unwrap_err();
     assert_eq!(err.kind(), "reconnect-required");
     let listed = vault.list("acme", "alice").await.unwrap();
@@ -71,12 +71,12 @@ async fn provider_failures_leave_the_stored_token_usable() {
 
     server.fault(serde_json::json!({ "status": 500, "body": "<h1>upstream down</h1>", "content_type": "text/html" }));
     match vault.refresh(&key("bob")).await.unwrap_err() {
-        Error::Provider(failure) => assert_eq!(failure.status, Some(500)),
+        Error::Vault(VaultError::Provider(failure)) => assert_eq!(failure.status, Some(500)),
         other => panic!("expected provider-error, got {other}"),
     }
     server.fault(serde_json::json!({ "status": 503, "body": "{\"error\":\"temporarily_unavailable\"}", "content_type": "application/json" }));
     match vault.refresh(&key("bob")).await.unwrap_err() {
-        Error::Provider(failure) => {
+        Error::Vault(VaultError::Provider(failure)) => {
             assert_eq!(failure.code.as_deref(), Some("temporarily_unavailable"))
         }
         other => panic!("expected provider-error, got {other}"),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokenvault::audit::MemoryAudit;
 use tokenvault::keys::Keyring;
 use tokenvault::storage::MemoryStorage;
-use tokenvault::{ConnectionKey, Error, SandboxLimits, Services, TokenGrant, Vault};
+use tokenvault::{ConnectionKey, Error, SandboxLimits, Services, TokenGrant, Vault, VaultError};
 
 const SANDBOX_COMPONENT: &[u8] = include_bytes!(env!("TOKENVAULT_SANDBOX_COMPONENT_PATH"));
 
@@ -182,7 +182,7 @@ async fn a_session_keeps_one_instance_with_a_fresh_deadline_per_call_and_replace
     assert_eq!(session.get(&key("alice")).await.unwrap().access_token, "alice-token", "a fresh instance serves");
 
     let other = session.get(&ConnectionKey::new("globex", "alice", "idp", "default")).await;
-    assert!(matches!(other, Err(Error::InvalidInput(_))), "{other:?}");
+    assert!(matches!(other, Err(Error::Vault(VaultError::InvalidInput(_)))), "{other:?}");
     drop(session);
     alice_is_served(&vault).await;
 }

@@ -46,7 +46,7 @@ where
         served = server => Err(Error::Config(format!("the redirect listener stopped: {served:?}"))),
         result = finished => result.unwrap_or_else(|_| Err(Error::Config("the redirect listener went away".into()))),
         () = tokio::time::sleep(wait) => {
-            Err(Error::InvalidInput("the browser did not come back before the link expired; run connect again".into()))
+            Err(Error::invalid_input("the browser did not come back before the link expired; run connect again"))
         }
     }
 }

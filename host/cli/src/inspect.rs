@@ -8,14 +8,14 @@ use tokenvault::{COMPONENT_WASM, Error, Options, Result, Services};
 pub async fn run(options: &Options, component: Option<&Path>, json: bool) -> Result<()> {
     let (wasm, source) = match component {
         Some(path) => (
-            std::fs::read(path).map_err(|e| Error::InvalidInput(format!("cannot read {}: {e}", path.display())))?,
+            std::fs::read(path).map_err(|e| Error::invalid_input(format!("cannot read {}: {e}", path.display())))?,
             path.display().to_string(),
         ),
         None => (COMPONENT_WASM.to_vec(), "built-in".to_owned()),
     };
     let services = Services::open(options).await?;
     let report = CapabilityReport::new(&wasm, &source, &services, &options.egress, &options.sandbox)
-        .map_err(|e| Error::InvalidInput(format!("{source}: {e}")))?;
+        .map_err(|e| Error::invalid_input(format!("{source}: {e}")))?;
     if json {
         super::print_json(&report);
     } else {

@@ -452,7 +452,7 @@ async fn provider(vault: &Vault, command: ProviderCommand) -> Result<()> {
             let client_secret = match client_secret_env {
                 Some(var) => Some(
                     std::env::var(&var)
-                        .map_err(|_| Error::InvalidInput(format!("environment variable {var} is not set")))?,
+                        .map_err(|_| Error::invalid_input(format!("environment variable {var} is not set")))?,
                 ),
                 None => None,
             };
@@ -496,7 +496,7 @@ async fn token(vault: &Vault, command: TokenCommand) -> Result<()> {
             let mut input = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut input)
-                .map_err(|e| Error::InvalidInput(format!("cannot read the token response from stdin: {e}")))?;
+                .map_err(|e| Error::invalid_input(format!("cannot read the token response from stdin: {e}")))?;
             let grant = TokenGrant::from_json(&input)?;
             print_json(&vault.store(&args.key(), &grant).await?);
         }
@@ -567,9 +567,9 @@ async fn demo(vault: &Vault, data_dir: &std::path::Path) -> Result<()> {
     step(5, "What storage actually holds");
     let storage = &vault.services().storage;
     println!("storage: {}", storage.describe());
-    for storage_key in storage.list("tok/acme/alice/", None, 10).await.map_err(|e| Error::Storage(e.to_string()))?.keys
+    for storage_key in storage.list("tok/acme/alice/", None, 10).await.map_err(|e| Error::storage(e.to_string()))?.keys
     {
-        if let Some(entry) = storage.get(&storage_key).await.map_err(|e| Error::Storage(e.to_string()))? {
+        if let Some(entry) = storage.get(&storage_key).await.map_err(|e| Error::storage(e.to_string()))? {
             let preview: String = hex::encode(&entry.value[..entry.value.len().min(48)]);
             let leaked = entry.value.windows(access_token.len()).any(|w| w == access_token.as_bytes());
             println!(

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::error::Error;
+pub use tokenvault_model::{AuditAction, AuditEvent, AuditOutcome};
 use wasmtime::component::HasData;
 
 use crate::bindings::tokenvault::vault::audit as wit;
@@ -140,49 +141,6 @@ impl AuditSink for MemoryAudit {
     }
 }
 
-/// Each case of a WIT enum with its name in the trail, written once: `$name` is an
-/// exhaustive match (a case the WIT gains fails to compile until it is named), and
-/// `$all` lists the same names for the console's filters.
-macro_rules! trail_names {
-    ($name:ident, $all:ident, $enum:ty { $($case:ident => $text:literal),* $(,)? }) => {
-        fn $name(case: $enum) -> &'static str {
-            match case {
-                $(<$enum>::$case => $text),*
-            }
-        }
-
-        #[doc = concat!("Every name `", stringify!($name), "` gives, in the WIT's order.")]
-        pub const $all: &[&str] = &[$($text),*];
-    };
-}
-
-trail_names!(action_name, COMPONENT_ACTIONS, wit::Action {
-    TokenStore => "token-store",
-    TokenGet => "token-get",
-    TokenRefresh => "token-refresh",
-    TokenRemove => "token-remove",
-    RevokeAll => "revoke-all",
-    ProviderPut => "provider-put",
-    ProviderRemove => "provider-remove",
-    ConnectBegin => "connect-begin",
-    ConnectComplete => "connect-complete",
-    ConnectLink => "connect-link",
-    ConnectOpenLink => "connect-open-link",
-    ConnectDevice => "connect-device",
-    ConnectClient => "connect-client",
-});
-
-trail_names!(outcome_name, COMPONENT_OUTCOMES, wit::Outcome {
-    Ok => "ok",
-    NotFound => "not-found",
-    InvalidInput => "invalid-input",
-    ReconnectRequired => "reconnect-required",
-    ProviderError => "provider-error",
-    Storage => "storage",
-    Integrity => "integrity",
-    EgressDenied => "egress-denied",
-});
-
 /// The component's `audit` import, served by a call's sink.
 pub(crate) struct AuditImport;
 
@@ -193,10 +151,11 @@ impl HasData for AuditImport {
 /// Each event becomes a record of the sink.
 impl wit::Host for &dyn AuditSink {
     fn emit(&mut self, event: wit::Event) -> wasmtime::Result<()> {
+        let event = AuditEvent::from(event);
         self.record(&AuditRecord {
-            at_ms: event.at,
-            action: action_name(event.action).into(),
-            outcome: outcome_name(event.outcome).into(),
+            at_ms: event.at_ms,
+            action: event.action.name().into(),
+            outcome: event.outcome.name().into(),
             tenant: event.tenant,
             user: event.user,
             provider: event.provider,

@@ -1,5 +1,6 @@
 //! The vault world's generated types and traits (wasmtime's `bindgen!`): the exports the
-//! host calls, and the custom imports each capability module implements.
+//! host calls, and the custom imports each capability module implements; and each
+//! generated type's conversion to and from its `tokenvault-model` value.
 
 wasmtime::component::bindgen!({
     path: "../../wit",
@@ -20,3 +21,16 @@ wasmtime::component::bindgen!({
         "wasi:http": wasmtime_wasi_http::p2::bindings::http,
     },
 });
+
+mod model_conversions {
+    use super::exports::tokenvault::vault::{connect, tokens};
+    use super::tokenvault::vault::{audit, storage, types};
+
+    tokenvault_model::wit_conversions!(
+        types = types,
+        tokens = tokens,
+        connect = connect,
+        audit = audit,
+        storage = storage
+    );
+}

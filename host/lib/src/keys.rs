@@ -18,11 +18,9 @@ use wasmtime::component::HasData;
 
 use crate::bindings::tokenvault::vault::keyring;
 use crate::storage::Storage;
+use tokenvault_model::storage::SEALED_PREFIXES;
 
 pub const KEY_LEN: usize = 32;
-
-/// The storage prefixes of the component's sealed records (see guest/src/record.rs).
-const SEALED_PREFIXES: [&str; 5] = ["tok/", "prov/", "flow/", "device/", "link/"];
 
 pub struct Keyring {
     active: String,
@@ -45,7 +43,7 @@ impl Keyring {
             Ok(bytes) => Self::parse(&bytes, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 for prefix in SEALED_PREFIXES {
-                    let page = storage.list(prefix, None, 1).await.map_err(|e| Error::Storage(e.to_string()))?;
+                    let page = storage.list(prefix, None, 1).await.map_err(|e| Error::storage(e.to_string()))?;
                     if !page.keys.is_empty() {
                         return Err(Error::Config(format!(
                             "the keyring {} is missing, but the storage holds records sealed with its keys \

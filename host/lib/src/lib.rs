@@ -19,12 +19,16 @@ pub mod http;
 pub mod keys;
 pub mod runtime;
 pub mod storage;
-pub mod types;
 mod vault;
 
 pub use clock::Clock;
 pub use config::{Options, SandboxLimits};
-pub use error::{Error, ProviderFailure, Result};
+pub use error::{Error, ProviderFailure, Result, VaultError};
 pub use runtime::{COMPONENT_WASM, Services};
-pub use types::*;
+pub use tokenvault_model::{
+    AuthorizationRequest, ClientAuth, ConnectLink, Connected, ConnectionInfo, ConnectionKey, ConnectionKind,
+    ConnectionName, ConnectionStatus, DEFAULT_CONNECTION_NAME, DeviceAuthorization, DeviceStatus, DuePage,
+    ProviderConfig, ProviderInfo, RefreshOutcome, RemovalReceipt, SweepPage, TemplateRef, TokenGrant, TokenOrLink,
+    TokenSet, UpstreamRevocation, UserConnections, UserPage, parse_json,
+};
 pub use vault::{Session, Vault};

@@ -92,7 +92,7 @@ impl Services {
     pub async fn open(options: &Options) -> Result<Self> {
         std::fs::create_dir_all(&options.data_dir)
             .map_err(|e| Error::Config(format!("cannot create data directory {}: {e}", options.data_dir.display())))?;
-        let storage = options.storage.open().await.map_err(|e| Error::Storage(e.to_string()))?;
+        let storage = options.storage.open().await.map_err(|e| Error::storage(e.to_string()))?;
         Ok(Services {
             keyring: Arc::new(Keyring::load_or_create(&options.keyring, &*storage).await?),
             storage,

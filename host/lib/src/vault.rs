@@ -5,15 +5,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::bindings::exports::tokenvault::vault::connect as wit_connect;
 use crate::bindings::exports::tokenvault::vault::tokens as wit_tokens;
 use crate::bindings::tokenvault::vault::types as wit;
 use crate::config::Options;
 use crate::config::SandboxLimits;
-use crate::error::{Error, ProviderFailure, Result};
+use crate::error::{Error, Result};
 use crate::http::EgressPolicy;
 use crate::runtime::{COMPONENT_WASM, HostState, Runtime, Services, sandbox_error};
-use crate::types::*;
+use tokenvault_model::*;
 
 #[derive(Clone)]
 pub struct Vault {
@@ -66,25 +65,18 @@ impl Vault {
 
     pub async fn store(&self, key: &ConnectionKey, grant: &TokenGrant) -> Result<ConnectionInfo> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        let grant = wit::TokenGrant {
-            access_token: grant.access_token.clone(),
-            token_type: grant.token_type.clone(),
-            expires_in: grant.expires_in,
-            refresh_token: grant.refresh_token.clone(),
-            scope: grant.scope.clone(),
-        };
-        finish(vault.tokens(&mut store)?.call_store(&mut store, &key.into(), &grant).await)
+        finish(vault.tokens(&mut store)?.call_store(&mut store, &key.clone().into(), &grant.clone().into()).await)
     }
 
     /// A token fresh enough to use, refreshed first when it is about to expire.
     pub async fn get(&self, key: &ConnectionKey) -> Result<TokenSet> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        finish(vault.tokens(&mut store)?.call_get(&mut store, &key.into()).await)
+        finish(vault.tokens(&mut store)?.call_get(&mut store, &key.clone().into()).await)
     }
 
     pub async fn refresh(&self, key: &ConnectionKey) -> Result<TokenSet> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        finish(vault.tokens(&mut store)?.call_refresh(&mut store, &key.into()).await)
+        finish(vault.tokens(&mut store)?.call_refresh(&mut store, &key.clone().into()).await)
     }
 
     /// Like [`Vault::get`]; but when the connection does not exist or must be connected
@@ -93,119 +85,60 @@ impl Vault {
     pub async fn get_or_link(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<TokenOrLink> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
-        let found: wit_tokens::TokenOrLink =
-            finish(vault.tokens(&mut store)?.call_get_or_link(&mut store, &key.into(), scopes.as_deref()).await)?;
-        Ok(match found {
-            wit_tokens::TokenOrLink::Token(token) => TokenOrLink::Token(token.into()),
-            wit_tokens::TokenOrLink::Link(link) => TokenOrLink::Link(link.into()),
-        })
+        finish(vault.tokens(&mut store)?.call_get_or_link(&mut store, &key.clone().into(), scopes.as_deref()).await)
     }
 
     /// Revoke the connection's tokens at the provider (RFC 7009), then delete it; the
     /// receipt says what happened upstream.
     pub async fn remove(&self, key: &ConnectionKey) -> Result<RemovalReceipt> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        finish(vault.tokens(&mut store)?.call_remove(&mut store, &key.into()).await)
+        finish(vault.tokens(&mut store)?.call_remove(&mut store, &key.clone().into()).await)
     }
 
     pub async fn list(&self, tenant: &str, user: &str) -> Result<Vec<ConnectionInfo>> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        finish::<Vec<wit::ConnectionInfo>, Vec<wit::ConnectionInfo>>(
-            vault.tokens(&mut store)?.call_list(&mut store, tenant, user).await,
-        )
-        .map(|infos| infos.into_iter().map(Into::into).collect())
+        finish_each(vault.tokens(&mut store)?.call_list(&mut store, tenant, user).await)
     }
 
     /// Remove every connection of a user, each revoked upstream; a receipt each.
     pub async fn revoke_all(&self, tenant: &str, user: &str) -> Result<Vec<RemovalReceipt>> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        finish::<Vec<wit_tokens::RemovalReceipt>, Vec<wit_tokens::RemovalReceipt>>(
-            vault.tokens(&mut store)?.call_revoke_all(&mut store, tenant, user).await,
-        )
-        .map(|receipts| receipts.into_iter().map(Into::into).collect())
+        finish_each(vault.tokens(&mut store)?.call_revoke_all(&mut store, tenant, user).await)
     }
 
     /// The tenant's users who hold connections: at most `limit` (1 to 1000) after the user
     /// `after`, each with all of their connections' names.
     pub async fn users(&self, tenant: &str, after: Option<&str>, limit: u32) -> Result<UserPage> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        let page: wit_tokens::UserPage =
-            finish(vault.tokens(&mut store)?.call_users(&mut store, tenant, after, limit).await)?;
-        let users = page
-            .users
-            .into_iter()
-            .map(|u| UserConnections {
-                user: u.user,
-                connections: u
-                    .connections
-                    .into_iter()
-                    .map(|(provider, name)| ConnectionName { provider, name })
-                    .collect(),
-            })
-            .collect();
-        Ok(UserPage { users, next: page.next })
+        finish(vault.tokens(&mut store)?.call_users(&mut store, tenant, after, limit).await)
     }
 
     /// Background refresh, step one: of the next `limit` connections after `cursor` (every
     /// tenant's), those that can be renewed and whose token expires within `horizon`.
     pub async fn due_for_refresh(&self, horizon: Duration, cursor: Option<&str>, limit: u32) -> Result<DuePage> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        let page: wit_tokens::DuePage =
-            finish(vault.tokens(&mut store)?.call_due_for_refresh(&mut store, secs(horizon), cursor, limit).await)?;
-        Ok(DuePage {
-            keys: page.keys.into_iter().map(|k| ConnectionKey::new(k.tenant, k.user, k.provider, k.name)).collect(),
-            cursor: page.cursor,
-        })
+        finish(vault.tokens(&mut store)?.call_due_for_refresh(&mut store, secs(horizon), cursor, limit).await)
     }
 
     /// Background refresh, step two: refresh `key` if its token still expires within
     /// `horizon`, coordinated with every other caller (no value comes back).
     pub async fn refresh_if_due(&self, key: &ConnectionKey, horizon: Duration) -> Result<RefreshOutcome> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        let outcome: wit_tokens::RefreshOutcome =
-            finish(vault.tokens(&mut store)?.call_refresh_if_due(&mut store, &key.into(), secs(horizon)).await)?;
-        Ok(match outcome {
-            wit_tokens::RefreshOutcome::NotDue => RefreshOutcome::NotDue,
-            wit_tokens::RefreshOutcome::Refreshed => RefreshOutcome::Refreshed,
-            wit_tokens::RefreshOutcome::NotRenewable => RefreshOutcome::NotRenewable,
-        })
+        finish(vault.tokens(&mut store)?.call_refresh_if_due(&mut store, &key.clone().into(), secs(horizon)).await)
     }
 
     /// Housekeeping: one step of deleting pending flows, device flows and connect links
-    /// that expired over an hour ago; `(deleted, next cursor)`, the cursor none when done.
-    pub async fn sweep_expired(&self, cursor: Option<&str>, limit: u32) -> Result<(u32, Option<String>)> {
+    /// that expired over an hour ago.
+    pub async fn sweep_expired(&self, cursor: Option<&str>, limit: u32) -> Result<SweepPage> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        let page: wit_connect::SweepPage =
-            finish(vault.connect(&mut store)?.call_sweep_expired(&mut store, cursor, limit).await)?;
-        Ok((page.deleted, page.cursor))
+        finish(vault.connect(&mut store)?.call_sweep_expired(&mut store, cursor, limit).await)
     }
 
     // ---- providers ------------------------------------------------------------------
 
     pub async fn put_provider(&self, config: &ProviderConfig) -> Result<ProviderInfo> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        let config = wit::ProviderConfig {
-            name: config.name.clone(),
-            template: config
-                .template
-                .as_ref()
-                .map(|t| wit::TemplateRef { name: t.name.clone(), tenant: t.tenant.clone() }),
-            issuer: config.issuer.clone(),
-            authorization_url: config.authorization_url.clone(),
-            token_url: config.token_url.clone(),
-            revocation_url: config.revocation_url.clone(),
-            device_authorization_url: config.device_authorization_url.clone(),
-            client_id: config.client_id.clone(),
-            client_secret: config.client_secret.clone(),
-            client_auth: config.client_auth.map(|auth| match auth {
-                ClientAuth::ClientSecretBasic => wit::ClientAuth::ClientSecretBasic,
-                ClientAuth::ClientSecretPost => wit::ClientAuth::ClientSecretPost,
-            }),
-            scopes: config.scopes.clone(),
-            authorization_params: config.authorization_params.clone(),
-            refresh_buffer_secs: config.refresh_buffer_secs,
-        };
-        finish(vault.providers(&mut store)?.call_put(&mut store, &config).await)
+        finish(vault.providers(&mut store)?.call_put(&mut store, &config.clone().into()).await)
     }
 
     pub async fn provider(&self, name: &str) -> Result<ProviderInfo> {
@@ -215,10 +148,7 @@ impl Vault {
 
     pub async fn providers(&self) -> Result<Vec<ProviderInfo>> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        finish::<Vec<wit::ProviderInfo>, Vec<wit::ProviderInfo>>(
-            vault.providers(&mut store)?.call_list(&mut store).await,
-        )
-        .map(|infos| infos.into_iter().map(Into::into).collect())
+        finish_each(vault.providers(&mut store)?.call_list(&mut store).await)
     }
 
     pub async fn remove_provider(&self, name: &str) -> Result<()> {
@@ -244,13 +174,12 @@ impl Vault {
     ) -> Result<AuthorizationRequest> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
-        let request: wit_connect::AuthorizationRequest = finish(
+        finish(
             vault
                 .connect(&mut store)?
-                .call_begin(&mut store, &key.into(), redirect_uri, scopes.as_deref(), browser)
+                .call_begin(&mut store, &key.clone().into(), redirect_uri, scopes.as_deref(), browser)
                 .await,
-        )?;
-        Ok(AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
+        )
     }
 
     /// Finish a flow with the query string of the redirect (`code` and `state`, or
@@ -258,16 +187,14 @@ impl Vault {
     /// browser the redirect came from, which a flow begun for one requires.
     pub async fn complete(&self, callback_query: &str, browser: Option<&str>) -> Result<Connected> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        let connected: wit_connect::Connected =
-            finish(vault.connect(&mut store)?.call_complete(&mut store, callback_query, browser).await)?;
-        Ok(connected.into())
+        finish(vault.connect(&mut store)?.call_complete(&mut store, callback_query, browser).await)
     }
 
     /// A one-time connect link for `key`, valid for fifteen minutes.
     pub async fn link(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<ConnectLink> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
-        finish(vault.connect(&mut store)?.call_link(&mut store, &key.into(), scopes.as_deref()).await)
+        finish(vault.connect(&mut store)?.call_link(&mut store, &key.clone().into(), scopes.as_deref()).await)
     }
 
     /// Spend a connect link and begin the flow for the connection it names, with this
@@ -280,37 +207,21 @@ impl Vault {
         browser: Option<&str>,
     ) -> Result<AuthorizationRequest> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        let request: wit_connect::AuthorizationRequest =
-            finish(vault.connect(&mut store)?.call_open_link(&mut store, code, redirect_uri, browser).await)?;
-        Ok(AuthorizationRequest { url: request.url, state: request.state, expires_at: request.expires_at })
+        finish(vault.connect(&mut store)?.call_open_link(&mut store, code, redirect_uri, browser).await)
     }
 
     /// Start the device flow (RFC 8628) for `key`: the code the user enters, and where.
     pub async fn begin_device(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<DeviceAuthorization> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
-        let d: wit_connect::DeviceAuthorization =
-            finish(vault.connect(&mut store)?.call_begin_device(&mut store, &key.into(), scopes.as_deref()).await)?;
-        Ok(DeviceAuthorization {
-            handle: d.handle,
-            user_code: d.user_code,
-            verification_uri: d.verification_uri,
-            verification_uri_complete: d.verification_uri_complete,
-            interval: d.interval,
-            expires_at: d.expires_at,
-        })
+        finish(vault.connect(&mut store)?.call_begin_device(&mut store, &key.clone().into(), scopes.as_deref()).await)
     }
 
     /// One poll of a device flow. The component makes at most one request to the
     /// provider per interval, however often this is called.
     pub async fn poll_device(&self, handle: &str) -> Result<DeviceStatus> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
-        let status: wit_connect::DeviceStatus =
-            finish(vault.connect(&mut store)?.call_poll_device(&mut store, handle).await)?;
-        Ok(match status {
-            wit_connect::DeviceStatus::Pending(secs) => DeviceStatus::Pending { retry_after: secs },
-            wit_connect::DeviceStatus::Connected(connected) => DeviceStatus::Connected(connected.into()),
-        })
+        finish(vault.connect(&mut store)?.call_poll_device(&mut store, handle).await)
     }
 
     /// Obtain the client's own token with the client-credentials grant and keep it as
@@ -318,7 +229,7 @@ impl Vault {
     pub async fn connect_client(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<ConnectionInfo> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
-        finish(vault.connect(&mut store)?.call_connect_client(&mut store, &key.into(), scopes.as_deref()).await)
+        finish(vault.connect(&mut store)?.call_connect_client(&mut store, &key.clone().into(), scopes.as_deref()).await)
     }
 }
 
@@ -359,14 +270,14 @@ impl Session {
     /// Like [`Vault::get`], on this session's instance.
     pub async fn get(&mut self, key: &ConnectionKey) -> Result<TokenSet> {
         if key.tenant != self.tenant {
-            return Err(Error::InvalidInput("this session serves another tenant".into()));
+            return Err(Error::invalid_input("this session serves another tenant"));
         }
         let Instance { store, tokens, .. } = match &mut self.instance {
             Some(instance) => instance,
             empty => empty.insert(self.runtime.instance().await?),
         };
         store.data_mut().deadline = Instant::now() + self.runtime.sandbox.deadline;
-        let result = finish(tokens.call_get(&mut *store, &key.into()).await);
+        let result = finish(tokens.call_get(&mut *store, &key.clone().into()).await);
         if matches!(result, Err(Error::Sandbox(_))) {
             self.instance = None;
         }
@@ -374,128 +285,20 @@ impl Session {
     }
 }
 
-/// One call's outcome: the component's answer, or the sandbox's failure.
-fn secs(duration: Duration) -> u32 {
-    u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
-}
-
+/// One call's outcome: the component's answer in model types, or the sandbox's failure.
 fn finish<T, U: From<T>>(result: wasmtime::Result<Result<T, wit::Error>>) -> Result<U> {
     match result {
         Ok(Ok(value)) => Ok(value.into()),
-        Ok(Err(err)) => Err(err.into()),
+        Ok(Err(err)) => Err(Error::Vault(err.into())),
         Err(trap) => Err(sandbox_error(trap)),
     }
 }
 
-// ---- conversions ------------------------------------------------------------------
-
-impl From<&ConnectionKey> for wit::ConnectionKey {
-    fn from(k: &ConnectionKey) -> Self {
-        wit::ConnectionKey {
-            tenant: k.tenant.clone(),
-            user: k.user.clone(),
-            provider: k.provider.clone(),
-            name: k.name.clone(),
-        }
-    }
+/// Like [`finish`], for a list.
+fn finish_each<T, U: From<T>>(result: wasmtime::Result<Result<Vec<T>, wit::Error>>) -> Result<Vec<U>> {
+    finish::<Vec<T>, Vec<T>>(result).map(|values| values.into_iter().map(Into::into).collect())
 }
 
-impl From<wit::TokenSet> for TokenSet {
-    fn from(t: wit::TokenSet) -> Self {
-        TokenSet {
-            access_token: t.access_token,
-            token_type: t.token_type,
-            expires_at: t.expires_at,
-            scope: t.scope,
-            refresh_token: t.refresh_token,
-        }
-    }
-}
-
-impl From<wit::ConnectionInfo> for ConnectionInfo {
-    fn from(i: wit::ConnectionInfo) -> Self {
-        ConnectionInfo {
-            provider: i.provider,
-            name: i.name,
-            kind: match i.kind {
-                wit::ConnectionKind::User => ConnectionKind::User,
-                wit::ConnectionKind::Client => ConnectionKind::Client,
-            },
-            scopes: i.scopes,
-            expires_at: i.expires_at,
-            has_refresh_token: i.has_refresh_token,
-            status: match i.status {
-                wit::ConnectionStatus::Active => ConnectionStatus::Active,
-                wit::ConnectionStatus::ReconnectRequired => ConnectionStatus::ReconnectRequired,
-            },
-            updated_at: i.updated_at,
-        }
-    }
-}
-
-impl From<wit_connect::Connected> for Connected {
-    fn from(c: wit_connect::Connected) -> Self {
-        let k = c.key;
-        Connected { key: ConnectionKey::new(k.tenant, k.user, k.provider, k.name), info: c.info.into() }
-    }
-}
-
-impl From<wit::ConnectLink> for ConnectLink {
-    fn from(l: wit::ConnectLink) -> Self {
-        ConnectLink { code: l.code, expires_at: l.expires_at }
-    }
-}
-
-impl From<wit_tokens::RemovalReceipt> for RemovalReceipt {
-    fn from(r: wit_tokens::RemovalReceipt) -> Self {
-        RemovalReceipt {
-            provider: r.provider,
-            name: r.name,
-            upstream: match r.upstream {
-                wit_tokens::UpstreamRevocation::Revoked => UpstreamRevocation::Revoked,
-                wit_tokens::UpstreamRevocation::Unsupported => UpstreamRevocation::Unsupported,
-                wit_tokens::UpstreamRevocation::Failed(err) => UpstreamRevocation::Failed { reason: err.into() },
-            },
-        }
-    }
-}
-
-impl From<wit::ProviderInfo> for ProviderInfo {
-    fn from(p: wit::ProviderInfo) -> Self {
-        ProviderInfo {
-            name: p.name,
-            template: p.template,
-            issuer: p.issuer,
-            authorization_url: p.authorization_url,
-            token_url: p.token_url,
-            revocation_url: p.revocation_url,
-            device_authorization_url: p.device_authorization_url,
-            client_id: p.client_id,
-            has_client_secret: p.has_client_secret,
-            client_auth: match p.client_auth {
-                wit::ClientAuth::ClientSecretBasic => ClientAuth::ClientSecretBasic,
-                wit::ClientAuth::ClientSecretPost => ClientAuth::ClientSecretPost,
-            },
-            scopes: p.scopes,
-            authorization_params: p.authorization_params,
-            refresh_buffer_secs: p.refresh_buffer_secs,
-            updated_at: p.updated_at,
-        }
-    }
-}
-
-impl From<wit::Error> for Error {
-    fn from(e: wit::Error) -> Self {
-        match e {
-            wit::Error::NotFound(m) => Error::NotFound(m),
-            wit::Error::InvalidInput(m) => Error::InvalidInput(m),
-            wit::Error::ReconnectRequired(m) => Error::ReconnectRequired(m),
-            wit::Error::ProviderError(f) => {
-                Error::Provider(ProviderFailure { status: f.status, code: f.code, message: f.message })
-            }
-            wit::Error::Storage(m) => Error::Storage(m),
-            wit::Error::Integrity(m) => Error::Integrity(m),
-            wit::Error::EgressDenied(m) => Error::EgressDenied(m),
-        }
-    }
+fn secs(duration: Duration) -> u32 {
+    u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
 }

@@ -17,7 +17,7 @@ use super::auth::Caller;
 use super::console;
 use super::console::session::Principal;
 use tokenvault::error::Error;
-use tokenvault::types::{
+use tokenvault::{
     ConnectionInfo, ConnectionKey, ProviderConfig, ProviderInfo, RemovalReceipt, TokenGrant, TokenSet, UserPage,
     parse_json,
 };
@@ -255,7 +255,7 @@ async fn create_console_link(
     caller.for_tenant(&path.tenant)?;
     for (what, id) in [("tenant", &path.tenant), ("user", &path.user)] {
         if id.is_empty() || id.len() > 256 {
-            return Err(Error::InvalidInput(format!("the {what} must be 1 to 256 bytes")).into());
+            return Err(Error::invalid_input(format!("the {what} must be 1 to 256 bytes")).into());
         }
     }
     let principal = Principal::User { tenant: path.tenant, user: path.user };
@@ -294,7 +294,7 @@ async fn put_provider(
     let mut config: ProviderConfig = parse_json("provider", &body)?;
     if !config.name.is_empty() && config.name != path.name {
         return Err(
-            Error::InvalidInput(format!("the body names provider {}, the path {}", config.name, path.name)).into()
+            Error::invalid_input(format!("the body names provider {}, the path {}", config.name, path.name)).into()
         );
     }
     config.name = path.name;

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use tokenvault::error::Error;
+use tokenvault::error::{Error, VaultError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -22,21 +22,29 @@ pub enum ApiError {
     Vault(#[from] Error),
 }
 
+/// The host's parsing and checks fail with the component's kinds (invalid-input, not-found).
+impl From<VaultError> for ApiError {
+    fn from(err: VaultError) -> Self {
+        ApiError::Vault(err.into())
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Vault(err) => match err {
-                Error::NotFound(_) => StatusCode::NOT_FOUND,
-                Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            ApiError::Vault(Error::Vault(err)) => match err {
+                VaultError::NotFound(_) => StatusCode::NOT_FOUND,
+                VaultError::InvalidInput(_) => StatusCode::BAD_REQUEST,
                 // The request is fine; the connection's state is not: the user must connect again.
-                Error::ReconnectRequired(_) => StatusCode::CONFLICT,
-                Error::Provider(_) | Error::EgressDenied(_) => StatusCode::BAD_GATEWAY,
-                Error::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-                Error::Integrity(_) | Error::Sandbox(_) | Error::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                VaultError::ReconnectRequired(_) => StatusCode::CONFLICT,
+                VaultError::Provider(_) | VaultError::EgressDenied(_) => StatusCode::BAD_GATEWAY,
+                VaultError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+                VaultError::Integrity(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            ApiError::Vault(Error::Sandbox(_) | Error::Config(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

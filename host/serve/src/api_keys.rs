@@ -100,7 +100,7 @@ impl ApiKeys {
         if let Scope::Tenant(tenant) = &scope
             && tenant.is_empty()
         {
-            return Err(Error::InvalidInput("a tenant key needs a tenant".into()));
+            return Err(Error::invalid_input("a tenant key needs a tenant"));
         }
         let mut id = [0u8; ID_BYTES];
         let mut secret = [0u8; 32];
@@ -138,7 +138,7 @@ impl ApiKeys {
     /// Delete a key: requests presenting it fail from now on.
     pub async fn revoke(&self, id: &str) -> Result<()> {
         let Some((_, version)) = self.record(id).await? else {
-            return Err(Error::NotFound(format!("no API key {id}")));
+            return Err(Error::not_found(format!("no API key {id}")));
         };
         match self.storage.delete(&record_key(id), version).await {
             Ok(()) | Err(StorageError::Conflict) => Ok(()), // gone already
@@ -171,7 +171,7 @@ impl ApiKeys {
             return Ok(None);
         };
         let record = serde_json::from_slice(&entry.value)
-            .map_err(|e| Error::Integrity(format!("API key record {id} is unreadable: {e}")))?;
+            .map_err(|e| Error::integrity(format!("API key record {id} is unreadable: {e}")))?;
         Ok(Some((record, entry.version)))
     }
 }
@@ -185,12 +185,13 @@ fn digest(key: &str) -> String {
 }
 
 fn storage_error(e: StorageError) -> Error {
-    Error::Storage(e.to_string())
+    Error::storage(e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokenvault::VaultError;
     use tokenvault::storage::MemoryStorage;
 
     fn keys() -> (ApiKeys, Arc<dyn Storage>) {
@@ -224,7 +225,7 @@ mod tests {
         }
         keys.revoke(&new.info.id).await.unwrap();
         assert_eq!(keys.verify(&new.key).await.unwrap(), None);
-        assert!(matches!(keys.revoke(&new.info.id).await, Err(Error::NotFound(_))));
+        assert!(matches!(keys.revoke(&new.info.id).await, Err(Error::Vault(VaultError::NotFound(_)))));
         assert!(keys.list().await.unwrap().is_empty());
     }
 

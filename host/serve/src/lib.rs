@@ -120,7 +120,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     // One read of a key nobody writes: proves the backend answers.
     match state.vault.services().storage.get("readyz").await {
         Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Err(e) => ApiError::from(tokenvault::Error::Storage(e.to_string())).into_response(),
+        Err(e) => ApiError::from(tokenvault::Error::storage(e.to_string())).into_response(),
     }
 }
 
@@ -166,7 +166,7 @@ async fn read_body_first(request: Request, next: Next) -> Response {
                 too_large()
             } else {
                 let message = format!("the request body could not be read: {e}");
-                ApiError::from(tokenvault::Error::InvalidInput(message)).into_response()
+                ApiError::from(tokenvault::Error::invalid_input(message)).into_response()
             }
         }
     }

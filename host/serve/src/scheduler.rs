@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use tokenvault::{ConnectionKey, RefreshOutcome, Vault};
+use tokenvault::{ConnectionKey, RefreshOutcome, SweepPage, Vault};
 
 /// Connections read per `due_for_refresh` call.
 const PAGE: u32 = 200;
@@ -118,7 +118,7 @@ pub async fn sweep(vault: &Vault, stop: &watch::Receiver<bool>) -> u32 {
     let mut cursor = None;
     while !*stop.borrow() {
         match vault.sweep_expired(cursor.as_deref(), PAGE).await {
-            Ok((step, next)) => {
+            Ok(SweepPage { deleted: step, cursor: next }) => {
                 deleted += step;
                 match next {
                     Some(next) => cursor = Some(next),

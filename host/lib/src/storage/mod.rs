@@ -27,35 +27,7 @@ pub use redis::RedisStorage;
 pub use sqlite::SqliteStorage;
 pub(crate) use wit::StorageImport;
 
-/// A stored value and its version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub value: Vec<u8>,
-    pub version: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct KeyPage {
-    pub keys: Vec<String>,
-    /// Where the next page starts; none after the last page.
-    pub cursor: Option<String>,
-}
-
-impl KeyPage {
-    /// A page of at most `limit` keys in order: a full page may have more after it.
-    pub fn of(keys: Vec<String>, limit: u32) -> Self {
-        let cursor = (keys.len() == limit as usize).then(|| keys.last().cloned()).flatten();
-        KeyPage { keys, cursor }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StorageError {
-    #[error("version conflict")]
-    Conflict,
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-}
+pub use tokenvault_model::storage::{Entry, KeyPage, StorageError};
 
 pub type StorageResult<T> = Result<T, StorageError>;
 

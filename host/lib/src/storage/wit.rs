@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::HasData;
 
-use super::{Changes, Storage, StorageError};
+use super::{Changes, Storage};
 use crate::bindings::tokenvault::vault::storage as wit_storage;
 
 /// What one call's `storage` import reaches: the store, the registry of callers waiting
@@ -21,24 +21,12 @@ impl HasData for StorageImport<'static> {
     type Data<'a> = StorageImport<'a>;
 }
 
-fn storage_error(err: StorageError) -> wit_storage::StorageError {
-    match err {
-        StorageError::Conflict => wit_storage::StorageError::Conflict,
-        StorageError::Unavailable(why) => wit_storage::StorageError::Unavailable(why),
-    }
-}
-
 impl wit_storage::Host for StorageImport<'_> {
     async fn get(
         &mut self,
         key: String,
     ) -> wasmtime::Result<Result<Option<wit_storage::Entry>, wit_storage::StorageError>> {
-        Ok(self
-            .storage
-            .get(&key)
-            .await
-            .map(|e| e.map(|e| wit_storage::Entry { value: e.value, version: e.version }))
-            .map_err(storage_error))
+        Ok(self.storage.get(&key).await.map(|e| e.map(Into::into)).map_err(Into::into))
     }
 
     async fn put(
@@ -51,7 +39,7 @@ impl wit_storage::Host for StorageImport<'_> {
         if let Ok(version) = written {
             self.changes.publish(&key, Some(version));
         }
-        Ok(written.map_err(storage_error))
+        Ok(written.map_err(Into::into))
     }
 
     async fn delete(&mut self, key: String, expected: u64) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
@@ -59,7 +47,7 @@ impl wit_storage::Host for StorageImport<'_> {
         if deleted.is_ok() {
             self.changes.publish(&key, None);
         }
-        Ok(deleted.map_err(storage_error))
+        Ok(deleted.map_err(Into::into))
     }
 
     async fn wait_for_change(
@@ -71,7 +59,7 @@ impl wit_storage::Host for StorageImport<'_> {
         // The deadline stops a guest only while it runs, so a wait ends before it.
         let until_deadline = self.deadline.saturating_duration_since(Instant::now());
         let timeout = Duration::from_millis(timeout_ms.into()).min(until_deadline);
-        Ok(self.changes.wait(self.storage, &key, seen, timeout).await.map_err(storage_error))
+        Ok(self.changes.wait(self.storage, &key, seen, timeout).await.map_err(Into::into))
     }
 
     async fn list(
@@ -80,11 +68,6 @@ impl wit_storage::Host for StorageImport<'_> {
         cursor: Option<String>,
         limit: u32,
     ) -> wasmtime::Result<Result<wit_storage::KeyPage, wit_storage::StorageError>> {
-        Ok(self
-            .storage
-            .list(&prefix, cursor.as_deref(), limit)
-            .await
-            .map(|p| wit_storage::KeyPage { keys: p.keys, cursor: p.cursor })
-            .map_err(storage_error))
+        Ok(self.storage.list(&prefix, cursor.as_deref(), limit).await.map(Into::into).map_err(Into::into))
     }
 }

@@ -14,7 +14,7 @@ use super::user::{connections_table, upstream_text, utc};
 use super::{Admin, error_page, href, page};
 use crate::AppState;
 use crate::api_keys::Scope;
-use tokenvault::audit::{AuditFilter, COMPONENT_ACTIONS, COMPONENT_OUTCOMES};
+use tokenvault::audit::{AuditAction, AuditFilter, AuditOutcome};
 
 /// Users per page.
 const USERS_PER_PAGE: u32 = 50;
@@ -271,8 +271,8 @@ pub async fn audit(admin: Admin, State(state): State<AppState>, Query(query): Qu
             }
             div { label for="user" { "User" } input #user type="text" name="user" value=(query.user); }
             div { label for="provider" { "Provider" } input #provider type="text" name="provider" value=(query.provider); }
-            div { label for="action" { "Action" } (select("action", &[COMPONENT_ACTIONS, &[super::SIGN_IN]].concat(), &query.action)) }
-            div { label for="outcome" { "Outcome" } (select("outcome", &[COMPONENT_OUTCOMES, &[super::DENIED]].concat(), &query.outcome)) }
+            div { label for="action" { "Action" } (select("action", &[AuditAction::NAMES, &[super::SIGN_IN]].concat(), &query.action)) }
+            div { label for="outcome" { "Outcome" } (select("outcome", &[AuditOutcome::NAMES, &[super::DENIED]].concat(), &query.outcome)) }
             button type="submit" { "Filter" }
         }
         @match &events {

@@ -176,7 +176,7 @@ impl Sessions {
             return Ok(None);
         };
         let session = serde_json::from_slice(&entry.value)
-            .map_err(|e| Error::Integrity(format!("a console session record is unreadable: {e}")))?;
+            .map_err(|e| Error::integrity(format!("a console session record is unreadable: {e}")))?;
         Ok(Some((session, entry.version)))
     }
 
@@ -197,7 +197,7 @@ fn record_key(id: &str) -> String {
 }
 
 fn storage_error(e: StorageError) -> Error {
-    Error::Storage(e.to_string())
+    Error::storage(e.to_string())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{EndUser, error_page, page};
 use crate::AppState;
-use tokenvault::types::{ConnectionInfo, ConnectionKey, ConnectionKind, ConnectionStatus, UpstreamRevocation};
+use tokenvault::{ConnectionInfo, ConnectionKey, ConnectionKind, ConnectionStatus, UpstreamRevocation};
 
 pub async fn connections(user: EndUser, State(state): State<AppState>) -> Response {
     render(&state, &user, None).await
