@@ -6,9 +6,13 @@
 
 pub const DEFAULT_REFRESH_BUFFER_SECS: u32 = 60;
 
-/// Absolute expiry from a relative `expires_in`.
+/// The longest lifetime taken as given: a provider that says a token lives longer than ten
+/// years means it does not expire (and a larger number could not be shown as a date).
+pub const MAX_LIFETIME_SECS: u64 = 10 * 365 * 86_400;
+
+/// Absolute expiry from a relative `expires_in`; none when the token does not expire.
 pub fn expires_at(now: u64, expires_in: Option<u64>) -> Option<u64> {
-    expires_in.map(|secs| now.saturating_add(secs))
+    expires_in.filter(|&secs| secs <= MAX_LIFETIME_SECS).map(|secs| now.saturating_add(secs))
 }
 
 fn effective_buffer(obtained_at: u64, expires_at: u64, buffer_secs: u32) -> u64 {
@@ -42,6 +46,16 @@ pub fn expires_within(now: u64, expires_at: Option<u64>, horizon_secs: u32) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lifetime_over_ten_years_means_the_token_does_not_expire() {
+        let now = 1_700_000_000;
+        assert_eq!(expires_at(now, Some(3600)), Some(now + 3600));
+        assert_eq!(expires_at(now, Some(MAX_LIFETIME_SECS)), Some(now + MAX_LIFETIME_SECS));
+        for absurd in [MAX_LIFETIME_SECS + 1, i64::MAX as u64, u64::MAX] {
+            assert_eq!(expires_at(now, Some(absurd)), None, "{absurd}");
+        }
+    }
 
     #[test]
     fn non_expiring_tokens_are_never_due() {

@@ -56,6 +56,9 @@ fn every_endpoint_answers_its_callers_and_only_them() {
     // Unauthenticated: health, readiness and the description only.
     assert_eq!(served.call("GET", "/healthz", None, None).0, 200);
     assert_eq!(served.call("GET", "/readyz", None, None), (200, json!({ "status": "ready" })));
+    let (status, metrics) = served.call_text("GET", "/metrics", None, None);
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.lines().any(|l| l == "tokenvault_audit_events_lost_total 0"), "{metrics}");
     let (status, openapi) = served.call("GET", "/openapi.json", None, None);
     assert_eq!(status, 200);
     for path in [
@@ -151,6 +154,14 @@ fn every_endpoint_answers_its_callers_and_only_them() {
     assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["error"], "invalid-input");
     let (status, answer) = scan.checked(&served, "GET", "/v1/nowhere", Some(&acme), None);
     assert_eq!((status, answer["error"].as_str()), (404, Some("not-found")));
+
+    // A lifetime past ten years is a provider's "never expires", not a date past 2^63.
+    let absurd = json!({ "access_token": "at-absurd", "expires_in": 9223372036854775807u64 });
+    let zed = "/v1/tenants/acme/users/zed/connections";
+    let (status, info) = scan.checked(&served, "PUT", &format!("{zed}/idp/absurd"), Some(&acme), Some(&absurd));
+    assert_eq!((status, &info["expires_at"]), (200, &Value::Null), "{info}");
+    let (status, token) = served.call("GET", &format!("{zed}/idp/absurd/token"), Some(&acme), None);
+    assert_eq!((status, &token["expires_at"]), (200, &Value::Null), "{token}");
     let (status, answer) = scan.checked(
         &served,
         "PUT",

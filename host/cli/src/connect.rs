@@ -41,7 +41,7 @@ where
     let pending = Arc::new(Pending { vault: vault.clone(), state: request.state, done: Mutex::new(Some(done)) });
     let app = Router::new().route("/callback", get(callback)).with_state(pending);
     let server = axum::serve(listener, app);
-    let wait = std::time::Duration::from_secs(request.expires_at.saturating_sub(unix_now()) + 5);
+    let wait = std::time::Duration::from_secs(request.expires_at.saturating_sub(unix_now()).saturating_add(5));
     tokio::select! {
         served = server => Err(Error::Config(format!("the redirect listener stopped: {served:?}"))),
         result = finished => result.unwrap_or_else(|_| Err(Error::Config("the redirect listener went away".into()))),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::audit::OnAuditFailure;
 use crate::error::{Error, Result};
 use crate::http::{EgressPolicy, Origin};
 use crate::storage::StorageUrl;
@@ -20,6 +21,8 @@ pub struct Options {
     pub storage: StorageUrl,
     pub keyring: PathBuf,
     pub audit_log: PathBuf,
+    /// Whether a call whose audit event cannot be written fails (the default) or goes on.
+    pub audit_on_failure: OnAuditFailure,
     pub egress: EgressPolicy,
     pub sandbox: SandboxLimits,
     /// Where the precompiled component is cached; none compiles on every start.
@@ -52,6 +55,7 @@ struct ConfigFile {
     allowed_outbound_hosts: Vec<String>,
     storage: Option<String>,
     keyring: Option<PathBuf>,
+    audit_on_failure: Option<OnAuditFailure>,
     memory_limit_mib: Option<usize>,
     call_deadline_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
@@ -78,6 +82,7 @@ impl Options {
             storage: StorageUrl::default_in(data_dir),
             keyring: data_dir.join("keyring.json"),
             audit_log: data_dir.join("audit.jsonl"),
+            audit_on_failure: file.audit_on_failure.unwrap_or_default(),
             egress: EgressPolicy::default(),
             sandbox: SandboxLimits::default(),
             cache_dir: Some(data_dir.join("cache")),
@@ -156,6 +161,13 @@ mod tests {
         assert_eq!(options.storage, StorageUrl::Memory);
         assert_eq!(options.sandbox.memory_bytes, 32 << 20);
         assert_eq!(options.sandbox.deadline, Duration::from_secs(2));
+        assert_eq!(options.audit_on_failure, OnAuditFailure::Refuse, "refusing is the default");
+
+        std::fs::write(dir.path().join(CONFIG_FILE), "audit_on_failure = \"serve\"\n").unwrap();
+        assert_eq!(Options::from_data_dir(dir.path()).unwrap().audit_on_failure, OnAuditFailure::Serve);
+        std::fs::write(dir.path().join(CONFIG_FILE), "audit_on_failure = \"ignore\"\n").unwrap();
+        let err = Options::from_data_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("refuse") && err.contains("serve"), "{err}");
 
         std::fs::write(dir.path().join(CONFIG_FILE), "call_deadline_ms = 60000\n").unwrap();
         assert!(Options::from_data_dir(dir.path()).unwrap_err().to_string().contains("at most 35000"));

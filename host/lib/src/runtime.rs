@@ -18,7 +18,7 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::audit::{AuditImport, AuditSink, JsonLinesAudit};
+use crate::audit::{AuditImport, AuditSink, AuditUnavailable, JsonLinesAudit, KeepServing, OnAuditFailure};
 use crate::clock::Clock;
 use crate::config::{Options, SandboxLimits};
 use crate::error::{Error, Result};
@@ -93,10 +93,14 @@ impl Services {
         std::fs::create_dir_all(&options.data_dir)
             .map_err(|e| Error::Config(format!("cannot create data directory {}: {e}", options.data_dir.display())))?;
         let storage = options.storage.open().await.map_err(|e| Error::storage(e.to_string()))?;
+        let audit: Arc<dyn AuditSink> = Arc::new(JsonLinesAudit::open(&options.audit_log)?);
         Ok(Services {
             keyring: Arc::new(Keyring::load_or_create(&options.keyring, &*storage).await?),
             storage,
-            audit: Arc::new(JsonLinesAudit::open(&options.audit_log)?),
+            audit: match options.audit_on_failure {
+                OnAuditFailure::Refuse => audit,
+                OnAuditFailure::Serve => Arc::new(KeepServing::new(audit)),
+            },
             clock: Clock::system(),
         })
     }
@@ -233,8 +237,12 @@ pub(crate) fn check_links(engine: &Engine, component: &Component) -> std::result
     pre_instantiate(engine, component).map(drop).map_err(|e| format!("{e:#}"))
 }
 
-/// A failure of the sandbox itself, as one call's error.
+/// A call the component could not finish, as its error: refused at an audit event that
+/// could not be written, or a failure of the sandbox itself.
 pub(crate) fn sandbox_error(err: wasmtime::Error) -> Error {
+    if let Some(refused) = err.downcast_ref::<AuditUnavailable>() {
+        return Error::storage(refused.to_string());
+    }
     let message = match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => "the call ran past its deadline and was stopped".to_owned(),
         Some(trap) => format!("the component trapped: {trap}"),

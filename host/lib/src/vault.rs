@@ -277,11 +277,11 @@ impl Session {
             empty => empty.insert(self.runtime.instance().await?),
         };
         store.data_mut().deadline = Instant::now() + self.runtime.sandbox.deadline;
-        let result = finish(tokens.call_get(&mut *store, &key.clone().into()).await);
-        if matches!(result, Err(Error::Sandbox(_))) {
-            self.instance = None;
+        let outcome = tokens.call_get(&mut *store, &key.clone().into()).await;
+        if outcome.is_err() {
+            self.instance = None; // it trapped
         }
-        result
+        finish(outcome)
     }
 }
 

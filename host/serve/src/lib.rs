@@ -90,7 +90,8 @@ pub fn connect_link_url(public_url: &str, provider: &str, code: &str) -> String 
 
 /// The service: the API under `/v1`, its OpenAPI description at `/openapi.json`, the
 /// connect flow's pages (`/connect/{provider}`, `/oauth/callback`), the console under
-/// `/console`, and `/healthz` (the process answers) and `/readyz` (and its storage does).
+/// `/console`, `/healthz` (the process answers), `/readyz` (and its storage does) and
+/// `/metrics` (Prometheus text: what an operator alerts on).
 pub fn router(state: AppState) -> axum::Router {
     let (api, openapi) = api::routes().split_for_parts();
     axum::Router::new()
@@ -100,6 +101,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/openapi.json", get(move || async move { Json(openapi) }))
         .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn(read_body_first))
         .layer(middleware::from_fn(log_request))
@@ -122,6 +124,16 @@ async fn ready(State(state): State<AppState>) -> Response {
         Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
         Err(e) => ApiError::from(tokenvault::Error::storage(e.to_string())).into_response(),
     }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let lost = state.vault.services().audit.events_lost();
+    let text = format!(
+        "# HELP tokenvault_audit_events_lost_total Audit events not written, let pass as audit_on_failure = \"serve\" allows.\n\
+         # TYPE tokenvault_audit_events_lost_total counter\n\
+         tokenvault_audit_events_lost_total {lost}\n"
+    );
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// One log line per request: method, route template (`/v1/tenants/{tenant}/…`, never

@@ -34,7 +34,7 @@ use self::session::{Principal, Session, csrf_matches, random_token};
 use super::AppState;
 use super::api_error::ApiError;
 use super::api_keys::Scope;
-use tokenvault::audit::AuditRecord;
+use tokenvault::audit::{AuditRecord, AuditUnavailable};
 
 const SESSION_COOKIE: &str = "tv_session";
 /// The console's own audit action, beside the component's, and the outcome it adds.
@@ -262,7 +262,7 @@ async fn sign_in(State(state): State<AppState>, jar: CookieJar, Form(form): Form
     let info = match state.api_keys.verify(form.api_key.trim()).await {
         Ok(Some(info)) => info,
         Ok(None) => {
-            audit(&state, SIGN_IN, DENIED, None);
+            let _ = audit(&state, SIGN_IN, DENIED, None); // refused either way
             return sign_in_form(&state, jar, StatusCode::UNAUTHORIZED, Some("That API key is unknown or revoked."));
         }
         Err(err) => return error_page(None, err.into()),
@@ -284,7 +284,9 @@ async fn start_admin_session(state: &AppState, jar: CookieJar, principal: Princi
     };
     match state.sessions.start(principal, session::ADMIN_TTL_SECS).await {
         Ok((id, _)) => {
-            audit(state, SIGN_IN, "ok", tenant);
+            if let Err(refused) = audit(state, SIGN_IN, "ok", tenant) {
+                return error_page(None, tokenvault::Error::storage(refused.to_string()).into());
+            }
             let max_age = cookie::time::Duration::seconds(session::ADMIN_TTL_SECS as i64);
             let jar = jar.remove(Cookie::build(SIGN_IN_COOKIE).path("/")).add(browser_cookie(
                 state,
@@ -369,8 +371,9 @@ fn browser_cookie(
         .build()
 }
 
-/// The console's own audit events (sign-ins), beside the component's.
-fn audit(state: &AppState, action: &str, outcome: &str, tenant: Option<String>) {
+/// The console's own audit events (sign-ins), beside the component's. A sign-in that
+/// cannot be recorded does not happen (unless the operator chose to serve on).
+fn audit(state: &AppState, action: &str, outcome: &str, tenant: Option<String>) -> Result<(), AuditUnavailable> {
     let at_ms = state.vault.services().clock.now().as_millis() as u64;
     state.vault.services().audit.record(&AuditRecord {
         at_ms,
@@ -380,7 +383,7 @@ fn audit(state: &AppState, action: &str, outcome: &str, tenant: Option<String>) 
         user: None,
         provider: None,
         name: None,
-    });
+    })
 }
 
 /// A page for a vault error: its message (never a value), with a fitting status.

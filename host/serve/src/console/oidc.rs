@@ -170,7 +170,7 @@ async fn callback(State(state): State<AppState>, jar: CookieJar, Query(query): Q
     // Spent whatever happens next: a flow is tried once.
     let jar = jar.remove(Cookie::build(FLOW_COOKIE).path(CALLBACK_PATH));
     let refuse = |jar, status, text: &str| {
-        audit(&state, super::SIGN_IN, super::DENIED, None);
+        let _ = audit(&state, super::SIGN_IN, super::DENIED, None); // refused either way
         sign_in_form(&state, jar, status, Some(text))
     };
     if let Some(error) = query.error {

@@ -159,9 +159,14 @@ fn expiry(expires_at: Option<u64>, now: u64) -> Markup {
     html! { time datetime=(utc(at)) title=(utc(at)) { (text) } }
 }
 
-/// Unix seconds as RFC 3339 UTC.
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+
+/// Unix seconds as RFC 3339 UTC. A later time (only a record stored before lifetimes were
+/// bounded could hold one) shows as the last writable second rather than failing the page.
 pub fn utc(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.min(LAST_RFC3339_SECOND));
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 #[cfg(test)]
@@ -192,6 +197,15 @@ mod tests {
         assert!(text(&info(User, false, Active, Some(5000))).contains("until the token expires"));
         assert!(text(&info(User, false, Active, None)).contains("until the token expires"));
         assert!(text(&info(Client, false, Active, Some(10))).contains("Client credentials"));
+    }
+
+    #[test]
+    fn no_time_fails_to_format() {
+        for at in [0, 1 << 40, LAST_RFC3339_SECOND + 1, i64::MAX as u64, u64::MAX] {
+            assert!(utc(at).ends_with('Z'), "{at}");
+            assert!(expiry(Some(at), 1_700_000_000).into_string().contains("<time"), "{at}");
+        }
+        assert_eq!(utc(u64::MAX), "9999-12-31T23:59:59Z");
     }
 
     #[test]
