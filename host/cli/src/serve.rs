@@ -66,7 +66,7 @@ pub async fn run(vault: Vault, args: ServeArgs) -> Result<()> {
         shutdown.await;
         let _ = stop.send(true);
     });
-    serve::serve(listener, serve::router(state), stopping(stopped))
+    serve::serve(listener, serve::router(state), serve::ConnectionLimits::default(), stopping(stopped))
         .await
         .map_err(|e| Error::Config(format!("the server failed: {e}")))?;
     if let Some(scheduler) = scheduler {

@@ -18,6 +18,9 @@ pub enum ApiError {
     /// A request body over the service's limit.
     #[error("payload-too-large: {0}")]
     TooLarge(String),
+    /// A request body that did not arrive in time.
+    #[error("request-timeout: {0}")]
+    TimedOut(String),
     #[error(transparent)]
     Vault(#[from] Error),
 }
@@ -35,6 +38,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Vault(Error::Vault(err)) => match err {
                 VaultError::NotFound(_) => StatusCode::NOT_FOUND,
                 VaultError::InvalidInput(_) => StatusCode::BAD_REQUEST,
@@ -57,6 +61,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(message) => serde_json::json!({ "error": "unauthorized", "message": message }),
             ApiError::Forbidden(message) => serde_json::json!({ "error": "forbidden", "message": message }),
             ApiError::TooLarge(message) => serde_json::json!({ "error": "payload-too-large", "message": message }),
+            ApiError::TimedOut(message) => serde_json::json!({ "error": "request-timeout", "message": message }),
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

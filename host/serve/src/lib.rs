@@ -13,7 +13,8 @@ mod html;
 pub mod jwt;
 pub mod scheduler;
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
@@ -108,14 +109,80 @@ pub fn router(state: AppState) -> axum::Router {
         .with_state(state)
 }
 
-/// Serve `router` on `listener` until `shutdown` completes; calls in flight then finish
-/// before this returns.
+/// What one client may hold of the service: a bound on each connection's patience and on
+/// how many are served at once, so slow or idle clients cannot pile up.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// From the connection's start (or its last response) to a request's complete headers.
+    pub header_timeout: Duration,
+    /// From a request's headers to its complete body.
+    pub body_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// How long this request's body may take to arrive (set per connection by [`serve`]).
+#[derive(Clone, Copy)]
+struct BodyTimeout(Duration);
+
+/// Serve `router` on `listener` within `limits` until `shutdown` completes; calls in flight
+/// then finish before this returns.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait for connections to close.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(BodyTimeout(limits.body_timeout));
+            tower::ServiceExt::oneshot(router.clone(), request)
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await; // a client that hung up or timed out
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
@@ -169,7 +236,12 @@ async fn read_body_first(request: Request, next: Next) -> Response {
         return too_large();
     }
     let (parts, body) = request.into_parts();
-    match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+    let timeout = parts.extensions.get::<BodyTimeout>().map_or(ConnectionLimits::default().body_timeout, |t| t.0);
+    let Ok(read) = tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await else {
+        let message = format!("the request body did not arrive within {} s", timeout.as_secs_f32());
+        return ApiError::TimedOut(message).into_response();
+    };
+    match read {
         Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
         Err(e) => {
             let over_limit =
@@ -212,5 +284,86 @@ mod tests {
             connect_link_url("https://vault.example/base/", "a b", "x&y"),
             "https://vault.example/base/connect/a%20b?link=x%26y"
         );
+    }
+
+    mod connection_limits {
+        use std::time::Duration;
+
+        use axum::routing::post;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpStream;
+
+        use super::super::*;
+
+        /// A service on a free port with `limits`, echoing POST /echo bodies.
+        async fn start(limits: ConnectionLimits) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+            let router = axum::Router::new()
+                .route("/echo", post(|body: String| async move { body }))
+                .layer(middleware::from_fn(read_body_first));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            tokio::spawn(serve(listener, router, limits, async move {
+                let _ = stopped.await;
+            }));
+            (address, stop)
+        }
+
+        /// All the server sends until it closes the connection; panics if it is still open
+        /// after `patience` (the limit under test is far shorter).
+        async fn until_closed(stream: &mut TcpStream, patience: Duration) -> String {
+            let mut answer = Vec::new();
+            tokio::time::timeout(patience, stream.read_to_end(&mut answer))
+                .await
+                .expect("the server kept the connection open")
+                .unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+
+        const SHORT: Duration = Duration::from_millis(300);
+        const PATIENCE: Duration = Duration::from_secs(20);
+
+        #[tokio::test]
+        async fn headers_that_never_end_are_cut_off() {
+            let (address, _stop) = start(ConnectionLimits { header_timeout: SHORT, ..Default::default() }).await;
+            let mut stream = TcpStream::connect(address).await.unwrap();
+            stream.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\n").await.unwrap(); // no final CRLF
+            until_closed(&mut stream, PATIENCE).await;
+            // A client that never sends a byte is cut off as well.
+            let mut idle = TcpStream::connect(address).await.unwrap();
+            until_closed(&mut idle, PATIENCE).await;
+        }
+
+        #[tokio::test]
+        async fn a_body_that_never_arrives_is_answered_408() {
+            let (address, _stop) = start(ConnectionLimits { body_timeout: SHORT, ..Default::default() }).await;
+            let mut stream = TcpStream::connect(address).await.unwrap();
+            stream
+                .write_all(
+                    b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\nconnection: close\r\n\r\nonly ten b",
+                )
+                .await
+                .unwrap();
+            let answer = until_closed(&mut stream, PATIENCE).await;
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            assert!(answer.contains(r#""error":"request-timeout""#), "{answer}");
+        }
+
+        #[tokio::test]
+        async fn connections_beyond_the_limit_wait_for_one_to_close() {
+            let limits = ConnectionLimits { max_connections: 1, ..Default::default() };
+            let (address, _stop) = start(limits).await;
+            let request = b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi";
+            let holder = TcpStream::connect(address).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await; // accepted, holding the one slot
+            let mut waiting = TcpStream::connect(address).await.unwrap(); // in the backlog
+            waiting.write_all(request).await.unwrap();
+            let mut early = [0u8; 1];
+            let served_early = tokio::time::timeout(SHORT, waiting.read(&mut early)).await;
+            assert!(served_early.is_err(), "a second connection was served while the limit was taken");
+            drop(holder);
+            let answer = until_closed(&mut waiting, PATIENCE).await;
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hi"), "{answer}");
+        }
     }
 }
