@@ -20,7 +20,7 @@ wit_bindgen::generate!({
     },
 });
 
-use exports::tokenvault::vault::{connect, providers, tokens};
+use exports::tokenvault::vault::{connect, keys, providers, tokens};
 use tokenvault::vault::{audit, keyring, storage, types as wit};
 
 /// Guest-side cap on a response body, for hosts that set none.
@@ -138,7 +138,20 @@ impl connect::Guest for Component {
     }
 }
 
-tokenvault_model::wit_conversions!(types = wit, tokens = tokens, connect = connect, audit = audit, storage = storage);
+impl keys::Guest for Component {
+    fn reencrypt(cursor: Option<String>, limit: u32) -> WitResult<keys::ReencryptPage> {
+        Ok(vault().reencrypt(cursor.as_deref(), limit)?.into())
+    }
+}
+
+tokenvault_model::wit_conversions!(
+    types = wit,
+    tokens = tokens,
+    connect = connect,
+    keys = keys,
+    audit = audit,
+    storage = storage
+);
 
 // ---- the platform, over the imports -----------------------------------------------
 

@@ -13,6 +13,7 @@ pub mod platform;
 pub mod provider;
 pub mod record;
 pub mod refresh;
+pub mod reseal;
 pub mod revocation;
 pub mod seal;
 pub mod templates;

@@ -324,6 +324,19 @@ pub fn pending_context(storage_key: &str) -> Option<(&'static str, String)> {
     }
 }
 
+/// The sealing context of the record stored under `storage_key`, whatever its kind; none
+/// for a key outside the sealed prefixes or one that does not parse.
+pub fn sealing_context(storage_key: &str) -> Option<Vec<String>> {
+    let owned = |context: &[&str]| context.iter().map(|s| (*s).to_owned()).collect();
+    if let Some(key) = parse_token_key(storage_key) {
+        Some(owned(&token_context(&key)))
+    } else if let Some(name) = parse_provider_key(storage_key) {
+        Some(owned(&provider_context(&name)))
+    } else {
+        pending_context(storage_key).map(|(kind, id)| vec![kind.to_owned(), id])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

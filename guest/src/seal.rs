@@ -10,7 +10,7 @@ use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 
 use crate::model::{Result, VaultError};
 
-pub const FORMAT_VERSION: u8 = 1;
+pub use crate::model::storage::ENVELOPE_FORMAT as FORMAT_VERSION;
 const NONCE_LEN: usize = 12;
 const KEY_LEN: usize = 32;
 
@@ -39,7 +39,10 @@ pub fn seal(key_id: &str, key: &[u8], context: &Context, plaintext: &[u8], nonce
 
 /// The key id an envelope names, so the caller can fetch that key.
 pub fn key_id(envelope: &[u8]) -> Result<&str> {
-    Ok(parse(envelope)?.0)
+    crate::model::storage::envelope_key_id(envelope).ok_or_else(|| match envelope.first() {
+        Some(&format) if format != FORMAT_VERSION => VaultError::Integrity(format!("unknown record format {format}")),
+        _ => VaultError::Integrity("record is not a sealed envelope".into()),
+    })
 }
 
 pub fn open(envelope: &[u8], key: &[u8], context: &Context) -> Result<Vec<u8>> {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::model::*;
-use crate::platform::{Platform, StorageError};
+use crate::platform::{Platform, SealingKey, StorageError};
 use crate::seal;
 
 /// How often a write that keeps losing compare-and-swap races is retried.
@@ -50,12 +50,7 @@ impl<P: Platform> Vault<P> {
         entry: &crate::platform::Entry,
         context: &seal::Context,
     ) -> Result<T> {
-        let key_id = seal::key_id(&entry.value)?;
-        let key =
-            self.platform.key_by_id(key_id).map_err(|why| VaultError::Storage(format!("keyring: {why}")))?.ok_or_else(
-                || VaultError::Integrity(format!("{} record is sealed with unknown key {key_id:?}", context[0])),
-            )?;
-        let plaintext = seal::open(&entry.value, &key, context)?;
+        let plaintext = self.open_bytes(&entry.value, context)?;
         serde_json::from_slice(&plaintext)
             .map_err(|_| VaultError::Integrity(format!("{} record opened but does not parse", context[0])))
     }
@@ -67,16 +62,35 @@ impl<P: Platform> Vault<P> {
         value: &T,
         expected: Option<u64>,
     ) -> Result<Put> {
-        let key = self.platform.active_key().map_err(|why| VaultError::Storage(format!("keyring: {why}")))?;
-        let plaintext = serde_json::to_vec(value).expect("records serialize");
-        let mut nonce = [0; 12];
-        getrandom::fill(&mut nonce).map_err(|_| VaultError::Storage("no randomness for a nonce".into()))?;
-        let sealed = seal::seal(&key.id, &key.material, context, &plaintext, nonce)?;
+        let key = self.active_key()?;
+        let sealed = self.seal_bytes(&key, context, &serde_json::to_vec(value).expect("records serialize"))?;
         match self.platform.storage_put(storage_key, &sealed, expected) {
             Ok(_) => Ok(Put::Written),
             Err(StorageError::Conflict) => Ok(Put::Conflict),
             Err(StorageError::Unavailable(why)) => Err(VaultError::Storage(why)),
         }
+    }
+
+    /// The plaintext of a sealed envelope, opened with the key it names.
+    pub(crate) fn open_bytes(&self, envelope: &[u8], context: &seal::Context) -> Result<Vec<u8>> {
+        let key_id = seal::key_id(envelope)?;
+        let key =
+            self.platform.key_by_id(key_id).map_err(|why| VaultError::Storage(format!("keyring: {why}")))?.ok_or_else(
+                || VaultError::Integrity(format!("{} record is sealed with unknown key {key_id:?}", context[0])),
+            )?;
+        seal::open(envelope, &key, context)
+    }
+
+    /// The key new records are sealed with.
+    pub(crate) fn active_key(&self) -> Result<SealingKey> {
+        self.platform.active_key().map_err(|why| VaultError::Storage(format!("keyring: {why}")))
+    }
+
+    /// `plaintext` sealed under `key` with a fresh nonce.
+    pub(crate) fn seal_bytes(&self, key: &SealingKey, context: &seal::Context, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let mut nonce = [0; 12];
+        getrandom::fill(&mut nonce).map_err(|_| VaultError::Storage("no randomness for a nonce".into()))?;
+        seal::seal(&key.id, &key.material, context, plaintext, nonce)
     }
 
     pub(crate) fn storage_get(&self, storage_key: &str) -> Result<Option<crate::platform::Entry>> {

@@ -3,8 +3,8 @@
 // @bytecodealliance/preview2-shim, with outgoing HTTP wrapped by an allow-list; the
 // custom ones (storage, keyring, audit) are plain JavaScript objects.
 //
-//   const vault = await openVault({ component: 'tokenvault.wasm', storage: new MemoryStorage(),
-//     keyring: Keyring.load('keyring.json'), allowedOrigins: ['https://github.com'] });
+//   const vault = await openVault({ component: 'tokenvault.wasm', storage,
+//     keyring: Keyring.open(storage, 'tokenvault-data/master.key'), allowedOrigins: ['https://github.com'] });
 //   const token = vault.tokens.get({ tenant, user, provider, name: 'default' });
 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -14,6 +14,7 @@ import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
 import { transpile } from '@bytecodealliance/jco';
+import { gcmsiv } from '@noble/ciphers/aes.js';
 import * as cli from '@bytecodealliance/preview2-shim/cli';
 import * as clocks from '@bytecodealliance/preview2-shim/clocks';
 import * as http from '@bytecodealliance/preview2-shim/http';
@@ -21,11 +22,35 @@ import * as io from '@bytecodealliance/preview2-shim/io';
 import * as random from '@bytecodealliance/preview2-shim/random';
 import { waitForChange } from './storage.mjs';
 
-/** The Rust host's keyring file: `{ active, keys: { id: base64 } }`. */
+/** The record under which the Rust host keeps the keyring in storage. */
+export const KEYRING_KEY = 'keyring';
+
+/** The data keys records are sealed with, by id, and the active one. */
 export class Keyring {
-  static load(path) {
-    const file = JSON.parse(readFileSync(path, 'utf8'));
-    return new Keyring(file.active, file.keys);
+  /**
+   * The Rust host's keyring as it keeps it in storage: `{ format: 1, master_key, active,
+   * keys: [{ id, wrapped }] }`, each live data key wrapped (AES-256-GCM-SIV: a 12-byte
+   * nonce, then ciphertext, bound to "tokenvault keyring", the format byte and the key's
+   * id) by the master key in `masterKeyPath` (base64 of 32 bytes).
+   */
+  static open(storage, masterKeyPath) {
+    const master = Buffer.from(readFileSync(masterKeyPath, 'utf8').trim(), 'base64');
+    if (master.length !== 32) throw new Error(`keyring: ${masterKeyPath} is not a master key`);
+    const entry = storage.get(KEYRING_KEY);
+    if (!entry) throw new Error('keyring: the storage holds no keyring');
+    const record = JSON.parse(Buffer.from(entry.value).toString('utf8'));
+    if (record.format !== 1) throw new Error(`keyring: unknown format ${record.format}`);
+    const keys = {};
+    for (const { id, wrapped } of record.keys) {
+      if (!wrapped) continue; // retired
+      const bytes = Buffer.from(wrapped, 'base64');
+      const aad = Buffer.concat([Buffer.from('tokenvault keyring'), Buffer.from([record.format]), Buffer.from(id)]);
+      const key = gcmsiv(master, bytes.subarray(0, 12), aad).decrypt(bytes.subarray(12));
+      keys[id] = Buffer.from(key).toString('base64');
+    }
+    const keyring = new Keyring(record.active, keys);
+    keyring.record = entry.value;
+    return keyring;
   }
 
   /** A new keyring with one random key, written to `path` (mode 0600) when given. */

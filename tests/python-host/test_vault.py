@@ -143,7 +143,8 @@ def test_deny_all_http_refuses_every_request_before_it_leaves() -> None:
 def test_reads_a_record_the_rust_host_wrote() -> None:
     plan = json.loads((INTEROP_DIR / "plan.json").read_text())
     wrote = plan["rust_wrote"]
-    vault = Vault(COMPONENT, SqliteStorage(INTEROP_DIR / "rust.db"), Keyring.load(INTEROP_DIR / "keyring.json"))
+    storage = SqliteStorage(INTEROP_DIR / "rust.db")
+    vault = Vault(COMPONENT, storage, Keyring.open(storage, INTEROP_DIR / "master.key"))
     token = vault.call("tokens", "get", record(**wrote["key"]))
     assert (token.access_token, token.refresh_token) == (wrote["access_token"], wrote["refresh_token"])
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Protocol
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from wasmtime import Engine, Store, WasiConfig
 from wasmtime.component import Component, Linker, Record, ResultType, Variant, VariantType
 
@@ -194,25 +195,46 @@ class SqliteStorage:
 SQLITE_SCHEMA = (Path(__file__).parent / "../../host/lib/src/storage/sqlite.sql").read_text()
 
 
+KEYRING_KEY = "keyring"
+"""The record under which the Rust host keeps the keyring in storage."""
+
+
 @dataclass
 class Keyring:
-    """The Rust host's keyring file format: ``{"active": id, "keys": {id: base64}}``."""
+    """The data keys records are sealed with, by id, and the active one."""
 
     active: str
     keys: dict[str, bytes]
+
+    @classmethod
+    def open(cls, storage: "Storage", master_key_path: str | os.PathLike) -> "Keyring":
+        """The Rust host's keyring as it keeps it in storage: ``{"format": 1, "master_key",
+        "active", "keys": [{"id", "wrapped"}]}``, each live data key wrapped (AES-256-GCM-SIV:
+        a 12-byte nonce, then ciphertext, bound to "tokenvault keyring", the format byte and
+        the key's id) by the master key in ``master_key_path`` (base64 of 32 bytes)."""
+        master = base64.b64decode(Path(master_key_path).read_text().strip())
+        if len(master) != 32:
+            raise ValueError(f"{master_key_path}: not a master key")
+        entry = storage.get(KEYRING_KEY)
+        if entry is None:
+            raise ValueError("the storage holds no keyring")
+        record = json.loads(entry[0])
+        if record["format"] != 1:
+            raise ValueError(f"unknown keyring format {record['format']}")
+        cipher = AESGCMSIV(master)
+        keys = {}
+        for key in record["keys"]:
+            if key.get("wrapped"):  # none once retired
+                wrapped = base64.b64decode(key["wrapped"])
+                aad = b"tokenvault keyring" + bytes([record["format"]]) + key["id"].encode()
+                keys[key["id"]] = cipher.decrypt(wrapped[:12], wrapped[12:], aad)
+        return cls(record["active"], keys)
 
     @classmethod
     def create(cls) -> "Keyring":
         key_id = f"k-{secrets.token_hex(4)}"
         return cls(key_id, {key_id: secrets.token_bytes(32)})
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Keyring":
-        file = json.loads(Path(path).read_text())
-        keys = {key_id: base64.b64decode(material) for key_id, material in file["keys"].items()}
-        if any(len(material) != 32 for material in keys.values()) or file["active"] not in keys:
-            raise ValueError(f"{path}: not a valid keyring")
-        return cls(file["active"], keys)
 
 
 @dataclass

@@ -231,23 +231,23 @@ fn templates_need_only_a_client_id_and_secret() {
 }
 
 #[test]
-fn a_lost_keyring_is_never_replaced_over_the_records_it_sealed() {
+fn a_lost_master_key_is_never_replaced_over_the_keyring_it_wraps() {
     let tv = Tokenvault::new(&[]);
     tv.run(&["provider", "add", "gh", "--template", "github", "--client-id", "Iv1.abc"], None).json();
     let response = r#"{"access_token":"at-kept","token_type":"bearer"}"#;
     tv.run(&["token", "put", "acme", "alice", "gh"], Some(response)).json();
-    let keyring = tv.data_dir.path().join("keyring.json");
-    let saved = std::fs::read(&keyring).unwrap();
+    let master_key = tv.data_dir.path().join("master.key");
+    let saved = std::fs::read(&master_key).unwrap();
 
-    std::fs::remove_file(&keyring).unwrap();
-    for read_only in [&["token", "ls", "acme", "alice"][..], &["provider", "ls"]] {
+    std::fs::remove_file(&master_key).unwrap();
+    for read_only in [&["token", "ls", "acme", "alice"][..], &["provider", "ls"], &["keys", "ls"]] {
         let refused = tv.run(read_only, None);
         assert_eq!(refused.error_kind(), "config", "{read_only:?}: {}", refused.stderr);
-        assert!(refused.stderr.contains("keyring") && refused.stderr.contains("missing"), "{}", refused.stderr);
-        assert!(!keyring.exists(), "{read_only:?} made a new keyring over sealed records");
+        assert!(refused.stderr.contains("master.key is missing"), "{}", refused.stderr);
+        assert!(!master_key.exists(), "{read_only:?} made a new master key over the keyring");
     }
 
-    std::fs::write(&keyring, saved).unwrap();
+    std::fs::write(&master_key, saved).unwrap();
     assert_eq!(tv.run(&["token", "get", "acme", "alice", "gh"], None).json()["access_token"], "at-kept");
 }
 

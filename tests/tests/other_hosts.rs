@@ -12,7 +12,7 @@ use tokenvault::storage::StorageUrl;
 use tokenvault::{ConnectionKey, Options, TokenGrant, Vault};
 use tokenvault_tests::{OAuthServer, ensure_npm_packages, provider_config, python_venv, random_value, tests_dir};
 
-/// A data directory whose `rust.db` and `keyring.json` hold one connection written by
+/// A data directory whose `rust.db` (its keyring wrapped by `master.key`) holds one connection written by
 /// this host, and `plan.json` saying what it holds and what the other host should write.
 async fn interop_dir(server: &OAuthServer) -> (tempfile::TempDir, Value) {
     let dir = tempfile::tempdir().unwrap();

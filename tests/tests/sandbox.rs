@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokenvault::audit::MemoryAudit;
-use tokenvault::keys::Keyring;
+use tokenvault::keys::{Keys, MasterKey, MasterKeySource};
 use tokenvault::storage::MemoryStorage;
 use tokenvault::{ConnectionKey, Error, SandboxLimits, Services, TokenGrant, Vault, VaultError};
 
@@ -18,10 +18,12 @@ const SANDBOX_COMPONENT: &[u8] = include_bytes!(env!("TOKENVAULT_SANDBOX_COMPONE
 /// Guards against a sandbox that fails to stop a call: the test fails instead of hanging.
 const NEVER: Duration = Duration::from_secs(120);
 
-fn sandboxed_vault(dir: &std::path::Path, limits: SandboxLimits) -> Vault {
+async fn sandboxed_vault(limits: SandboxLimits) -> Vault {
+    let storage: Arc<dyn tokenvault::storage::Storage> = Arc::new(MemoryStorage::default());
+    let master = MasterKeySource::Given(MasterKey::generate().unwrap());
     let services = Services {
-        storage: Arc::new(MemoryStorage::default()),
-        keyring: Arc::new(Keyring::create(&dir.join("keyring.json")).unwrap()),
+        keys: Arc::new(Keys::open(storage.clone(), master, None, true).await.unwrap()),
+        storage,
         audit: Arc::new(MemoryAudit::default()),
         clock: Default::default(),
     };
@@ -60,9 +62,8 @@ fn expect_sandbox_error(result: tokenvault::Result<tokenvault::TokenSet>, what: 
 // well-behaved ones can only be served if the sandbox makes a busy guest yield.
 #[tokio::test(flavor = "current_thread")]
 async fn a_call_past_its_deadline_is_stopped_and_others_are_served_meanwhile() {
-    let dir = tempfile::tempdir().unwrap();
     let limits = SandboxLimits { deadline: Duration::from_secs(3), ..Default::default() };
-    let vault = sandboxed_vault(dir.path(), limits);
+    let vault = sandboxed_vault(limits).await;
     store_for(&vault, "alice").await;
 
     let spinning = tokio::spawn({
@@ -83,10 +84,9 @@ async fn a_call_past_its_deadline_is_stopped_and_others_are_served_meanwhile() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_past_its_memory_cap_fails_alone_and_its_memory_is_reclaimed() {
-    let dir = tempfile::tempdir().unwrap();
     // Two pool slots: if a failed call kept its instance or memory, the third would fail.
     let limits = SandboxLimits { memory_bytes: 16 << 20, max_instances: 2, ..Default::default() };
-    let vault = sandboxed_vault(dir.path(), limits);
+    let vault = sandboxed_vault(limits).await;
     store_for(&vault, "alice").await;
 
     for round in 0..5 {
@@ -99,8 +99,7 @@ async fn a_call_past_its_memory_cap_fails_alone_and_its_memory_is_reclaimed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_that_overflows_its_stack_fails_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let vault = sandboxed_vault(dir.path(), SandboxLimits::default());
+    let vault = sandboxed_vault(SandboxLimits::default()).await;
     store_for(&vault, "alice").await;
 
     let result = tokio::time::timeout(NEVER, vault.get(&key("deep"))).await.unwrap();
@@ -122,7 +121,7 @@ async fn a_component_that_reaches_for_env_files_stdin_or_sockets_gets_nothing() 
     listener.set_nonblocking(true).unwrap();
     assert!(std::env::vars().count() > 0 && std::fs::read(&secret_file).is_ok(), "the host itself has both");
 
-    let vault = sandboxed_vault(dir.path(), SandboxLimits::default());
+    let vault = sandboxed_vault(SandboxLimits::default()).await;
     let probe =
         ConnectionKey::new("acme", "snoop", listener.local_addr().unwrap().to_string(), secret_file.to_str().unwrap());
     let report = vault.get(&probe).await.unwrap().access_token;
@@ -141,8 +140,7 @@ async fn a_component_that_reaches_for_env_files_stdin_or_sockets_gets_nothing() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_beyond_the_pool_wait_for_a_slot_instead_of_failing() {
-    let dir = tempfile::tempdir().unwrap();
-    let vault = sandboxed_vault(dir.path(), SandboxLimits { max_instances: 2, ..Default::default() });
+    let vault = sandboxed_vault(SandboxLimits { max_instances: 2, ..Default::default() }).await;
     store_for(&vault, "slow").await;
     store_for(&vault, "alice").await;
     // Slow calls hold their slots; a crowd of quick ones turns slots over as fast as it can
@@ -162,9 +160,8 @@ async fn calls_beyond_the_pool_wait_for_a_slot_instead_of_failing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_keeps_one_instance_with_a_fresh_deadline_per_call_and_replaces_it_after_a_trap() {
-    let dir = tempfile::tempdir().unwrap();
     let limits = SandboxLimits { max_instances: 1, deadline: Duration::from_secs(1), ..Default::default() };
-    let vault = sandboxed_vault(dir.path(), limits);
+    let vault = sandboxed_vault(limits).await;
     store_for(&vault, "slow").await;
     store_for(&vault, "alice").await;
 
@@ -189,10 +186,9 @@ async fn a_session_keeps_one_instance_with_a_fresh_deadline_per_call_and_replace
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fresh_instance_in_a_reused_slot_holds_nothing_of_the_previous_call() {
-    let dir = tempfile::tempdir().unwrap();
     // One slot, so every call reuses it; the pool keeps its pages resident between calls
     // where the kernel allows (runtime.rs): the reset must still leave nothing behind.
-    let vault = sandboxed_vault(dir.path(), SandboxLimits { max_instances: 1, ..Default::default() });
+    let vault = sandboxed_vault(SandboxLimits { max_instances: 1, ..Default::default() }).await;
     let remember = |tenant: &str| ConnectionKey::new(tenant, "remember", "idp", "default");
     for tenant in ["acme", "globex", "acme"] {
         let token = vault.get(&remember(tenant)).await.unwrap();

@@ -18,6 +18,10 @@ async fn one_refresh_for_many_callers(storage_url: String) {
 
     // Set up through an in-process host: provider, and a token that expires in 4 s (due at
     // 2 s, with the buffer at half the lifetime): the workers read it once while it is fresh.
+    // Every host of a shared store is given the same master key: here, one file in the
+    // data directory they share.
+    let master_key = dir.path().join(tokenvault::keys::MASTER_KEY_FILE);
+    tokenvault::keys::MasterKey::generate().unwrap().write_new(&master_key).unwrap();
     let mut options = tokenvault::Options::from_data_dir(dir.path()).unwrap();
     options.storage = StorageUrl::parse(&storage_url).unwrap();
     options.allow_outbound(&[server.origin()]).unwrap();
@@ -30,7 +34,7 @@ async fn one_refresh_for_many_callers(storage_url: String) {
     vault.store(&key, &tokenvault_tests::grant_of(&response)).await.unwrap();
     let expires = std::time::Instant::now() + std::time::Duration::from_secs(4);
 
-    // The workers share the data directory (keyring, compiled component) and the storage.
+    // The workers share the data directory (master key, compiled component) and the storage.
     let mut workers: Vec<_> = (0..PROCESSES)
         .map(|_| {
             Command::new(env!("CARGO_BIN_EXE_vault_worker"))

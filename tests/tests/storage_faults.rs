@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 
 use tokenvault::audit::MemoryAudit;
-use tokenvault::keys::Keyring;
+use tokenvault::keys::{Keys, MasterKey, MasterKeySource};
 use tokenvault::storage::SqliteStorage;
 use tokenvault::{ConnectionKey, Services, Vault};
 use tokenvault_tests::{FlakyStorage, OAuthServer, grant_of, provider_config};
@@ -19,7 +19,11 @@ async fn setup(server: &OAuthServer, dir: &std::path::Path) -> (Vault, Arc<Flaky
     });
     let services = Services {
         storage: storage.clone(),
-        keyring: Arc::new(Keyring::create(&dir.join("keyring.json")).unwrap()),
+        keys: Arc::new(
+            Keys::open(storage.clone(), MasterKeySource::Given(MasterKey::generate().unwrap()), None, true)
+                .await
+                .unwrap(),
+        ),
         audit: Arc::new(MemoryAudit::default()),
         clock: Default::default(),
     };

@@ -45,5 +45,39 @@ pub const LINK_PREFIX: &str = "link/";
 /// Refresh leases: not sealed, they hold no value.
 pub const LEASE_PREFIX: &str = "lease/";
 
-/// Every prefix under which records are sealed with the keyring's keys.
+/// Every prefix under which records are sealed with the keyring's keys, in the order a
+/// re-encryption pass walks them.
 pub const SEALED_PREFIXES: [&str; 5] = [TOKEN_PREFIX, PROVIDER_PREFIX, FLOW_PREFIX, DEVICE_PREFIX, LINK_PREFIX];
+/// The keyring: the data keys, each wrapped by the master key (the host's record, not sealed
+/// by the component).
+pub const KEYRING_KEY: &str = "keyring";
+/// Where a re-encryption pass keeps its progress, so an interrupted pass resumes.
+pub const REENCRYPT_PROGRESS_KEY: &str = "keyring-reencrypt";
+
+/// The first byte of a sealed record: its envelope format.
+pub const ENVELOPE_FORMAT: u8 = 1;
+
+/// The id of the key a sealed record names in its envelope
+/// (`[format:1][key-id length:1][key id]…`), read without opening it; none when the bytes
+/// are not an envelope of a known format.
+pub fn envelope_key_id(envelope: &[u8]) -> Option<&str> {
+    let (&format, rest) = envelope.split_first()?;
+    let (&id_len, rest) = rest.split_first()?;
+    if format != ENVELOPE_FORMAT || id_len == 0 {
+        return None;
+    }
+    std::str::from_utf8(rest.get(..usize::from(id_len))?).ok()
+}
+
+/// What one step of a re-encryption pass did to the sealed records it walked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReencryptPage {
+    /// Re-sealed under the active key.
+    pub reencrypted: u32,
+    /// Already under the active key.
+    pub current: u32,
+    /// Could not be opened (altered, or sealed with a key the keyring lacks): left as they are.
+    pub failed: u32,
+    /// Where the next step starts; none when the pass is done.
+    pub cursor: Option<String>,
+}

@@ -4,7 +4,7 @@
 //!
 //! ```ignore
 //! tokenvault_model::wit_conversions!(
-//!     types = wit, tokens = tokens, connect = connect, audit = audit, storage = storage
+//!     types = wit, tokens = tokens, connect = connect, keys = keys, audit = audit, storage = storage
 //! );
 //! ```
 //! where each name is a module of the generated bindings in scope at the call. Every
@@ -19,6 +19,7 @@ macro_rules! wit_conversions {
         types = $types:ident,
         tokens = $tokens:ident,
         connect = $connect:ident,
+        keys = $keys:ident,
         audit = $audit:ident,
         storage = $storage:ident $(,)?
     ) => {
@@ -141,6 +142,7 @@ macro_rules! wit_conversions {
         }
 
         $crate::__record!($connect::SweepPage <=> SweepPage { deleted, cursor });
+        $crate::__record!($keys::ReencryptPage <=> storage::ReencryptPage { reencrypted, current, failed, cursor });
 
         $crate::__cases!($audit::Action <=> AuditAction {
             TokenStore, TokenGet, TokenRefresh, TokenRemove, RevokeAll, ProviderPut, ProviderRemove, ConnectBegin,

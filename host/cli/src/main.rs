@@ -7,12 +7,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
+use tokenvault::keys::{MASTER_KEY_ENV, MasterKeySource};
 use tokenvault::storage::StorageUrl;
 use tokenvault::{ClientAuth, ConnectionKey, Error, Options, ProviderConfig, Result, TemplateRef, TokenGrant, Vault};
 use tokenvault_serve::ApiKeys;
 
 mod connect;
 mod inspect;
+mod keys;
 mod serve;
 
 #[derive(Parser)]
@@ -30,6 +32,12 @@ struct Cli {
     /// Redis share the vault.
     #[arg(long, global = true, env = "TOKENVAULT_STORAGE")]
     storage: Option<String>,
+    /// The master key that wraps the keyring (a file holding base64 of 32 bytes); or set
+    /// TOKENVAULT_MASTER_KEY, or master_key_file in tokenvault.toml [default: master.key in
+    /// the data directory, made on first use over SQLite]. Hosts sharing PostgreSQL or
+    /// Redis must all be given the same one.
+    #[arg(long, global = true, env = "TOKENVAULT_MASTER_KEY_FILE", value_name = "FILE")]
+    master_key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -133,6 +141,12 @@ enum Command {
     /// Manage the API keys that callers of `serve` present.
     #[command(subcommand)]
     Apikey(ApikeyCommand),
+    /// The data keys records are sealed with: list, rotate, re-encrypt, retire.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// The master key that wraps the data keys: make one, rotate it.
+    #[command(subcommand)]
+    MasterKey(keys::MasterKeyCommand),
     /// Show what the component exports and imports, what this host grants each import
     /// (egress, storage, keyring, audit, limits; never environment, arguments, files,
     /// sockets or stdin), and its SHA-256 for pinning.
@@ -321,6 +335,14 @@ fn options(cli: &Cli) -> Result<Options> {
     if let Some(url) = &cli.storage {
         options.storage = StorageUrl::parse(url).map_err(Error::Config)?;
     }
+    if let Some(file) = &cli.master_key_file {
+        if matches!(options.master_key, MasterKeySource::Given(_)) {
+            return Err(Error::Config(format!(
+                "both {MASTER_KEY_ENV} and --master-key-file are set: give the master key one way"
+            )));
+        }
+        options.master_key = MasterKeySource::File(file.clone());
+    }
     Ok(options)
 }
 
@@ -333,8 +355,10 @@ fn print_json(value: &impl Serialize) {
 
 async fn run(cli: Cli) -> Result<()> {
     let options = options(&cli)?;
-    if let Command::Inspect { component, json } = &cli.command {
-        return inspect::run(&options, component.as_deref(), *json).await;
+    match &cli.command {
+        Command::Inspect { component, json } => return inspect::run(&options, component.as_deref(), *json).await,
+        Command::MasterKey(keys::MasterKeyCommand::New { file }) => return keys::new_master_key(file),
+        _ => {}
     }
     let vault = Vault::open(&options).await?;
     match cli.command {
@@ -426,6 +450,8 @@ async fn run(cli: Cli) -> Result<()> {
             print_json(&serde_json::json!({ "revoked": id }));
             Ok(())
         }
+        Command::Keys(command) => keys::keys(&vault, command).await,
+        Command::MasterKey(command) => keys::master_key(&vault, command).await,
         Command::Inspect { .. } => unreachable!("handled before the vault opens"),
     }
 }

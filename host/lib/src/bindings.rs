@@ -5,11 +5,10 @@
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "tokenvault:vault/vault",
-    // The keyring and the audit sink answer from memory (a file append at most), so
-    // they are plain calls: an async import costs a future and a fiber switch per call.
+    // The audit sink answers from memory (a file append at most), so it is a plain call:
+    // an async import costs a future and a fiber switch per call. The keyring is async:
+    // it reads the keyring record again when its copy is stale.
     imports: {
-        "tokenvault:vault/keyring.active-key": trappable,
-        "tokenvault:vault/keyring.key-by-id": trappable,
         "tokenvault:vault/audit.emit": trappable,
         default: async | trappable,
     },
@@ -23,13 +22,14 @@ wasmtime::component::bindgen!({
 });
 
 mod model_conversions {
-    use super::exports::tokenvault::vault::{connect, tokens};
+    use super::exports::tokenvault::vault::{connect, keys, tokens};
     use super::tokenvault::vault::{audit, storage, types};
 
     tokenvault_model::wit_conversions!(
         types = types,
         tokens = tokens,
         connect = connect,
+        keys = keys,
         audit = audit,
         storage = storage
     );

@@ -195,7 +195,7 @@ fn grant(import: &str, services: &Services, egress: &EgressPolicy) -> (ImportGro
     let wasi = |granted: Option<String>| (ImportGroup::Wasi, granted);
     match interface {
         "tokenvault:vault/storage" => tokenvault(format!("sealed records in {}", services.storage.describe())),
-        "tokenvault:vault/keyring" => tokenvault(format!("sealing keys from {}", services.keyring.source().display())),
+        "tokenvault:vault/keyring" => tokenvault(format!("sealing keys from {}", services.keys.describe())),
         "tokenvault:vault/audit" => tokenvault(format!("events to {}", services.audit.describe())),
         "tokenvault:vault/types" => tokenvault("types only".into()),
         "wasi:http/outgoing-handler" => wasi(Some(if egress.allowed.is_empty() {
@@ -228,28 +228,25 @@ fn grant(import: &str, services: &Services, egress: &EgressPolicy) -> (ImportGro
 mod tests {
     use super::*;
 
-    fn services(dir: &std::path::Path) -> Services {
+    async fn services() -> Services {
+        let storage: std::sync::Arc<dyn crate::storage::Storage> =
+            std::sync::Arc::new(crate::storage::MemoryStorage::default());
+        let master = crate::keys::MasterKeySource::Given(crate::keys::MasterKey::generate().unwrap());
         Services {
-            storage: std::sync::Arc::new(crate::storage::MemoryStorage::default()),
-            keyring: std::sync::Arc::new(crate::keys::Keyring::create(&dir.join("keyring.json")).unwrap()),
+            keys: std::sync::Arc::new(crate::keys::Keys::open(storage.clone(), master, None, true).await.unwrap()),
+            storage,
             audit: std::sync::Arc::new(crate::audit::MemoryAudit::default()),
             clock: Default::default(),
         }
     }
 
-    #[test]
-    fn the_report_grants_every_import_of_the_built_in_component() {
-        let dir = tempfile::tempdir().unwrap();
+    #[tokio::test]
+    async fn the_report_grants_every_import_of_the_built_in_component() {
         let mut egress = EgressPolicy::default();
         egress.allowed.push("https://idp.example".parse().unwrap());
-        let report = CapabilityReport::new(
-            crate::COMPONENT_WASM,
-            "built-in",
-            &services(dir.path()),
-            &egress,
-            &Default::default(),
-        )
-        .unwrap();
+        let report =
+            CapabilityReport::new(crate::COMPONENT_WASM, "built-in", &services().await, &egress, &Default::default())
+                .unwrap();
         assert!(report.runs_here, "{:?}", report.problem);
         let names: Vec<&str> = report.imports.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names.len(), DECLARED_IMPORTS.len());
@@ -283,14 +280,13 @@ mod tests {
         assert_eq!(report.component.sha256, hex::encode(Sha256::digest(crate::COMPONENT_WASM)));
     }
 
-    #[test]
-    fn a_component_with_an_import_this_host_lacks_is_reported_as_not_runnable() {
-        let dir = tempfile::tempdir().unwrap();
+    #[tokio::test]
+    async fn a_component_with_an_import_this_host_lacks_is_reported_as_not_runnable() {
         let wasm =
             wat::parse_str(r#"(component (import "acme:spy/exfiltrate@1.0.0" (instance (export "send" (func)))))"#)
                 .unwrap();
         let report =
-            CapabilityReport::new(&wasm, "spy.wasm", &services(dir.path()), &Default::default(), &Default::default())
+            CapabilityReport::new(&wasm, "spy.wasm", &services().await, &Default::default(), &Default::default())
                 .unwrap();
         assert!(!report.runs_here);
         assert!(report.problem.as_deref().unwrap().contains("acme:spy/exfiltrate"), "{:?}", report.problem);
@@ -298,7 +294,7 @@ mod tests {
         assert_eq!((report.imports[0].group, report.imports[0].granted.as_deref()), (ImportGroup::Other, None));
 
         let not_a_component =
-            CapabilityReport::new(b"not wasm", "x", &services(dir.path()), &Default::default(), &Default::default());
+            CapabilityReport::new(b"not wasm", "x", &services().await, &Default::default(), &Default::default());
         assert!(not_a_component.unwrap_err().to_string().contains("cannot compile the component"));
     }
 

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::audit::OnAuditFailure;
 use crate::error::{Error, Result};
 use crate::http::{EgressPolicy, Origin};
+use crate::keys::{MASTER_KEY_ENV, MASTER_KEY_FILE, MasterKey, MasterKeySource};
 use crate::storage::StorageUrl;
 
 pub const CONFIG_FILE: &str = "tokenvault.toml";
@@ -19,6 +20,10 @@ pub const MAX_CALL_DEADLINE_MS: u64 = 35_000;
 pub struct Options {
     pub data_dir: PathBuf,
     pub storage: StorageUrl,
+    /// The key that wraps the keyring's data keys.
+    pub master_key: MasterKeySource,
+    /// A keyring file from before the keyring moved into storage: imported on first use,
+    /// then no longer read.
     pub keyring: PathBuf,
     pub audit_log: PathBuf,
     /// Whether a call whose audit event cannot be written fails (the default) or goes on.
@@ -55,6 +60,7 @@ struct ConfigFile {
     allowed_outbound_hosts: Vec<String>,
     storage: Option<String>,
     keyring: Option<PathBuf>,
+    master_key_file: Option<PathBuf>,
     audit_on_failure: Option<OnAuditFailure>,
     memory_limit_mib: Option<usize>,
     call_deadline_ms: Option<u64>,
@@ -64,7 +70,9 @@ struct ConfigFile {
 }
 
 impl Options {
-    /// Defaults for a data directory, overlaid with its `tokenvault.toml` if present.
+    /// Defaults for a data directory, overlaid with its `tokenvault.toml` if present, and
+    /// the master key from `TOKENVAULT_MASTER_KEY` when it is set (`master_key_file` is
+    /// taken from the data directory when relative).
     pub fn from_data_dir(data_dir: &Path) -> Result<Self> {
         let path = data_dir.join(CONFIG_FILE);
         let file: ConfigFile = match std::fs::read_to_string(&path) {
@@ -80,6 +88,7 @@ impl Options {
         let mut options = Options {
             data_dir: data_dir.to_owned(),
             storage: StorageUrl::default_in(data_dir),
+            master_key: MasterKeySource::DataDir(data_dir.join(MASTER_KEY_FILE)),
             keyring: data_dir.join("keyring.json"),
             audit_log: data_dir.join("audit.jsonl"),
             audit_on_failure: file.audit_on_failure.unwrap_or_default(),
@@ -93,6 +102,19 @@ impl Options {
         }
         if let Some(keyring) = file.keyring {
             options.keyring = keyring;
+        }
+        let from_env = std::env::var(MASTER_KEY_ENV).ok().filter(|v| !v.is_empty());
+        match (from_env, file.master_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(format!(
+                    "both {MASTER_KEY_ENV} and master_key_file are set: give the master key one way"
+                )));
+            }
+            (Some(text), None) => {
+                options.master_key = MasterKeySource::Given(MasterKey::from_base64(&text, MASTER_KEY_ENV)?);
+            }
+            (None, Some(path)) => options.master_key = MasterKeySource::File(data_dir.join(path)),
+            (None, None) => {}
         }
         if let Some(mib) = file.memory_limit_mib {
             options.sandbox.memory_bytes = mib

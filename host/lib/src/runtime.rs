@@ -23,10 +23,10 @@ use crate::clock::Clock;
 use crate::config::{Options, SandboxLimits};
 use crate::error::{Error, Result};
 use crate::http::{EgressHooks, EgressPolicy};
-use crate::keys::{Keyring, KeyringImport};
+use crate::keys::{KeyringImport, Keys};
 use crate::storage::{Changes, Storage, StorageImport};
 
-use crate::bindings::exports::tokenvault::vault::{connect, providers, tokens};
+use crate::bindings::exports::tokenvault::vault::{connect, keys, providers, tokens};
 use crate::bindings::tokenvault::vault::{audit, keyring, storage as wit_storage};
 
 /// The component this host was built with.
@@ -38,7 +38,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 #[derive(Clone)]
 pub struct Services {
     pub storage: Arc<dyn Storage>,
-    pub keyring: Arc<Keyring>,
+    pub keys: Arc<Keys>,
     pub audit: Arc<dyn AuditSink>,
     /// The wall clock the component reads: [`Clock::system`] unless you move it.
     pub clock: Clock,
@@ -87,15 +87,24 @@ impl WasiHttpView for HostState {
 }
 
 impl Services {
-    /// The services an operator configured: storage, keyring (created on first use) and
-    /// audit log from `options`, and the system clock.
+    /// The services an operator configured: storage, keyring (made on first use, or
+    /// imported from the old keyring file) and audit log from `options`, and the system
+    /// clock.
     pub async fn open(options: &Options) -> Result<Self> {
         std::fs::create_dir_all(&options.data_dir)
             .map_err(|e| Error::Config(format!("cannot create data directory {}: {e}", options.data_dir.display())))?;
         let storage = options.storage.open().await.map_err(|e| Error::storage(e.to_string()))?;
         let audit: Arc<dyn AuditSink> = Arc::new(JsonLinesAudit::open(&options.audit_log)?);
         Ok(Services {
-            keyring: Arc::new(Keyring::load_or_create(&options.keyring, &*storage).await?),
+            keys: Arc::new(
+                Keys::open(
+                    storage.clone(),
+                    options.master_key.clone(),
+                    Some(&options.keyring),
+                    options.storage.is_embedded(),
+                )
+                .await?,
+            ),
             storage,
             audit: match options.audit_on_failure {
                 OnAuditFailure::Refuse => audit,
@@ -168,11 +177,12 @@ impl Runtime {
 }
 
 /// Where the exported functions are in the component, found once: the vault world's
-/// three interfaces.
+/// interfaces.
 struct ExportIndices {
     tokens: tokens::GuestIndices,
     providers: providers::GuestIndices,
     connect: connect::GuestIndices,
+    keys: keys::GuestIndices,
 }
 
 impl ExportIndices {
@@ -181,12 +191,13 @@ impl ExportIndices {
             tokens: tokens::GuestIndices::new(pre)?,
             providers: providers::GuestIndices::new(pre)?,
             connect: connect::GuestIndices::new(pre)?,
+            keys: keys::GuestIndices::new(pre)?,
         })
     }
 }
 
 /// One instance's exports. Each interface is looked up (and its functions' types checked)
-/// when a call first uses it, not all three when the instance starts: that was a quarter
+/// when a call first uses it, not all of them when the instance starts: that was a quarter
 /// of a fresh instance's cost (BENCHMARKS.md).
 pub(crate) struct Exports {
     instance: wasmtime::component::Instance,
@@ -204,6 +215,10 @@ impl Exports {
 
     pub(crate) fn connect(&self, store: &mut Store<HostState>) -> Result<connect::Guest> {
         self.indices.connect.load(store, &self.instance).map_err(sandbox_error)
+    }
+
+    pub(crate) fn keys(&self, store: &mut Store<HostState>) -> Result<keys::Guest> {
+        self.indices.keys.load(store, &self.instance).map_err(sandbox_error)
     }
 }
 
@@ -225,7 +240,7 @@ fn pre_instantiate(
         changes: &s.changes,
         deadline: s.deadline,
     })?;
-    keyring::add_to_linker::<_, KeyringImport>(&mut linker, |s| &*s.services.keyring)?;
+    keyring::add_to_linker::<_, KeyringImport>(&mut linker, |s| &*s.services.keys)?;
     audit::add_to_linker::<_, AuditImport>(&mut linker, |s| &*s.services.audit)?;
     let pre = linker.instantiate_pre(component)?;
     let exports = ExportIndices::new(&pre)?;

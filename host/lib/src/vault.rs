@@ -12,6 +12,7 @@ use crate::config::SandboxLimits;
 use crate::error::{Error, Result};
 use crate::http::EgressPolicy;
 use crate::runtime::{COMPONENT_WASM, HostState, Runtime, Services, sandbox_error};
+use tokenvault_model::storage::ReencryptPage;
 use tokenvault_model::*;
 
 #[derive(Clone)]
@@ -132,6 +133,16 @@ impl Vault {
     pub async fn sweep_expired(&self, cursor: Option<&str>, limit: u32) -> Result<SweepPage> {
         let (_slot, mut store, vault) = self.runtime.instantiate().await?;
         finish(vault.connect(&mut store)?.call_sweep_expired(&mut store, cursor, limit).await)
+    }
+
+    // ---- keys -----------------------------------------------------------------------
+
+    /// One step of re-encryption: of the next `limit` sealed records after `cursor`,
+    /// re-seal those under an inactive key with the active one (see [`crate::reencrypt`]
+    /// for the whole pass).
+    pub async fn reencrypt_page(&self, cursor: Option<&str>, limit: u32) -> Result<ReencryptPage> {
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        finish(vault.keys(&mut store)?.call_reencrypt(&mut store, cursor, limit).await)
     }
 
     // ---- providers ------------------------------------------------------------------

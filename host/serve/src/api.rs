@@ -17,6 +17,7 @@ use super::auth::Caller;
 use super::console;
 use super::console::session::Principal;
 use tokenvault::error::Error;
+use tokenvault::keys::DataKeyInfo;
 use tokenvault::{
     ConnectionInfo, ConnectionKey, ProviderConfig, ProviderInfo, RemovalReceipt, TokenGrant, TokenSet, UserPage,
     parse_json,
@@ -36,6 +37,7 @@ use tokenvault::{
     tags(
         (name = "tokens", description = "A tenant's users' connections"),
         (name = "providers", description = "The OAuth providers, shared by all tenants"),
+        (name = "keys", description = "The data keys records are sealed with (operator keys only)"),
     )
 )]
 struct ApiDoc;
@@ -60,6 +62,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_console_link))
         .routes(routes!(list_providers))
         .routes(routes!(get_provider, put_provider, remove_provider))
+        .routes(routes!(list_keys))
+        .routes(routes!(rotate_key))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -312,4 +316,36 @@ async fn remove_provider(
     caller.operator()?;
     state.vault.remove_provider(&path.name).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct KeysQuery {
+    /// Count the sealed records that name each key (reads every sealed record).
+    #[serde(default)]
+    records: bool,
+}
+
+/// The data keys: id, creation time, status (operator keys only).
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", params(KeysQuery),
+    responses((status = 200, body = Vec<DataKeyInfo>), (status = "4XX", body = Error)))]
+async fn list_keys(
+    caller: Caller,
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<KeysQuery>,
+) -> ApiResult<Vec<DataKeyInfo>> {
+    caller.operator()?;
+    let keys = &state.vault.services().keys;
+    let counts = if query.records { Some(keys.count_sealed().await?) } else { None };
+    Ok(Json(keys.list(counts.as_ref()).await?))
+}
+
+/// Make a new data key active for new writes on every host sharing the storage (each
+/// notices within seconds). Records sealed before keep their key until `tokenvault keys
+/// reencrypt` moves them (operator keys only).
+#[utoipa::path(post, path = "/v1/keys/rotate", tag = "keys",
+    responses((status = 200, body = DataKeyInfo), (status = "4XX", body = Error)))]
+async fn rotate_key(caller: Caller, State(state): State<AppState>) -> ApiResult<DataKeyInfo> {
+    caller.operator()?;
+    Ok(Json(state.vault.services().keys.rotate().await?))
 }

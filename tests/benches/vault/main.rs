@@ -5,7 +5,8 @@
 //! Suites: `get` (warm, fresh, native and floor), `startup`, `ops` (store, list, refresh),
 //! `concurrency` (throughput, memory per instance), `scale` (10³ to 10⁶ records on SQLite
 //! and PostgreSQL), `coalesce` (1,000 gets of one expired token;
-//! `BENCH_POOL_SLOTS` sets its pool size), `python` (Fernet + Redis).
+//! `BENCH_POOL_SLOTS` sets its pool size), `python` (Fernet + Redis), `keys` (re-encryption
+//! after a rotation, SQLite and PostgreSQL).
 //! All of them when none is named. The report (markdown) goes to stdout and to
 //! `target/bench-report.md`; BENCHMARKS.md holds the latest one with the machine.
 //!
@@ -21,7 +22,7 @@ use support::*;
 use tokenvault::storage::StorageUrl;
 use tokenvault::{SandboxLimits, Vault};
 
-const SUITES: [&str; 7] = ["get", "startup", "ops", "concurrency", "scale", "coalesce", "python"];
+const SUITES: [&str; 8] = ["get", "startup", "ops", "concurrency", "scale", "coalesce", "python", "keys"];
 
 fn main() {
     // cargo bench passes `--bench`; names without dashes choose suites.
@@ -45,6 +46,7 @@ fn main() {
                 "scale" => scale().await,
                 "coalesce" => coalesce().await,
                 "python" => python().await,
+                "keys" => keys().await,
                 _ => unreachable!(),
             }
         });
@@ -60,7 +62,7 @@ fn main() {
 /// A warm `get` of a fresh token against its references.
 async fn get() -> String {
     let dir = tempfile::tempdir().unwrap();
-    let services = memory_services(dir.path());
+    let services = memory_services(dir.path()).await;
     let product = vault(dir.path(), services.clone(), None, SandboxLimits::default(), None);
     product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
     let key = key("floor");
@@ -100,7 +102,7 @@ async fn get() -> String {
 /// Opening a vault: the component from the precompiled cache, or compiled.
 async fn startup() -> String {
     let dir = tempfile::tempdir().unwrap();
-    let services = memory_services(dir.path());
+    let services = memory_services(dir.path()).await;
     let open = |cache: bool| {
         let services = services.clone();
         let cache_dir = dir.path().join("cache");
@@ -140,7 +142,7 @@ async fn startup() -> String {
 async fn ops() -> String {
     let dir = tempfile::tempdir().unwrap();
     let endpoint = TokenEndpoint::start(Duration::ZERO).await;
-    let product = vault(dir.path(), memory_services(dir.path()), None, SandboxLimits::default(), Some(&endpoint));
+    let product = vault(dir.path(), memory_services(dir.path()).await, None, SandboxLimits::default(), Some(&endpoint));
     product.put_provider(&provider(&endpoint.url)).await.unwrap();
     for (i, name) in ["default", "work", "home"].into_iter().enumerate() {
         product.store(&tokenvault::ConnectionKey::new("acme", "lister", "idp", name), &grant(i as u64)).await.unwrap();
@@ -171,7 +173,7 @@ async fn ops() -> String {
 /// Throughput with concurrent callers on both cores, and memory per live instance.
 async fn concurrency() -> String {
     let dir = tempfile::tempdir().unwrap();
-    let product = vault(dir.path(), memory_services(dir.path()), None, SandboxLimits::default(), None);
+    let product = vault(dir.path(), memory_services(dir.path()).await, None, SandboxLimits::default(), None);
     product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
     product.store(&key("busy"), &grant(1)).await.unwrap();
     let mut out = String::from(
@@ -246,7 +248,7 @@ async fn scale() -> String {
             };
             let storage = url.open().await.unwrap();
             let product =
-                vault(dir.path(), services(dir.path(), storage.clone()), None, SandboxLimits::default(), None);
+                vault(dir.path(), services(dir.path(), storage.clone()).await, None, SandboxLimits::default(), None);
             product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
             product.store(&key("scaled"), &grant(1)).await.unwrap();
             let record_key = storage.list("tok/", None, 10).await.unwrap().keys[0].clone();
@@ -270,6 +272,60 @@ async fn scale() -> String {
         }
     }
     format!("{out}\n{targets}")
+}
+
+/// Re-encryption throughput after a rotation: every record sealed by the product (a copied
+/// record would not open: its sealing binds it to its key), then one pass.
+async fn keys() -> String {
+    const RECORDS: u64 = 5_000;
+    let mut out = format!(
+        "## Re-encrypting {RECORDS} connections after a rotation (`keys reencrypt`: {} records per sandbox call, \
+         each re-read and written by compare-and-swap; progress kept after each call)\n\n\
+         | backend | records | seconds | records/s |\n|---|---:|---:|---:|\n",
+        tokenvault::reencrypt::PAGE
+    );
+    let postgres_url =
+        std::env::var("TOKENVAULT_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    for backend in ["sqlite", "postgres"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, filler) = match backend {
+            "sqlite" => {
+                let db = dir.path().join("keys.db");
+                (StorageUrl::Sqlite(db.clone()), Filler::Sqlite(db))
+            }
+            _ => {
+                let schema = format!("bench_keys_{}", std::process::id());
+                let url = StorageUrl::parse(&format!("{postgres_url}?schema={schema}")).unwrap();
+                (url, Filler::Postgres(postgres_url.clone(), schema))
+            }
+        };
+        let storage = url.open().await.unwrap();
+        let product = vault(dir.path(), services(dir.path(), storage).await, None, SandboxLimits::default(), None);
+        product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
+        let mut stores = tokio::task::JoinSet::new();
+        for lane in 0..4 {
+            let product = product.clone();
+            stores.spawn(async move {
+                for i in (lane..RECORDS).step_by(4) {
+                    product.store(&key(&format!("u{i:06}")), &grant(i)).await.unwrap();
+                }
+            });
+        }
+        stores.join_all().await;
+        product.services().keys.rotate().await.unwrap();
+        let started = Instant::now();
+        let summary = tokenvault::reencrypt::run(&product, |_| {}).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!((summary.reencrypted, summary.failed), (RECORDS + 1, 0), "{summary:?}");
+        out.push_str(&format!(
+            "| {backend} | {} | {:.2} | {:.0} |\n",
+            summary.reencrypted,
+            took.as_secs_f64(),
+            summary.reencrypted as f64 / took.as_secs_f64()
+        ));
+        filler.drop_schema().await;
+    }
+    out
 }
 
 /// Rows that make a store hold `to` records, copies of the record at `record_key`.
@@ -329,7 +385,7 @@ async fn coalesce() -> String {
     let delay_ms: u64 = std::env::var("BENCH_PROVIDER_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let dir = tempfile::tempdir().unwrap();
     let endpoint = TokenEndpoint::start(Duration::from_millis(delay_ms)).await;
-    let services = memory_services(dir.path());
+    let services = memory_services(dir.path()).await;
     let clock = services.clock.clone();
     // BENCH_POOL_SLOTS tries another pool size (the default is the product's, 256).
     let limits = match std::env::var("BENCH_POOL_SLOTS").ok().and_then(|v| v.parse().ok()) {
@@ -404,14 +460,14 @@ async fn python() -> String {
     let dir = tempfile::tempdir().unwrap();
     let namespace = format!("bench{}", std::process::id());
     let storage = StorageUrl::parse(&format!("{redis}?namespace={namespace}")).unwrap().open().await.unwrap();
-    let product = vault(dir.path(), services(dir.path(), storage.clone()), None, SandboxLimits::default(), None);
+    let product = vault(dir.path(), services(dir.path(), storage.clone()).await, None, SandboxLimits::default(), None);
     product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
     let key = key("floor");
     product.store(&key, &grant(1)).await.unwrap();
     let mut warm = product.session("acme").await.unwrap();
     // The same records through a backend without its local cache: every get a round trip.
     let uncached = StorageUrl::parse(&format!("{redis}?namespace={namespace}&cache=0")).unwrap().open().await.unwrap();
-    let uncached = vault(dir.path(), services(dir.path(), uncached), None, SandboxLimits::default(), None);
+    let uncached = vault(dir.path(), services(dir.path(), uncached).await, None, SandboxLimits::default(), None);
     let mut uncached_warm = uncached.session("acme").await.unwrap();
 
     let mut samples = vec![

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokenvault::audit::MemoryAudit;
-use tokenvault::keys::Keyring;
+use tokenvault::keys::{Keys, MasterKeySource};
 use tokenvault::storage::{MemoryStorage, Storage};
 use tokenvault::{ClientAuth, ConnectionKey, ProviderConfig, SandboxLimits, Services, TokenGrant, Vault};
 use tokenvault_guest::platform::{Entry, HttpError, KeyPage, Platform, SealingKey, StorageError};
@@ -126,18 +126,21 @@ pub fn provider(token_url: &str) -> ProviderConfig {
     }
 }
 
-pub fn services(dir: &Path, storage: Arc<dyn Storage>) -> Services {
+/// Services over `storage`, its keyring wrapped by a master key in `dir` (so vaults made
+/// here over one store share it).
+pub async fn services(dir: &Path, storage: Arc<dyn Storage>) -> Services {
+    let master = MasterKeySource::DataDir(dir.join("master.key"));
     Services {
+        keys: Arc::new(Keys::open(storage.clone(), master, None, true).await.unwrap()),
         storage,
-        keyring: Arc::new(Keyring::create(&dir.join("keyring.json")).unwrap()),
         // In memory: a JSON-lines file would add a write per call to every case alike.
         audit: Arc::new(MemoryAudit::default()),
         clock: Default::default(),
     }
 }
 
-pub fn memory_services(dir: &Path) -> Services {
-    services(dir, Arc::new(MemoryStorage::default()))
+pub async fn memory_services(dir: &Path) -> Services {
+    services(dir, Arc::new(MemoryStorage::default())).await
 }
 
 /// A vault running `component` (the product's unless given) over `services`, allowed to
@@ -171,8 +174,8 @@ impl NativePlatform {
             let entry = services.storage.get(&key).await.unwrap().unwrap();
             records.insert(key, (entry.value, entry.version));
         }
-        let (id, material) = services.keyring.active();
-        NativePlatform { records, key: (id.to_owned(), material.to_vec()) }
+        let (id, material) = services.keys.active().await.unwrap();
+        NativePlatform { records, key: (id, material.to_vec()) }
     }
 }
 

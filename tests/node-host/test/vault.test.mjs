@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 
 import { MemoryStorage, SqliteStorage } from '../storage.mjs';
-import { Keyring, openVault, origin } from '../tokenvault.mjs';
+import { KEYRING_KEY, Keyring, openVault, origin } from '../tokenvault.mjs';
 
 function required(name) {
   const value = process.env[name];
@@ -210,17 +210,15 @@ test('a request to an origin the host does not allow is refused before it leaves
   assert.equal(vault.tokens.get(key('carol')).accessToken, grant.accessToken, 'the stored token is intact');
 });
 
-// The Rust host wrote `rust.db` with `keyring.json` (see tests/tests/other_hosts.rs); this
-// host reads its record, then writes `node.db` for the Rust host to read back.
+// The Rust host wrote `rust.db`, its keyring in it wrapped by `master.key` (see
+// tests/tests/other_hosts.rs); this host reads its record, then writes `node.db`, with the
+// same keyring record, for the Rust host to read back.
 test('records are interchangeable with the Rust host: same keyring, same storage bytes', async () => {
   const plan = JSON.parse(readFileSync(join(interopDir, 'plan.json'), 'utf8'));
-  const keyring = Keyring.load(join(interopDir, 'keyring.json'));
+  const rustDb = await SqliteStorage.open(join(interopDir, 'rust.db'));
+  const keyring = Keyring.open(rustDb, join(interopDir, 'master.key'));
 
-  const fromRust = await openVault({
-    component,
-    storage: await SqliteStorage.open(join(interopDir, 'rust.db')),
-    keyring,
-  });
+  const fromRust = await openVault({ component, storage: rustDb, keyring });
   const token = fromRust.tokens.get(plan.rust_wrote.key);
   assert.equal(token.accessToken, plan.rust_wrote.access_token);
   assert.equal(token.refreshToken, plan.rust_wrote.refresh_token);
@@ -228,7 +226,9 @@ test('records are interchangeable with the Rust host: same keyring, same storage
     plan.rust_wrote.key.provider,
   ]);
 
-  const forRust = await openVault({ component, storage: await SqliteStorage.open(join(interopDir, 'node.db')), keyring });
+  const nodeDb = await SqliteStorage.open(join(interopDir, 'node.db'));
+  nodeDb.put(KEYRING_KEY, keyring.record, undefined);
+  const forRust = await openVault({ component, storage: nodeDb, keyring });
   registerProvider(forRust);
   const w = plan.node_writes;
   forRust.tokens.store(w.key, {

@@ -30,7 +30,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use exports::tokenvault::vault::{connect, providers, tokens};
+use exports::tokenvault::vault::{connect, keys, providers, tokens};
 use tokenvault::vault::{keyring, storage, types as wit};
 
 struct Component;
@@ -299,6 +299,12 @@ impl connect::Guest for Component {
     }
 
     fn sweep_expired(_cursor: Option<String>, _limit: u32) -> WitResult<connect::SweepPage> {
+        unsupported()
+    }
+}
+
+impl keys::Guest for Component {
+    fn reencrypt(_cursor: Option<String>, _limit: u32) -> WitResult<keys::ReencryptPage> {
         unsupported()
     }
 }

@@ -88,6 +88,12 @@ impl StorageUrl {
     }
 
     /// The embedded default: a SQLite file in the data directory.
+    /// Whether the store belongs to this data directory alone (SQLite or memory), rather
+    /// than being shared by hosts on several machines.
+    pub fn is_embedded(&self) -> bool {
+        matches!(self, StorageUrl::Memory | StorageUrl::Sqlite(_))
+    }
+
     pub fn default_in(data_dir: &Path) -> Self {
         StorageUrl::Sqlite(data_dir.join("vault.db"))
     }
