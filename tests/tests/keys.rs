@@ -318,6 +318,20 @@ async fn a_rotation_through_one_serve_reaches_another_on_postgres() {
         served_a.call("GET", "/v1/tenants/acme/users/bob/connections/gh/default/token", Some(&key), None);
     assert_eq!((status, answer["access_token"].as_str()), (200, Some("at-b")));
 
+    // Neither service showed the master key or a data key.
+    let keys = StorageUrl::parse(&storage_url).unwrap();
+    let mut options = Options::from_data_dir(a.data_dir.path()).unwrap();
+    (options.storage, options.master_key) = (keys, tokenvault::keys::MasterKeySource::Given(master.clone()));
+    let vault = Vault::open(&options).await.unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut secrets = vec![master.to_base64()];
+    for id in [listed[0]["id"].as_str().unwrap(), &new_key] {
+        secrets.push(b64.encode(vault.services().keys.by_id(id).await.unwrap().unwrap()));
+    }
+    for log in [served_a.log(), served_b.log()] {
+        assert!(!secrets.iter().any(|s| log.contains(s.as_str())), "key material in a serve log");
+    }
+
     // A host given another master key refuses to start on this store.
     let wrong = host(&MasterKey::generate().unwrap());
     assert_eq!(wrong.run(&["keys", "ls"], None).error_kind(), "config");
@@ -325,5 +339,28 @@ async fn a_rotation_through_one_serve_reaches_another_on_postgres() {
     for key in storage.list("", None, 1000).await.unwrap().keys {
         let version = storage.get(&key).await.unwrap().unwrap().version;
         storage.delete(&key, version).await.unwrap();
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_data_directory_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("var/tokenvault");
+    let vault = Vault::open(&Options::from_data_dir(&dir).unwrap()).await.unwrap();
+    vault
+        .put_provider(&tokenvault::ProviderConfig {
+            name: "gh".into(),
+            template: Some(tokenvault::TemplateRef { name: "github".into(), tenant: None }),
+            client_id: "Iv1.abc".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mode = |name: &str| std::fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(""), 0o700, "the data directory");
+    for file in ["master.key", "vault.db", "vault.db-wal", "audit.jsonl"] {
+        assert_eq!(mode(file), 0o600, "{file}");
     }
 }

@@ -91,7 +91,13 @@ impl Services {
     /// imported from the old keyring file) and audit log from `options`, and the system
     /// clock.
     pub async fn open(options: &Options) -> Result<Self> {
-        std::fs::create_dir_all(&options.data_dir)
+        // Private to its owner: it holds the master key, the database and the audit log.
+        let mut data_dir = std::fs::DirBuilder::new();
+        data_dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut data_dir, 0o700);
+        data_dir
+            .create(&options.data_dir)
             .map_err(|e| Error::Config(format!("cannot create data directory {}: {e}", options.data_dir.display())))?;
         let storage = options.storage.open().await.map_err(|e| Error::storage(e.to_string()))?;
         let audit: Arc<dyn AuditSink> = Arc::new(JsonLinesAudit::open(&options.audit_log)?);

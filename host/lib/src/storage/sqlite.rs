@@ -30,6 +30,13 @@ impl SqliteStorage {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StorageError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
+        // Made private before SQLite opens it: SQLite gives the write-ahead log and its
+        // index the database file's mode.
+        let mut private = std::fs::OpenOptions::new();
+        private.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut private, 0o600);
+        private.open(path).map_err(|e| StorageError::Unavailable(format!("cannot create {}: {e}", path.display())))?;
         let conn = Connection::open(path).map_err(unavailable)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(unavailable)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
@@ -142,6 +149,19 @@ mod tests {
     async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
         super::super::conformance::run(Arc::new(SqliteStorage::open(&dir.path().join("v.db")).unwrap())).await;
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_database_and_its_write_ahead_log_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(&dir.path().join("v.db")).unwrap();
+        storage.put("k", b"v", None).await.unwrap();
+        for name in ["v.db", "v.db-wal", "v.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name} is {mode:o}");
+        }
     }
 
     #[tokio::test]
