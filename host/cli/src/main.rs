@@ -593,9 +593,8 @@ async fn demo(vault: &Vault, data_dir: &std::path::Path) -> Result<()> {
     step(5, "What storage actually holds");
     let storage = &vault.services().storage;
     println!("storage: {}", storage.describe());
-    for storage_key in storage.list("tok/acme/alice/", None, 10).await.map_err(|e| Error::storage(e.to_string()))?.keys
-    {
-        if let Some(entry) = storage.get(&storage_key).await.map_err(|e| Error::storage(e.to_string()))? {
+    for storage_key in storage.list("tok/acme/alice/", None, 10).await?.keys {
+        if let Some(entry) = storage.get(&storage_key).await? {
             let preview: String = hex::encode(&entry.value[..entry.value.len().min(48)]);
             let leaked = entry.value.windows(access_token.len()).any(|w| w == access_token.as_bytes());
             println!(

@@ -57,6 +57,13 @@ impl Error {
     }
 }
 
+/// A storage backend's failure, as the host's own storage error.
+impl From<tokenvault_model::storage::StorageError> for Error {
+    fn from(e: tokenvault_model::storage::StorageError) -> Self {
+        Error::storage(e.to_string())
+    }
+}
+
 /// `{"error": kind, "message": …}`: how the CLI and the HTTP API show an error.
 impl serde::Serialize for Error {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {

@@ -313,7 +313,7 @@ impl Keys {
         may_create_master: bool,
     ) -> Result<Self> {
         for _ in 0..3 {
-            if let Some(entry) = storage.get(KEYRING_KEY).await.map_err(|e| Error::storage(e.to_string()))? {
+            if let Some(entry) = storage.get(KEYRING_KEY).await? {
                 let opened = source.load().and_then(|master| {
                     let keyring = Keyring::open(&entry.value, entry.version, &master)?;
                     Ok((master, keyring))
@@ -375,7 +375,7 @@ impl Keys {
                 }
                 // Another host made the keyring first: open theirs.
                 Err(tokenvault_model::storage::StorageError::Conflict) => continue,
-                Err(e) => return Err(Error::storage(e.to_string())),
+                Err(e) => return Err(e.into()),
             }
         }
         Err(Error::storage("the keyring record kept changing while it was being made"))
@@ -460,12 +460,7 @@ impl Keys {
         if checked.elapsed() < fresh_for {
             return Ok(cached);
         }
-        let entry = self
-            .storage
-            .get(KEYRING_KEY)
-            .await
-            .map_err(|e| Error::storage(e.to_string()))?
-            .ok_or_else(|| Error::integrity("the keyring record has disappeared from storage"))?;
+        let entry = self.stored_record().await?;
         let keyring = if entry.version == cached.version {
             cached
         } else {
@@ -495,13 +490,16 @@ impl Keys {
 
     /// The keyring as storage holds it now, for a change.
     async fn read_keyring(&self) -> Result<Keyring> {
-        let entry = self
-            .storage
-            .get(KEYRING_KEY)
-            .await
-            .map_err(|e| Error::storage(e.to_string()))?
-            .ok_or_else(|| Error::integrity("the keyring record has disappeared from storage"))?;
+        let entry = self.stored_record().await?;
         self.open_record(&entry.value, entry.version)
+    }
+
+    /// The keyring record, which exists from the moment the keyring was opened.
+    async fn stored_record(&self) -> Result<tokenvault_model::storage::Entry> {
+        self.storage
+            .get(KEYRING_KEY)
+            .await?
+            .ok_or_else(|| Error::integrity("the keyring record has disappeared from storage"))
     }
 
     /// Write a changed keyring, wrapped by `master`, if nobody changed it meanwhile (else
@@ -516,7 +514,7 @@ impl Keys {
                 Ok(true)
             }
             Err(tokenvault_model::storage::StorageError::Conflict) => Ok(false),
-            Err(e) => Err(Error::storage(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -548,13 +546,9 @@ impl Keys {
         for prefix in SEALED_PREFIXES {
             let mut cursor: Option<String> = None;
             loop {
-                let page = self
-                    .storage
-                    .list(prefix, cursor.as_deref(), 1000)
-                    .await
-                    .map_err(|e| Error::storage(e.to_string()))?;
+                let page = self.storage.list(prefix, cursor.as_deref(), 1000).await?;
                 for key in &page.keys {
-                    if let Some(entry) = self.storage.get(key).await.map_err(|e| Error::storage(e.to_string()))? {
+                    if let Some(entry) = self.storage.get(key).await? {
                         let id = envelope_key_id(&entry.value).unwrap_or("(not an envelope)");
                         *counts.entry(id.to_owned()).or_insert(0) += 1;
                     }
@@ -709,7 +703,7 @@ fn info(record: &KeyringRecord, entry: &KeyEntry, counts: Option<&BTreeMap<Strin
 /// Refuse to make a keyring over records sealed with a lost one's keys.
 async fn refuse_over_sealed_records(storage: &dyn Storage) -> Result<()> {
     for prefix in SEALED_PREFIXES {
-        let page = storage.list(prefix, None, 1).await.map_err(|e| Error::storage(e.to_string()))?;
+        let page = storage.list(prefix, None, 1).await?;
         if !page.keys.is_empty() {
             return Err(Error::Config(format!(
                 "the vault's keyring is missing, but the storage holds records sealed with its keys (under \

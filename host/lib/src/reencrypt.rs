@@ -45,7 +45,7 @@ struct Progress {
 /// (the records it moved are then under a key no longer active).
 pub async fn run(vault: &Vault, mut on_step: impl FnMut(&ReencryptSummary)) -> Result<ReencryptSummary> {
     let storage = &vault.services().storage;
-    let (mut progress, mut version) = match storage.get(REENCRYPT_PROGRESS_KEY).await.map_err(storage_error)? {
+    let (mut progress, mut version) = match storage.get(REENCRYPT_PROGRESS_KEY).await? {
         Some(entry) => (
             serde_json::from_slice::<Progress>(&entry.value)
                 .map_err(|_| Error::integrity("the re-encryption progress record does not parse"))?,
@@ -77,13 +77,13 @@ pub async fn run(vault: &Vault, mut on_step: impl FnMut(&ReencryptSummary)) -> R
             Ok(written) => version = Some(written),
             // Another pass runs on this store too: carry on from where it got.
             Err(StorageError::Conflict) => {
-                let entry = storage.get(REENCRYPT_PROGRESS_KEY).await.map_err(storage_error)?;
+                let entry = storage.get(REENCRYPT_PROGRESS_KEY).await?;
                 version = entry.as_ref().map(|e| e.version);
                 if let Some(theirs) = entry.and_then(|e| serde_json::from_slice::<Progress>(&e.value).ok()) {
                     progress = theirs;
                 }
             }
-            Err(e) => return Err(storage_error(e)),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -96,7 +96,7 @@ pub async fn sealed_records(vault: &Vault) -> Result<u64> {
     for prefix in SEALED_PREFIXES {
         let mut cursor: Option<String> = None;
         loop {
-            let page = storage.list(prefix, cursor.as_deref(), 1000).await.map_err(storage_error)?;
+            let page = storage.list(prefix, cursor.as_deref(), 1000).await?;
             count += page.keys.len() as u64;
             match page.cursor {
                 Some(next) => cursor = Some(next),
@@ -105,8 +105,4 @@ pub async fn sealed_records(vault: &Vault) -> Result<u64> {
         }
     }
     Ok(count)
-}
-
-fn storage_error(e: StorageError) -> Error {
-    Error::storage(e.to_string())
 }

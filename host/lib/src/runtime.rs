@@ -99,7 +99,7 @@ impl Services {
         data_dir
             .create(&options.data_dir)
             .map_err(|e| Error::Config(format!("cannot create data directory {}: {e}", options.data_dir.display())))?;
-        let storage = options.storage.open().await.map_err(|e| Error::storage(e.to_string()))?;
+        let storage = options.storage.open().await?;
         let audit: Arc<dyn AuditSink> = Arc::new(JsonLinesAudit::open(&options.audit_log)?);
         Ok(Services {
             keys: Arc::new(

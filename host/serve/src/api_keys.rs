@@ -112,7 +112,7 @@ impl ApiKeys {
         let created_at = self.clock.now().as_secs();
         let record = KeyRecord { scope: scope.clone(), sha256: digest(&key), created_at };
         let value = serde_json::to_vec(&record).expect("key records serialize");
-        self.storage.put(&record_key(&id), &value, None).await.map_err(storage_error)?;
+        self.storage.put(&record_key(&id), &value, None).await?;
         Ok(NewApiKey { key, info: ApiKeyInfo { id, scope, created_at } })
     }
 
@@ -121,7 +121,7 @@ impl ApiKeys {
         let mut keys = Vec::new();
         let mut cursor = None;
         loop {
-            let page = self.storage.list(RECORD_PREFIX, cursor.as_deref(), 100).await.map_err(storage_error)?;
+            let page = self.storage.list(RECORD_PREFIX, cursor.as_deref(), 100).await?;
             for storage_key in &page.keys {
                 let id = &storage_key[RECORD_PREFIX.len()..];
                 if let Some((record, _)) = self.record(id).await? {
@@ -142,7 +142,7 @@ impl ApiKeys {
         };
         match self.storage.delete(&record_key(id), version).await {
             Ok(()) | Err(StorageError::Conflict) => Ok(()), // gone already
-            Err(e) => Err(storage_error(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -167,7 +167,7 @@ impl ApiKeys {
     }
 
     async fn record(&self, id: &str) -> Result<Option<(KeyRecord, u64)>> {
-        let Some(entry) = self.storage.get(&record_key(id)).await.map_err(storage_error)? else {
+        let Some(entry) = self.storage.get(&record_key(id)).await? else {
             return Ok(None);
         };
         let record = serde_json::from_slice(&entry.value)
@@ -182,10 +182,6 @@ fn record_key(id: &str) -> String {
 
 fn digest(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
-}
-
-fn storage_error(e: StorageError) -> Error {
-    Error::storage(e.to_string())
 }
 
 #[cfg(test)]

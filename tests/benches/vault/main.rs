@@ -235,17 +235,7 @@ async fn scale() -> String {
     for backend in ["sqlite", "postgres"] {
         let mut stores = Vec::new();
         for size in SIZES {
-            let (url, filler) = match backend {
-                "sqlite" => {
-                    let db = dir.path().join(format!("scale-{size}.db"));
-                    (StorageUrl::Sqlite(db.clone()), Filler::Sqlite(db))
-                }
-                _ => {
-                    let schema = format!("bench_{}_{size}", std::process::id());
-                    let url = StorageUrl::parse(&format!("{postgres_url}?schema={schema}")).unwrap();
-                    (url, Filler::Postgres(postgres_url.clone(), schema))
-                }
-            };
+            let (url, filler) = Filler::store(backend, dir.path(), &postgres_url, &format!("scale_{size}"));
             let storage = url.open().await.unwrap();
             let product =
                 vault(dir.path(), services(dir.path(), storage.clone()).await, None, SandboxLimits::default(), None);
@@ -288,17 +278,7 @@ async fn keys() -> String {
         std::env::var("TOKENVAULT_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     for backend in ["sqlite", "postgres"] {
         let dir = tempfile::tempdir().unwrap();
-        let (url, filler) = match backend {
-            "sqlite" => {
-                let db = dir.path().join("keys.db");
-                (StorageUrl::Sqlite(db.clone()), Filler::Sqlite(db))
-            }
-            _ => {
-                let schema = format!("bench_keys_{}", std::process::id());
-                let url = StorageUrl::parse(&format!("{postgres_url}?schema={schema}")).unwrap();
-                (url, Filler::Postgres(postgres_url.clone(), schema))
-            }
-        };
+        let (url, filler) = Filler::store(backend, dir.path(), &postgres_url, "keys");
         let storage = url.open().await.unwrap();
         let product = vault(dir.path(), services(dir.path(), storage).await, None, SandboxLimits::default(), None);
         product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
@@ -335,6 +315,22 @@ enum Filler {
 }
 
 impl Filler {
+    /// A store of its own on `backend` (`sqlite` or `postgres`), named `name`: a file in
+    /// `dir`, or a schema of this process.
+    fn store(backend: &str, dir: &std::path::Path, postgres_url: &str, name: &str) -> (StorageUrl, Filler) {
+        match backend {
+            "sqlite" => {
+                let db = dir.join(format!("{name}.db"));
+                (StorageUrl::Sqlite(db.clone()), Filler::Sqlite(db))
+            }
+            _ => {
+                let schema = format!("bench_{name}_{}", std::process::id());
+                let url = StorageUrl::parse(&format!("{postgres_url}?schema={schema}")).unwrap();
+                (url, Filler::Postgres(postgres_url.to_owned(), schema))
+            }
+        }
+    }
+
     async fn fill(&self, record_key: &str, from: u64, to: u64) {
         match self {
             Filler::Sqlite(path) => {

@@ -113,7 +113,7 @@ impl Sessions {
         match self.storage.delete(&record_key(code), version).await {
             Ok(()) => {}
             Err(StorageError::Conflict) => return Ok(None),
-            Err(e) => return Err(storage_error(e)),
+            Err(e) => return Err(e.into()),
         }
         if link.expires_at <= self.now() {
             return Ok(None);
@@ -134,7 +134,7 @@ impl Sessions {
         if let Some((_, version)) = self.read(id).await? {
             match self.storage.delete(&record_key(id), version).await {
                 Ok(()) | Err(StorageError::Conflict) => {}
-                Err(e) => return Err(storage_error(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
@@ -145,9 +145,9 @@ impl Sessions {
         let now = self.now();
         let (mut swept, mut cursor) = (0, None);
         loop {
-            let page = self.storage.list(RECORD_PREFIX, cursor.as_deref(), 500).await.map_err(storage_error)?;
+            let page = self.storage.list(RECORD_PREFIX, cursor.as_deref(), 500).await?;
             for key in &page.keys {
-                let Some(entry) = self.storage.get(key).await.map_err(storage_error)? else { continue };
+                let Some(entry) = self.storage.get(key).await? else { continue };
                 let expired = serde_json::from_slice::<Session>(&entry.value).is_ok_and(|s| s.expires_at <= now);
                 if expired && self.storage.delete(key, entry.version).await.is_ok() {
                     swept += 1;
@@ -164,7 +164,7 @@ impl Sessions {
         let id = random_token()?;
         let session = Session { principal, csrf: random_token()?, expires_at: self.now() + ttl_secs, pending };
         let value = serde_json::to_vec(&session).expect("sessions serialize");
-        self.storage.put(&record_key(&id), &value, None).await.map_err(storage_error)?;
+        self.storage.put(&record_key(&id), &value, None).await?;
         Ok((id, session))
     }
 
@@ -172,7 +172,7 @@ impl Sessions {
         if id.is_empty() || id.len() > 100 {
             return Ok(None);
         }
-        let Some(entry) = self.storage.get(&record_key(id)).await.map_err(storage_error)? else {
+        let Some(entry) = self.storage.get(&record_key(id)).await? else {
             return Ok(None);
         };
         let session = serde_json::from_slice(&entry.value)
@@ -194,10 +194,6 @@ pub fn random_token() -> Result<String> {
 
 fn record_key(id: &str) -> String {
     format!("{RECORD_PREFIX}{}", hex::encode(Sha256::digest(id.as_bytes())))
-}
-
-fn storage_error(e: StorageError) -> Error {
-    Error::storage(e.to_string())
 }
 
 #[cfg(test)]
