@@ -3,7 +3,7 @@
 //! drives the pages and keeps the cursor, so an interrupted pass resumes where it stopped.
 
 use crate::model::storage::{ReencryptPage, SEALED_PREFIXES};
-use crate::model::{Result, VaultError};
+use crate::model::{AuditAction, AuditOutcome, Result, VaultError};
 use crate::platform::{Platform, SealingKey, StorageError};
 use crate::record;
 use crate::seal;
@@ -22,8 +22,15 @@ enum Resealed {
 
 impl<P: Platform> Vault<P> {
     /// Re-seal, of the next `limit` sealed records after `cursor`, each one not sealed
-    /// under the active key. Pass the cursor back until it is none.
+    /// under the active key. Pass the cursor back until it is none. Each page is one audit
+    /// event.
     pub fn reencrypt(&self, cursor: Option<&str>, limit: u32) -> Result<ReencryptPage> {
+        let result = self.reencrypt_page(cursor, limit);
+        self.emit(AuditAction::KeyReencrypt, AuditOutcome::from(&result), None, None, None, None);
+        result
+    }
+
+    fn reencrypt_page(&self, cursor: Option<&str>, limit: u32) -> Result<ReencryptPage> {
         if limit == 0 || limit > 1000 {
             return Err(VaultError::InvalidInput("limit must be 1 to 1000".into()));
         }
@@ -111,6 +118,8 @@ mod tests {
 
         let first = pass(&vault, 2);
         assert_eq!((first.reencrypted, first.current, first.failed), (4, 0, 0));
+        let pages = vault.platform().events.borrow().iter().filter(|e| e.action == AuditAction::KeyReencrypt).count();
+        assert!(pages >= 2, "each page is audited, {pages} events");
         for (storage_key, (value, _)) in vault.platform().records.borrow().iter() {
             if let Some(id) = crate::model::storage::envelope_key_id(value) {
                 assert_eq!(id, "k2", "{storage_key} still under {old}");

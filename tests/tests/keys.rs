@@ -194,6 +194,19 @@ async fn records_move_to_a_new_key_online_through_kills_and_the_old_key_is_retir
         let shown = format!("{}{}", run.stdout, run.stderr);
         assert!(!secrets.iter().any(|s| contains(shown.as_bytes(), s)), "key material in the output of {args:?}");
     }
+
+    // The trail shows each change to the keyring, and each page of the pass.
+    let trail = std::fs::read(tv.data_dir.path().join("audit.jsonl")).unwrap();
+    assert!(!secrets.iter().any(|s| contains(&trail, s)), "key material in the audit log");
+    let events: Vec<serde_json::Value> =
+        trail.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+    let count = |action: &str, outcome: &str| {
+        events.iter().filter(|e| e["action"] == action && e["outcome"] == outcome).count()
+    };
+    assert_eq!(count("key-rotate", "ok"), 1);
+    assert_eq!((count("key-retire", "ok"), count("key-retire", "invalid-input")), (1, 1));
+    let pages = (total as usize).div_ceil(tokenvault::reencrypt::PAGE as usize);
+    assert!(count("key-reencrypt", "ok") >= pages, "a page at a time: {} events", count("key-reencrypt", "ok"));
 }
 
 #[test]

@@ -40,7 +40,8 @@ macro_rules! named_cases {
 }
 
 named_cases!(
-    /// What a component operation did.
+    /// What an operation did: the component's, and the host's own on the keyring (rotate,
+    /// retire, master-key rotate).
     AuditAction {
         TokenStore => "token-store",
         TokenGet => "token-get",
@@ -55,6 +56,10 @@ named_cases!(
         ConnectOpenLink => "connect-open-link",
         ConnectDevice => "connect-device",
         ConnectClient => "connect-client",
+        KeyReencrypt => "key-reencrypt",
+        KeyRotate => "key-rotate",
+        KeyRetire => "key-retire",
+        MasterKeyRotate => "master-key-rotate",
     }
 );
 

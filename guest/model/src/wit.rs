@@ -146,7 +146,8 @@ macro_rules! wit_conversions {
 
         $crate::__cases!($audit::Action <=> AuditAction {
             TokenStore, TokenGet, TokenRefresh, TokenRemove, RevokeAll, ProviderPut, ProviderRemove, ConnectBegin,
-            ConnectComplete, ConnectLink, ConnectOpenLink, ConnectDevice, ConnectClient,
+            ConnectComplete, ConnectLink, ConnectOpenLink, ConnectDevice, ConnectClient, KeyReencrypt, KeyRotate,
+            KeyRetire, MasterKeyRotate,
         });
         $crate::__cases!($audit::Outcome <=> AuditOutcome {
             Ok, NotFound, InvalidInput, ReconnectRequired, ProviderError, Storage, Integrity, EgressDenied,

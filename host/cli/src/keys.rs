@@ -53,10 +53,10 @@ pub fn new_master_key(file: &std::path::Path) -> Result<()> {
 }
 
 pub async fn keys(vault: &Vault, command: KeysCommand) -> Result<()> {
-    let keys = &vault.services().keys;
+    let (keys, audit) = (&vault.services().keys, &*vault.services().audit);
     match command {
         KeysCommand::Ls => print_json(&keys.list(Some(&keys.count_sealed().await?)).await?),
-        KeysCommand::Rotate => print_json(&keys.rotate().await?),
+        KeysCommand::Rotate => print_json(&keys.rotate(audit).await?),
         KeysCommand::Reencrypt => {
             let bar = ProgressBar::new(reencrypt::sealed_records(vault).await?);
             bar.set_style(
@@ -67,7 +67,7 @@ pub async fn keys(vault: &Vault, command: KeysCommand) -> Result<()> {
             bar.finish_and_clear();
             print_json(&summary?);
         }
-        KeysCommand::Retire { id } => print_json(&keys.retire(&id).await?),
+        KeysCommand::Retire { id } => print_json(&keys.retire(&id, audit).await?),
     }
     Ok(())
 }
@@ -76,11 +76,11 @@ pub async fn master_key(vault: &Vault, command: MasterKeyCommand) -> Result<()> 
     let MasterKeyCommand::Rotate { new_key_file } = command else {
         unreachable!("`master-key new` runs before the vault opens")
     };
-    let keys = &vault.services().keys;
+    let (keys, audit) = (&vault.services().keys, &*vault.services().audit);
     let previous = keys.master_key_id();
     let (new, data_keys, file) = match (keys.source(), new_key_file) {
         (MasterKeySource::DataDir(path), None) => {
-            let (new, count) = rotate_data_dir_master(keys, path).await?;
+            let (new, count) = rotate_data_dir_master(keys, path, audit).await?;
             (new, count, path.clone())
         }
         (_, Some(file)) => {
@@ -94,7 +94,7 @@ pub async fn master_key(vault: &Vault, command: MasterKeyCommand) -> Result<()> 
             if new.id() == previous {
                 return Err(Error::invalid_input(format!("{} holds the current master key", file.display())));
             }
-            let count = keys.rewrap(&new).await?;
+            let count = keys.rewrap(&new, audit).await?;
             (new, count, file)
         }
         (source, None) => {

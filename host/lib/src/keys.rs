@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wasmtime::component::HasData;
 
+use crate::audit::{AuditAction, AuditOutcome, AuditRecord, AuditSink};
 use crate::bindings::tokenvault::vault::keyring;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -563,8 +564,12 @@ impl Keys {
     }
 
     /// Make a new data key the active one: new records are sealed with it on every host
-    /// sharing the store once their copy reloads (within [`RELOAD_AFTER`]).
-    pub async fn rotate(&self) -> Result<DataKeyInfo> {
+    /// sharing the store once their copy reloads (within [`RELOAD_AFTER`]). Audited.
+    pub async fn rotate(&self, audit: &dyn AuditSink) -> Result<DataKeyInfo> {
+        audited(audit, AuditAction::KeyRotate, self.rotate_unaudited().await)
+    }
+
+    async fn rotate_unaudited(&self) -> Result<DataKeyInfo> {
         let id = new_key_id()?;
         let key = random_key()?;
         let master = self.master.read().expect("lock").clone();
@@ -588,8 +593,13 @@ impl Keys {
     }
 
     /// Destroy an inactive key's material. Refused while any sealed record names it, while
-    /// it is active, or until it has been inactive for [`RETIRE_AFTER`].
-    pub async fn retire(&self, id: &str) -> Result<DataKeyInfo> {
+    /// it is active, or until it has been inactive for [`RETIRE_AFTER`]. Audited, refusals
+    /// included.
+    pub async fn retire(&self, id: &str, audit: &dyn AuditSink) -> Result<DataKeyInfo> {
+        audited(audit, AuditAction::KeyRetire, self.retire_unaudited(id).await)
+    }
+
+    async fn retire_unaudited(&self, id: &str) -> Result<DataKeyInfo> {
         let record = self.read_keyring().await?.record;
         let entry =
             record.keys.iter().find(|e| e.id == id).ok_or_else(|| Error::not_found(format!("no key {id:?}")))?;
@@ -620,8 +630,12 @@ impl Keys {
     }
 
     /// Wrap every live data key under `new` instead of the current master key. Records are
-    /// not touched. Returns how many data keys were wrapped again.
-    pub async fn rewrap(&self, new: &MasterKey) -> Result<usize> {
+    /// not touched. Returns how many data keys were wrapped again. Audited.
+    pub async fn rewrap(&self, new: &MasterKey, audit: &dyn AuditSink) -> Result<usize> {
+        audited(audit, AuditAction::MasterKeyRotate, self.rewrap_unaudited(new).await)
+    }
+
+    async fn rewrap_unaudited(&self, new: &MasterKey) -> Result<usize> {
         for _ in 0..5 {
             let keyring = self.read_keyring().await?;
             let mut record = keyring.record.clone();
@@ -647,14 +661,37 @@ impl Keys {
 /// Rotate the master key of a data-directory source: stage the new key beside the old
 /// file, wrap the keyring under it, then move it into place. Interrupted anywhere, the
 /// next start finds a key that opens the keyring (the old file or the staged one).
-pub async fn rotate_data_dir_master(keys: &Keys, path: &Path) -> Result<(MasterKey, usize)> {
+pub async fn rotate_data_dir_master(keys: &Keys, path: &Path, audit: &dyn AuditSink) -> Result<(MasterKey, usize)> {
     let new = MasterKey::generate()?;
     let staged = staged_path(path);
     write_private(&staged, format!("{}\n", new.to_base64()).as_bytes(), false)?;
-    let count = keys.rewrap(&new).await?;
+    let count = keys.rewrap(&new, audit).await?;
     std::fs::rename(&staged, path)
         .map_err(|e| Error::Config(format!("cannot move {} into place: {e}", staged.display())))?;
     Ok((new, count))
+}
+
+/// The host's own changes to the keyring are audited as the component's calls are: one
+/// whose event cannot be written is reported as failed with `storage` (it was made; the
+/// caller learns that the trail does not show it).
+fn audited<T>(audit: &dyn AuditSink, action: AuditAction, result: Result<T>) -> Result<T> {
+    let outcome = match &result {
+        Ok(_) => AuditOutcome::Ok,
+        Err(Error::Vault(e)) => AuditOutcome::from(&Err::<(), _>(e.clone())),
+        // The host's own failures here are of its randomness or storage.
+        Err(_) => AuditOutcome::Storage,
+    };
+    let record = AuditRecord {
+        at_ms: now_ms(),
+        action: action.name().into(),
+        outcome: outcome.name().into(),
+        tenant: None,
+        user: None,
+        provider: None,
+        name: None,
+    };
+    audit.record(&record).map_err(|e| Error::storage(e.to_string()))?;
+    result
 }
 
 fn staged_path(path: &Path) -> PathBuf {
@@ -825,6 +862,7 @@ impl keyring::Host for &Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::MemoryAudit;
     use crate::storage::MemoryStorage;
 
     fn memory() -> Arc<dyn Storage> {
@@ -947,7 +985,7 @@ mod tests {
         let here = Keys::open(storage.clone(), source.clone(), None, true).await.unwrap();
         let there = Keys::open(storage.clone(), source, None, true).await.unwrap();
         let (old, _) = there.active().await.unwrap();
-        let rotated = here.rotate().await.unwrap();
+        let rotated = here.rotate(&MemoryAudit::default()).await.unwrap();
         assert_eq!(rotated.status, KeyStatus::Active);
         // A record under the new key opens there at once: a miss reads the keyring again.
         assert_eq!(there.by_id(&rotated.id).await.unwrap(), Some(here.active().await.unwrap().1));
@@ -960,11 +998,12 @@ mod tests {
     async fn a_key_is_retired_only_when_inactive_long_enough_and_unused() {
         let storage = memory();
         let keys = Keys::open(storage.clone(), given(), None, true).await.unwrap();
+        let audit = MemoryAudit::default();
         let (old, _) = keys.active().await.unwrap();
-        let err = keys.retire(&old).await.err().unwrap().to_string();
+        let err = keys.retire(&old, &audit).await.err().unwrap().to_string();
         assert!(err.contains("is active"), "{err}");
-        keys.rotate().await.unwrap();
-        let err = keys.retire(&old).await.err().unwrap().to_string();
+        keys.rotate(&audit).await.unwrap();
+        let err = keys.retire(&old, &audit).await.err().unwrap().to_string();
         assert!(err.contains("may still seal with it"), "{err}");
 
         // Inactive long enough (moved back in time in the record itself).
@@ -975,15 +1014,28 @@ mod tests {
         envelope.extend_from_slice(old.as_bytes());
         envelope.extend_from_slice(&[0; 28]);
         let sealed = storage.put("tok/a/b/c/d", &envelope, None).await.unwrap();
-        let err = keys.retire(&old).await.err().unwrap().to_string();
+        let err = keys.retire(&old, &audit).await.err().unwrap().to_string();
         assert!(err.contains("1 sealed records still name"), "{err}");
         assert_eq!(keys.count_sealed().await.unwrap().get(&old), Some(&1));
 
         storage.delete("tok/a/b/c/d", sealed).await.unwrap();
-        assert_eq!(keys.retire(&old).await.unwrap().status, KeyStatus::Retired);
+        assert_eq!(keys.retire(&old, &audit).await.unwrap().status, KeyStatus::Retired);
         assert_eq!(keys.by_id(&old).await.unwrap(), None, "its material is gone");
         assert!(record(&storage).await.0["keys"][0].get("wrapped").is_none());
-        assert!(keys.retire("k-nope").await.err().unwrap().to_string().contains("no key"));
+        assert!(keys.retire("k-nope", &audit).await.err().unwrap().to_string().contains("no key"));
+        let trail: Vec<_> =
+            audit.records.lock().unwrap().iter().map(|r| format!("{} {}", r.action, r.outcome)).collect();
+        assert_eq!(
+            trail,
+            [
+                "key-retire invalid-input",
+                "key-rotate ok",
+                "key-retire invalid-input",
+                "key-retire invalid-input",
+                "key-retire ok",
+                "key-retire not-found"
+            ]
+        );
     }
 
     #[tokio::test]
@@ -995,11 +1047,12 @@ mod tests {
         storage.delete("tok/x", 1).await.unwrap();
         let source = MasterKeySource::DataDir(path.clone());
         let keys = Keys::open(storage.clone(), source.clone(), None, true).await.unwrap();
-        keys.rotate().await.unwrap();
+        let audit = MemoryAudit::default();
+        keys.rotate(&audit).await.unwrap();
         let before = (keys.active().await.unwrap(), keys.list(None).await.unwrap());
         let old_master = keys.master_key_id();
 
-        let (new, count) = rotate_data_dir_master(&keys, &path).await.unwrap();
+        let (new, count) = rotate_data_dir_master(&keys, &path, &audit).await.unwrap();
         assert_eq!((count, keys.master_key_id()), (2, new.id().to_owned()));
         assert_ne!(new.id(), old_master);
         let reopened = Keys::open(storage.clone(), source.clone(), None, true).await.unwrap();
@@ -1009,7 +1062,7 @@ mod tests {
         // place: the next start finds the staged key, and finishes the move.
         let newer = MasterKey::generate().unwrap();
         std::fs::write(staged_path(&path), newer.to_base64()).unwrap();
-        reopened.rewrap(&newer).await.unwrap();
+        reopened.rewrap(&newer, &audit).await.unwrap();
         let recovered = Keys::open(storage.clone(), source, None, true).await.unwrap();
         assert_eq!(recovered.master_key_id(), newer.id());
         assert_eq!(MasterKey::read_file(&path).unwrap().id(), newer.id());

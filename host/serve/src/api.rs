@@ -347,5 +347,6 @@ async fn list_keys(
     responses((status = 200, body = DataKeyInfo), (status = "4XX", body = Error)))]
 async fn rotate_key(caller: Caller, State(state): State<AppState>) -> ApiResult<DataKeyInfo> {
     caller.operator()?;
-    Ok(Json(state.vault.services().keys.rotate().await?))
+    let services = state.vault.services();
+    Ok(Json(services.keys.rotate(&*services.audit).await?))
 }

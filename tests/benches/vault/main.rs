@@ -292,7 +292,7 @@ async fn keys() -> String {
             });
         }
         stores.join_all().await;
-        product.services().keys.rotate().await.unwrap();
+        product.services().keys.rotate(&*product.services().audit).await.unwrap();
         let started = Instant::now();
         let summary = tokenvault::reencrypt::run(&product, |_| {}).await.unwrap();
         let took = started.elapsed();
