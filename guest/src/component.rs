@@ -20,11 +20,12 @@ wit_bindgen::generate!({
     },
 });
 
-use exports::tokenvault::vault::{connect, keys, providers, tokens};
+use exports::tokenvault::vault::{connect, keys, providers, proxy, tokens};
 use tokenvault::vault::{audit, keyring, storage, types as wit};
 
-/// Guest-side cap on a response body, for hosts that set none.
-const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// Guest-side cap on a response body, for hosts that set none (the Rust host's own cap,
+/// 1 MiB by default, applies first); it bounds a proxied answer held in the sandbox's memory.
+const MAX_RESPONSE_BYTES: usize = 8 << 20;
 
 struct Component;
 export!(Component);
@@ -138,6 +139,12 @@ impl connect::Guest for Component {
     }
 }
 
+impl proxy::Guest for Component {
+    fn send(key: wit::ConnectionKey, request: proxy::ProxyRequest) -> WitResult<proxy::ProxyResponse> {
+        Ok(vault().proxy(&key.into(), request.into())?.into())
+    }
+}
+
 impl keys::Guest for Component {
     fn reencrypt(cursor: Option<String>, limit: u32) -> WitResult<keys::ReencryptPage> {
         Ok(vault().reencrypt(cursor.as_deref(), limit)?.into())
@@ -149,6 +156,7 @@ tokenvault_model::wit_conversions!(
     tokens = tokens,
     connect = connect,
     keys = keys,
+    proxy = proxy,
     audit = audit,
     storage = storage
 );

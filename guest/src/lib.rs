@@ -11,6 +11,7 @@ pub mod expiry;
 pub mod oauth;
 pub mod platform;
 pub mod provider;
+pub mod proxy;
 pub mod record;
 pub mod refresh;
 pub mod reseal;

@@ -302,7 +302,7 @@ fn is_error_body(body: &[u8]) -> bool {
 pub fn http_failure(err: HttpError, endpoint: &str) -> VaultError {
     match err {
         HttpError::Denied => VaultError::EgressDenied(format!("the host does not allow requests to this {endpoint}")),
-        HttpError::Timeout => VaultError::provider(None, None, format!("{endpoint} timed out")),
+        HttpError::Timeout => VaultError::provider_timeout(format!("{endpoint} timed out")),
         HttpError::Failed(why) => VaultError::provider(None, None, format!("request to {endpoint} failed: {why}")),
     }
 }
@@ -388,6 +388,7 @@ mod tests {
             authorization_params: vec![("access_type".into(), "offline".into())],
             scope_separator: None,
             refresh_buffer_secs: 60,
+            api_base_url: None,
             updated_at: 0,
         }
     }

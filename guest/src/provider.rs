@@ -17,6 +17,7 @@ pub struct Endpoints {
     pub token_url: Option<String>,
     pub revocation_url: Option<String>,
     pub device_authorization_url: Option<String>,
+    pub api_base_url: Option<String>,
     pub client_auth: Option<ClientAuth>,
     pub scopes: Vec<String>,
     pub authorization_params: Vec<(String, String)>,
@@ -47,6 +48,7 @@ pub fn merge(config: ProviderConfig, base: Endpoints, refresh_buffer_secs: u32, 
         authorization_params,
         scope_separator: base.scope_separator,
         refresh_buffer_secs,
+        api_base_url: config.api_base_url.or(base.api_base_url).map(|url| url.trim_end_matches('/').to_owned()),
         updated_at: now,
     };
     validate(&record)?;
@@ -64,6 +66,7 @@ fn validate(record: &ProviderRecord) -> Result<()> {
         ("authorization URL", &record.authorization_url),
         ("revocation URL", &record.revocation_url),
         ("device authorization URL", &record.device_authorization_url),
+        ("API base URL", &record.api_base_url),
     ] {
         if let Some(url) = url {
             validate_url(what, url)?;

@@ -205,6 +205,8 @@ pub struct ProviderRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope_separator: Option<String>,
     pub refresh_buffer_secs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base_url: Option<String>,
     pub updated_at: u64,
 }
 
@@ -233,6 +235,7 @@ impl ProviderRecord {
             scopes: self.scopes.clone(),
             authorization_params: self.authorization_params.clone(),
             refresh_buffer_secs: self.refresh_buffer_secs,
+            api_base_url: self.api_base_url.clone(),
             updated_at: self.updated_at,
         }
     }

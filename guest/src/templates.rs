@@ -25,6 +25,7 @@ pub fn resolve(template: &TemplateRef) -> Result<Endpoints> {
             authorization_url: owned("https://github.com/login/oauth/authorize"),
             token_url: owned("https://github.com/login/oauth/access_token"),
             device_authorization_url: owned("https://github.com/login/device/code"),
+            api_base_url: owned("https://api.github.com"),
             client_auth: Some(ClientAuth::ClientSecretPost),
             ..Endpoints::default()
         },
@@ -34,6 +35,7 @@ pub fn resolve(template: &TemplateRef) -> Result<Endpoints> {
             token_url: owned("https://oauth2.googleapis.com/token"),
             revocation_url: owned("https://oauth2.googleapis.com/revoke"),
             device_authorization_url: owned("https://oauth2.googleapis.com/device/code"),
+            api_base_url: owned("https://www.googleapis.com"),
             client_auth: Some(ClientAuth::ClientSecretPost),
             scopes: words(&["openid", "email"]),
             // Without both, Google returns a refresh token only on the first consent.
@@ -55,6 +57,7 @@ pub fn resolve(template: &TemplateRef) -> Result<Endpoints> {
                 authorization_url: Some(format!("{base}/authorize")),
                 token_url: Some(format!("{base}/token")),
                 device_authorization_url: Some(format!("{base}/devicecode")),
+                api_base_url: owned("https://graph.microsoft.com"),
                 client_auth: Some(ClientAuth::ClientSecretPost),
                 // offline_access is what makes the identity platform return a refresh token.
                 scopes: words(&["offline_access", "User.Read"]),
@@ -64,6 +67,7 @@ pub fn resolve(template: &TemplateRef) -> Result<Endpoints> {
         "slack" => Endpoints {
             authorization_url: owned("https://slack.com/oauth/v2/authorize"),
             token_url: owned("https://slack.com/api/oauth.v2.access"),
+            api_base_url: owned("https://slack.com/api"),
             client_auth: Some(ClientAuth::ClientSecretPost),
             // Slack separates scopes with commas; with token rotation on, refresh tokens rotate.
             scope_separator: owned(","),
@@ -73,6 +77,7 @@ pub fn resolve(template: &TemplateRef) -> Result<Endpoints> {
             authorization_url: owned("https://discord.com/oauth2/authorize"),
             token_url: owned("https://discord.com/api/oauth2/token"),
             revocation_url: owned("https://discord.com/api/oauth2/token/revoke"),
+            api_base_url: owned("https://discord.com/api"),
             client_auth: Some(ClientAuth::ClientSecretBasic),
             scopes: words(&["identify"]),
             ..Endpoints::default()
@@ -83,6 +88,7 @@ pub fn resolve(template: &TemplateRef) -> Result<Endpoints> {
             token_url: owned("https://gitlab.com/oauth/token"),
             revocation_url: owned("https://gitlab.com/oauth/revoke"),
             device_authorization_url: owned("https://gitlab.com/oauth/authorize_device"),
+            api_base_url: owned("https://gitlab.com/api/v4"),
             client_auth: Some(ClientAuth::ClientSecretPost),
             scopes: words(&["read_user"]),
             ..Endpoints::default()
@@ -109,6 +115,22 @@ mod tests {
         assert_eq!(t.token_url.as_deref(), Some("https://github.com/login/oauth/access_token"));
         assert_eq!(t.device_authorization_url.as_deref(), Some("https://github.com/login/device/code"));
         assert_eq!(t.revocation_url, None, "GitHub has no RFC 7009 endpoint");
+    }
+
+    #[test]
+    fn each_template_names_its_api() {
+        let bases: Vec<_> = NAMES.iter().map(|name| template(name, None).api_base_url.unwrap()).collect();
+        assert_eq!(
+            bases,
+            [
+                "https://api.github.com",
+                "https://www.googleapis.com",
+                "https://graph.microsoft.com",
+                "https://slack.com/api",
+                "https://discord.com/api",
+                "https://gitlab.com/api/v4",
+            ]
+        );
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl<P: Platform> Vault<P> {
         Err(too_contended("connection"))
     }
 
-    fn get_inner(&self, key: &ConnectionKey) -> Result<TokenSet> {
+    pub(crate) fn get_inner(&self, key: &ConnectionKey) -> Result<TokenSet> {
         record::validate_key(key)?;
         let (token, version) = self.load_token(key)?;
         ensure_active(&token)?;

@@ -182,19 +182,22 @@ pub(crate) mod fixtures {
 
     pub(crate) fn vault_on<P: Platform>(platform: P) -> Vault<P> {
         let vault = Vault::new(platform);
+        vault.put_provider(provider_config()).unwrap();
         vault
-            .put_provider(ProviderConfig {
-                name: "acme".into(),
-                authorization_url: Some("https://idp.example/authorize".into()),
-                token_url: Some("https://idp.example/token".into()),
-                client_id: "client".into(),
-                client_secret: Some("client-secret-canary".into()),
-                client_auth: Some(ClientAuth::ClientSecretBasic),
-                scopes: vec!["read".into()],
-                ..ProviderConfig::default()
-            })
-            .unwrap();
-        vault
+    }
+
+    /// The provider every fixture vault holds.
+    pub(crate) fn provider_config() -> ProviderConfig {
+        ProviderConfig {
+            name: "acme".into(),
+            authorization_url: Some("https://idp.example/authorize".into()),
+            token_url: Some("https://idp.example/token".into()),
+            client_id: "client".into(),
+            client_secret: Some("client-secret-canary".into()),
+            client_auth: Some(ClientAuth::ClientSecretBasic),
+            scopes: vec!["read".into()],
+            ..ProviderConfig::default()
+        }
     }
 
     pub(crate) fn key() -> ConnectionKey {

@@ -79,6 +79,16 @@ const clients = [
   response_types: ['code'],
   redirect_uris: [REDIRECT_URI, SERVE_REDIRECT_URI],
 }));
+// The API server's own client: a resource server that only introspects tokens.
+const API_SECRET = randomBytes(16).toString('hex');
+clients.push({
+  client_id: 'api',
+  client_secret: API_SECRET,
+  token_endpoint_auth_method: 'client_secret_basic',
+  grant_types: [],
+  response_types: [],
+  redirect_uris: [],
+});
 clients.push({
   client_id: 'console',
   client_secret: process.env.CONSOLE_SECRET ?? 'console-secret',
@@ -146,6 +156,16 @@ provider.use(async (ctx, next) => {
 provider.use(async (ctx, next) => {
   if (ctx.path === '/__test/issued') {
     ctx.body = [...issued];
+    return;
+  }
+  if (ctx.path === '/__test/api/seen') {
+    ctx.body = apiSeen;
+    return;
+  }
+  if (ctx.path === '/__test/api/fault' && ctx.method === 'POST') {
+    const fault = await readJson(ctx.req);
+    for (let i = 0; i < (fault.count ?? 1); i += 1) apiFaults.push(fault);
+    ctx.body = { queued: apiFaults.length };
     return;
   }
   if (ctx.path === '/__test/stats') {
@@ -385,7 +405,80 @@ async function codeFlow(client) {
   return body;
 }
 
-process.stdout.write(`${JSON.stringify({ issuer, port })}\n`);
+// ---- a provider API on its own port (its own origin) -------------------------------
+// It accepts only bearer tokens this provider issued and still holds as active, asked by
+// RFC 7662 introspection, so an answer proves which token the caller's request carried.
+// What it was sent is kept for the tests (`/__test/api/seen` on the provider, never on
+// the API itself, which is what a proxy reaches).
+const apiSeen = [];
+const apiFaults = [];
+
+async function introspect(token) {
+  const res = await fetch(`${issuer}/token/introspection`, {
+    method: 'POST',
+    headers: {
+      authorization: `Basic ${Buffer.from(`api:${API_SECRET}`).toString('base64')}`,
+      'content-type': 'application/x-www-form-urlencoded',
+    },
+    body: new URLSearchParams({ token }),
+  });
+  return res.json();
+}
+
+function send(res, status, headers, body) {
+  res.writeHead(status, headers);
+  res.end(body);
+}
+
+const api = http.createServer(async (req, res) => {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  const body = Buffer.concat(chunks);
+  const url = new URL(req.url, 'http://api.invalid');
+  apiSeen.push({ method: req.method, url: req.url, headers: req.headers, body_bytes: body.length });
+  const fault = apiFaults.shift();
+  if (fault?.delay_ms) await new Promise((r) => setTimeout(r, fault.delay_ms));
+  if (fault?.status) {
+    send(res, fault.status, { 'content-type': 'application/json', 'www-authenticate': 'Bearer error="invalid_token"' },
+      JSON.stringify({ error: 'fault', status: fault.status }));
+    return;
+  }
+  const bearer = req.headers.authorization?.match(/^Bearer (.+)$/)?.[1];
+  const answer = bearer ? await introspect(bearer) : { active: false };
+  if (!answer.active) {
+    send(res, 401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer error="invalid_token"' },
+      JSON.stringify({ error: 'invalid_token' }));
+    return;
+  }
+  const hopByHop = { connection: 'x-hop', 'x-hop': 'dropped', 'keep-alive': 'timeout=5', 'set-cookie': 'session=api-cookie' };
+  const status = Number(url.pathname.match(/^\/status\/(\d{3})$/)?.[1] ?? 200);
+  if (url.pathname === '/big') {
+    send(res, 200, { 'content-type': 'application/octet-stream' }, Buffer.alloc(Number(url.searchParams.get('bytes')), 97));
+    return;
+  }
+  if (url.pathname === '/slow') {
+    await new Promise((r) => setTimeout(r, Number(url.searchParams.get('ms'))));
+  }
+  if (url.pathname === '/leak') {
+    // A careless API that sends the caller's credentials back.
+    send(res, 200, { 'content-type': 'text/plain', 'x-leak': req.headers.authorization }, `you sent ${req.headers.authorization}`);
+    return;
+  }
+  const { authorization: _, ...headers } = req.headers;
+  send(res, status, { 'content-type': 'application/json', 'x-api': 'yes', ...hopByHop }, JSON.stringify({
+    method: req.method,
+    path: url.pathname,
+    query: url.search,
+    headers,
+    body: body.toString('utf8'),
+    sub: answer.sub,
+    client_id: answer.client_id,
+  }));
+});
+await new Promise((resolve) => api.listen(0, '127.0.0.1', resolve));
+const apiOrigin = `http://127.0.0.1:${api.address().port}`;
+
+process.stdout.write(`${JSON.stringify({ issuer, port, api: apiOrigin })}\n`);
 process.stdin.on('end', () => process.exit(0));
 process.stdin.on('close', () => process.exit(0));
 process.stdin.resume();

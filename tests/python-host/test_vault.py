@@ -61,6 +61,7 @@ def register_provider(vault: Vault) -> None:
             scopes=["openid", "offline_access"],
             authorization_params=[],
             refresh_buffer_secs=None,
+            api_base_url=None,
         ),
     )
 

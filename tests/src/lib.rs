@@ -76,6 +76,11 @@ pub struct OAuthServer {
     child: Child,
     pub issuer: String,
     pub port: u16,
+    /// The origin of a provider API beside it (`http://127.0.0.1:PORT`) that accepts only
+    /// this server's active access tokens (checked by introspection): `/echo/...` answers
+    /// what it received as JSON, `/status/NNN` with that status, `/big?bytes=N`,
+    /// `/slow?ms=N` and `/leak` (sends the Authorization header back).
+    pub api: String,
     /// Secret of client `vault-basic` (client_secret_basic).
     pub basic_secret: String,
     /// Secret of client `vault-post` (client_secret_post).
@@ -113,6 +118,7 @@ impl OAuthServer {
             child,
             issuer: ready["issuer"].as_str().unwrap().to_owned(),
             port: ready["port"].as_u64().unwrap() as u16,
+            api: ready["api"].as_str().unwrap().to_owned(),
             basic_secret,
             post_secret,
             console_secret,
@@ -212,6 +218,19 @@ impl OAuthServer {
         }
         .unwrap();
         (response.status().as_u16(), response.body_mut().read_json().unwrap_or(Value::Null))
+    }
+
+    /// Every request the API server received, in order: method, url (path and query as
+    /// sent), headers, body_bytes.
+    pub fn api_seen(&self) -> Vec<Value> {
+        let mut response = self.agent.get(format!("{}/__test/api/seen", self.issuer)).call().unwrap();
+        response.body_mut().read_json().unwrap()
+    }
+
+    /// Make the API server's next `count` requests answer `status` (or wait `delay_ms`
+    /// first) without looking at their token: `{"status": 401, "count": 2}`.
+    pub fn api_fault(&self, fault: Value) {
+        self.post_json("/__test/api/fault", fault);
     }
 
     fn post_json(&self, path: &str, body: Value) -> Value {

@@ -56,6 +56,7 @@ named_cases!(
         ConnectOpenLink => "connect-open-link",
         ConnectDevice => "connect-device",
         ConnectClient => "connect-client",
+        Proxy => "proxy",
         KeyReencrypt => "key-reencrypt",
         KeyRotate => "key-rotate",
         KeyRetire => "key-retire",

@@ -12,6 +12,8 @@ pub struct ProviderFailure {
     pub code: Option<String>,
     /// What went wrong, in our words; never the provider's body.
     pub message: String,
+    /// No answer came in time.
+    pub timed_out: bool,
 }
 
 impl fmt::Display for ProviderFailure {
@@ -54,7 +56,12 @@ pub type Result<T, E = VaultError> = std::result::Result<T, E>;
 
 impl VaultError {
     pub fn provider(status: Option<u16>, code: Option<String>, message: impl Into<String>) -> Self {
-        VaultError::Provider(ProviderFailure { status, code, message: message.into() })
+        VaultError::Provider(ProviderFailure { status, code, message: message.into(), timed_out: false })
+    }
+
+    /// The provider did not answer in time.
+    pub fn provider_timeout(message: impl Into<String>) -> Self {
+        VaultError::Provider(ProviderFailure { status: None, code: None, message: message.into(), timed_out: true })
     }
 
     /// The error's kind, as the WIT, the CLI and the HTTP API name it.

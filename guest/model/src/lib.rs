@@ -8,6 +8,7 @@ mod audit;
 mod connect;
 pub mod error;
 mod provider;
+mod proxy;
 pub mod storage;
 mod tokens;
 mod wit;
@@ -16,6 +17,7 @@ pub use audit::{AuditAction, AuditEvent, AuditOutcome};
 pub use connect::{AuthorizationRequest, ConnectLink, Connected, DeviceAuthorization, DeviceStatus, SweepPage};
 pub use error::{ProviderFailure, Result, VaultError, parse_json};
 pub use provider::{ClientAuth, ProviderConfig, ProviderInfo, TemplateRef};
+pub use proxy::{ProxyRequest, ProxyResponse};
 pub use tokens::{
     ConnectionInfo, ConnectionKey, ConnectionKind, ConnectionName, ConnectionStatus, DEFAULT_CONNECTION_NAME, DuePage,
     RefreshOutcome, RemovalReceipt, TokenGrant, TokenOrLink, TokenSet, UpstreamRevocation, UserConnections, UserPage,

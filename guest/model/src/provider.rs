@@ -54,10 +54,13 @@ pub struct ProviderConfig {
     pub authorization_params: Vec<(String, String)>,
     /// Refresh this many seconds before expiry (default 60), capped at half a token's lifetime.
     pub refresh_buffer_secs: Option<u32>,
+    /// Where the provider's API lives (`https://api.github.com`), for the proxy; none: the
+    /// template's.
+    pub api_base_url: Option<String>,
 }
 crate::redacted_debug!(ProviderConfig {
     name, template, issuer, authorization_url, token_url, revocation_url, device_authorization_url, client_id,
-    client_auth, scopes, authorization_params, refresh_buffer_secs;
+    client_auth, scopes, authorization_params, refresh_buffer_secs, api_base_url;
     client_secret
 });
 
@@ -79,6 +82,8 @@ pub struct ProviderInfo {
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<Vec<String>>))]
     pub authorization_params: Vec<(String, String)>,
     pub refresh_buffer_secs: u32,
+    /// Where the proxy sends this provider's API calls; none: no proxy.
+    pub api_base_url: Option<String>,
     /// Unix seconds.
     pub updated_at: u64,
 }

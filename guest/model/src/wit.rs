@@ -4,7 +4,8 @@
 //!
 //! ```ignore
 //! tokenvault_model::wit_conversions!(
-//!     types = wit, tokens = tokens, connect = connect, keys = keys, audit = audit, storage = storage
+//!     types = wit, tokens = tokens, connect = connect, keys = keys, proxy = proxy, audit = audit,
+//!     storage = storage
 //! );
 //! ```
 //! where each name is a module of the generated bindings in scope at the call. Every
@@ -20,6 +21,7 @@ macro_rules! wit_conversions {
         tokens = $tokens:ident,
         connect = $connect:ident,
         keys = $keys:ident,
+        proxy = $proxy:ident,
         audit = $audit:ident,
         storage = $storage:ident $(,)?
     ) => {
@@ -38,10 +40,12 @@ macro_rules! wit_conversions {
         $crate::__record!($types::ProviderConfig <=> ProviderConfig {
             name, template: option, issuer, authorization_url, token_url, revocation_url, device_authorization_url,
             client_id, client_secret, client_auth: option, scopes, authorization_params, refresh_buffer_secs,
+            api_base_url,
         });
         $crate::__record!($types::ProviderInfo <=> ProviderInfo {
             name, template, issuer, authorization_url, token_url, revocation_url, device_authorization_url, client_id,
-            has_client_secret, client_auth: into, scopes, authorization_params, refresh_buffer_secs, updated_at,
+            has_client_secret, client_auth: into, scopes, authorization_params, refresh_buffer_secs, api_base_url,
+            updated_at,
         });
         $crate::__record!($types::ConnectLink <=> ConnectLink { code, expires_at });
 
@@ -51,7 +55,12 @@ macro_rules! wit_conversions {
                     $types::Error::NotFound(m) => $crate::VaultError::NotFound(m),
                     $types::Error::InvalidInput(m) => $crate::VaultError::InvalidInput(m),
                     $types::Error::ReconnectRequired(m) => $crate::VaultError::ReconnectRequired(m),
-                    $types::Error::ProviderError(f) => $crate::VaultError::provider(f.status, f.code, f.message),
+                    $types::Error::ProviderError(f) => $crate::VaultError::Provider($crate::ProviderFailure {
+                        status: f.status,
+                        code: f.code,
+                        message: f.message,
+                        timed_out: f.timed_out,
+                    }),
                     $types::Error::Storage(m) => $crate::VaultError::Storage(m),
                     $types::Error::Integrity(m) => $crate::VaultError::Integrity(m),
                     $types::Error::EgressDenied(m) => $crate::VaultError::EgressDenied(m),
@@ -65,8 +74,8 @@ macro_rules! wit_conversions {
                     $crate::VaultError::NotFound(m) => $types::Error::NotFound(m),
                     $crate::VaultError::InvalidInput(m) => $types::Error::InvalidInput(m),
                     $crate::VaultError::ReconnectRequired(m) => $types::Error::ReconnectRequired(m),
-                    $crate::VaultError::Provider($crate::ProviderFailure { status, code, message }) => {
-                        $types::Error::ProviderError($types::ProviderFailure { status, code, message })
+                    $crate::VaultError::Provider($crate::ProviderFailure { status, code, message, timed_out }) => {
+                        $types::Error::ProviderError($types::ProviderFailure { status, code, message, timed_out })
                     }
                     $crate::VaultError::Storage(m) => $types::Error::Storage(m),
                     $crate::VaultError::Integrity(m) => $types::Error::Integrity(m),
@@ -143,11 +152,13 @@ macro_rules! wit_conversions {
 
         $crate::__record!($connect::SweepPage <=> SweepPage { deleted, cursor });
         $crate::__record!($keys::ReencryptPage <=> storage::ReencryptPage { reencrypted, current, failed, cursor });
+        $crate::__record!($proxy::ProxyRequest <=> ProxyRequest { method, path, headers, body });
+        $crate::__record!($proxy::ProxyResponse <=> ProxyResponse { status, headers, body });
 
         $crate::__cases!($audit::Action <=> AuditAction {
             TokenStore, TokenGet, TokenRefresh, TokenRemove, RevokeAll, ProviderPut, ProviderRemove, ConnectBegin,
-            ConnectComplete, ConnectLink, ConnectOpenLink, ConnectDevice, ConnectClient, KeyReencrypt, KeyRotate,
-            KeyRetire, MasterKeyRotate,
+            ConnectComplete, ConnectLink, ConnectOpenLink, ConnectDevice, ConnectClient, Proxy, KeyReencrypt,
+            KeyRotate, KeyRetire, MasterKeyRotate,
         });
         $crate::__cases!($audit::Outcome <=> AuditOutcome {
             Ok, NotFound, InvalidInput, ReconnectRequired, ProviderError, Storage, Integrity, EgressDenied,

@@ -15,6 +15,7 @@ use tokenvault_serve::ApiKeys;
 mod connect;
 mod inspect;
 mod keys;
+mod proxy;
 mod serve;
 
 #[derive(Parser)]
@@ -88,6 +89,10 @@ enum Command {
         #[command(flatten)]
         redirect: RedirectArgs,
     },
+    /// Call the provider's API for a connection: the vault sets the token (refreshed when
+    /// due, and once more on a 401), so it never reaches this output. Prints the status on
+    /// stderr and the body on stdout.
+    Proxy(proxy::ProxyArgs),
     /// Remove every connection of a user, revoking each at its provider; prints a
     /// receipt per connection.
     RevokeAll { tenant: String, user: String },
@@ -228,6 +233,9 @@ struct ProviderAdd {
     /// Refresh this many seconds before expiry [default: 60; capped at half a token's lifetime].
     #[arg(long, value_name = "SECS")]
     refresh_buffer: Option<u32>,
+    /// Where the provider's API lives, for `proxy` [default: the template's].
+    #[arg(long, value_name = "URL")]
+    api_base_url: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -396,6 +404,7 @@ async fn run(cli: Cli) -> Result<()> {
             print_json(&connected);
             Ok(())
         }
+        Command::Proxy(args) => proxy::run(&vault, args).await,
         Command::RevokeAll { tenant, user } => {
             print_json(&vault.revoke_all(&tenant, &user).await?);
             Ok(())
@@ -474,6 +483,7 @@ async fn provider(vault: &Vault, command: ProviderCommand) -> Result<()> {
                 scopes,
                 authorization_params,
                 refresh_buffer,
+                api_base_url,
             } = *add;
             let client_secret = match client_secret_env {
                 Some(var) => Some(
@@ -503,6 +513,7 @@ async fn provider(vault: &Vault, command: ProviderCommand) -> Result<()> {
                 scopes,
                 authorization_params,
                 refresh_buffer_secs: refresh_buffer,
+                api_base_url,
             };
             print_json(&vault.put_provider(&config).await?);
         }

@@ -22,7 +22,7 @@ wasmtime::component::bindgen!({
 });
 
 mod model_conversions {
-    use super::exports::tokenvault::vault::{connect, keys, tokens};
+    use super::exports::tokenvault::vault::{connect, keys, proxy, tokens};
     use super::tokenvault::vault::{audit, storage, types};
 
     tokenvault_model::wit_conversions!(
@@ -30,6 +30,7 @@ mod model_conversions {
         tokens = tokens,
         connect = connect,
         keys = keys,
+        proxy = proxy,
         audit = audit,
         storage = storage
     );

@@ -120,7 +120,8 @@ impl WasiHttpHooks for EgressHooks {
                 return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
             }
             let options = policy.clamp(options);
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let (mut response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            drop_named_by_connection(response.headers_mut());
             let max = policy.max_response_bytes;
             if response
                 .headers()
@@ -140,6 +141,22 @@ impl WasiHttpHooks for EgressHooks {
             });
             Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
+    }
+}
+
+/// Remove the headers a response's `Connection` header names: they were for the hop that
+/// ends here (RFC 9110 §7.6.1). wasmtime hides `Connection` itself from the component, so
+/// it could not tell them apart.
+fn drop_named_by_connection(headers: &mut http::HeaderMap) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| http::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
 }
 
@@ -167,6 +184,18 @@ mod tests {
         assert!(!ok("https://idp.example:8443/token"), "port");
         assert!(!ok("https://evil.idp.example/token"), "subdomain");
         assert!(!ok("https://idp.example.evil/token"), "suffix");
+    }
+
+    #[test]
+    fn headers_named_by_connection_end_here() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("connection", "x-hop, Keep-Alive".parse().unwrap());
+        headers.insert("x-hop", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("x-api", "yes".parse().unwrap());
+        drop_named_by_connection(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["connection", "x-api"]);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::http::{EgressHooks, EgressPolicy};
 use crate::keys::{KeyringImport, Keys};
 use crate::storage::{Changes, Storage, StorageImport};
 
-use crate::bindings::exports::tokenvault::vault::{connect, keys, providers, tokens};
+use crate::bindings::exports::tokenvault::vault::{connect, keys, providers, proxy, tokens};
 use crate::bindings::tokenvault::vault::{audit, keyring, storage as wit_storage};
 
 /// The component this host was built with.
@@ -189,6 +189,7 @@ struct ExportIndices {
     providers: providers::GuestIndices,
     connect: connect::GuestIndices,
     keys: keys::GuestIndices,
+    proxy: proxy::GuestIndices,
 }
 
 impl ExportIndices {
@@ -198,6 +199,7 @@ impl ExportIndices {
             providers: providers::GuestIndices::new(pre)?,
             connect: connect::GuestIndices::new(pre)?,
             keys: keys::GuestIndices::new(pre)?,
+            proxy: proxy::GuestIndices::new(pre)?,
         })
     }
 }
@@ -225,6 +227,10 @@ impl Exports {
 
     pub(crate) fn keys(&self, store: &mut Store<HostState>) -> Result<keys::Guest> {
         self.indices.keys.load(store, &self.instance).map_err(sandbox_error)
+    }
+
+    pub(crate) fn proxy(&self, store: &mut Store<HostState>) -> Result<proxy::Guest> {
+        self.indices.proxy.load(store, &self.instance).map_err(sandbox_error)
     }
 }
 

@@ -135,6 +135,14 @@ impl Vault {
         finish(vault.connect(&mut store)?.call_sweep_expired(&mut store, cursor, limit).await)
     }
 
+    /// Call the connection's provider API (its `api_base_url` joined with the request's
+    /// path and query) with the connection's access token, which the component sets: the
+    /// caller never holds it. See the WIT's `proxy.send`.
+    pub async fn proxy(&self, key: &ConnectionKey, request: &ProxyRequest) -> Result<ProxyResponse> {
+        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        finish(vault.proxy(&mut store)?.call_send(&mut store, &key.clone().into(), &request.clone().into()).await)
+    }
+
     // ---- keys -----------------------------------------------------------------------
 
     /// One step of re-encryption: of the next `limit` sealed records after `cursor`,

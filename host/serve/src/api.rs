@@ -34,10 +34,12 @@ use tokenvault::{
     ),
     modifiers(&BearerAuth),
     security(("api_key" = [])),
+    paths(super::proxy::connection_proxy),
     tags(
         (name = "tokens", description = "A tenant's users' connections"),
         (name = "providers", description = "The OAuth providers, shared by all tenants"),
         (name = "keys", description = "The data keys records are sealed with (operator keys only)"),
+        (name = "proxy", description = "Calls to a provider's API with a connection's token, which the caller never holds"),
     )
 )]
 struct ApiDoc;
@@ -64,6 +66,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_provider, put_provider, remove_provider))
         .routes(routes!(list_keys))
         .routes(routes!(rotate_key))
+        .route(super::proxy::CONNECTION_PROXY_ROUTE, axum::routing::any(super::proxy::connection_proxy))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -44,6 +44,7 @@ impl ApiError {
                 VaultError::InvalidInput(_) => StatusCode::BAD_REQUEST,
                 // The request is fine; the connection's state is not: the user must connect again.
                 VaultError::ReconnectRequired(_) => StatusCode::CONFLICT,
+                VaultError::Provider(failure) if failure.timed_out => StatusCode::GATEWAY_TIMEOUT,
                 VaultError::Provider(_) | VaultError::EgressDenied(_) => StatusCode::BAD_GATEWAY,
                 VaultError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
                 VaultError::Integrity(_) => StatusCode::INTERNAL_SERVER_ERROR,

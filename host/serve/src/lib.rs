@@ -11,6 +11,7 @@ mod connect;
 pub mod console;
 mod html;
 pub mod jwt;
+mod proxy;
 pub mod scheduler;
 
 use std::sync::Arc;
@@ -221,7 +222,8 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// The largest request body taken: the API's are a grant or a provider, a few KiB.
+/// The largest request body taken: the API's are a grant or a provider, a few KiB; a
+/// proxied call's goes on to the provider.
 const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Read the whole request body before anything answers. A handler that needs no body,

@@ -63,6 +63,7 @@ function registerProvider(vault) {
     scopes: ['openid', 'offline_access'],
     authorizationParams: [],
     refreshBufferSecs: undefined,
+    apiBaseUrl: undefined,
   });
 }
 

@@ -30,7 +30,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use exports::tokenvault::vault::{connect, keys, providers, tokens};
+use exports::tokenvault::vault::{connect, keys, providers, proxy, tokens};
 use tokenvault::vault::{keyring, storage, types as wit};
 
 struct Component;
@@ -299,6 +299,12 @@ impl connect::Guest for Component {
     }
 
     fn sweep_expired(_cursor: Option<String>, _limit: u32) -> WitResult<connect::SweepPage> {
+        unsupported()
+    }
+}
+
+impl proxy::Guest for Component {
+    fn send(_key: wit::ConnectionKey, _request: proxy::ProxyRequest) -> WitResult<proxy::ProxyResponse> {
         unsupported()
     }
 }

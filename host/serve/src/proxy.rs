@@ -1,0 +1,118 @@
+//! The proxy route: a backend calls a provider's API for one of its users' connections,
+//! and the component sets the token on the request, so this service never holds it.
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
+use axum::response::Response;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::AppState;
+use super::api_error::ApiError;
+use super::auth::Caller;
+use tokenvault::error::Error;
+use tokenvault::{ConnectionKey, ProxyRequest, ProxyResponse};
+
+/// The route, as axum matches it (`{*path}`: the rest of the path, slashes and all).
+pub const CONNECTION_PROXY_ROUTE: &str =
+    "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}/proxy/{*path}";
+
+/// Segments of [`CONNECTION_PROXY_ROUTE`] before the proxied path.
+const CONNECTION_PROXY_PREFIX_SEGMENTS: usize = 9;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ConnectionProxyPath {
+    tenant: String,
+    user: String,
+    provider: String,
+    /// Which of the user's connections to this provider ("default" unless you keep several).
+    name: String,
+    /// The path under the provider's API base URL, e.g. `user/repos`; the query string
+    /// passes on as it is.
+    #[allow(dead_code)] // read raw from the URI instead: its percent-encoding must reach the check
+    path: String,
+}
+
+/// Call the connection's provider API (its `api_base_url` plus this path and query) with
+/// the connection's access token, refreshed first when due and once more if the provider
+/// answers 401. Method, query, body and headers pass on, except `Authorization`, `Cookie`,
+/// `Host`, `Proxy-*`, hop-by-hop and `Tokenvault-*` headers; the provider's status,
+/// headers (less hop-by-hop and `Set-Cookie`) and body come back. A path that would leave
+/// the base URL is refused (400) before anything is sent; no answer in time is 504.
+#[utoipa::path(method(get, post, put, patch, delete),
+    path = "/v1/tenants/{tenant}/users/{user}/connections/{provider}/{name}/proxy/{path}",
+    tag = "proxy", params(ConnectionProxyPath),
+    responses((status = 200, description = "the provider's answer, whatever its status"),
+        (status = 400, description = "invalid-input: a path that leaves the base, a provider with no API base URL",
+            body = Error),
+        (status = 409, description = "reconnect-required", body = Error),
+        (status = 502, description = "the provider failed or the host denied the request", body = Error),
+        (status = 504, description = "the provider did not answer in time", body = Error)))]
+pub async fn connection_proxy(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<ConnectionProxyPath>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    caller.for_tenant(&path.tenant)?;
+    let key = ConnectionKey::new(&path.tenant, &path.user, &path.provider, &path.name);
+    let request = proxy_request(request, CONNECTION_PROXY_PREFIX_SEGMENTS).await?;
+    Ok(response(state.vault.proxy(&key, &request).await?))
+}
+
+/// The request to pass on: its method, the path after `prefix_segments` segments exactly
+/// as the client encoded it (the component checks it; decoding here would hide `%2e%2e`),
+/// the query, every header (the component drops what must stop) and the body.
+async fn proxy_request(request: Request, prefix_segments: usize) -> Result<ProxyRequest, ApiError> {
+    let (parts, body) = request.into_parts();
+    let path =
+        proxied_path(&parts.uri, prefix_segments).ok_or_else(|| Error::invalid_input("the proxied path is missing"))?;
+    // The body was read whole (and bounded) by the service's first layer.
+    let body =
+        to_bytes(body, usize::MAX).await.map_err(|_| Error::invalid_input("the request body could not be read"))?;
+    Ok(ProxyRequest {
+        method: parts.method.as_str().to_owned(),
+        path,
+        headers: parts.headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect(),
+        body: body.to_vec(),
+    })
+}
+
+/// `/rest?query` of a URI whose path has `prefix_segments` segments before `rest`.
+fn proxied_path(uri: &Uri, prefix_segments: usize) -> Option<String> {
+    let rest = uri.path().splitn(prefix_segments + 2, '/').nth(prefix_segments + 1)?;
+    Some(match uri.query() {
+        Some(query) => format!("/{rest}?{query}"),
+        None => format!("/{rest}"),
+    })
+}
+
+fn response(answer: ProxyResponse) -> Response {
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = response.headers_mut();
+    for (name, value) in answer.headers {
+        // The component passes only headers it parsed; anything else is dropped, not fatal.
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::from_bytes(&value)) {
+            headers.append(name, value);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxied_path_is_taken_raw_after_the_route() {
+        let uri: Uri = "/v1/tenants/a%20b/users/u/connections/p/n/proxy/x/%2e%2e/y?q=1".parse().unwrap();
+        assert_eq!(proxied_path(&uri, CONNECTION_PROXY_PREFIX_SEGMENTS).as_deref(), Some("/x/%2e%2e/y?q=1"));
+        let uri: Uri = "/v1/tenants/t/users/u/connections/p/n/proxy/".parse().unwrap();
+        assert_eq!(proxied_path(&uri, CONNECTION_PROXY_PREFIX_SEGMENTS).as_deref(), Some("/"));
+        let uri: Uri = "/v1/tenants/t/users/u/connections/p/n/proxy".parse().unwrap();
+        assert_eq!(proxied_path(&uri, CONNECTION_PROXY_PREFIX_SEGMENTS), None);
+    }
+}

@@ -1,0 +1,244 @@
+//! The proxy end to end: `tokenvault serve` and the CLI calling a real provider API on
+//! loopback that accepts only the OAuth server's active access tokens (introspection), so
+//! each answer proves which token the request carried. The caller never holds that token:
+//! the canary scan (when the OAuth server stops) looks for it in every header and body the
+//! caller received, in the service's log and in the audit log.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokenvault_tests::{OAuthServer, Served, Tokenvault, canary};
+
+const CONNECTION: &str = "/v1/tenants/acme/users/alice/connections/idp/default";
+
+/// A service whose provider `idp` has the test API as its API base URL, and alice's
+/// connection to it; `toml` goes in tokenvault.toml first.
+fn service(server: &OAuthServer, toml: &str) -> (Tokenvault, Served, String) {
+    let cli = Tokenvault::new(&[&server.origin(), &server.api]);
+    std::fs::write(cli.data_dir.path().join("tokenvault.toml"), toml).unwrap();
+    let served = cli.serve();
+    let operator = served.first_key.clone().unwrap();
+    let mut provider = server.provider_body();
+    provider["api_base_url"] = json!(server.api);
+    assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&provider)).0, 200);
+    let grant = server.grant("vault-basic");
+    assert_eq!(served.call("PUT", CONNECTION, Some(&operator), Some(&grant)).0, 200);
+    (cli, served, operator)
+}
+
+/// What the caller received: status, headers, body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+    }
+}
+
+/// A call through the connection's proxy route; all of the answer goes to the canary scan.
+fn proxied(served: &Served, key: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let mut request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{}{CONNECTION}/proxy{path}", served.url))
+        .header("authorization", format!("Bearer {key}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = agent.run(request.body(body.to_owned()).unwrap()).unwrap();
+    let headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    canary::record(format!("{method} proxy{path}"), &format!("{headers:?}\n{body}"));
+    Answer { status: response.status().as_u16(), headers, body }
+}
+
+/// The status of a request whose target is sent byte for byte (an HTTP client library
+/// might normalise the dot segments these tests need to send).
+fn raw_status(served: &Served, key: &str, target: &str) -> u16 {
+    let address = served.url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    canary::record(format!("GET {target}"), &answer);
+    answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status: {answer}"))
+}
+
+#[test]
+fn a_proxied_call_carries_the_connections_token_and_nothing_of_the_callers() {
+    let server = OAuthServer::start(600);
+    let toml = "max_response_bytes = 65536\nresponse_timeout_ms = 1000\n";
+    let (cli, served, operator) = service(&server, toml);
+
+    // GET with a query: the API saw the connection's token (its subject and client), the
+    // query as sent, and none of the caller's credentials or hop-by-hop headers.
+    let answer = proxied(
+        &served,
+        &operator,
+        "GET",
+        "/echo/user?x=1&y=t%C3%BC",
+        &[
+            ("accept", "application/json"),
+            ("x-custom", "kept"),
+            ("cookie", "caller=secret"),
+            ("proxy-authorization", "Basic xyz"),
+            ("tokenvault-connection", "other"),
+            ("connection", "x-caller-hop"),
+            ("x-caller-hop", "dropped"),
+        ],
+        "",
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let seen = answer.json();
+    assert_eq!((seen["method"].as_str(), seen["path"].as_str()), (Some("GET"), Some("/echo/user")));
+    assert_eq!(seen["query"], "?x=1&y=t%C3%BC");
+    assert_eq!((seen["sub"].as_str(), seen["client_id"].as_str()), (Some("test-user"), Some("vault-basic")));
+    let sent = seen["headers"].as_object().unwrap();
+    assert_eq!(sent["x-custom"], "kept");
+    assert_eq!(sent["accept"], "application/json");
+    for gone in ["cookie", "proxy-authorization", "tokenvault-connection", "x-caller-hop"] {
+        assert!(!sent.contains_key(gone), "{gone} reached the API: {sent:?}");
+    }
+    assert_eq!(sent["host"].as_str(), server.api.strip_prefix("http://"));
+    assert_eq!(answer.header("x-api"), Some("yes"));
+    for gone in ["set-cookie", "x-hop", "keep-alive"] {
+        assert_eq!(answer.header(gone), None, "{gone} came back");
+    }
+
+    // POST with a body; the provider's errors come back as its answers.
+    let answer = proxied(&served, &operator, "POST", "/echo/items", &[("content-type", "text/plain")], "a body");
+    assert_eq!((answer.status, answer.json()["body"].as_str()), (200, Some("a body")));
+    assert_eq!(answer.json()["method"], "POST");
+    for status in [404, 422, 503] {
+        let answer = proxied(&served, &operator, "GET", &format!("/status/{status}"), &[], "");
+        assert_eq!((answer.status, answer.json()["path"].clone()), (status, json!(format!("/status/{status}"))));
+    }
+
+    // The size cap and the timeout of tokenvault.toml.
+    assert_eq!(proxied(&served, &operator, "GET", "/big?bytes=1000", &[], "").body.len(), 1000);
+    let too_big = proxied(&served, &operator, "GET", "/big?bytes=100000", &[], "");
+    assert_eq!((too_big.status, too_big.json()["error"].as_str()), (502, Some("provider-error")), "{}", too_big.body);
+    let slow = proxied(&served, &operator, "GET", "/slow?ms=3000", &[], "");
+    assert_eq!((slow.status, slow.json()["error"].as_str()), (504, Some("provider-error")), "{}", slow.body);
+
+    // An API that sends the token back: the caller gets it redacted.
+    let leak = proxied(&served, &operator, "GET", "/leak", &[], "");
+    assert_eq!((leak.status, leak.body.as_str()), (200, "you sent Bearer [redacted]"));
+    assert_eq!(leak.header("x-leak"), Some("Bearer [redacted]"));
+
+    // Escapes from the base URL: refused before anything is sent.
+    let before = server.api_seen().len();
+    for escape in [
+        "/../admin",
+        "/echo/../../admin",
+        "/%2e%2e/admin",
+        "/echo%2f..%2f..%2fadmin",
+        "/echo%5c..%5cadmin",
+        "/echo\\..\\admin",
+        "/%252e%252e/admin",
+        "/@127.0.0.1:1/x",
+        "//evil.invalid/x",
+        "/http://evil.invalid/x",
+        "/echo/%0d%0aHost:evil",
+    ] {
+        let status = raw_status(&served, &operator, &format!("{CONNECTION}/proxy{escape}"));
+        assert_eq!(status, 400, "{escape} was not refused");
+    }
+    assert_eq!(server.api_seen().len(), before, "an escape reached the API");
+    let unknown_method = proxied(&served, &operator, "TRACE", "/echo", &[], "");
+    assert_eq!(unknown_method.status, 400);
+
+    // A base URL the host does not allow: egress-denied, and the API is not reached (it
+    // is the same server under another name).
+    let mut elsewhere = server.provider_body();
+    elsewhere["api_base_url"] = json!(server.api.replace("127.0.0.1", "localhost"));
+    served.call("PUT", "/v1/providers/elsewhere", Some(&operator), Some(&elsewhere));
+    let grant = server.grant("vault-basic");
+    let other = "/v1/tenants/acme/users/alice/connections/elsewhere/default";
+    assert_eq!(served.call("PUT", other, Some(&operator), Some(&grant)).0, 200);
+    let (status, denied) = served.call("GET", &format!("{other}/proxy/echo"), Some(&operator), None);
+    assert_eq!((status, denied["error"].as_str()), (502, Some("egress-denied")), "{denied}");
+    assert_eq!(server.api_seen().len(), before);
+
+    // Another tenant's key reaches nothing.
+    let foreign = cli.run(&["apikey", "create", "globex"], None).json()["key"].as_str().unwrap().to_owned();
+    assert_eq!(proxied(&served, &foreign, "GET", "/echo", &[], "").status, 403);
+    assert_eq!(server.api_seen().len(), before);
+
+    // The CLI: the status on stderr, the body on stdout.
+    let run = cli.run(&["proxy", "acme", "alice", "idp", "get", "/echo/cli?z=1", "-H", "X-From: cli"], None);
+    assert_eq!(run.stderr.trim(), "HTTP 200");
+    let seen: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!((seen["path"].as_str(), seen["headers"]["x-from"].as_str()), (Some("/echo/cli"), Some("cli")));
+    let run = cli.run(&["proxy", "acme", "alice", "idp", "GET", "/../x"], None);
+    assert_eq!(run.error_kind(), "invalid-input");
+
+    // Each call is audited under the connection; the log names no value.
+    let audit = std::fs::read_to_string(cli.data_dir.path().join("audit.jsonl")).unwrap();
+    canary::record("audit.jsonl", &audit);
+    let proxied_events = audit.lines().filter(|l| l.contains(r#""action":"proxy""#)).count();
+    assert!(proxied_events >= 12, "{proxied_events} proxy events");
+    canary::record("serve log", &served.log());
+}
+
+#[test]
+fn a_hundred_calls_with_an_expired_token_refresh_it_once_and_a_rejection_refreshes_once() {
+    let server = OAuthServer::start(2);
+    let (_cli, served, operator) = service(&server, "");
+    std::thread::sleep(Duration::from_millis(2_500)); // the stored access token has expired
+
+    let (refreshed_before, _, _) = server.refresh_stats();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..100)
+            .map(|i| {
+                let (served, operator) = (&served, &operator);
+                scope.spawn(move || proxied(served, operator, "GET", &format!("/echo/{i}"), &[], "").status)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let (refreshed, _, invalid_grants) = server.refresh_stats();
+    assert_eq!(refreshed - refreshed_before, 1, "one refresh for a hundred callers");
+
+    // The API rejects the token once: the vault renews it and retries, once.
+    server.api_fault(json!({ "status": 401, "count": 1 }));
+    let seen = server.api_seen().len();
+    assert_eq!(proxied(&served, &operator, "GET", "/echo/retried", &[], "").status, 200);
+    assert_eq!((server.refresh_stats().0 - refreshed, server.api_seen().len() - seen), (1, 2));
+
+    // Rejected twice: the second answer comes back as it is.
+    server.api_fault(json!({ "status": 401, "count": 2 }));
+    let answer = proxied(&served, &operator, "GET", "/echo/rejected", &[], "");
+    assert_eq!((answer.status, answer.json()["error"].as_str()), (401, Some("fault")));
+    assert_eq!(server.refresh_stats().0 - refreshed, 2);
+
+    // The refresh after a rejection finds the grant revoked: the connection must be
+    // connected again, as with `get`.
+    server.fault(json!({ "status": 400, "content_type": "application/json", "body": r#"{"error":"invalid_grant"}"# }));
+    server.api_fault(json!({ "status": 401, "count": 1 }));
+    let answer = proxied(&served, &operator, "GET", "/echo/revoked", &[], "");
+    assert_eq!((answer.status, answer.json()["error"].as_str()), (409, Some("reconnect-required")), "{}", answer.body);
+    let (_, listed) = served.call("GET", "/v1/tenants/acme/users/alice/connections", Some(&operator), None);
+    assert_eq!(listed[0]["status"], "reconnect-required", "{listed}");
+    assert_eq!(invalid_grants, 0);
+    canary::record("serve log", &served.log());
+}
