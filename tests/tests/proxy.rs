@@ -47,10 +47,15 @@ impl Answer {
 
 /// A call through the connection's proxy route; all of the answer goes to the canary scan.
 fn proxied(served: &Served, key: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    call(served, key, method, &format!("{CONNECTION}/proxy{path}"), headers, body)
+}
+
+/// A request to `target` on the service, with `key` as the bearer credential.
+fn call(served: &Served, key: &str, method: &str, target: &str, headers: &[(&str, &str)], body: &str) -> Answer {
     let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
     let mut request = ureq::http::Request::builder()
         .method(method)
-        .uri(format!("{}{CONNECTION}/proxy{path}", served.url))
+        .uri(format!("{}{target}", served.url))
         .header("authorization", format!("Bearer {key}"));
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -62,7 +67,7 @@ fn proxied(served: &Served, key: &str, method: &str, path: &str, headers: &[(&st
         .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let body = response.body_mut().read_to_string().unwrap_or_default();
-    canary::record(format!("{method} proxy{path}"), &format!("{headers:?}\n{body}"));
+    canary::record(format!("{method} {target}"), &format!("{headers:?}\n{body}"));
     Answer { status: response.status().as_u16(), headers, body }
 }
 
@@ -201,9 +206,14 @@ fn a_proxied_call_carries_the_connections_token_and_nothing_of_the_callers() {
 
 #[test]
 fn a_hundred_calls_with_an_expired_token_refresh_it_once_and_a_rejection_refreshes_once() {
-    let server = OAuthServer::start(2);
+    let server = OAuthServer::start(600);
     let (_cli, served, operator) = service(&server, "");
-    std::thread::sleep(Duration::from_millis(2_500)); // the stored access token has expired
+    // The vault is told the token lives a second (the provider keeps it for ten minutes,
+    // so the renewed one stays fresh however long the hundred calls take).
+    let mut grant = server.grant("vault-basic");
+    grant["expires_in"] = json!(1);
+    assert_eq!(served.call("PUT", CONNECTION, Some(&operator), Some(&grant)).0, 200);
+    std::thread::sleep(Duration::from_millis(1_500));
 
     let (refreshed_before, _, _) = server.refresh_stats();
     let statuses: Vec<u16> = std::thread::scope(|scope| {
@@ -240,5 +250,109 @@ fn a_hundred_calls_with_an_expired_token_refresh_it_once_and_a_rejection_refresh
     let (_, listed) = served.call("GET", "/v1/tenants/acme/users/alice/connections", Some(&operator), None);
     assert_eq!(listed[0]["status"], "reconnect-required", "{listed}");
     assert_eq!(invalid_grants, 0);
+    canary::record("serve log", &served.log());
+}
+
+#[test]
+fn an_access_token_reaches_only_its_connections_methods_and_paths_until_revoked() {
+    let server = OAuthServer::start(600);
+    let (cli, served, _) = service(&server, "");
+    let tenant = cli.run(&["apikey", "create", "acme"], None).json()["key"].as_str().unwrap().to_owned();
+    let work = "/v1/tenants/acme/users/alice/connections/idp/work";
+    assert_eq!(served.call("PUT", work, Some(&tenant), Some(&server.grant("vault-basic"))).0, 200);
+    let tokens = "/v1/tenants/acme/users/alice/access-tokens";
+    let ask = json!({
+        "name": "ci",
+        "connections": [{ "provider": "idp" }],
+        "methods": ["get"],
+        "paths": ["/echo/*"],
+        "expires_in": 600,
+    });
+    let (status, made) = served.call("POST", tokens, Some(&tenant), Some(&ask));
+    assert_eq!(status, 201, "{made}");
+    let token = made["token"].as_str().unwrap().to_owned();
+    let id = made["id"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("tvp_"));
+    let (status, taken) = served.call("POST", tokens, Some(&tenant), Some(&ask));
+    assert_eq!((status, taken["error"].as_str()), (409, Some("conflict")));
+    let foreign = cli.run(&["apikey", "create", "globex"], None).json()["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        served
+            .call("POST", tokens, Some(&foreign), Some(&json!({ "name": "x", "connections": [{ "provider": "idp" }] })))
+            .0,
+        403
+    );
+    let too_long = json!({ "name": "long", "connections": [{ "provider": "idp" }], "expires_in": 100_000_000 });
+    assert_eq!(served.call("POST", tokens, Some(&tenant), Some(&too_long)).0, 400);
+
+    // What it reaches: GET under /echo/ of alice's default connection to idp.
+    let answer = call(&served, &token, "GET", "/v1/proxy/idp/echo/a?q=1", &[], "");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!((answer.json()["path"].as_str(), answer.json()["query"].as_str()), (Some("/echo/a"), Some("?q=1")));
+    assert_eq!(answer.json()["sub"], "test-user");
+    let seen = server.api_seen().len();
+    for (method, target, headers) in [
+        ("POST", "/v1/proxy/idp/echo/a", vec![]),
+        ("GET", "/v1/proxy/idp/status/200", vec![]),
+        ("GET", "/v1/proxy/idp/echo", vec![]),
+        ("GET", "/v1/proxy/idp/echo/a", vec![("tokenvault-connection", "work")]),
+        ("GET", "/v1/proxy/elsewhere/echo/a", vec![]),
+    ] {
+        let answer = call(&served, &token, method, target, &headers, "");
+        assert_eq!(
+            (answer.status, answer.json()["error"].as_str()),
+            (403, Some("forbidden")),
+            "{method} {target} {headers:?}"
+        );
+    }
+    // Climbing out of /echo/ is refused by the component before anything is sent.
+    assert_eq!(raw_status(&served, &token, "/v1/proxy/idp/echo/../status/200"), 400);
+    assert_eq!(server.api_seen().len(), seen, "a refused call reached the API");
+    // Nothing else of /v1 takes it; and an API key is not an access token.
+    assert_eq!(call(&served, &token, "GET", "/v1/tenants/acme/users/alice/connections", &[], "").status, 401);
+    assert_eq!(call(&served, &token, "GET", &format!("{CONNECTION}/token"), &[], "").status, 401);
+    assert_eq!(call(&served, &tenant, "GET", "/v1/proxy/idp/echo/a", &[], "").status, 401);
+
+    // Listed without the token; rotated, the old one is refused; revoked, the new one too.
+    let (_, listed) = served.call("GET", tokens, Some(&tenant), None);
+    assert_eq!((listed[0]["id"].as_str(), listed[0]["methods"].clone()), (Some(id.as_str()), json!(["GET"])));
+    assert!(!listed.to_string().contains(&token[4..]));
+    let (status, rotated) = served.call("POST", &format!("{tokens}/{id}/rotate"), Some(&tenant), None);
+    assert_eq!(status, 200, "{rotated}");
+    let rotated = rotated["token"].as_str().unwrap().to_owned();
+    assert_eq!(call(&served, &token, "GET", "/v1/proxy/idp/echo/a", &[], "").status, 401);
+    assert_eq!(call(&served, &rotated, "GET", "/v1/proxy/idp/echo/a", &[], "").status, 200);
+    assert_eq!(served.call("DELETE", &format!("{tokens}/{id}"), Some(&foreign), None).0, 403);
+    assert_eq!(served.call("DELETE", &format!("{tokens}/{id}"), Some(&tenant), None).0, 200);
+    assert_eq!(call(&served, &rotated, "GET", "/v1/proxy/idp/echo/a", &[], "").status, 401);
+    assert_eq!(served.call("DELETE", &format!("{tokens}/{id}"), Some(&tenant), None).0, 404);
+
+    // An umbrella token over both connections, any method or path, expiring in a second.
+    let both = json!({
+        "name": "ci",
+        "connections": [{ "provider": "idp" }, { "provider": "idp", "name": "work" }],
+        "expires_in": 1,
+    });
+    let (status, made) = served.call("POST", tokens, Some(&tenant), Some(&both));
+    assert_eq!(status, 201, "the name is free again once revoked: {made}");
+    let umbrella = made["token"].as_str().unwrap().to_owned();
+    let answer =
+        call(&served, &umbrella, "POST", "/v1/proxy/idp/status/201", &[("tokenvault-connection", "work")], "x");
+    assert_eq!(answer.status, 201);
+    std::thread::sleep(Duration::from_millis(2_100));
+    assert_eq!(call(&served, &umbrella, "GET", "/v1/proxy/idp/echo/a", &[], "").status, 401, "expired");
+
+    // The store holds digests only.
+    let database = std::fs::read(cli.data_dir.path().join("vault.db")).unwrap();
+    let wal = std::fs::read(cli.data_dir.path().join("vault.db-wal")).unwrap_or_default();
+    for secret in [&token, &rotated, &umbrella] {
+        let secret = &secret.as_bytes()["tvp_".len() + 17..]; // after tvp_<id>_
+        for file in [&database, &wal] {
+            assert!(!file.windows(secret.len()).any(|w| w == secret), "an access token is stored in clear");
+        }
+    }
+    for secret in [&token, &rotated, &umbrella] {
+        assert!(!served.log().contains(secret.as_str()), "an access token in the log");
+    }
     canary::record("serve log", &served.log());
 }

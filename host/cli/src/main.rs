@@ -142,6 +142,10 @@ enum Command {
         console_oidc_client_secret: Option<String>,
         #[arg(long, value_name = "CLAIM", default_value = "tenant")]
         console_oidc_tenant_claim: String,
+        /// The longest lifetime of a proxy access token, and the one it gets by default.
+        #[arg(long, value_name = "SECS", default_value_t = tokenvault_serve::access_tokens::DEFAULT_MAX_LIFETIME_SECS,
+            value_parser = clap::value_parser!(u64).range(1..))]
+        access_token_max_lifetime: u64,
     },
     /// Manage the API keys that callers of `serve` present.
     #[command(subcommand)]
@@ -424,6 +428,7 @@ async fn run(cli: Cli) -> Result<()> {
             console_oidc_client_id,
             console_oidc_client_secret,
             console_oidc_tenant_claim,
+            access_token_max_lifetime,
         } => {
             let oidc = match (console_oidc_issuer, console_oidc_client_id) {
                 (Some(issuer), Some(client_id)) => Some(tokenvault_serve::console::oidc::OidcConfig {
@@ -447,7 +452,8 @@ async fn run(cli: Cli) -> Result<()> {
                 horizon: std::time::Duration::from_secs(refresh_within),
                 per_provider_per_minute: refresh_rate,
             });
-            serve::run(vault, serve::ServeArgs { listen, public_url, jwt, oidc, schedule }).await
+            let args = serve::ServeArgs { listen, public_url, jwt, oidc, schedule, access_token_max_lifetime };
+            serve::run(vault, args).await
         }
         Command::Apikey(ApikeyCommand::Create { tenant, operator: _ }) => serve::create_key(&vault, tenant).await,
         Command::Apikey(ApikeyCommand::Ls) => {

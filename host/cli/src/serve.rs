@@ -15,15 +15,18 @@ pub struct ServeArgs {
     pub oidc: Option<tokenvault_serve::console::oidc::OidcConfig>,
     /// None: no background refresh.
     pub schedule: Option<Schedule>,
+    /// Seconds.
+    pub access_token_max_lifetime: u64,
 }
 
 pub async fn run(vault: Vault, args: ServeArgs) -> Result<()> {
-    let ServeArgs { listen, public_url, jwt, oidc, schedule } = args;
+    let ServeArgs { listen, public_url, jwt, oidc, schedule, access_token_max_lifetime } = args;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
     let address = listener.local_addr().map_err(|e| Error::Config(format!("no local address: {e}")))?;
     let mut state = AppState::new(vault, &public_url.unwrap_or_else(|| format!("http://{address}")))?;
+    state.access_tokens.max_lifetime_secs = access_token_max_lifetime;
     if let Some(config) = jwt {
         state.jwt = Some(std::sync::Arc::new(tokenvault_serve::jwt::JwtVerifier::new(config).await?));
     }

@@ -34,7 +34,7 @@ use tokenvault::{
     ),
     modifiers(&BearerAuth),
     security(("api_key" = [])),
-    paths(super::proxy::connection_proxy),
+    paths(super::proxy::connection_proxy, super::proxy::token_proxy),
     tags(
         (name = "tokens", description = "A tenant's users' connections"),
         (name = "providers", description = "The OAuth providers, shared by all tenants"),
@@ -50,6 +50,7 @@ impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("api_key", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme("access_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     }
 }
 
@@ -67,6 +68,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_keys))
         .routes(routes!(rotate_key))
         .route(super::proxy::CONNECTION_PROXY_ROUTE, axum::routing::any(super::proxy::connection_proxy))
+        .route(super::proxy::TOKEN_PROXY_ROUTE, axum::routing::any(super::proxy::token_proxy))
+        .routes(routes!(super::proxy::create_access_token, super::proxy::list_access_tokens))
+        .routes(routes!(super::proxy::revoke_access_token))
+        .routes(routes!(super::proxy::rotate_access_token))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -15,6 +15,9 @@ pub enum ApiError {
     /// Valid credentials that do not reach this tenant or operation.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The request conflicts with what exists (an access token's name in use).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A request body over the service's limit.
     #[error("payload-too-large: {0}")]
     TooLarge(String),
@@ -23,6 +26,15 @@ pub enum ApiError {
     TimedOut(String),
     #[error(transparent)]
     Vault(#[from] Error),
+}
+
+impl From<crate::access_tokens::CreateError> for ApiError {
+    fn from(err: crate::access_tokens::CreateError) -> Self {
+        match err {
+            crate::access_tokens::CreateError::NameTaken(_) => ApiError::Conflict(err.to_string()),
+            crate::access_tokens::CreateError::Vault(err) => ApiError::Vault(err),
+        }
+    }
 }
 
 /// The host's parsing and checks fail with the component's kinds (invalid-input, not-found).
@@ -37,6 +49,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Vault(Error::Vault(err)) => match err {
@@ -61,6 +74,7 @@ impl IntoResponse for ApiError {
             ApiError::Vault(err) => serde_json::to_value(&err).expect("errors serialize"),
             ApiError::Unauthorized(message) => serde_json::json!({ "error": "unauthorized", "message": message }),
             ApiError::Forbidden(message) => serde_json::json!({ "error": "forbidden", "message": message }),
+            ApiError::Conflict(message) => serde_json::json!({ "error": "conflict", "message": message }),
             ApiError::TooLarge(message) => serde_json::json!({ "error": "payload-too-large", "message": message }),
             ApiError::TimedOut(message) => serde_json::json!({ "error": "request-timeout", "message": message }),
         };

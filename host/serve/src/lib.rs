@@ -3,6 +3,7 @@
 //! [`router`] builds the whole service as an axum `Router` (an embedder may mount it in
 //! its own); [`serve`] runs it until a shutdown signal, finishing the calls in flight.
 
+pub mod access_tokens;
 mod api;
 mod api_error;
 pub mod api_keys;
@@ -25,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+pub use access_tokens::AccessTokens;
 pub use api_error::ApiError;
 pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey, Scope};
 
@@ -35,6 +37,8 @@ use tokenvault::Vault;
 pub struct AppState {
     pub vault: Vault,
     pub api_keys: ApiKeys,
+    /// The proxy's access tokens (`tvp_…`).
+    pub access_tokens: AccessTokens,
     /// Where browsers reach this service (`http://127.0.0.1:8080`): connect links point
     /// there, and `{public_url}/oauth/callback` is the redirect URI to register at providers.
     pub public_url: String,
@@ -58,6 +62,7 @@ impl AppState {
         let public_url = public_url.trim_end_matches('/').to_owned();
         Ok(AppState {
             api_keys: ApiKeys::of(&vault),
+            access_tokens: AccessTokens::of(&vault, access_tokens::DEFAULT_MAX_LIFETIME_SECS),
             sessions: console::session::Sessions::of(&vault),
             vault,
             public_url,
