@@ -162,6 +162,10 @@ provider.use(async (ctx, next) => {
     ctx.body = apiSeen;
     return;
   }
+  if (ctx.path === '/__test/api/connections') {
+    ctx.body = { connections: apiConnections };
+    return;
+  }
   if (ctx.path === '/__test/api/fault' && ctx.method === 'POST') {
     const fault = await readJson(ctx.req);
     for (let i = 0; i < (fault.count ?? 1); i += 1) apiFaults.push(fault);
@@ -412,6 +416,7 @@ async function codeFlow(client) {
 // the API itself, which is what a proxy reaches).
 const apiSeen = [];
 const apiFaults = [];
+let apiConnections = 0;
 
 async function introspect(token) {
   const res = await fetch(`${issuer}/token/introspection`, {
@@ -474,6 +479,9 @@ const api = http.createServer(async (req, res) => {
     sub: answer.sub,
     client_id: answer.client_id,
   }));
+});
+api.on('connection', () => {
+  apiConnections += 1;
 });
 await new Promise((resolve) => api.listen(0, '127.0.0.1', resolve));
 const apiOrigin = `http://127.0.0.1:${api.address().port}`;

@@ -227,6 +227,12 @@ impl OAuthServer {
         response.body_mut().read_json().unwrap()
     }
 
+    /// How many TCP connections the API server has accepted.
+    pub fn api_connections(&self) -> u64 {
+        let mut response = self.agent.get(format!("{}/__test/api/connections", self.issuer)).call().unwrap();
+        response.body_mut().read_json::<Value>().unwrap()["connections"].as_u64().unwrap()
+    }
+
     /// Make the API server's next `count` requests answer `status` (or wait `delay_ms`
     /// first) without looking at their token: `{"status": 401, "count": 2}`.
     pub fn api_fault(&self, fault: Value) {

@@ -128,6 +128,13 @@ fn a_proxied_call_carries_the_connections_token_and_nothing_of_the_callers() {
         assert_eq!(answer.header(gone), None, "{gone} came back");
     }
 
+    // One connection to the API carries call after call.
+    let connections = server.api_connections();
+    for i in 0..10 {
+        assert_eq!(proxied(&served, &operator, "GET", &format!("/echo/again/{i}"), &[], "").status, 200);
+    }
+    assert_eq!(server.api_connections(), connections, "a call opened a new connection");
+
     // POST with a body; the provider's errors come back as its answers.
     let answer = proxied(&served, &operator, "POST", "/echo/items", &[("content-type", "text/plain")], "a body");
     assert_eq!((answer.status, answer.json()["body"].as_str()), (200, Some("a body")));

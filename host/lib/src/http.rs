@@ -2,15 +2,26 @@
 //!
 //! A request to an origin that is not listed is refused with `HTTP-request-denied` before
 //! any connection opens. Allowed requests get clamped timeouts (wasmtime's default is
-//! 600 s) and a response body cap.
+//! 600 s) and a response body cap, and go through one pool of connections per host, kept
+//! per origin: a provider called recently (a refresh, a proxied call) costs no new TCP or
+//! TLS handshake. wasmtime-wasi-http's own sender would open a connection per request.
 
 use std::fmt;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::error::Error;
 
 /// One allowed destination: `scheme://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,8 +107,128 @@ impl EgressPolicy {
     }
 }
 
+/// The policy, and the connections it lets out: one per host, shared by its calls.
+pub(crate) struct Egress {
+    pub(crate) policy: EgressPolicy,
+    pool: Client<hyper_rustls::HttpsConnector<HttpConnector>, WasiBody>,
+}
+
+/// How long an unused connection is kept for the next request to its origin.
+const IDLE_CONNECTION: Duration = Duration::from_secs(60);
+/// Idle connections kept per origin.
+const IDLE_PER_ORIGIN: usize = 64;
+
+impl Egress {
+    pub(crate) fn new(policy: EgressPolicy) -> Result<Self, Error> {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(policy.connect_timeout));
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("cannot set up TLS for outgoing requests: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let pool = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(IDLE_CONNECTION)
+            .pool_max_idle_per_host(IDLE_PER_ORIGIN)
+            .build(connector);
+        Ok(Egress { policy, pool })
+    }
+
+    /// Send through the pool: the response head within `first_byte_timeout`, then each
+    /// body chunk within `between_bytes_timeout` of the last.
+    async fn send(&self, request: http::Request<WasiBody>, options: RequestOptions) -> SendResult {
+        let first_byte = options.first_byte_timeout.unwrap_or(self.policy.response_timeout);
+        let between_bytes = options.between_bytes_timeout.unwrap_or(self.policy.response_timeout);
+        let response = match tokio::time::timeout(first_byte, self.pool.request(request)).await {
+            Err(_) => return Err(wasmtime_wasi_http::Error::ConnectionReadTimeout),
+            Ok(Err(err)) => return Err(send_error(err)),
+            Ok(Ok(response)) => response,
+        };
+        let response = response.map(|body| TimedBody::new(body, between_bytes).boxed_unsync());
+        // The pool drives each connection on its own task: nothing for the caller to poll.
+        Ok((response, Box::new(async { Ok(()) })))
+    }
+}
+
+/// What a pooled request's failure is to the component.
+fn send_error(err: hyper_util::client::legacy::Error) -> wasmtime_wasi_http::Error {
+    use std::error::Error as _;
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::TimedOut => wasmtime_wasi_http::Error::ConnectionTimeout,
+                std::io::ErrorKind::ConnectionRefused => wasmtime_wasi_http::Error::ConnectionRefused,
+                _ if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
+                    wasmtime_wasi_http::Error::TlsProtocolError
+                }
+                kind => wasmtime_wasi_http::Error::Connect(std::io::Error::new(kind, io.to_string())),
+            };
+        }
+        if cause.is::<rustls::Error>() {
+            return wasmtime_wasi_http::Error::TlsProtocolError;
+        }
+        source = cause.source();
+    }
+    if err.is_connect() {
+        wasmtime_wasi_http::Error::ConnectionRefused
+    } else {
+        wasmtime_wasi_http::Error::ConnectionTerminated
+    }
+}
+
+/// A response body that fails once no chunk came for `between` since the last.
+struct TimedBody {
+    inner: hyper::body::Incoming,
+    between: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl TimedBody {
+    fn new(inner: hyper::body::Incoming, between: Duration) -> Self {
+        TimedBody { inner, between, deadline: Box::pin(tokio::time::sleep(between)) }
+    }
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = tokio::time::Instant::now() + self.between;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The wasi:http hooks of one store.
-pub(crate) struct EgressHooks(pub Arc<EgressPolicy>);
+pub(crate) struct EgressHooks(pub Arc<Egress>);
 
 type SendResult = wasmtime_wasi_http::Result<(
     http::Response<WasiBody>,
@@ -111,8 +242,9 @@ impl WasiHttpHooks for EgressHooks {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
-        let policy = self.0.clone();
+        let egress = self.0.clone();
         Box::new(async move {
+            let policy = &egress.policy;
             if !policy.allows(request.uri()) {
                 // Only the origin is logged: a query string could carry a value.
                 let origin = Origin::of(request.uri()).map(|o| o.to_string()).unwrap_or_else(|| "<invalid>".into());
@@ -120,7 +252,7 @@ impl WasiHttpHooks for EgressHooks {
                 return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
             }
             let options = policy.clamp(options);
-            let (mut response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let (mut response, io) = egress.send(request, options).await?;
             drop_named_by_connection(response.headers_mut());
             let max = policy.max_response_bytes;
             if response
@@ -139,7 +271,7 @@ impl WasiHttpHooks for EgressHooks {
                     })
                     .boxed_unsync()
             });
-            Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+            Ok((response, io))
         })
     }
 }

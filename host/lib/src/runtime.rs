@@ -22,7 +22,7 @@ use crate::audit::{AuditImport, AuditSink, AuditUnavailable, JsonLinesAudit, Kee
 use crate::clock::Clock;
 use crate::config::{Options, SandboxLimits};
 use crate::error::{Error, Result};
-use crate::http::{EgressHooks, EgressPolicy};
+use crate::http::{Egress, EgressHooks, EgressPolicy};
 use crate::keys::{KeyringImport, Keys};
 use crate::storage::{Changes, Storage, StorageImport};
 
@@ -55,7 +55,7 @@ pub(crate) struct Runtime {
     /// Callers waiting for records to change (another caller's refresh), and the writes
     /// that wake them.
     changes: Arc<Changes>,
-    pub(crate) egress: Arc<EgressPolicy>,
+    pub(crate) egress: Arc<Egress>,
     pub(crate) sandbox: SandboxLimits,
     _ticker: EpochTicker,
 }
@@ -142,7 +142,7 @@ impl Runtime {
             slots,
             services,
             changes: Arc::default(),
-            egress: Arc::new(egress),
+            egress: Arc::new(Egress::new(egress)?),
             sandbox,
             _ticker: ticker,
         })

@@ -55,7 +55,7 @@ impl Vault {
     }
 
     pub fn egress(&self) -> &EgressPolicy {
-        &self.runtime.egress
+        &self.runtime.egress.policy
     }
 
     pub fn sandbox(&self) -> &SandboxLimits {
