@@ -86,6 +86,35 @@ try {
   await user.screenshot({ path: join(input.out, 'user-connections.png'), fullPage: true });
   step('the connection shows with its badge');
 
+  // An access token for the connection, made in the console and copied with its button.
+  await user.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: input.serve });
+  await user.fill('#token-name', 'laptop');
+  await user.locator('input[name=connection]').first().check();
+  await user.check('input[name=method][value=GET]');
+  await user.fill('#token-paths', '/echo/*');
+  await user.getByRole('button', { name: 'Make access token' }).click();
+  const made = (await user.locator('#new-token').innerText()).trim();
+  assert.match(made, /^tvp_/);
+  await user.locator('button[data-copy="new-token"]').click();
+  await user.getByRole('button', { name: 'Copied' }).waitFor();
+  assert.equal(await user.evaluate(() => navigator.clipboard.readText()), made, 'the copy button copied the token');
+  const curl = await user.locator('#new-token-curl').innerText();
+  assert.ok(curl.includes(`Bearer ${made}`) && curl.includes(`${input.serve}/v1/proxy/idp/`), curl);
+  await user.screenshot({ path: join(input.out, 'user-access-token.png'), fullPage: true });
+  step('an access token, made and copied in the console');
+
+  const through = (path) => fetch(`${input.serve}/v1/proxy/idp${path}`, { headers: { authorization: `Bearer ${made}` } });
+  const proxied = await through('/echo/from-console');
+  assert.equal(proxied.status, 200);
+  assert.equal((await proxied.json()).path, '/echo/from-console');
+  assert.equal((await through('/status/200')).status, 403, 'a path outside the token was reached');
+  step('the token reaches the provider API through the proxy, within its paths');
+
+  await user.locator('tr[data-access-token="laptop"]').getByRole('button', { name: 'Revoke' }).click();
+  await user.getByText('Revoked access token').waitFor();
+  assert.equal((await through('/echo/from-console')).status, 401, 'a revoked token still works');
+  step('revoked in the console, the token is refused');
+
   // The backend reads a token, as it would to call the provider.
   const tokenRes = await fetch(`${input.serve}/v1/tenants/acme/users/alice/connections/idp/default/token`, {
     headers: { authorization: `Bearer ${input.tenant_key}` },
@@ -115,6 +144,11 @@ try {
 
   await bob.getByRole('link', { name: 'bob' }).click();
   await admin.getByRole('heading', { name: 'User bob' }).waitFor();
+  await admin.locator('tr[data-access-token="bob-ci"]').getByRole('button', { name: 'Revoke' }).click();
+  await admin.getByText('Revoked access token bob-ci of bob.').waitFor();
+  await admin.getByRole('link', { name: 'Back to bob' }).click();
+  await admin.getByText('No access tokens.').waitFor();
+  step("the admin revokes bob's access token");
   await admin.getByRole('link', { name: 'Revoke all…' }).click();
   await admin.getByText('This cannot be undone.').waitFor();
   await admin.getByRole('button', { name: 'Yes, revoke all' }).click();

@@ -9,7 +9,9 @@ use tokenvault_tests::{OAuthServer, Served, Tokenvault, tests_dir};
 fn service(cli: &Tokenvault, server: &OAuthServer, options: &[&str]) -> (Served, String) {
     let served = cli.serve_with(options);
     let operator = served.first_key.clone().expect("a first key");
-    assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body())).0, 200);
+    let mut provider = server.provider_body();
+    provider["api_base_url"] = json!(server.api);
+    assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&provider)).0, 200);
     let made = cli.run(&["apikey", "create", "acme"], None).json();
     (served, made["key"].as_str().unwrap().to_owned())
 }
@@ -30,7 +32,7 @@ fn a_user_and_an_admin_in_chromium() {
     tokenvault_tests::ensure_npm_packages(&browser_dir, "playwright-core");
 
     let server = OAuthServer::start(600);
-    let mut cli = Tokenvault::new(&[&server.origin()]);
+    let mut cli = Tokenvault::new(&[&server.origin(), &server.api]);
     let oidc_secret = server.console_secret.clone();
     cli.env.push(("TOKENVAULT_CONSOLE_OIDC_CLIENT_SECRET".into(), oidc_secret.clone()));
     let (served, acme) =
@@ -52,6 +54,8 @@ fn a_user_and_an_admin_in_chromium() {
         let path = format!("/v1/tenants/acme/users/bob/connections/idp/{name}");
         assert_eq!(served.call("PUT", &path, Some(&acme), Some(&grant)).0, 200);
     }
+    let bob_token = json!({ "name": "bob-ci", "connections": [{ "provider": "idp" }] });
+    assert_eq!(served.call("POST", "/v1/tenants/acme/users/bob/access-tokens", Some(&acme), Some(&bob_token)).0, 201);
 
     let out = tempfile::tempdir().unwrap();
     let input = json!({
@@ -82,7 +86,7 @@ fn a_user_and_an_admin_in_chromium() {
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|_| panic!("no summary from the browser test:\n{stdout}\n{stderr}"));
     assert!(run.status.success(), "the browser test failed: {}\n{stderr}", summary["error"]);
-    assert_eq!(summary["steps"].as_array().unwrap().len(), 9, "{summary}");
+    assert_eq!(summary["steps"].as_array().unwrap().len(), 13, "{summary}");
 
     // TOKENVAULT_TEST_KEEP_PAGES=DIR keeps what the browser saw (pages, screenshots).
     if let Ok(keep) = std::env::var("TOKENVAULT_TEST_KEEP_PAGES") {
@@ -239,6 +243,13 @@ fn console_refuses_forged_forms_other_tenants_revoked_keys_and_spent_links() {
     assert_eq!(served.browser().get(url).status, 410, "a console link entered twice");
     let forged = carol.post("/console/me/disconnect", &[("csrf", "forged"), ("provider", "idp"), ("name", "default")]);
     assert_eq!(forged.status, 403);
+    let forged = carol.post(
+        "/console/me/access-tokens",
+        &[("csrf", "forged"), ("name", "x"), ("connection", r#"["idp","default"]"#)],
+    );
+    assert_eq!(forged.status, 403, "an access token made by a forged form");
+    let (_, tokens) = served.call("GET", "/v1/tenants/acme/users/carol/access-tokens", Some(&acme), None);
+    assert_eq!(tokens, json!([]));
     let out = carol.post("/console/sign-out", &[("csrf", &me.csrf())]);
     assert_eq!(out.status, 303);
     assert_eq!(carol.get("/console/me").status, 303, "still signed in after signing out");

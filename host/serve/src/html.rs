@@ -28,15 +28,14 @@ pub fn page(status: StatusCode, title: &str, style: &str, header: Option<Markup>
 }
 
 /// No script may run, nothing may frame a page, no form may post elsewhere, and nothing
-/// is cached or sent on as a referrer (a console link's code is in its address).
+/// is cached or sent on as a referrer (a console link's code is in its address). A page
+/// that sets its own policy keeps it (the one with a copy button allows that script).
 pub async fn guard_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(POLICY));
+    }
     for (name, value) in [
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:; \
-             frame-ancestors 'none'; base-uri 'none'",
-        ),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::REFERRER_POLICY, "no-referrer"),
         (header::CACHE_CONTROL, "no-store"),
@@ -46,6 +45,10 @@ pub async fn guard_headers(mut response: Response) -> Response {
     }
     response
 }
+
+/// Every page's content security policy, unless it sets its own.
+const POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:; \
+                      frame-ancestors 'none'; base-uri 'none'";
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}\
 main{max-width:40rem;margin:4rem auto;padding:2rem;background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002}\

@@ -109,8 +109,12 @@ pub struct UserQuery {
 }
 
 impl UserQuery {
+    pub(super) fn new(tenant: &str, user: &str) -> Self {
+        UserQuery { tenant: tenant.to_owned(), user: user.to_owned() }
+    }
+
     /// The tenant and user named, if this admin reaches them.
-    fn check(&self, admin: &Admin) -> Result<(String, String), Response> {
+    pub(super) fn check(&self, admin: &Admin) -> Result<(String, String), Response> {
         match tenant_of(admin, &self.tenant)? {
             Some(tenant) if !self.user.is_empty() => Ok((tenant, self.user.clone())),
             _ => Err(super::message_page(
@@ -133,10 +137,25 @@ pub async fn user(admin: Admin, State(state): State<AppState>, Query(query): Que
         Ok(list) => list,
         Err(err) => return error_page(Some(&admin.visitor), err.into()),
     };
+    let tokens = match state.access_tokens.list(&tenant, &user).await {
+        Ok(tokens) => tokens,
+        Err(err) => return error_page(Some(&admin.visitor), err.into()),
+    };
     let now = state.vault.services().clock.now().as_secs();
+    let csrf = &admin.visitor.session.csrf;
     let body = html! {
         p.muted { "Tenant " (tenant) }
         (connections_table(&list, now, |_| html! {}))
+        h2 { "Access tokens" }
+        (super::access_tokens::table(&tokens, now, |token| html! {
+            form.inline method="post" action="/console/admin/access-tokens/revoke" {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="tenant" value=(tenant);
+                input type="hidden" name="user" value=(user);
+                input type="hidden" name="id" value=(token.id);
+                button.danger type="submit" aria-label=(format!("Revoke {}", token.name)) { "Revoke" }
+            }
+        }))
         @if !list.is_empty() {
             p { a.button.danger href=(href("/console/admin/revoke-all", &[("tenant", &tenant), ("user", &user)])) { "Revoke all…" } }
         }

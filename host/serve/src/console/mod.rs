@@ -15,6 +15,7 @@
 // A refusal here is a whole page: handlers' errors are `Response`s on purpose.
 #![allow(clippy::result_large_err)]
 
+mod access_tokens;
 mod admin;
 pub mod oidc;
 pub mod session;
@@ -53,6 +54,9 @@ pub fn routes() -> Router<AppState> {
         .route("/console/me", get(user::connections))
         .route("/console/me/disconnect", post(user::disconnect))
         .route("/console/me/reconnect", post(user::reconnect))
+        .route("/console/me/access-tokens", post(access_tokens::create))
+        .route("/console/me/access-tokens/revoke", post(access_tokens::revoke))
+        .route("/console/admin/access-tokens/revoke", post(access_tokens::admin_revoke))
         .route("/console/admin", get(admin::users))
         .route("/console/admin/user", get(admin::user))
         .route("/console/admin/revoke-all", get(admin::confirm_revoke_all).post(admin::revoke_all))
@@ -437,4 +441,6 @@ button.secondary{background:#fff;color:#1d2330;margin-top:1rem}button.link{backg
 color:#fff;text-decoration:underline;padding:0}label{display:block;margin:.8rem 0 .3rem}\
 input[type=password],input[type=text],select{padding:.4rem;min-width:16rem}.notice{background:#eef3fd;\
 padding:.6rem 1rem;border-radius:4px}.warn{background:#fff4e0;color:#7a4b00}.muted{color:#5c6370}\
-.filters{display:flex;flex-wrap:wrap;gap:.5rem;align-items:end;margin-bottom:1rem}.filters label{margin:0}";
+.filters{display:flex;flex-wrap:wrap;gap:.5rem;align-items:end;margin-bottom:1rem}.filters label{margin:0}\
+fieldset{border:1px solid #e3e6eb;border-radius:4px;margin:.8rem 0}label.inline{display:inline;margin-right:.8rem}\
+code{background:#f0f2f5;padding:.15rem .35rem;border-radius:3px;word-break:break-all}";

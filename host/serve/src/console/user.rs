@@ -15,10 +15,14 @@ pub async fn connections(user: EndUser, State(state): State<AppState>) -> Respon
     render(&state, &user, None).await
 }
 
-/// The user's connections, with a notice of what was just done.
-async fn render(state: &AppState, user: &EndUser, notice: Option<Markup>) -> Response {
+/// The user's connections and access tokens, with a notice of what was just done.
+pub(super) async fn render(state: &AppState, user: &EndUser, notice: Option<Markup>) -> Response {
     let list = match state.vault.list(&user.tenant, &user.user).await {
         Ok(list) => list,
+        Err(err) => return error_page(Some(&user.visitor), err.into()),
+    };
+    let tokens = match state.access_tokens.list(&user.tenant, &user.user).await {
+        Ok(tokens) => tokens,
         Err(err) => return error_page(Some(&user.visitor), err.into()),
     };
     let now = state.vault.services().clock.now().as_secs();
@@ -44,6 +48,7 @@ async fn render(state: &AppState, user: &EndUser, notice: Option<Markup>) -> Res
                 }
             }
         }))
+        (super::access_tokens::section(csrf, &tokens, &list, now, state.access_tokens.max_lifetime_secs))
     };
     page(StatusCode::OK, "Your connections", Some(&user.visitor), body)
 }
