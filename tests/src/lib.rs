@@ -9,6 +9,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 pub mod canary;
+pub mod tls;
 
 /// A folder of the tests: the OAuth server, and the Node and Python hosts.
 pub fn tests_dir(name: &str) -> PathBuf {

@@ -363,3 +363,52 @@ fn an_access_token_reaches_only_its_connections_methods_and_paths_until_revoked(
     }
     canary::record("serve log", &served.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_behind_a_private_ca_is_reached_over_one_kept_tls_connection() {
+    use tokenvault::{ConnectionKey, Options, ProviderConfig, ProxyRequest, TokenGrant, Vault};
+    use tokenvault_tests::tls::{TestCa, TlsServer};
+    let ca = TestCa::new();
+    // An API that sends back the credentials it got (so the answer shows one came).
+    let app = axum::Router::new().route(
+        "/api/{*rest}",
+        axum::routing::get(|headers: axum::http::HeaderMap| async move {
+            format!("seen {}", headers.get("authorization").map_or("nothing", |v| v.to_str().unwrap()))
+        }),
+    );
+    let api = TlsServer::start(app, &ca);
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::from_data_dir(dir.path()).unwrap();
+    options.allow_outbound(std::slice::from_ref(&api.origin)).unwrap();
+    let untrusting = options.clone();
+    options.egress.ca_files.push(ca.ca_file.clone());
+    let vault = Vault::open(&options).await.unwrap();
+    let provider = ProviderConfig {
+        name: "internal".into(),
+        token_url: Some("https://127.0.0.1:9/token".into()),
+        client_id: "c".into(),
+        api_base_url: Some(format!("{}/api", api.origin)),
+        ..ProviderConfig::default()
+    };
+    vault.put_provider(&provider).await.unwrap();
+    let key = ConnectionKey::new("acme", "alice", "internal", "default");
+    let grant = TokenGrant {
+        access_token: tokenvault_tests::random_value("internal-at-"),
+        token_type: "Bearer".into(),
+        expires_in: Some(3600),
+        refresh_token: None,
+        scope: None,
+    };
+    vault.store(&key, &grant).await.unwrap();
+    let request = ProxyRequest { method: "GET".into(), path: "/user".into(), ..ProxyRequest::default() };
+    for _ in 0..5 {
+        let answer = vault.proxy(&key, &request).await.unwrap();
+        assert_eq!((answer.status, answer.body.as_slice()), (200, b"seen Bearer [redacted]".as_slice()));
+    }
+    assert_eq!(api.handshakes(), 1, "each call made a TLS handshake of its own");
+
+    // A host that does not trust the CA refuses the server's certificate.
+    let refused = Vault::open(&untrusting).await.unwrap().proxy(&key, &request).await.unwrap_err();
+    assert_eq!(refused.kind(), "provider-error", "{refused}");
+    assert_eq!(api.handshakes(), 1);
+}

@@ -67,6 +67,8 @@ struct ConfigFile {
     connect_timeout_ms: Option<u64>,
     response_timeout_ms: Option<u64>,
     max_response_bytes: Option<usize>,
+    /// PEM CA certificates trusted for outgoing HTTPS besides the Mozilla roots.
+    outbound_ca_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -142,6 +144,9 @@ impl Options {
         }
         if let Some(bytes) = file.max_response_bytes {
             options.egress.max_response_bytes = bytes;
+        }
+        if let Some(ca) = file.outbound_ca_file {
+            options.egress.ca_files.push(data_dir.join(ca));
         }
         Ok(options)
     }

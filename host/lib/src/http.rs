@@ -78,12 +78,16 @@ pub struct EgressPolicy {
     /// Time to the response head, and the longest pause between body chunks.
     pub response_timeout: Duration,
     pub max_response_bytes: usize,
+    /// CA certificates (PEM files) trusted for outgoing HTTPS besides the Mozilla roots:
+    /// for providers behind a private CA.
+    pub ca_files: Vec<std::path::PathBuf>,
 }
 
 impl Default for EgressPolicy {
     fn default() -> Self {
         EgressPolicy {
             allowed: Vec::new(),
+            ca_files: Vec::new(),
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(15),
             max_response_bytes: 1 << 20,
@@ -124,7 +128,20 @@ impl Egress {
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(policy.connect_timeout));
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
+        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
+        for file in &policy.ca_files {
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            let unreadable = |e: &dyn fmt::Display| Error::Config(format!("CA file {}: {e}", file.display()));
+            let certificates = CertificateDer::pem_file_iter(file).map_err(|e| unreadable(&e))?;
+            let mut added = 0;
+            for certificate in certificates {
+                roots.add(certificate.map_err(|e| unreadable(&e))?).map_err(|e| unreadable(&e))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(unreadable(&"holds no PEM certificate"));
+            }
+        }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("cannot set up TLS for outgoing requests: {e}")))?

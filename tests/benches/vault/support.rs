@@ -144,16 +144,16 @@ pub async fn memory_services(dir: &Path) -> Services {
 }
 
 /// A vault running `component` (the product's unless given) over `services`, allowed to
-/// reach `endpoint`, its compiled form cached in `dir`.
+/// reach `origin`, its compiled form cached in `dir`.
 pub fn vault(
     dir: &Path,
     services: Services,
     component: Option<&[u8]>,
     limits: SandboxLimits,
-    endpoint: Option<&TokenEndpoint>,
+    origin: Option<&str>,
 ) -> Vault {
     let mut egress = tokenvault::http::EgressPolicy::default();
-    egress.allowed.extend(endpoint.map(|e| e.origin.parse().unwrap()));
+    egress.allowed.extend(origin.map(|o| o.parse().unwrap()));
     let wasm = component.unwrap_or(tokenvault::COMPONENT_WASM);
     Vault::with_component(wasm, services, egress, limits, Some(&dir.join("cache"))).unwrap()
 }
@@ -246,17 +246,45 @@ impl TokenEndpoint {
                 }
             }),
         );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let origin = format!("http://{}", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await.unwrap()
-            })
-        });
+        let origin = serve_on_own_thread(app);
         TokenEndpoint { url: format!("{origin}/token"), origin, requests }
     }
+}
+
+/// Serve `app` on 127.0.0.1 from a thread and runtime of its own, as a server across a
+/// network would: its answers never wait behind the bench's worker threads. Its origin.
+fn serve_on_own_thread(app: axum::Router) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await.unwrap()
+        })
+    });
+    origin
+}
+
+/// A provider API on 127.0.0.1 (see [`api_app`]).
+pub fn api_endpoint() -> String {
+    serve_on_own_thread(api_app())
+}
+
+/// A provider API: `GET /api/...` answers a small JSON document to any bearer token, 401
+/// without one.
+pub fn api_app() -> axum::Router {
+    use axum::http::{HeaderMap, StatusCode};
+    axum::Router::new().route(
+        "/api/{*rest}",
+        axum::routing::get(|headers: HeaderMap| async move {
+            let bearer = headers.get("authorization").is_some_and(|v| v.as_bytes().starts_with(b"Bearer "));
+            if !bearer {
+                return (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({ "error": "no token" })));
+            }
+            (StatusCode::OK, axum::Json(serde_json::json!({ "login": "octocat", "id": 1, "plan": "free" })))
+        }),
+    )
 }
 
 /// Resident memory of this process.
