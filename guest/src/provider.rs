@@ -106,6 +106,10 @@ pub fn validate_url(what: &str, url: &str) -> Result<oauth2::url::Url> {
     if parsed.fragment().is_some() {
         return Err(VaultError::InvalidInput(format!("{what} must not have a fragment")));
     }
+    // It would be shown to every tenant with the provider (and the password is a secret).
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(VaultError::InvalidInput(format!("{what} must not hold credentials (user:password@)")));
+    }
     Ok(parsed)
 }
 
@@ -176,7 +180,10 @@ impl<P: Platform> Vault<P> {
 }
 
 fn validate_provider_name(name: &str) -> Result<()> {
-    let ok = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let ok = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name != "."
+        && name != "..";
     if ok {
         Ok(())
     } else {
@@ -227,6 +234,19 @@ mod tests {
         given.token_url = Some("https://idp.example/token".into());
         given.authorization_params = vec![("redirect_uri".into(), "https://evil.example".into())];
         assert!(matches!(merge(given, Endpoints::default(), 60, 0), Err(VaultError::InvalidInput(_))));
+    }
+
+    #[test]
+    fn urls_with_credentials_and_dot_names_are_refused() {
+        for url in ["https://u:canary-secret@idp.example/token", "https://u@idp.example/token"] {
+            let given = ProviderConfig { token_url: Some(url.into()), ..config() };
+            let err = merge(given, Endpoints::default(), 60, 0).err().unwrap().to_string();
+            assert!(err.contains("credentials") && !err.contains("canary"), "{err}");
+        }
+        for name in [".", ".."] {
+            assert!(validate_provider_name(name).is_err(), "{name}");
+        }
+        assert!(validate_provider_name("a.b").is_ok());
     }
 
     mod operations {

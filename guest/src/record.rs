@@ -100,7 +100,23 @@ pub fn validate_id(what: &str, value: &str) -> Result<()> {
     if value.chars().any(char::is_control) {
         return Err(VaultError::InvalidInput(format!("{what} contains a control character")));
     }
+    // They make a name read as another one (RTL overrides, isolates, marks).
+    if value.chars().any(is_bidi_control) {
+        return Err(VaultError::InvalidInput(format!("{what} contains a bidirectional control character")));
+    }
+    if value.trim().is_empty() {
+        return Err(VaultError::InvalidInput(format!("{what} must not be only whitespace")));
+    }
+    if value == "." || value == ".." {
+        return Err(VaultError::InvalidInput(format!("{what} must not be . or ..")));
+    }
     Ok(())
+}
+
+/// The Unicode bidirectional formatting characters (UAX #9): embeddings, overrides,
+/// isolates and the implicit marks.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 pub fn validate_key(key: &ConnectionKey) -> Result<()> {
@@ -343,6 +359,17 @@ pub fn sealing_context(storage_key: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_read_as_others_or_as_nothing_are_refused() {
+        for bad in ["", " ", "\t", "..", ".", "a\u{202E}b", "\u{2066}x", "a\u{200F}", "a\nb", "a\u{7f}"] {
+            assert!(validate_id("user", bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["alice", "Alice Smith", "alice@example.com", "用户", "a.b", "...", "x/y", "d%2Fe"] {
+            assert!(validate_id("user", good).is_ok(), "{good:?} refused");
+        }
+        assert!(validate_id("user", &"a".repeat(257)).is_err());
+    }
 
     #[test]
     fn a_pending_records_context_follows_from_its_key() {

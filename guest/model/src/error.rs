@@ -135,11 +135,19 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, json: &[u8]) -> Re
         let (line, column) = (e.line(), e.column());
         let text = e.to_string();
         let why = match e.classify() {
-            serde_json::error::Category::Data
-                if text.starts_with("missing field") || text.starts_with("unknown field") =>
-            {
-                // "unknown field `x`, expected one of …": the name of a field, not a value.
-                text.split(" at line").next().unwrap_or("unexpected field").to_owned()
+            serde_json::error::Category::Data if text.starts_with("missing field") => {
+                // "missing field `x`": one of ours.
+                text.split(" at line").next().unwrap_or("a field is missing").to_owned()
+            }
+            serde_json::error::Category::Data if text.starts_with("unknown field") => {
+                // "unknown field `x`, expected one of …": `x` is the caller's, so only ours are named.
+                let expected = text.split(" at line").next().and_then(|t| t.split_once(", expected ")).map(|(_, e)| e);
+                match expected {
+                    Some(expected) => {
+                        format!("a field it does not take (line {line}, column {column}); expected {expected}")
+                    }
+                    None => format!("a field it does not take (line {line}, column {column})"),
+                }
             }
             serde_json::error::Category::Data => {
                 format!("a field has the wrong type (line {line}, column {column})")

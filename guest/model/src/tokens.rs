@@ -231,6 +231,9 @@ mod tests {
             assert!(err.starts_with("invalid-input: token response"), "{err}");
             assert!(!err.contains("canary"), "{err}");
         }
+        // An unknown field's name is the caller's: not repeated (`TokenGrant` takes any other).
+        let err = crate::parse_json::<crate::ProviderConfig>("provider", br#"{"canary-field": 1}"#).unwrap_err();
+        assert!(!err.to_string().contains("canary") && err.to_string().contains("expected"), "{err}");
         let g = TokenGrant::from_json(br#"{"access_token":"canary-at","refresh_token":"canary-rt"}"#).unwrap();
         let shown = format!("{g:?}");
         assert!(!shown.contains("canary") && shown.contains("<redacted>"), "{shown}");

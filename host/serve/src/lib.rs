@@ -102,7 +102,7 @@ pub fn connect_link_url(public_url: &str, provider: &str, code: &str) -> String 
 pub fn router(state: AppState) -> axum::Router {
     let (api, openapi) = api::routes().split_for_parts();
     axum::Router::new()
-        .merge(api)
+        .merge(api.layer(middleware::map_response(api_headers)))
         .merge(connect::routes())
         .merge(console::routes())
         .route("/openapi.json", get(move || async move { Json(openapi) }))
@@ -113,6 +113,19 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(middleware::from_fn(read_body_first))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// Every `/v1` answer: not cached (a token answer must not be, RFC 6749 §5.1), unless a
+/// proxied provider's answer says how it may be, and never sniffed as another type.
+async fn api_headers(mut response: Response) -> Response {
+    use axum::http::{HeaderValue, header};
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    }
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// What one client may hold of the service: a bound on each connection's patience and on
