@@ -3,26 +3,23 @@
 //! token can stand for several of the user's connections (an "umbrella token"), and never
 //! for the provider tokens themselves: those stay in the vault.
 //!
-//! A token is `tvp_<id>_<secret>` (32 random bytes). As with API keys only its SHA-256 is
-//! kept, under `accesstoken/<id>` in the vault's storage; the name index
+//! A token is `tvp_<id>_<secret>` (see [`crate::credential`]). As with API keys only its
+//! SHA-256 is kept, under `accesstoken/<id>` in the vault's storage; the name index
 //! `accesstoken-name/<tenant>/<user>/<name>` (written first, only if absent) keeps an active
 //! name unique per user and lists a user's tokens.
 
 use std::sync::Arc;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
+use crate::credential::{self, Kind};
 use tokenvault::clock::Clock;
 use tokenvault::error::{Error, Result};
 use tokenvault::storage::{Storage, StorageError};
 use tokenvault::{ConnectionKey, DEFAULT_CONNECTION_NAME};
 
-/// How every access token begins.
-pub const TOKEN_PREFIX: &str = "tvp_";
-const ID_BYTES: usize = 8;
+/// How every access token begins, and the bytes of its id.
+pub(crate) const KIND: Kind = Kind { prefix: "tvp_", id_bytes: 8 };
 const RECORD_PREFIX: &str = "accesstoken/";
 const NAME_PREFIX: &str = "accesstoken-name/";
 const MAX_NAME_CHARS: usize = 100;
@@ -174,14 +171,13 @@ impl AccessTokens {
         request: AccessTokenRequest,
     ) -> std::result::Result<NewAccessToken, CreateError> {
         let info = self.validated(tenant, user, request)?;
-        let id = hex::encode(random::<ID_BYTES>()?);
-        let info = AccessTokenInfo { id: id.clone(), ..info };
+        let made = KIND.make()?;
+        let info = AccessTokenInfo { id: made.id.clone(), ..info };
         self.claim_name(&info).await?;
-        let (token, sha256) = new_secret(&id)?;
         let expires_at = info.expires_at;
-        let record = serde_json::to_vec(&TokenRecord { info, sha256 }).expect("token records serialize");
-        self.storage.put(&record_key(&id), &record, None).await?;
-        Ok(NewAccessToken { id, token, expires_at })
+        let record = serde_json::to_vec(&TokenRecord { info, sha256: made.sha256 }).expect("token records serialize");
+        self.storage.put(&record_key(&made.id), &record, None).await?;
+        Ok(NewAccessToken { id: made.id, token: made.credential, expires_at })
     }
 
     /// The user's tokens, expired ones included until they are revoked.
@@ -249,11 +245,12 @@ impl AccessTokens {
         if record.info.expires_at <= self.now() {
             return Err(Error::invalid_input(format!("access token {id} has expired: make a new one")));
         }
-        let (token, sha256) = new_secret(id)?;
+        let made = KIND.make_for(id)?;
         let expires_at = record.info.expires_at;
-        let value = serde_json::to_vec(&TokenRecord { sha256, ..record }).expect("token records serialize");
+        let value =
+            serde_json::to_vec(&TokenRecord { sha256: made.sha256, ..record }).expect("token records serialize");
         match self.storage.put(&record_key(id), &value, Some(version)).await {
-            Ok(_) => Ok(NewAccessToken { id: id.to_owned(), token, expires_at }),
+            Ok(_) => Ok(NewAccessToken { id: made.id, token: made.credential, expires_at }),
             Err(StorageError::Conflict) => Err(Error::not_found(format!("access token {id} changed meanwhile"))),
             Err(e) => Err(e.into()),
         }
@@ -261,17 +258,14 @@ impl AccessTokens {
 
     /// The token `presented` stands for, when it is one that exists and has not expired.
     pub async fn verify(&self, presented: &str) -> Result<Option<AccessTokenInfo>> {
-        let Some((id, _secret)) = presented.strip_prefix(TOKEN_PREFIX).and_then(|rest| rest.split_once('_')) else {
+        let Some(id) = KIND.id_of(presented) else {
             return Ok(None);
         };
-        if id.len() != 2 * ID_BYTES || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(None);
-        }
         let Some((record, _)) = self.record(id).await? else {
             return Ok(None);
         };
-        let matches: bool = digest(presented).as_bytes().ct_eq(record.sha256.as_bytes()).into();
-        Ok((matches && record.info.expires_at > self.now()).then_some(record.info))
+        let valid = credential::matches(presented, &record.sha256) && record.info.expires_at > self.now();
+        Ok(valid.then_some(record.info))
     }
 
     fn now(&self) -> u64 {
@@ -350,15 +344,14 @@ impl AccessTokens {
 
     /// Token `id`, if it is the user's (not found otherwise, whoever holds it).
     async fn owned(&self, tenant: &str, user: &str, id: &str) -> Result<(TokenRecord, u64)> {
-        let valid_id = id.len() == 2 * ID_BYTES && id.bytes().all(|b| b.is_ascii_hexdigit());
-        match valid_id.then_some(()) {
-            Some(()) => match self.record(id).await? {
-                Some((record, version)) if record.info.tenant == tenant && record.info.user == user => {
-                    Ok((record, version))
-                }
-                _ => Err(Error::not_found(format!("no access token {id} for this user"))),
-            },
-            None => Err(Error::not_found(format!("no access token {id:?} for this user"))),
+        if !KIND.is_id(id) {
+            return Err(Error::not_found("no such access token for this user"));
+        }
+        match self.record(id).await? {
+            Some((record, version)) if record.info.tenant == tenant && record.info.user == user => {
+                Ok((record, version))
+            }
+            _ => Err(Error::not_found(format!("no access token {id} for this user"))),
         }
     }
 
@@ -381,20 +374,6 @@ impl AccessTokens {
     }
 }
 
-fn random<const N: usize>() -> Result<[u8; N]> {
-    let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Config(format!("no randomness for an access token: {e}")))?;
-    Ok(bytes)
-}
-
-/// A new token for `id` and its digest.
-fn new_secret(id: &str) -> Result<(String, String)> {
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random::<32>()?);
-    let token = format!("{TOKEN_PREFIX}{id}_{secret}");
-    let sha256 = digest(&token);
-    Ok((token, sha256))
-}
-
 fn record_key(id: &str) -> String {
     format!("{RECORD_PREFIX}{id}")
 }
@@ -406,10 +385,6 @@ fn name_key(info: &AccessTokenInfo) -> String {
 /// As the component escapes the parts of its storage keys.
 fn escape(part: &str) -> String {
     part.replace('%', "%25").replace('/', "%2F")
-}
-
-fn digest(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 fn valid_pattern(pattern: &str) -> bool {
@@ -482,7 +457,7 @@ mod tests {
         assert_eq!(info.connection("gitlab", "default"), None);
         assert!(info.allows_method("GET") && !info.allows_method("POST"));
         let stored = storage.get(&record_key(&new.id)).await.unwrap().unwrap();
-        let secret = &new.token[TOKEN_PREFIX.len() + 2 * ID_BYTES + 1..];
+        let secret = &new.token[KIND.prefix.len() + 2 * KIND.id_bytes + 1..];
         assert!(!String::from_utf8(stored.value).unwrap().contains(secret));
         assert!(!format!("{new:?}").contains(secret));
 

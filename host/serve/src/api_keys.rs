@@ -1,24 +1,21 @@
 //! API keys for the backends that call `tokenvault serve`.
 //!
-//! A key is `tvk_<id>_<secret>`: the id names it (to list and revoke it), the secret is
-//! 32 random bytes. Only the SHA-256 of the whole key is kept, in the vault's storage
-//! under `apikey/<id>` beside the component's records (so every `serve` process on one
-//! database knows the same keys); the key itself is shown once, when it is created. A
-//! 256-bit random secret needs no slow hash: there is nothing to guess from its digest.
+//! A key is `tvk_<id>_<secret>` (see [`crate::credential`]): the id names it (to list and
+//! revoke it). Only the SHA-256 of the whole key is kept, in the vault's storage under
+//! `apikey/<id>` beside the component's records (so every `serve` process on one database
+//! knows the same keys); the key itself is shown once, when it is created.
 
 use std::sync::Arc;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
+use crate::credential::{self, Kind};
 use tokenvault::clock::Clock;
 use tokenvault::error::{Error, Result};
 use tokenvault::storage::{Storage, StorageError};
 
-const PREFIX: &str = "tvk_";
-const ID_BYTES: usize = 6;
+/// How every API key begins, and the bytes of its id.
+pub(crate) const KIND: Kind = Kind { prefix: "tvk_", id_bytes: 6 };
 const RECORD_PREFIX: &str = "apikey/";
 
 /// What a key may reach.
@@ -102,18 +99,12 @@ impl ApiKeys {
         {
             return Err(Error::invalid_input("a tenant key needs a tenant"));
         }
-        let mut id = [0u8; ID_BYTES];
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut id).and_then(|()| getrandom::fill(&mut secret)).map_err(|e| {
-            Error::Config(format!("no randomness for an API key: {e}")) // not a value: the OS error
-        })?;
-        let id = hex::encode(id);
-        let key = format!("{PREFIX}{id}_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+        let made = KIND.make()?;
         let created_at = self.clock.now().as_secs();
-        let record = KeyRecord { scope: scope.clone(), sha256: digest(&key), created_at };
+        let record = KeyRecord { scope: scope.clone(), sha256: made.sha256, created_at };
         let value = serde_json::to_vec(&record).expect("key records serialize");
-        self.storage.put(&record_key(&id), &value, None).await?;
-        Ok(NewApiKey { key, info: ApiKeyInfo { id, scope, created_at } })
+        self.storage.put(&record_key(&made.id), &value, None).await?;
+        Ok(NewApiKey { key: made.credential, info: ApiKeyInfo { id: made.id, scope, created_at } })
     }
 
     /// Every key, by id.
@@ -153,17 +144,17 @@ impl ApiKeys {
 
     /// The key's scope, if `presented` is a key that exists; `None` for anything else.
     pub async fn verify(&self, presented: &str) -> Result<Option<ApiKeyInfo>> {
-        let Some((id, _secret)) = presented.strip_prefix(PREFIX).and_then(|rest| rest.split_once('_')) else {
+        let Some(id) = KIND.id_of(presented) else {
             return Ok(None);
         };
-        if id.len() != 2 * ID_BYTES || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(None);
-        }
         let Some((record, _)) = self.record(id).await? else {
             return Ok(None);
         };
-        let matches: bool = digest(presented).as_bytes().ct_eq(record.sha256.as_bytes()).into();
-        Ok(matches.then(|| ApiKeyInfo { id: id.to_owned(), scope: record.scope, created_at: record.created_at }))
+        Ok(credential::matches(presented, &record.sha256).then(|| ApiKeyInfo {
+            id: id.to_owned(),
+            scope: record.scope,
+            created_at: record.created_at,
+        }))
     }
 
     async fn record(&self, id: &str) -> Result<Option<(KeyRecord, u64)>> {
@@ -178,10 +169,6 @@ impl ApiKeys {
 
 fn record_key(id: &str) -> String {
     format!("{RECORD_PREFIX}{id}")
-}
-
-fn digest(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 #[cfg(test)]
@@ -203,7 +190,7 @@ mod tests {
         assert_eq!(keys.verify(&new.key).await.unwrap(), Some(new.info.clone()));
         let stored = storage.get(&record_key(&new.info.id)).await.unwrap().unwrap();
         let stored = String::from_utf8(stored.value).unwrap();
-        let secret = new.key.rsplit('_').next().unwrap();
+        let secret = &new.key[KIND.prefix.len() + 2 * KIND.id_bytes + 1..];
         assert!(!stored.contains(secret), "the secret is stored: {stored}");
         assert!(!format!("{new:?}").contains(secret), "Debug shows the key");
         assert_eq!(keys.list().await.unwrap(), vec![new.info]);

@@ -29,14 +29,14 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
             .map(str::trim)
             .ok_or_else(|| ApiError::Unauthorized("the Authorization header is not Bearer <credential>".into()))?;
-        if presented.starts_with(crate::access_tokens::TOKEN_PREFIX) {
+        if presented.starts_with(crate::access_tokens::KIND.prefix) {
             return Err(ApiError::Unauthorized("an access token works only on /v1/proxy".into()));
         }
         if let Some(info) = state.api_keys.verify(presented).await? {
             return Ok(Caller { id: info.id, scope: info.scope });
         }
         if let Some(jwt) = &state.jwt
-            && !presented.starts_with("tvk_")
+            && !presented.starts_with(crate::api_keys::KIND.prefix)
         {
             return match jwt.verify(presented).await {
                 Some(caller) => {

@@ -10,6 +10,7 @@ pub mod api_keys;
 mod auth;
 mod connect;
 pub mod console;
+mod credential;
 mod html;
 pub mod jwt;
 mod proxy;

@@ -647,8 +647,8 @@ async fn proxy_over_tls(dir: &tempfile::TempDir, request: &tokenvault::ProxyRequ
     let samples = interleaved(&names, 10, 100, async |case| {
         let before = api.handshakes();
         match case {
-            0 => tls_get(&fresh, &url, &bearer).await,
-            1 => tls_get(&kept, &url, &bearer).await,
+            0 => direct_get(&fresh, &url, &bearer).await,
+            1 => direct_get(&kept, &url, &bearer).await,
             _ => assert_eq!(product.proxy(&key, request).await.unwrap().status, 200),
         }
         handshakes[case] += api.handshakes() - before;
@@ -666,31 +666,14 @@ async fn proxy_over_tls(dir: &tempfile::TempDir, request: &tokenvault::ProxyRequ
     )
 }
 
-/// One GET over TLS, the answer read whole.
-async fn tls_get(
-    client: &hyper_util::client::legacy::Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        http_body_util::Empty<bytes::Bytes>,
-    >,
+/// One GET of `url` straight from `client` (in the clear or over TLS), the answer read whole.
+async fn direct_get<C>(
+    client: &hyper_util::client::legacy::Client<C, http_body_util::Empty<bytes::Bytes>>,
     url: &str,
     bearer: &str,
-) {
-    use http_body_util::BodyExt;
-    let request = http::Request::get(url).header("authorization", bearer).body(http_body_util::Empty::new()).unwrap();
-    let response = client.request(request).await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.into_body().collect().await.unwrap();
-}
-
-/// One GET of `url` straight from `client`, the answer read whole.
-async fn direct_get(
-    client: &hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Empty<bytes::Bytes>,
-    >,
-    url: &str,
-    bearer: &str,
-) {
+) where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     use http_body_util::BodyExt;
     let request = http::Request::get(url).header("authorization", bearer).body(http_body_util::Empty::new()).unwrap();
     let response = client.request(request).await.unwrap();
