@@ -457,6 +457,10 @@ const api = http.createServer(async (req, res) => {
   }
   const hopByHop = { connection: 'x-hop', 'x-hop': 'dropped', 'keep-alive': 'timeout=5', 'set-cookie': 'session=api-cookie' };
   const status = Number(url.pathname.match(/^\/status\/(\d{3})$/)?.[1] ?? 200);
+  if (url.searchParams.get('type') === 'text') {
+    send(res, status, { 'content-type': 'text/plain' }, `plain ${status}`);
+    return;
+  }
   if (url.pathname === '/big') {
     send(res, 200, { 'content-type': 'application/octet-stream' }, Buffer.alloc(Number(url.searchParams.get('bytes')), 97));
     return;

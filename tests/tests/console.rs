@@ -243,6 +243,9 @@ fn console_refuses_forged_forms_other_tenants_revoked_keys_and_spent_links() {
     assert_eq!(served.browser().get(url).status, 410, "a console link entered twice");
     let forged = carol.post("/console/me/disconnect", &[("csrf", "forged"), ("provider", "idp"), ("name", "default")]);
     assert_eq!(forged.status, 403);
+    let unreadable = carol.post("/console/me/disconnect", &[("csrf", &csrf)]);
+    assert_eq!(unreadable.status, 422);
+    assert!(unreadable.body.contains("The form could not be read"), "{}", unreadable.body);
     let forged = carol.post(
         "/console/me/access-tokens",
         &[("csrf", "forged"), ("name", "x"), ("connection", r#"["idp","default"]"#)],

@@ -153,6 +153,17 @@ fn a_proxied_call_carries_the_connections_token_and_nothing_of_the_callers() {
         let answer = proxied(&served, &operator, "GET", &format!("/status/{status}"), &[], "");
         assert_eq!((answer.status, answer.json()["path"].clone()), (status, json!(format!("/status/{status}"))));
     }
+    let plain = proxied(&served, &operator, "GET", "/status/400?type=text", &[], "");
+    assert_eq!((plain.status, plain.body.as_str()), (400, "plain 400"), "a provider's own answer is passed as it came");
+
+    // The service's own refusals are JSON, whatever refused.
+    for target in ["/v1/tenants/%FF/users/alice/connections", "/v1/tenants/acme/users?limit=many"] {
+        let refused = call(&served, &operator, "GET", target, &[], "");
+        assert_eq!((refused.status, refused.json()["error"].as_str()), (400, Some("invalid-input")), "{target}");
+        assert!(!refused.body.contains("many"), "{}", refused.body);
+    }
+    let refused = call(&served, &operator, "PATCH", "/v1/providers", &[], "");
+    assert_eq!((refused.status, refused.json()["error"].as_str()), (405, Some("method-not-allowed")));
 
     // The size cap and the timeout of tokenvault.toml.
     assert_eq!(proxied(&served, &operator, "GET", "/big?bytes=1000", &[], "").body.len(), 1000);

@@ -103,7 +103,7 @@ pub fn connect_link_url(public_url: &str, provider: &str, code: &str) -> String 
 pub fn router(state: AppState) -> axum::Router {
     let (api, openapi) = api::routes().split_for_parts();
     axum::Router::new()
-        .merge(api.layer(middleware::map_response(api_headers)))
+        .merge(api.layer(middleware::map_response(api_answer)))
         .merge(connect::routes())
         .merge(console::routes())
         .route("/openapi.json", get(move || async move { Json(openapi) }))
@@ -116,10 +116,34 @@ pub fn router(state: AppState) -> axum::Router {
         .with_state(state)
 }
 
-/// Every `/v1` answer: not cached (a token answer must not be, RFC 6749 §5.1), unless a
-/// proxied provider's answer says how it may be, and never sniffed as another type.
-async fn api_headers(mut response: Response) -> Response {
+/// Every `/v1` answer: a refusal of axum's own (a path or query that does not parse, a
+/// method the route lacks) as `{error, message}` JSON like every other error, in words of
+/// ours (axum's can quote the request); not cached (a token answer must not be, RFC 6749
+/// §5.1) unless a proxied provider's answer says how it may be; never sniffed as another type.
+async fn api_answer(response: Response) -> Response {
     use axum::http::{HeaderValue, header};
+    let is_json = |r: &Response| {
+        r.headers().get(header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"application/json"))
+    };
+    let from_provider = response.extensions().get::<proxy::ProviderAnswer>().is_some();
+    let mut response = if response.status().is_client_error() && !is_json(&response) && !from_provider {
+        let status = response.status();
+        let (kind, message) = match status {
+            StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "this route does not take that method"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::UNPROCESSABLE_ENTITY => {
+                ("invalid-input", "the request body is not what this route takes")
+            }
+            _ => ("invalid-input", "the request's path or query is not valid (UTF-8, the expected types)"),
+        };
+        // Its headers stay (a 405's Allow, say); only the body is ours.
+        let (mut parts, _) = response.into_parts();
+        parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let body = serde_json::json!({ "error": kind, "message": message }).to_string();
+        Response::from_parts(parts, axum::body::Body::from(body))
+    } else {
+        response
+    };
     let headers = response.headers_mut();
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -229,8 +229,13 @@ fn proxied_path(uri: &Uri, prefix_segments: usize) -> Option<String> {
     })
 }
 
+/// Marks a provider's answer, which passes as it came (the service rewrites only its own).
+#[derive(Clone, Copy)]
+pub struct ProviderAnswer;
+
 fn response(answer: ProxyResponse) -> Response {
     let mut response = Response::new(Body::from(answer.body));
+    response.extensions_mut().insert(ProviderAnswer);
     *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let headers = response.headers_mut();
     for (name, value) in answer.headers {

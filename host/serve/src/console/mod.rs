@@ -62,7 +62,26 @@ pub fn routes() -> Router<AppState> {
         .route("/console/admin/revoke-all", get(admin::confirm_revoke_all).post(admin::revoke_all))
         .route("/console/admin/audit", get(admin::audit))
         .merge(oidc::routes())
+        .layer(axum::middleware::map_response(form_refusals))
         .layer(axum::middleware::map_response(super::html::guard_headers))
+}
+
+/// A form axum could not read (a field missing, or one it cannot parse) answers a page
+/// like every other, not axum's plain text.
+async fn form_refusals(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/plain"));
+    if response.status().is_client_error() && plain {
+        return message_page(
+            response.status(),
+            "The form could not be read",
+            None,
+            "It is missing a field or holds one that cannot be read. Go back, reload the page and try again.",
+        );
+    }
+    response
 }
 
 /// The console link's address for `code`.
