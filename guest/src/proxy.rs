@@ -347,6 +347,68 @@ mod tests {
         assert_eq!(&*redact(b"old new", &["new", "old"]), b"[redacted] [redacted]");
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// `s` percent-decoded until it stops changing (at most four times).
+        fn fully_decoded(s: &str) -> String {
+            let mut s = s.to_owned();
+            for _ in 0..4 {
+                let next = percent_decode_str(&s).decode_utf8_lossy().into_owned();
+                if next == s {
+                    break;
+                }
+                s = next;
+            }
+            s
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            // Paths made of the pieces escapes are built from: whatever is accepted stays
+            // under the base however often a server decodes it.
+            #[test]
+            fn an_accepted_path_never_leaves_the_base(
+                pieces in proptest::collection::vec(
+                    prop_oneof![
+                        Just("/"), Just("."), Just(".."), Just("%2e"), Just("%2E"), Just("%2f"), Just("%2F"),
+                        Just("%5c"), Just("\\"), Just("%25"), Just("@"), Just("?"), Just("#"), Just(":"),
+                        Just("a"), Just("user"), Just("%41"), Just("%"), Just("~"), Just("2e"), Just("2f"), Just("5c"),
+                    ],
+                    1..12,
+                )
+            ) {
+                let path = format!("/{}", pieces.concat());
+                if let Ok(url) = target_url(BASE, &path) {
+                    prop_assert!(url.starts_with(&format!("{BASE}/")), "{url}");
+                    let route = url[BASE.len()..].split('?').next().unwrap().to_owned();
+                    let decoded = fully_decoded(&route);
+                    prop_assert!(
+                        !decoded.split(['/', '\\']).any(|s| s == ".." || s == "."),
+                        "{path} decodes to {decoded}"
+                    );
+                    prop_assert!(!route.contains('@') && !route.contains('\\') && !url.contains('#'));
+                }
+            }
+
+            #[test]
+            fn credentials_never_go_out_whatever_their_case(
+                name in prop_oneof![Just("authorization"), Just("cookie"), Just("host"), Just("proxy-authorization")],
+                upper in proptest::collection::vec(any::<bool>(), 20),
+            ) {
+                let name: String = name
+                    .chars()
+                    .zip(upper.iter().cycle())
+                    .map(|(c, up)| if *up { c.to_ascii_uppercase() } else { c })
+                    .collect();
+                let kept = forwarded_headers(&[(name, b"x".to_vec())]).unwrap();
+                prop_assert!(kept.is_empty());
+            }
+        }
+    }
+
     /// What the API was sent: the URL and the authorization header.
     type Seen = Rc<RefCell<Vec<(String, String)>>>;
 
