@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::credential::{self, Kind};
 use tokenvault::clock::Clock;
 use tokenvault::error::{Error, Result};
-use tokenvault::storage::{Storage, StorageError};
+use tokenvault::storage::{Storage, StorageError, all_keys};
 use tokenvault::{ConnectionKey, DEFAULT_CONNECTION_NAME};
 
 /// How every access token begins, and the bytes of its id.
@@ -184,39 +184,25 @@ impl AccessTokens {
     pub async fn list(&self, tenant: &str, user: &str) -> Result<Vec<AccessTokenInfo>> {
         let prefix = format!("{NAME_PREFIX}{}/{}/", escape(tenant), escape(user));
         let mut tokens = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = self.storage.list(&prefix, cursor.as_deref(), 100).await?;
-            for name_key in &page.keys {
-                if let Some((name, _)) = self.name_record(name_key).await?
-                    && let Some((record, _)) = self.record(&name.id).await?
-                {
-                    tokens.push(record.info);
-                }
-            }
-            match page.cursor {
-                Some(next) => cursor = Some(next),
-                None => return Ok(tokens),
+        for name_key in all_keys(&*self.storage, &prefix).await? {
+            if let Some((name, _)) = self.name_record(&name_key).await?
+                && let Some((record, _)) = self.record(&name.id).await?
+            {
+                tokens.push(record.info);
             }
         }
+        Ok(tokens)
     }
 
     /// Every tenant's tokens (for operators).
     pub async fn list_all(&self) -> Result<Vec<AccessTokenInfo>> {
         let mut tokens = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = self.storage.list(RECORD_PREFIX, cursor.as_deref(), 100).await?;
-            for key in &page.keys {
-                if let Some((record, _)) = self.record(&key[RECORD_PREFIX.len()..]).await? {
-                    tokens.push(record.info);
-                }
-            }
-            match page.cursor {
-                Some(next) => cursor = Some(next),
-                None => return Ok(tokens),
+        for key in all_keys(&*self.storage, RECORD_PREFIX).await? {
+            if let Some((record, _)) = self.record(&key[RECORD_PREFIX.len()..]).await? {
+                tokens.push(record.info);
             }
         }
+        Ok(tokens)
     }
 
     /// Revoke one of the user's tokens: refused from the next request on.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::credential::{self, Kind};
 use tokenvault::clock::Clock;
 use tokenvault::error::{Error, Result};
-use tokenvault::storage::{Storage, StorageError};
+use tokenvault::storage::{Storage, StorageError, all_keys};
 
 /// How every API key begins, and the bytes of its id.
 pub(crate) const KIND: Kind = Kind { prefix: "tvk_", id_bytes: 6 };
@@ -110,20 +110,13 @@ impl ApiKeys {
     /// Every key, by id.
     pub async fn list(&self) -> Result<Vec<ApiKeyInfo>> {
         let mut keys = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = self.storage.list(RECORD_PREFIX, cursor.as_deref(), 100).await?;
-            for storage_key in &page.keys {
-                let id = &storage_key[RECORD_PREFIX.len()..];
-                if let Some((record, _)) = self.record(id).await? {
-                    keys.push(ApiKeyInfo { id: id.to_owned(), scope: record.scope, created_at: record.created_at });
-                }
-            }
-            match page.cursor {
-                Some(next) => cursor = Some(next),
-                None => return Ok(keys),
+        for storage_key in all_keys(&*self.storage, RECORD_PREFIX).await? {
+            let id = &storage_key[RECORD_PREFIX.len()..];
+            if let Some((record, _)) = self.record(id).await? {
+                keys.push(ApiKeyInfo { id: id.to_owned(), scope: record.scope, created_at: record.created_at });
             }
         }
+        Ok(keys)
     }
 
     /// Delete a key: requests presenting it fail from now on.

@@ -44,6 +44,22 @@ pub trait Storage: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
+/// Every key with `prefix`, ascending, read page by page: for the small sets a host keeps
+/// beside the component's records (API keys, access tokens), not for those that grow
+/// with the connections.
+pub async fn all_keys(storage: &dyn Storage, prefix: &str) -> StorageResult<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = storage.list(prefix, cursor.as_deref(), 500).await?;
+        keys.extend(page.keys);
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(keys),
+        }
+    }
+}
+
 /// Where records are kept, as an operator writes it.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StorageUrl {
@@ -235,5 +251,22 @@ pub mod conformance {
         assert_eq!(winners.len(), 1, "{results:?}");
         assert!(results.iter().all(|r| matches!(r, Ok(_) | Err(StorageError::Conflict))));
         assert_eq!(storage.get("race").await.unwrap().unwrap().version, winners[0]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn all_keys_reads_every_page_of_its_prefix_only() {
+        let storage = MemoryStorage::default();
+        for i in 0..1201 {
+            storage.put(&format!("a/{i:05}"), b"v", None).await.unwrap();
+        }
+        storage.put("b/0", b"v", None).await.unwrap();
+        let keys = all_keys(&storage, "a/").await.unwrap();
+        assert_eq!(keys.len(), 1201);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]) && keys.iter().all(|k| k.starts_with("a/")));
     }
 }
