@@ -160,6 +160,12 @@ fn console_refuses_forged_forms_other_tenants_revoked_keys_and_spent_links() {
     assert_eq!(sign_in.status, 200);
     let csp = sign_in.headers.get("content-security-policy").cloned().unwrap_or_default();
     assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    let cookie = &sign_in.headers["set-cookie"];
+    assert!(
+        cookie.starts_with("__Host-tv_sign_in=") && cookie.contains("Secure") && cookie.contains("Path=/"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Domain"), "{cookie}");
 
     // Sign-in: a form without the page's token, then a wrong key, are refused.
     let forged = browser.post("/console/sign-in", &[("csrf", "forged"), ("api_key", &acme)]);

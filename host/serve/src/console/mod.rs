@@ -41,8 +41,10 @@ const SESSION_COOKIE: &str = "tv_session";
 /// The console's own audit action, beside the component's, and the outcome it adds.
 pub(crate) const SIGN_IN: &str = "console-sign-in";
 pub(crate) const DENIED: &str = "denied";
-/// The sign-in form's CSRF token, before there is a session to hold one.
-const SIGN_IN_COOKIE: &str = "tv_sign_in";
+/// The sign-in form's CSRF token, before there is a session to hold one. `__Host-`: Secure,
+/// whole-site and set by this host alone, so a neighbouring subdomain cannot plant a token of
+/// its choosing (browsers treat loopback as secure, so it works on http://127.0.0.1 too).
+const SIGN_IN_COOKIE: &str = "__Host-tv_sign_in";
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -241,13 +243,14 @@ fn sign_in_form(state: &AppState, jar: CookieJar, status: StatusCode, notice: Op
         Some(token) => (jar, token),
         None => match random_token() {
             Ok(token) => {
-                let cookie = browser_cookie(
+                let mut cookie = browser_cookie(
                     state,
                     SIGN_IN_COOKIE,
                     token.clone(),
                     cookie::time::Duration::hours(1),
                     SameSite::Strict,
                 );
+                cookie.set_secure(true); // as the __Host- prefix requires
                 (jar.add(cookie), token)
             }
             Err(err) => return error_page(None, err.into()),
@@ -311,7 +314,7 @@ async fn start_admin_session(state: &AppState, jar: CookieJar, principal: Princi
                 return error_page(None, tokenvault::Error::storage(refused.to_string()).into());
             }
             let max_age = cookie::time::Duration::seconds(session::ADMIN_TTL_SECS as i64);
-            let jar = jar.remove(Cookie::build(SIGN_IN_COOKIE).path("/")).add(browser_cookie(
+            let jar = jar.remove(Cookie::build(SIGN_IN_COOKIE).path("/").secure(true)).add(browser_cookie(
                 state,
                 SESSION_COOKIE,
                 id,
