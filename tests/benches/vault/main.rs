@@ -188,25 +188,12 @@ async fn concurrency() -> String {
          | callers | gets/s | median µs | p99 µs |\n|---:|---:|---:|---:|\n",
     );
     for callers in [1usize, 2, 8, 32, 128] {
-        let until = Instant::now() + Duration::from_secs(2);
-        let tasks: Vec<_> = (0..callers)
-            .map(|_| {
-                let product = product.clone();
-                tokio::spawn(async move {
-                    let mut sample = Sample::default();
-                    while Instant::now() < until {
-                        let start = Instant::now();
-                        product.get(&key("busy")).await.unwrap();
-                        sample.0.push(start.elapsed());
-                    }
-                    sample
-                })
-            })
-            .collect();
-        let mut all = Sample::default();
-        for task in tasks {
-            all.0.extend(task.await.unwrap().0);
-        }
+        let product = product.clone();
+        let all = concurrently(callers, Duration::from_secs(2), move || {
+            let product = product.clone();
+            async move { drop(product.get(&key("busy")).await.unwrap()) }
+        })
+        .await;
         let rate = all.0.len() as f64 / 2.0;
         out.push_str(&format!("| {callers} | {rate:.0} | {} | {} |\n", us(all.median()), us(all.percentile(0.99))));
     }
@@ -551,39 +538,24 @@ async fn proxy() -> String {
     );
     out.push_str("\n| callers | proxied calls/s | median µs | p99 µs | direct calls/s |\n|---:|---:|---:|---:|---:|\n");
     for callers in [1usize, 16, 64] {
-        let mut rates = Vec::new();
-        let mut proxied_sample = Sample::default();
-        for case in 0..2 {
-            let until = Instant::now() + Duration::from_secs(2);
-            let tasks: Vec<_> = (0..callers)
-                .map(|_| {
-                    let (product, key, request, direct) =
-                        (product.clone(), key.clone(), request.clone(), direct.clone());
-                    let (url, bearer) = (url.clone(), bearer.clone());
-                    tokio::spawn(async move {
-                        let mut sample = Sample::default();
-                        while Instant::now() < until {
-                            let start = Instant::now();
-                            if case == 0 {
-                                direct_get(&direct, &url, &bearer).await;
-                            } else {
-                                assert_eq!(product.proxy(&key, &request).await.unwrap().status, 200);
-                            }
-                            sample.0.push(start.elapsed());
-                        }
-                        sample
-                    })
-                })
-                .collect();
-            let mut all = Sample::default();
-            for task in tasks {
-                all.0.extend(task.await.unwrap().0);
-            }
-            rates.push(all.0.len() as f64 / 2.0);
-            if case == 1 {
-                proxied_sample = all;
-            }
-        }
+        let lasting = Duration::from_secs(2);
+        let direct_calls = {
+            let (direct, url, bearer) = (direct.clone(), url.clone(), bearer.clone());
+            concurrently(callers, lasting, move || {
+                let (direct, url, bearer) = (direct.clone(), url.clone(), bearer.clone());
+                async move { direct_get(&direct, &url, &bearer).await }
+            })
+            .await
+        };
+        let proxied_sample = {
+            let (product, key, request) = (product.clone(), key.clone(), request.clone());
+            concurrently(callers, lasting, move || {
+                let (product, key, request) = (product.clone(), key.clone(), request.clone());
+                async move { assert_eq!(product.proxy(&key, &request).await.unwrap().status, 200) }
+            })
+            .await
+        };
+        let rates = [direct_calls.0.len() as f64 / 2.0, proxied_sample.0.len() as f64 / 2.0];
         out.push_str(&format!(
             "| {callers} | {:.0} | {} | {} | {:.0} |\n",
             rates[1],

@@ -38,6 +38,34 @@ impl Sample {
     }
 }
 
+/// `callers` tasks, each calling `op` again and again for `lasting`: every call's time.
+pub async fn concurrently<F, Fut>(callers: usize, lasting: Duration, op: F) -> Sample
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let until = Instant::now() + lasting;
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut sample = Sample::default();
+                while Instant::now() < until {
+                    let start = Instant::now();
+                    op().await;
+                    sample.0.push(start.elapsed());
+                }
+                sample
+            })
+        })
+        .collect();
+    let mut all = Sample::default();
+    for task in tasks {
+        all.0.extend(task.await.unwrap().0);
+    }
+    all
+}
+
 /// Microseconds, for reports.
 pub fn us(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
