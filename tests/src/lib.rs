@@ -496,6 +496,13 @@ impl tokenvault::storage::Storage for FlakyStorage {
         self.inner.list(prefix, cursor, limit).await
     }
 
+    async fn commit(
+        &self,
+        writes: &[tokenvault::storage::Write],
+    ) -> tokenvault::storage::StorageResult<Vec<Option<u64>>> {
+        self.inner.commit(writes).await
+    }
+
     fn describe(&self) -> String {
         format!("flaky {}", self.inner.describe())
     }

@@ -161,6 +161,9 @@ mod tests {
         async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<super::super::KeyPage> {
             self.inner.list(prefix, cursor, limit).await
         }
+        async fn commit(&self, writes: &[super::super::Write]) -> StorageResult<Vec<Option<u64>>> {
+            self.inner.commit(writes).await
+        }
         fn describe(&self) -> String {
             "counted".into()
         }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Entry, KeyPage, Storage, StorageError, StorageResult};
+use super::{Entry, KeyPage, Storage, StorageError, StorageResult, Write};
 
 #[derive(Default)]
 pub struct MemoryStorage {
@@ -58,6 +58,33 @@ impl Storage for MemoryStorage {
             .cloned()
             .collect();
         Ok(KeyPage::of(keys, limit))
+    }
+
+    async fn commit(&self, writes: &[Write]) -> StorageResult<Vec<Option<u64>>> {
+        let mut inner = self.inner.lock().unwrap();
+        let version = |inner: &Inner, key: &str| inner.records.get(key).map(|e| e.version);
+        let all_expected = writes.iter().all(|write| match write {
+            Write::Put { key, expected, .. } => version(&inner, key) == *expected,
+            Write::Delete { key, expected } => version(&inner, key) == Some(*expected),
+        });
+        if !all_expected {
+            return Err(StorageError::Conflict);
+        }
+        Ok(writes
+            .iter()
+            .map(|write| match write {
+                Write::Put { key, value, .. } => {
+                    inner.last_version += 1;
+                    let version = inner.last_version;
+                    inner.records.insert(key.clone(), Entry { value: value.clone(), version });
+                    Some(version)
+                }
+                Write::Delete { key, .. } => {
+                    inner.records.remove(key);
+                    None
+                }
+            })
+            .collect())
     }
 
     fn describe(&self) -> String {

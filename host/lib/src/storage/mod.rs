@@ -40,8 +40,28 @@ pub trait Storage: Send + Sync + 'static {
     async fn delete(&self, key: &str, expected: u64) -> StorageResult<()>;
     /// Keys with `prefix`, ascending, after `cursor`, at most `limit`.
     async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<KeyPage>;
+    /// All of `writes` or none of them (each key at most once): `Conflict` when any one's
+    /// expected version does not match. The new version of each write (none for a delete).
+    async fn commit(&self, writes: &[Write]) -> StorageResult<Vec<Option<u64>>>;
     /// What this backend is, for reports (never credentials).
     fn describe(&self) -> String;
+}
+
+/// One write of a [`Storage::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// As [`Storage::put`].
+    Put { key: String, value: Vec<u8>, expected: Option<u64> },
+    /// As [`Storage::delete`].
+    Delete { key: String, expected: u64 },
+}
+
+impl Write {
+    pub fn key(&self) -> &str {
+        match self {
+            Write::Put { key, .. } | Write::Delete { key, .. } => key,
+        }
+    }
 }
 
 /// Every key with `prefix`, ascending, read page by page: for the small sets a host keeps
@@ -190,7 +210,70 @@ pub mod conformance {
 
     pub async fn run(storage: Arc<dyn Storage>) {
         sequential(&*storage).await;
-        racing_writers(storage).await;
+        commits(&*storage).await;
+        racing_writers(storage.clone()).await;
+        racing_commits(storage).await;
+    }
+
+    fn put(key: &str, value: &[u8], expected: Option<u64>) -> Write {
+        Write::Put { key: key.into(), value: value.to_vec(), expected }
+    }
+
+    /// A commit is all or nothing.
+    async fn commits(storage: &dyn Storage) {
+        let a = storage.put("c/a", b"a1", None).await.unwrap();
+        let b = storage.put("c/b", b"b1", None).await.unwrap();
+        // One stale expectation: nothing of the commit is written.
+        let stale = [put("c/a", b"a2", Some(a)), put("c/new", b"n", None), put("c/b", b"b2", Some(a))];
+        assert_eq!(storage.commit(&stale).await, Err(StorageError::Conflict), "one stale write");
+        let exists = [put("c/new", b"n", None), put("c/a", b"a2", None)];
+        assert_eq!(storage.commit(&exists).await, Err(StorageError::Conflict), "create over existing");
+        let gone = [put("c/new", b"n", None), Write::Delete { key: "c/absent".into(), expected: 1 }];
+        assert_eq!(storage.commit(&gone).await, Err(StorageError::Conflict), "delete of absent key");
+        assert_eq!(storage.get("c/new").await.unwrap(), None, "nothing of a refused commit is written");
+        assert_eq!(storage.get("c/a").await.unwrap().unwrap().version, a);
+
+        let versions = storage
+            .commit(&[
+                put("c/a", b"a2", Some(a)),
+                put("c/new", b"n", None),
+                Write::Delete { key: "c/b".into(), expected: b },
+            ])
+            .await
+            .unwrap();
+        let [Some(a2), Some(new), None] = versions[..] else { panic!("{versions:?}") };
+        assert!(a2 != a && new != a && new != a2 && a2 > b && new > b);
+        assert_eq!(storage.get("c/a").await.unwrap(), Some(Entry { value: b"a2".to_vec(), version: a2 }));
+        assert_eq!(storage.get("c/new").await.unwrap(), Some(Entry { value: b"n".to_vec(), version: new }));
+        assert_eq!(storage.get("c/b").await.unwrap(), None);
+        assert_eq!(storage.commit(&[]).await, Ok(vec![]));
+        assert_eq!(storage.list("c/", None, 10).await.unwrap().keys, ["c/a", "c/new"]);
+        storage
+            .commit(&[
+                Write::Delete { key: "c/a".into(), expected: a2 },
+                Write::Delete { key: "c/new".into(), expected: new },
+            ])
+            .await
+            .unwrap();
+    }
+
+    /// Commits that each create the next key of a sequence and move its head: one wins
+    /// each round, as a chain of appends needs.
+    async fn racing_commits(storage: Arc<dyn Storage>) {
+        let head = storage.put("seq/head", b"0", None).await.unwrap();
+        let mut writers = tokio::task::JoinSet::new();
+        for i in 0..8u8 {
+            let storage = storage.clone();
+            writers.spawn(async move {
+                storage.commit(&[put("seq/head", b"1", Some(head)), put("seq/1", &[i], None)]).await
+            });
+        }
+        let results = writers.join_all().await;
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+        assert!(results.iter().all(|r| matches!(r, Ok(_) | Err(StorageError::Conflict))));
+        let Some(Ok(winner)) = results.iter().find(|r| r.is_ok()) else { unreachable!() };
+        assert_eq!(storage.get("seq/head").await.unwrap().unwrap().version, winner[0].unwrap());
+        assert_eq!(storage.get("seq/1").await.unwrap().unwrap().version, winner[1].unwrap());
     }
 
     async fn sequential(storage: &dyn Storage) {

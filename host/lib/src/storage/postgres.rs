@@ -3,19 +3,23 @@
 //! Every write is one conditional statement (`INSERT … ON CONFLICT DO NOTHING`, or
 //! `UPDATE … WHERE version = $expected`), atomic on its own; versions come from one
 //! sequence, so they are never reused. Tables are created on first use, idempotently and
-//! under an advisory lock so that hosts starting together do not race.
+//! under an advisory lock so that hosts starting together do not race. A commit of several
+//! writes is a transaction on a second connection of its own: the first carries every
+//! other call, pipelined, where a transaction would take in its neighbours' statements.
 
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
-use super::{Entry, KeyPage, Storage, StorageError, StorageResult, split_param};
+use super::{Entry, KeyPage, Storage, StorageError, StorageResult, Write, split_param};
 
 pub struct PostgresStorage {
     config: tokio_postgres::Config,
     schema: String,
     client: Mutex<Option<Arc<Client>>>,
+    /// For commits, one at a time.
+    transactions: Mutex<Option<Client>>,
     statements: Statements,
 }
 
@@ -65,6 +69,7 @@ impl PostgresStorage {
             config,
             schema,
             client: Mutex::new(None),
+            transactions: Mutex::new(None),
         };
         let client = storage.client().await?;
         client
@@ -92,15 +97,37 @@ impl PostgresStorage {
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
+        let client = Arc::new(self.open_connection().await?);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn open_connection(&self) -> StorageResult<Client> {
         let (client, connection) = self.config.connect(NoTls).await.map_err(unavailable)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "postgres connection closed");
             }
         });
-        let client = Arc::new(client);
-        *slot = Some(client.clone());
         Ok(client)
+    }
+
+    /// One write inside `tx`: its new version, or `Conflict`.
+    async fn apply(&self, tx: &tokio_postgres::Transaction<'_>, write: &Write) -> StorageResult<Option<u64>> {
+        let written = match write {
+            Write::Put { key, value, expected: None } => tx
+                .query_opt(&self.statements.insert, &[key, value])
+                .await
+                .map(|row| row.map(|r| Some(r.get::<_, i64>(0) as u64))),
+            Write::Put { key, value, expected: Some(expected) } => tx
+                .query_opt(&self.statements.update, &[key, value, &(*expected as i64)])
+                .await
+                .map(|row| row.map(|r| Some(r.get::<_, i64>(0) as u64))),
+            Write::Delete { key, expected } => {
+                tx.execute(&self.statements.delete, &[key, &(*expected as i64)]).await.map(|n| (n == 1).then_some(None))
+            }
+        };
+        written.map_err(unavailable)?.ok_or(StorageError::Conflict)
     }
 }
 
@@ -135,6 +162,21 @@ impl Storage for PostgresStorage {
             client.query(&self.statements.list, &[&prefix, &cursor, &i64::from(limit)]).await.map_err(unavailable)?;
         let keys: Vec<String> = rows.into_iter().map(|row| row.get(0)).collect();
         Ok(KeyPage::of(keys, limit))
+    }
+
+    async fn commit(&self, writes: &[Write]) -> StorageResult<Vec<Option<u64>>> {
+        let mut slot = self.transactions.lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(self.open_connection().await?);
+        }
+        let client = slot.as_mut().expect("opened above");
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let mut versions = Vec::with_capacity(writes.len());
+        for write in writes {
+            versions.push(self.apply(&tx, write).await?); // a refused write rolls back on drop
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(versions)
     }
 
     fn describe(&self) -> String {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Entry, KeyPage, Storage, StorageError, StorageResult};
+use super::{Entry, KeyPage, Storage, StorageError, StorageResult, Write};
 
 pub struct SqliteStorage {
     conn: Arc<Mutex<Connection>>,
@@ -45,6 +45,17 @@ impl SqliteStorage {
         Ok(SqliteStorage { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
     }
 
+    /// `writes` in one transaction, which a refused write rolls back (on drop).
+    async fn write_all(&self, writes: Vec<Write>) -> StorageResult<Vec<Option<u64>>> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let versions = writes.iter().map(|write| apply(&tx, write)).collect::<StorageResult<Vec<_>>>()?;
+            tx.commit().map_err(unavailable)?;
+            Ok(versions)
+        })
+        .await
+    }
+
     /// Run a blocking SQLite call off the async workers.
     async fn with_conn<T: Send + 'static>(
         &self,
@@ -75,31 +86,9 @@ impl Storage for SqliteStorage {
     }
 
     async fn put(&self, key: &str, value: &[u8], expected: Option<u64>) -> StorageResult<u64> {
-        let (key, value) = (key.to_owned(), value.to_vec());
-        self.with_conn(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-            let version: i64 = tx
-                .query_row("UPDATE tokenvault_version_counter SET last = last + 1 WHERE id = 1 RETURNING last", [], |r| r.get(0))
-                .map_err(unavailable)?;
-            let changed = match expected {
-                None => tx.execute(
-                    "INSERT INTO tokenvault_records (key, value, version) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO NOTHING",
-                    params![key, value, version],
-                ),
-                Some(expected) => tx.execute(
-                    "UPDATE tokenvault_records SET value = ?2, version = ?3 WHERE key = ?1 AND version = ?4",
-                    params![key, value, version, expected as i64],
-                ),
-            }
-            .map_err(unavailable)?;
-            if changed == 1 {
-                tx.commit().map_err(unavailable)?;
-                Ok(version as u64)
-            } else {
-                Err(StorageError::Conflict) // the transaction rolls back on drop
-            }
-        })
-        .await
+        let write = Write::Put { key: key.to_owned(), value: value.to_vec(), expected };
+        let versions = self.write_all(vec![write]).await?;
+        Ok(versions[0].expect("a put has a version"))
     }
 
     async fn delete(&self, key: &str, expected: u64) -> StorageResult<()> {
@@ -114,6 +103,10 @@ impl Storage for SqliteStorage {
             if changed == 1 { Ok(()) } else { Err(StorageError::Conflict) }
         })
         .await
+    }
+
+    async fn commit(&self, writes: &[Write]) -> StorageResult<Vec<Option<u64>>> {
+        self.write_all(writes.to_vec()).await
     }
 
     async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<KeyPage> {
@@ -139,6 +132,36 @@ impl Storage for SqliteStorage {
     fn describe(&self) -> String {
         format!("sqlite ({})", self.path.display())
     }
+}
+
+/// One write inside a transaction: its new version, or `Conflict`.
+fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> StorageResult<Option<u64>> {
+    let (changed, version) = match write {
+        Write::Put { key, value, expected } => {
+            let version: i64 = tx
+                .prepare_cached("UPDATE tokenvault_version_counter SET last = last + 1 WHERE id = 1 RETURNING last")
+                .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
+                .map_err(unavailable)?;
+            let changed = match expected {
+                None => tx.prepare_cached(
+                    "INSERT INTO tokenvault_records (key, value, version) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO NOTHING",
+                ).and_then(|mut stmt| stmt.execute(params![key, value, version])),
+                Some(expected) => tx.prepare_cached(
+                    "UPDATE tokenvault_records SET value = ?2, version = ?3 WHERE key = ?1 AND version = ?4",
+                ).and_then(|mut stmt| stmt.execute(params![key, value, version, *expected as i64])),
+            }
+            .map_err(unavailable)?;
+            (changed, Some(version as u64))
+        }
+        Write::Delete { key, expected } => {
+            let changed = tx
+                .prepare_cached("DELETE FROM tokenvault_records WHERE key = ?1 AND version = ?2")
+                .and_then(|mut stmt| stmt.execute(params![key, *expected as i64]))
+                .map_err(unavailable)?;
+            (changed, None)
+        }
+    };
+    if changed == 1 { Ok(version) } else { Err(StorageError::Conflict) }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, Script};
 
 use super::split_param;
-use super::{Entry, KeyPage, Storage, StorageError, StorageResult};
+use super::{Entry, KeyPage, Storage, StorageError, StorageResult, Write};
 use cache::RecordCache;
 
 /// How many records the cache holds unless the URL says (`?cache=N`, 0 for none).
@@ -43,12 +43,41 @@ redis.call('ZREM', KEYS[2], ARGV[2])
 return 1
 ";
 
+/// KEYS: the version counter, the index, then one record per write; ARGV: four per write
+/// (`p` or `d`, the expected version or '', the value, the storage key). Every expectation
+/// is checked before anything is written.
+const COMMIT: &str = r"
+local n = #KEYS - 2
+for i = 1, n do
+  local current = redis.call('HGET', KEYS[i + 2], 'v')
+  if ARGV[4 * i - 3] == 'p' and ARGV[4 * i - 2] == '' then
+    if current then return false end
+  elseif current ~= ARGV[4 * i - 2] then
+    return false
+  end
+end
+local versions = {}
+for i = 1, n do
+  if ARGV[4 * i - 3] == 'p' then
+    versions[i] = redis.call('INCR', KEYS[1])
+    redis.call('HSET', KEYS[i + 2], 'v', versions[i], 'd', ARGV[4 * i - 1])
+    redis.call('ZADD', KEYS[2], 0, ARGV[4 * i])
+  else
+    versions[i] = 0
+    redis.call('DEL', KEYS[i + 2])
+    redis.call('ZREM', KEYS[2], ARGV[4 * i])
+  end
+end
+return versions
+";
+
 pub struct RedisStorage {
     conn: ConnectionManager,
     cache: Option<Arc<RecordCache>>,
     namespace: String,
     put: Script,
     delete: Script,
+    commit: Script,
     describe: String,
     /// Reads that went to Redis.
     #[cfg(test)]
@@ -118,6 +147,7 @@ impl RedisStorage {
             namespace,
             put: Script::new(PUT),
             delete: Script::new(DELETE),
+            commit: Script::new(COMMIT),
             describe,
             #[cfg(test)]
             server_reads: Default::default(),
@@ -220,6 +250,26 @@ impl Storage for RedisStorage {
             conn.zrangebylex_limit(self.index(), min, max, 0, limit as isize).await.map_err(unavailable)?;
         let keys: Vec<String> = keys.into_iter().filter(|k| k.starts_with(prefix)).collect();
         Ok(KeyPage::of(keys, limit))
+    }
+
+    async fn commit(&self, writes: &[Write]) -> StorageResult<Vec<Option<u64>>> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.commit.key(format!("{}:version", self.namespace));
+        invocation.key(self.index());
+        let records: Vec<String> = writes.iter().map(|write| self.record(write.key())).collect();
+        for (write, record) in writes.iter().zip(&records) {
+            invocation.key(record);
+            match write {
+                Write::Put { key, value, expected } => {
+                    invocation.arg("p").arg(expected.map(|v| v.to_string()).unwrap_or_default()).arg(value).arg(key)
+                }
+                Write::Delete { key, expected } => invocation.arg("d").arg(expected.to_string()).arg("").arg(key),
+            };
+        }
+        let written = invocation.invoke_async::<Option<Vec<u64>>>(&mut conn).await;
+        records.iter().for_each(|record| self.forget(record));
+        let versions = written.map_err(unavailable)?.ok_or(StorageError::Conflict)?;
+        Ok(writes.iter().zip(versions).map(|(write, v)| matches!(write, Write::Put { .. }).then_some(v)).collect())
     }
 
     fn describe(&self) -> String {
