@@ -10,7 +10,9 @@ use crate::model::{
 };
 use crate::model::{Result, VaultError};
 
-use crate::model::storage::{DEVICE_PREFIX, FLOW_PREFIX, LEASE_PREFIX, LINK_PREFIX, PROVIDER_PREFIX, TOKEN_PREFIX};
+use crate::model::storage::{
+    DEVICE_PREFIX, FLOW_PREFIX, LEASE_PREFIX, LINK_PREFIX, PROVIDER_PREFIX, TOKEN_PREFIX, escape_key_part as escape,
+};
 
 const MAX_ID_LEN: usize = 256;
 
@@ -126,9 +128,6 @@ pub fn validate_key(key: &ConnectionKey) -> Result<()> {
     validate_id("connection name", &key.name)
 }
 
-fn escape(id: &str) -> String {
-    id.replace('%', "%25").replace('/', "%2F")
-}
 
 fn unescape(part: &str) -> Option<String> {
     let unescaped = part.replace("%2F", "/").replace("%25", "%");

@@ -32,6 +32,12 @@ pub enum StorageError {
     Unavailable(String),
 }
 
+/// One identifier (tenant, user, provider, name) as a part of a storage key: escaped so
+/// that it cannot contain the `/` separator.
+pub fn escape_key_part(id: &str) -> String {
+    id.replace('%', "%25").replace('/', "%2F")
+}
+
 /// Connections' tokens.
 pub const TOKEN_PREFIX: &str = "tok/";
 /// Registered providers (their client secrets).

@@ -5,13 +5,9 @@
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "tokenvault:vault/vault",
-    // The audit sink answers from memory (a file append at most), so it is a plain call:
-    // an async import costs a future and a fiber switch per call. The keyring is async:
-    // it reads the keyring record again when its copy is stale.
-    imports: {
-        "tokenvault:vault/audit.emit": trappable,
-        default: async | trappable,
-    },
+    // Every import may wait: storage and the audit trail on the store, the keyring when
+    // its copy of the keyring record is stale.
+    imports: { default: async | trappable },
     exports: { default: async },
     with: {
         "wasi:io": wasmtime_wasi::p2::bindings::io,

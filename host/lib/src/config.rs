@@ -25,7 +25,8 @@ pub struct Options {
     /// A keyring file from before the keyring moved into storage: imported on first use,
     /// then no longer read.
     pub keyring: PathBuf,
-    pub audit_log: PathBuf,
+    /// An extra JSON-lines file the audit events go to, beside the trail in storage.
+    pub audit_log: Option<PathBuf>,
     /// Whether a call whose audit event cannot be written fails (the default) or goes on.
     pub audit_on_failure: OnAuditFailure,
     pub egress: EgressPolicy,
@@ -62,6 +63,8 @@ struct ConfigFile {
     keyring: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
     audit_on_failure: Option<OnAuditFailure>,
+    /// Relative to the data directory.
+    audit_log: Option<PathBuf>,
     memory_limit_mib: Option<usize>,
     call_deadline_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
@@ -92,7 +95,7 @@ impl Options {
             storage: StorageUrl::default_in(data_dir),
             master_key: MasterKeySource::DataDir(data_dir.join(MASTER_KEY_FILE)),
             keyring: data_dir.join("keyring.json"),
-            audit_log: data_dir.join("audit.jsonl"),
+            audit_log: file.audit_log.map(|path| data_dir.join(path)),
             audit_on_failure: file.audit_on_failure.unwrap_or_default(),
             egress: EgressPolicy::default(),
             sandbox: SandboxLimits::default(),

@@ -566,7 +566,7 @@ impl Keys {
     /// Make a new data key the active one: new records are sealed with it on every host
     /// sharing the store once their copy reloads (within [`RELOAD_AFTER`]). Audited.
     pub async fn rotate(&self, audit: &dyn AuditSink) -> Result<DataKeyInfo> {
-        audited(audit, AuditAction::KeyRotate, self.rotate_unaudited().await)
+        audited(audit, AuditAction::KeyRotate, self.rotate_unaudited().await).await
     }
 
     async fn rotate_unaudited(&self) -> Result<DataKeyInfo> {
@@ -596,7 +596,7 @@ impl Keys {
     /// it is active, or until it has been inactive for [`RETIRE_AFTER`]. Audited, refusals
     /// included.
     pub async fn retire(&self, id: &str, audit: &dyn AuditSink) -> Result<DataKeyInfo> {
-        audited(audit, AuditAction::KeyRetire, self.retire_unaudited(id).await)
+        audited(audit, AuditAction::KeyRetire, self.retire_unaudited(id).await).await
     }
 
     async fn retire_unaudited(&self, id: &str) -> Result<DataKeyInfo> {
@@ -632,7 +632,7 @@ impl Keys {
     /// Wrap every live data key under `new` instead of the current master key. Records are
     /// not touched. Returns how many data keys were wrapped again. Audited.
     pub async fn rewrap(&self, new: &MasterKey, audit: &dyn AuditSink) -> Result<usize> {
-        audited(audit, AuditAction::MasterKeyRotate, self.rewrap_unaudited(new).await)
+        audited(audit, AuditAction::MasterKeyRotate, self.rewrap_unaudited(new).await).await
     }
 
     async fn rewrap_unaudited(&self, new: &MasterKey) -> Result<usize> {
@@ -674,7 +674,7 @@ pub async fn rotate_data_dir_master(keys: &Keys, path: &Path, audit: &dyn AuditS
 /// The host's own changes to the keyring are audited as the component's calls are: one
 /// whose event cannot be written is reported as failed with `storage` (it was made; the
 /// caller learns that the trail does not show it).
-fn audited<T>(audit: &dyn AuditSink, action: AuditAction, result: Result<T>) -> Result<T> {
+async fn audited<T>(audit: &dyn AuditSink, action: AuditAction, result: Result<T>) -> Result<T> {
     let outcome = match &result {
         Ok(_) => AuditOutcome::Ok,
         Err(Error::Vault(e)) => AuditOutcome::from(&Err::<(), _>(e.clone())),
@@ -689,8 +689,9 @@ fn audited<T>(audit: &dyn AuditSink, action: AuditAction, result: Result<T>) -> 
         user: None,
         provider: None,
         name: None,
+        actor: None,
     };
-    audit.record(&record).map_err(|e| Error::storage(e.to_string()))?;
+    audit.record(&record).await.map_err(|e| Error::storage(e.to_string()))?;
     result
 }
 

@@ -18,7 +18,9 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::audit::{AuditImport, AuditSink, AuditUnavailable, JsonLinesAudit, KeepServing, OnAuditFailure};
+use crate::audit::{
+    Actor, Attributed, AuditImport, AuditSink, AuditUnavailable, JsonLinesAudit, KeepServing, OnAuditFailure, Tee, Trail,
+};
 use crate::clock::Clock;
 use crate::config::{Options, SandboxLimits};
 use crate::error::{Error, Result};
@@ -72,6 +74,8 @@ pub(crate) struct HostState {
     services: Services,
     /// Wakes callers waiting for a record this call writes.
     changes: Arc<Changes>,
+    /// Who the call is for, named on its audit events.
+    actor: Option<Actor>,
 }
 
 impl WasiView for HostState {
@@ -88,8 +92,8 @@ impl WasiHttpView for HostState {
 
 impl Services {
     /// The services an operator configured: storage, keyring (made on first use, or
-    /// imported from the old keyring file) and audit log from `options`, and the system
-    /// clock.
+    /// imported from the old keyring file) and audit trail (and extra audit file) from
+    /// `options`, and the system clock.
     pub async fn open(options: &Options) -> Result<Self> {
         // Private to its owner: it holds the master key, the database and the audit log.
         let mut data_dir = std::fs::DirBuilder::new();
@@ -100,7 +104,11 @@ impl Services {
             .create(&options.data_dir)
             .map_err(|e| Error::Config(format!("cannot create data directory {}: {e}", options.data_dir.display())))?;
         let storage = options.storage.open().await?;
-        let audit: Arc<dyn AuditSink> = Arc::new(JsonLinesAudit::open(&options.audit_log)?);
+        let trail: Arc<dyn AuditSink> = Arc::new(Trail::new(storage.clone()));
+        let audit: Arc<dyn AuditSink> = match &options.audit_log {
+            Some(path) => Arc::new(Tee { first: trail, also: Arc::new(JsonLinesAudit::open(path)?) }),
+            None => trail,
+        };
         Ok(Services {
             keys: Arc::new(
                 Keys::open(
@@ -152,7 +160,10 @@ impl Runtime {
     /// permit for its pool slot; waits while every slot is in use. Drop the permit last
     /// (`let (_slot, mut store, vault) = …` does): the store returns the slot to the pool
     /// only when it drops.
-    pub(crate) async fn instantiate(&self) -> Result<(OwnedSemaphorePermit, Store<HostState>, Exports)> {
+    pub(crate) async fn instantiate(
+        &self,
+        actor: Option<&Actor>,
+    ) -> Result<(OwnedSemaphorePermit, Store<HostState>, Exports)> {
         let slot = self.slots.clone().acquire_owned().await.expect("the slot semaphore is never closed");
         let state = HostState {
             deadline: Instant::now() + self.sandbox.deadline,
@@ -163,6 +174,7 @@ impl Runtime {
             limits: StoreLimitsBuilder::new().memory_size(self.sandbox.memory_bytes).trap_on_grow_failure(true).build(),
             services: self.services.clone(),
             changes: self.changes.clone(),
+            actor: actor.cloned(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -253,7 +265,10 @@ fn pre_instantiate(
         deadline: s.deadline,
     })?;
     keyring::add_to_linker::<_, KeyringImport>(&mut linker, |s| &*s.services.keys)?;
-    audit::add_to_linker::<_, AuditImport>(&mut linker, |s| &*s.services.audit)?;
+    audit::add_to_linker::<_, AuditImport>(&mut linker, |s| Attributed {
+        sink: &*s.services.audit,
+        actor: s.actor.as_ref(),
+    })?;
     let pre = linker.instantiate_pre(component)?;
     let exports = ExportIndices::new(&pre)?;
     Ok((pre, exports))

@@ -11,13 +11,16 @@ use crate::config::Options;
 use crate::config::SandboxLimits;
 use crate::error::{Error, Result};
 use crate::http::EgressPolicy;
-use crate::runtime::{COMPONENT_WASM, HostState, Runtime, Services, sandbox_error};
+use crate::audit::{Actor, Attributed};
+use crate::runtime::{COMPONENT_WASM, Exports, HostState, Runtime, Services, sandbox_error};
 use tokenvault_model::storage::ReencryptPage;
 use tokenvault_model::*;
 
 #[derive(Clone)]
 pub struct Vault {
     runtime: Arc<Runtime>,
+    /// Who calls through this handle, named on every audit event (see [`Vault::acting_as`]).
+    actor: Option<Actor>,
 }
 
 impl Vault {
@@ -47,7 +50,27 @@ impl Vault {
         sandbox: SandboxLimits,
         cache_dir: Option<&std::path::Path>,
     ) -> Result<Self> {
-        Ok(Vault { runtime: Arc::new(Runtime::new(component_wasm, services, egress, sandbox, cache_dir)?) })
+        let runtime = Arc::new(Runtime::new(component_wasm, services, egress, sandbox, cache_dir)?);
+        Ok(Vault { runtime, actor: None })
+    }
+
+    /// This vault, each call's audit events naming `actor` as who asked. Cheap: the
+    /// handles share everything else.
+    pub fn acting_as(&self, actor: Actor) -> Vault {
+        Vault { runtime: self.runtime.clone(), actor: Some(actor) }
+    }
+
+    pub fn actor(&self) -> Option<&Actor> {
+        self.actor.as_ref()
+    }
+
+    /// The audit sink, naming this handle's actor on the events the host writes itself.
+    pub fn audit(&self) -> Attributed<'_> {
+        Attributed { sink: &*self.runtime.services.audit, actor: self.actor.as_ref() }
+    }
+
+    async fn instantiate(&self) -> Result<(OwnedSemaphorePermit, wasmtime::Store<HostState>, Exports)> {
+        self.runtime.instantiate(self.actor.as_ref()).await
     }
 
     pub fn services(&self) -> &Services {
@@ -65,18 +88,18 @@ impl Vault {
     // ---- tokens ---------------------------------------------------------------------
 
     pub async fn store(&self, key: &ConnectionKey, grant: &TokenGrant) -> Result<ConnectionInfo> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.tokens(&mut store)?.call_store(&mut store, &key.clone().into(), &grant.clone().into()).await)
     }
 
     /// A token fresh enough to use, refreshed first when it is about to expire.
     pub async fn get(&self, key: &ConnectionKey) -> Result<TokenSet> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.tokens(&mut store)?.call_get(&mut store, &key.clone().into()).await)
     }
 
     pub async fn refresh(&self, key: &ConnectionKey) -> Result<TokenSet> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.tokens(&mut store)?.call_refresh(&mut store, &key.clone().into()).await)
     }
 
@@ -84,7 +107,7 @@ impl Vault {
     /// again, a one-time connect link for it (to hand the user; see [`Vault::open_link`]).
     /// `scopes`: none requests the provider's configured ones.
     pub async fn get_or_link(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<TokenOrLink> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
         finish(vault.tokens(&mut store)?.call_get_or_link(&mut store, &key.clone().into(), scopes.as_deref()).await)
     }
@@ -92,46 +115,46 @@ impl Vault {
     /// Revoke the connection's tokens at the provider (RFC 7009), then delete it; the
     /// receipt says what happened upstream.
     pub async fn remove(&self, key: &ConnectionKey) -> Result<RemovalReceipt> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.tokens(&mut store)?.call_remove(&mut store, &key.clone().into()).await)
     }
 
     pub async fn list(&self, tenant: &str, user: &str) -> Result<Vec<ConnectionInfo>> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish_each(vault.tokens(&mut store)?.call_list(&mut store, tenant, user).await)
     }
 
     /// Remove every connection of a user, each revoked upstream; a receipt each.
     pub async fn revoke_all(&self, tenant: &str, user: &str) -> Result<Vec<RemovalReceipt>> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish_each(vault.tokens(&mut store)?.call_revoke_all(&mut store, tenant, user).await)
     }
 
     /// The tenant's users who hold connections: at most `limit` (1 to 1000) after the user
     /// `after`, each with all of their connections' names.
     pub async fn users(&self, tenant: &str, after: Option<&str>, limit: u32) -> Result<UserPage> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.tokens(&mut store)?.call_users(&mut store, tenant, after, limit).await)
     }
 
     /// Background refresh, step one: of the next `limit` connections after `cursor` (every
     /// tenant's), those that can be renewed and whose token expires within `horizon`.
     pub async fn due_for_refresh(&self, horizon: Duration, cursor: Option<&str>, limit: u32) -> Result<DuePage> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.tokens(&mut store)?.call_due_for_refresh(&mut store, secs(horizon), cursor, limit).await)
     }
 
     /// Background refresh, step two: refresh `key` if its token still expires within
     /// `horizon`, coordinated with every other caller (no value comes back).
     pub async fn refresh_if_due(&self, key: &ConnectionKey, horizon: Duration) -> Result<RefreshOutcome> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.tokens(&mut store)?.call_refresh_if_due(&mut store, &key.clone().into(), secs(horizon)).await)
     }
 
     /// Housekeeping: one step of deleting pending flows, device flows and connect links
     /// that expired over an hour ago.
     pub async fn sweep_expired(&self, cursor: Option<&str>, limit: u32) -> Result<SweepPage> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.connect(&mut store)?.call_sweep_expired(&mut store, cursor, limit).await)
     }
 
@@ -139,7 +162,7 @@ impl Vault {
     /// path and query) with the connection's access token, which the component sets: the
     /// caller never holds it. See the WIT's `proxy.send`.
     pub async fn proxy(&self, key: &ConnectionKey, request: &ProxyRequest) -> Result<ProxyResponse> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.proxy(&mut store)?.call_send(&mut store, &key.clone().into(), &request.clone().into()).await)
     }
 
@@ -149,29 +172,29 @@ impl Vault {
     /// re-seal those under an inactive key with the active one (see [`crate::reencrypt`]
     /// for the whole pass).
     pub async fn reencrypt_page(&self, cursor: Option<&str>, limit: u32) -> Result<ReencryptPage> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.keys(&mut store)?.call_reencrypt(&mut store, cursor, limit).await)
     }
 
     // ---- providers ------------------------------------------------------------------
 
     pub async fn put_provider(&self, config: &ProviderConfig) -> Result<ProviderInfo> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.providers(&mut store)?.call_put(&mut store, &config.clone().into()).await)
     }
 
     pub async fn provider(&self, name: &str) -> Result<ProviderInfo> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.providers(&mut store)?.call_get(&mut store, name).await)
     }
 
     pub async fn providers(&self) -> Result<Vec<ProviderInfo>> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish_each(vault.providers(&mut store)?.call_list(&mut store).await)
     }
 
     pub async fn remove_provider(&self, name: &str) -> Result<()> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.providers(&mut store)?.call_remove(&mut store, name).await)
     }
 }
@@ -191,7 +214,7 @@ impl Vault {
         scopes: Option<&[String]>,
         browser: Option<&str>,
     ) -> Result<AuthorizationRequest> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
         finish(
             vault
@@ -205,13 +228,13 @@ impl Vault {
     /// `error`); the tokens are stored. A state works once. `browser`: the secret of the
     /// browser the redirect came from, which a flow begun for one requires.
     pub async fn complete(&self, callback_query: &str, browser: Option<&str>) -> Result<Connected> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.connect(&mut store)?.call_complete(&mut store, callback_query, browser).await)
     }
 
     /// A one-time connect link for `key`, valid for fifteen minutes.
     pub async fn link(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<ConnectLink> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
         finish(vault.connect(&mut store)?.call_link(&mut store, &key.clone().into(), scopes.as_deref()).await)
     }
@@ -225,13 +248,13 @@ impl Vault {
         redirect_uri: &str,
         browser: Option<&str>,
     ) -> Result<AuthorizationRequest> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.connect(&mut store)?.call_open_link(&mut store, code, redirect_uri, browser).await)
     }
 
     /// Start the device flow (RFC 8628) for `key`: the code the user enters, and where.
     pub async fn begin_device(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<DeviceAuthorization> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
         finish(vault.connect(&mut store)?.call_begin_device(&mut store, &key.clone().into(), scopes.as_deref()).await)
     }
@@ -239,14 +262,14 @@ impl Vault {
     /// One poll of a device flow. The component makes at most one request to the
     /// provider per interval, however often this is called.
     pub async fn poll_device(&self, handle: &str) -> Result<DeviceStatus> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.connect(&mut store)?.call_poll_device(&mut store, handle).await)
     }
 
     /// Obtain the client's own token with the client-credentials grant and keep it as
     /// connection `key`; [`Vault::get`] obtains a new one when it is due.
     pub async fn connect_client(&self, key: &ConnectionKey, scopes: Option<&[String]>) -> Result<ConnectionInfo> {
-        let (_slot, mut store, vault) = self.runtime.instantiate().await?;
+        let (_slot, mut store, vault) = self.instantiate().await?;
         let scopes = scopes.map(|s| s.to_vec());
         finish(vault.connect(&mut store)?.call_connect_client(&mut store, &key.clone().into(), scopes.as_deref()).await)
     }
@@ -257,7 +280,7 @@ impl Vault {
 /// a call that traps takes the instance with it, and the next call gets a fresh one.
 /// Instances are never shared across tenants, so a session refuses another tenant's key.
 pub struct Session {
-    runtime: Arc<Runtime>,
+    vault: Vault,
     tenant: String,
     instance: Option<Instance>,
 }
@@ -269,7 +292,7 @@ struct Instance {
     _slot: OwnedSemaphorePermit,
 }
 
-impl Runtime {
+impl Vault {
     async fn instance(&self) -> Result<Instance> {
         let (slot, mut store, vault) = self.instantiate().await?;
         let tokens = vault.tokens(&mut store)?;
@@ -280,8 +303,8 @@ impl Runtime {
 impl Vault {
     /// A [`Session`] for `tenant`, its instance made now.
     pub async fn session(&self, tenant: &str) -> Result<Session> {
-        let instance = Some(self.runtime.instance().await?);
-        Ok(Session { runtime: self.runtime.clone(), tenant: tenant.to_owned(), instance })
+        let instance = Some(self.instance().await?);
+        Ok(Session { vault: self.clone(), tenant: tenant.to_owned(), instance })
     }
 }
 
@@ -293,9 +316,9 @@ impl Session {
         }
         let Instance { store, tokens, .. } = match &mut self.instance {
             Some(instance) => instance,
-            empty => empty.insert(self.runtime.instance().await?),
+            empty => empty.insert(self.vault.instance().await?),
         };
-        store.data_mut().deadline = Instant::now() + self.runtime.sandbox.deadline;
+        store.data_mut().deadline = Instant::now() + self.vault.runtime.sandbox.deadline;
         let outcome = tokens.call_get(&mut *store, &key.clone().into()).await;
         if outcome.is_err() {
             self.instance = None; // it trapped

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::credential::{self, Kind};
 use tokenvault::clock::Clock;
 use tokenvault::error::{Error, Result};
-use tokenvault::storage::{Storage, StorageError, all_keys};
+use tokenvault::storage::{Storage, StorageError, all_keys, escape_key_part as escape};
 use tokenvault::{ConnectionKey, DEFAULT_CONNECTION_NAME};
 
 /// How every access token begins, and the bytes of its id.
@@ -368,10 +368,6 @@ fn name_key(info: &AccessTokenInfo) -> String {
     format!("{NAME_PREFIX}{}/{}/{}", escape(&info.tenant), escape(&info.user), escape(&info.name))
 }
 
-/// As the component escapes the parts of its storage keys.
-fn escape(part: &str) -> String {
-    part.replace('%', "%25").replace('/', "%2F")
-}
 
 fn valid_pattern(pattern: &str) -> bool {
     pattern.starts_with('/')

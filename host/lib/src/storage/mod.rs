@@ -27,7 +27,7 @@ pub use redis::RedisStorage;
 pub use sqlite::SqliteStorage;
 pub(crate) use wit::StorageImport;
 
-pub use tokenvault_model::storage::{Entry, KeyPage, StorageError};
+pub use tokenvault_model::storage::{Entry, KeyPage, StorageError, escape_key_part};
 
 pub type StorageResult<T> = Result<T, StorageError>;
 
