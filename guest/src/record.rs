@@ -128,7 +128,6 @@ pub fn validate_key(key: &ConnectionKey) -> Result<()> {
     validate_id("connection name", &key.name)
 }
 
-
 fn unescape(part: &str) -> Option<String> {
     let unescaped = part.replace("%2F", "/").replace("%25", "%");
     (escape(&unescaped) == part).then_some(unescaped)

@@ -381,6 +381,26 @@ impl Tokenvault {
     }
 }
 
+impl Tokenvault {
+    /// Every event of the audit trail, newest first: `tokenvault audit ls`, page by page.
+    pub fn audit_events(&self) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut args = vec!["audit", "ls", "--limit", "1000"];
+            if let Some(cursor) = &cursor {
+                args.extend(["--cursor", cursor.as_str()]);
+            }
+            let page = self.run(&args, None).json();
+            events.extend(page["events"].as_array().expect("a page of events").iter().cloned());
+            match page["cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return events,
+            }
+        }
+    }
+}
+
 /// A CLI run still going (`connect`, `open-link`), its stderr read as it comes.
 pub struct Running {
     child: Child,
@@ -460,6 +480,8 @@ pub struct FlakyStorage {
     pub fail_token_writes: std::sync::atomic::AtomicBool,
     /// Before the next token write, another writer updates the record (a version conflict).
     pub race_next_token_write: std::sync::atomic::AtomicBool,
+    /// Commits (the audit trail's appends) fail as if the backend went away.
+    pub fail_commits: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -500,6 +522,9 @@ impl tokenvault::storage::Storage for FlakyStorage {
         &self,
         writes: &[tokenvault::storage::Write],
     ) -> tokenvault::storage::StorageResult<Vec<Option<u64>>> {
+        if self.fail_commits.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(tokenvault::storage::StorageError::Unavailable("test: backend unreachable".into()));
+        }
         self.inner.commit(writes).await
     }
 

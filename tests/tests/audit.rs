@@ -1,7 +1,7 @@
 //! A call whose audit event cannot be written, on a real full disk: refused by default (a
 //! storage error, and nothing the component would have returned is handed out), served
 //! on when the operator chose `audit_on_failure = "serve"`, with the loss counted; and
-//! the audit log never holds a partial line.
+//! the extra audit file never holds a partial line.
 
 use std::io::Write;
 use std::path::Path;
@@ -16,11 +16,11 @@ fn key() -> ConnectionKey {
     ConnectionKey::new("acme", "alice", "idp", "default")
 }
 
-/// A vault on `dir` whose audit log is `/dev/full`, which fails every write with ENOSPC.
+/// A vault on `dir` whose extra audit file is `/dev/full`, which fails every write with ENOSPC.
 async fn on_a_full_disk(dir: &Path, server: &OAuthServer, on_failure: OnAuditFailure) -> Vault {
     let mut options = Options::from_data_dir(dir).unwrap();
     options.allow_outbound(&[server.origin()]).unwrap();
-    options.audit_log = "/dev/full".into();
+    options.audit_log = Some("/dev/full".into());
     options.audit_on_failure = on_failure;
     Vault::open(&options).await.unwrap()
 }
@@ -65,6 +65,7 @@ async fn a_call_that_cannot_be_audited_is_refused_unless_the_operator_serves_on(
 fn a_write_cut_short_by_a_full_disk_leaves_no_partial_line() {
     let server = OAuthServer::start(3600);
     let mut tv = Tokenvault::new(&[&server.origin()]);
+    std::fs::write(tv.data_dir.path().join("tokenvault.toml"), "audit_log = \"audit.jsonl\"\n").unwrap();
     tv.env.push(("IDP_SECRET".into(), server.basic_secret.clone()));
     let token_url = server.token_url();
     let provider = ["provider", "add", "idp", "--token-url", &token_url, "--client-id", "vault-basic"];

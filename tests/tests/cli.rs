@@ -146,10 +146,13 @@ fn every_command_works_and_no_value_leaks_into_any_output() {
         }
     }
     let data = tv.data_dir.path();
-    let audit = std::fs::read_to_string(data.join("audit.jsonl")).unwrap();
-    assert!(audit.lines().count() >= 15, "every operation is audited");
-    assert!(audit.contains("\"action\":\"token-refresh\",\"outcome\":\"provider-error\""));
-    for file in ["audit.jsonl", "vault.db", "vault.db-wal"] {
+    let events = tv.audit_events();
+    assert!(events.len() >= 15, "every operation is audited");
+    assert!(events.iter().any(|e| e["action"] == "token-refresh" && e["outcome"] == "provider-error"));
+    assert!(events.iter().all(|e| e["actor"].as_str().is_some_and(|a| a.starts_with("cli:"))), "who asked");
+    let trail = serde_json::to_string(&events).unwrap();
+    assert!(!canaries.iter().any(|c| trail.contains(c.as_str())), "a value in the audit trail");
+    for file in ["vault.db", "vault.db-wal"] {
         scan_file(&data.join(file), &canaries);
     }
 }

@@ -225,10 +225,11 @@ fn a_proxied_call_carries_the_connections_token_and_nothing_of_the_callers() {
     assert_eq!(run.error_kind(), "invalid-input");
 
     // Each call is audited under the connection; the log names no value.
-    let audit = std::fs::read_to_string(cli.data_dir.path().join("audit.jsonl")).unwrap();
-    canary::record("audit.jsonl", &audit);
-    let proxied_events = audit.lines().filter(|l| l.contains(r#""action":"proxy""#)).count();
-    assert!(proxied_events >= 12, "{proxied_events} proxy events");
+    let events = cli.audit_events();
+    let proxied: Vec<&Value> = events.iter().filter(|e| e["action"] == "proxy" && e["provider"] == "idp").collect();
+    assert!(proxied.len() >= 12, "{} proxy events", proxied.len());
+    let by = |prefix: &str| proxied.iter().filter(|e| e["actor"].as_str().unwrap_or("").starts_with(prefix)).count();
+    assert!(by("api-key:") >= 12 && by("cli:") >= 1, "who asked: {proxied:?}");
     canary::record("serve log", &served.log());
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
 
-use tokenvault::audit::MemoryAudit;
+use tokenvault::audit::{AuditSink, Trail};
 use tokenvault::keys::{Keys, MasterKey, MasterKeySource};
 use tokenvault::storage::SqliteStorage;
 use tokenvault::{ConnectionKey, Services, Vault};
@@ -16,6 +16,7 @@ async fn setup(server: &OAuthServer, dir: &std::path::Path) -> (Vault, Arc<Flaky
         inner: Arc::new(SqliteStorage::open(&dir.join("vault.db")).unwrap()),
         fail_token_writes: false.into(),
         race_next_token_write: false.into(),
+        fail_commits: false.into(),
     });
     let services = Services {
         storage: storage.clone(),
@@ -24,7 +25,7 @@ async fn setup(server: &OAuthServer, dir: &std::path::Path) -> (Vault, Arc<Flaky
                 .await
                 .unwrap(),
         ),
-        audit: Arc::new(MemoryAudit::default()),
+        audit: Arc::new(Trail::new(storage.clone())),
         clock: Default::default(),
     };
     let egress =
@@ -61,6 +62,31 @@ async fn storage_lost_after_the_provider_answered_is_a_storage_error_and_nothing
     // connection reports that it needs reconnecting instead of failing obscurely.
     assert_eq!(vault.refresh(&key()).await.unwrap_err().kind(), "reconnect-required");
     assert_eq!(server.refresh_stats(), (1, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_the_trail_cannot_record_is_refused_and_nothing_is_handed_out() {
+    let server = OAuthServer::start(600);
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, storage, response) = setup(&server, dir.path()).await;
+    let access = response["access_token"].as_str().unwrap();
+
+    storage.fail_commits.store(true, SeqCst);
+    let err = vault.get(&key()).await.unwrap_err();
+    assert_eq!(err.kind(), "storage", "{err}");
+    assert!(err.to_string().contains("audit") && err.to_string().contains("nothing was handed out"), "{err}");
+    assert!(!err.to_string().contains(access));
+
+    storage.fail_commits.store(false, SeqCst);
+    assert_eq!(vault.get(&key()).await.unwrap().access_token, access);
+    let trail = Trail::new(storage.clone());
+    let verified = trail.verify(|_, _| {}).await.unwrap();
+    assert_eq!(verified.broken, None);
+    // The provider's registration, the store and the get that went through; not the refused one.
+    let newest = tokenvault::audit::AuditQuery { filter: Default::default(), after_ms: None, cursor: None, limit: 10 };
+    let actions: Vec<String> =
+        trail.read(&newest).await.unwrap().unwrap().events.into_iter().map(|e| e.record.action).collect();
+    assert_eq!(actions, ["token-get", "token-store", "provider-put"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -53,7 +53,7 @@ pub fn new_master_key(file: &std::path::Path) -> Result<()> {
 }
 
 pub async fn keys(vault: &Vault, command: KeysCommand) -> Result<()> {
-    let (keys, audit) = (&vault.services().keys, &*vault.services().audit);
+    let (keys, audit) = (&vault.services().keys, &vault.audit());
     match command {
         KeysCommand::Ls => print_json(&keys.list(Some(&keys.count_sealed().await?)).await?),
         KeysCommand::Rotate => print_json(&keys.rotate(audit).await?),
@@ -76,7 +76,7 @@ pub async fn master_key(vault: &Vault, command: MasterKeyCommand) -> Result<()> 
     let MasterKeyCommand::Rotate { new_key_file } = command else {
         unreachable!("`master-key new` runs before the vault opens")
     };
-    let (keys, audit) = (&vault.services().keys, &*vault.services().audit);
+    let (keys, audit) = (&vault.services().keys, &vault.audit());
     let previous = keys.master_key_id();
     let (new, data_keys, file) = match (keys.source(), new_key_file) {
         (MasterKeySource::DataDir(path), None) => {

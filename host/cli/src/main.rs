@@ -7,11 +7,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
+use tokenvault::audit::Actor;
 use tokenvault::keys::{MASTER_KEY_ENV, MasterKeySource};
 use tokenvault::storage::StorageUrl;
 use tokenvault::{ClientAuth, ConnectionKey, Error, Options, ProviderConfig, Result, TemplateRef, TokenGrant, Vault};
 use tokenvault_serve::ApiKeys;
 
+mod audit;
 mod connect;
 mod inspect;
 mod keys;
@@ -119,6 +121,10 @@ enum Command {
         /// Background refresh sends at most this many refreshes a minute to one provider.
         #[arg(long, value_name = "N", default_value_t = 120)]
         refresh_rate: u32,
+        /// After each background pass, delete audit entries older than this many days
+        /// (the trail still verifies from its checkpoint) [default: keep them all].
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(1..))]
+        audit_retention_days: Option<u64>,
         /// Also accept JWTs signed by a key of this key set (with --jwt-issuer and
         /// --jwt-audience); the tenant they act for is in --jwt-tenant-claim.
         #[arg(long, value_name = "URL", requires_all = ["jwt_issuer", "jwt_audience"])]
@@ -147,6 +153,9 @@ enum Command {
             value_parser = clap::value_parser!(u64).range(1..))]
         access_token_max_lifetime: u64,
     },
+    /// The audit trail every host on the store writes: read it, verify its chain, prune it.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Manage the API keys that callers of `serve` present.
     #[command(subcommand)]
     Apikey(ApikeyCommand),
@@ -373,6 +382,8 @@ async fn run(cli: Cli) -> Result<()> {
         _ => {}
     }
     let vault = Vault::open(&options).await?;
+    // The service names each request's caller; everything else is this user at the CLI.
+    let vault = if matches!(cli.command, Command::Serve { .. }) { vault } else { vault.acting_as(Actor::cli()) };
     match cli.command {
         Command::Provider(command) => provider(&vault, command).await,
         Command::Token(command) => token(&vault, command).await,
@@ -420,6 +431,7 @@ async fn run(cli: Cli) -> Result<()> {
             refresh_every,
             refresh_within,
             refresh_rate,
+            audit_retention_days,
             jwks_url,
             jwt_issuer,
             jwt_audience,
@@ -451,6 +463,7 @@ async fn run(cli: Cli) -> Result<()> {
                 interval: std::time::Duration::from_secs(refresh_every),
                 horizon: std::time::Duration::from_secs(refresh_within),
                 per_provider_per_minute: refresh_rate,
+                audit_retention: audit_retention_days.map(|days| std::time::Duration::from_secs(days * 86_400)),
             });
             let args = serve::ServeArgs { listen, public_url, jwt, oidc, schedule, access_token_max_lifetime };
             serve::run(vault, args).await
@@ -465,6 +478,7 @@ async fn run(cli: Cli) -> Result<()> {
             print_json(&serde_json::json!({ "revoked": id }));
             Ok(())
         }
+        Command::Audit(command) => audit::run(&vault, command).await,
         Command::Keys(command) => keys::keys(&vault, command).await,
         Command::MasterKey(command) => keys::master_key(&vault, command).await,
         Command::Inspect { .. } => unreachable!("handled before the vault opens"),
@@ -630,16 +644,15 @@ async fn demo(vault: &Vault, data_dir: &std::path::Path) -> Result<()> {
     }
     println!("(the stored token is untouched: `token get` still returns it)");
 
-    step(7, "The audit log records every operation, without values");
-    let audit_path = data_dir.join("audit.jsonl");
-    if let Ok(text) = std::fs::read_to_string(&audit_path) {
-        let lines: Vec<&str> = text.lines().collect();
-        for line in &lines[lines.len().saturating_sub(5)..] {
-            println!("{line}");
+    step(7, "The audit trail records every operation and who asked, without values");
+    let newest = tokenvault::audit::AuditQuery { filter: Default::default(), after_ms: None, cursor: None, limit: 5 };
+    if let Some(page) = vault.services().audit.read(&newest).await? {
+        for entry in page.events.iter().rev() {
+            println!("{}", serde_json::to_string(entry).expect("an entry serializes"));
         }
     }
     println!(
-        "\nTry next:\n  tokenvault --data-dir {dir} token ls acme alice\n  tokenvault --data-dir {dir} token get acme alice demo\n  tokenvault --data-dir {dir} provider ls",
+        "\nTry next:\n  tokenvault --data-dir {dir} token ls acme alice\n  tokenvault --data-dir {dir} token get acme alice demo\n  tokenvault --data-dir {dir} audit verify",
         dir = data_dir.display()
     );
     Ok(())

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use tokenvault::audit::Actor;
 use tokenvault::{Error, Result, Vault};
 use tokenvault_serve::scheduler::{self, Schedule};
 use tokenvault_serve::{self as serve, ApiKeys, AppState, Scope};
@@ -63,7 +64,7 @@ pub async fn run(vault: Vault, args: ServeArgs) -> Result<()> {
             within_s = schedule.horizon.as_secs(),
             "background refresh on"
         );
-        tokio::spawn(scheduler::run(state.vault.clone(), schedule, stopped.clone()))
+        tokio::spawn(scheduler::run(state.vault.acting_as(Actor::scheduler()), schedule, stopped.clone()))
     });
     tokio::spawn(async move {
         shutdown.await;

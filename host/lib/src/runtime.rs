@@ -19,7 +19,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::audit::{
-    Actor, Attributed, AuditImport, AuditSink, AuditUnavailable, JsonLinesAudit, KeepServing, OnAuditFailure, Tee, Trail,
+    Actor, Attributed, AuditImport, AuditSink, AuditUnavailable, JsonLinesAudit, KeepServing, OnAuditFailure, Tee,
+    Trail,
 };
 use crate::clock::Clock;
 use crate::config::{Options, SandboxLimits};

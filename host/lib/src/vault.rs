@@ -5,13 +5,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::audit::{Actor, Attributed};
 use crate::bindings::exports::tokenvault::vault::tokens as wit_tokens;
 use crate::bindings::tokenvault::vault::types as wit;
 use crate::config::Options;
 use crate::config::SandboxLimits;
 use crate::error::{Error, Result};
 use crate::http::EgressPolicy;
-use crate::audit::{Actor, Attributed};
 use crate::runtime::{COMPONENT_WASM, Exports, HostState, Runtime, Services, sandbox_error};
 use tokenvault_model::storage::ReencryptPage;
 use tokenvault_model::*;

@@ -368,7 +368,6 @@ fn name_key(info: &AccessTokenInfo) -> String {
     format!("{NAME_PREFIX}{}/{}/{}", escape(&info.tenant), escape(&info.user), escape(&info.name))
 }
 
-
 fn valid_pattern(pattern: &str) -> bool {
     pattern.starts_with('/')
         && pattern.len() <= 1000

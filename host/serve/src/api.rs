@@ -40,6 +40,7 @@ use tokenvault::{
         (name = "providers", description = "The OAuth providers, shared by all tenants"),
         (name = "keys", description = "The data keys records are sealed with (operator keys only)"),
         (name = "proxy", description = "Calls to a provider's API with a connection's token, which the caller never holds"),
+        (name = "audit", description = "The audit trail: every call, who asked and how it ended"),
     )
 )]
 struct ApiDoc;
@@ -67,6 +68,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_provider, put_provider, remove_provider))
         .routes(routes!(list_keys))
         .routes(routes!(rotate_key))
+        .routes(routes!(super::audit::read_audit))
         .route(super::proxy::CONNECTION_PROXY_ROUTE, axum::routing::any(super::proxy::connection_proxy))
         .route(super::proxy::TOKEN_PROXY_ROUTE, axum::routing::any(super::proxy::token_proxy))
         .routes(routes!(super::proxy::create_access_token, super::proxy::list_access_tokens))
@@ -115,7 +117,7 @@ async fn list_connections(
     Path(path): Path<UserPath>,
 ) -> ApiResult<Vec<ConnectionInfo>> {
     caller.for_tenant(&path.tenant)?;
-    Ok(Json(state.vault.list(&path.tenant, &path.user).await?))
+    Ok(Json(caller.vault(&state).list(&path.tenant, &path.user).await?))
 }
 
 /// Remove every connection of the user, revoking each at its provider: one receipt each.
@@ -127,7 +129,7 @@ async fn revoke_all(
     Path(path): Path<UserPath>,
 ) -> ApiResult<Vec<RemovalReceipt>> {
     caller.for_tenant(&path.tenant)?;
-    Ok(Json(state.vault.revoke_all(&path.tenant, &path.user).await?))
+    Ok(Json(caller.vault(&state).revoke_all(&path.tenant, &path.user).await?))
 }
 
 /// Seal and store a token response (RFC 6749 section 5.1), replacing what the connection held.
@@ -142,7 +144,7 @@ async fn put_connection(
 ) -> ApiResult<ConnectionInfo> {
     let key = path.key(&caller)?;
     let grant = TokenGrant::from_json(&body)?;
-    Ok(Json(state.vault.store(&key, &grant).await?))
+    Ok(Json(caller.vault(&state).store(&key, &grant).await?))
 }
 
 /// Revoke the connection's tokens at the provider (RFC 7009), then delete it here.
@@ -153,7 +155,7 @@ async fn remove_connection(
     State(state): State<AppState>,
     Path(path): Path<ConnectionPath>,
 ) -> ApiResult<RemovalReceipt> {
-    Ok(Json(state.vault.remove(&path.key(&caller)?).await?))
+    Ok(Json(caller.vault(&state).remove(&path.key(&caller)?).await?))
 }
 
 /// A token fresh enough to use, refreshed first when it is about to expire.
@@ -166,7 +168,7 @@ async fn get_token(
     State(state): State<AppState>,
     Path(path): Path<ConnectionPath>,
 ) -> ApiResult<TokenSet> {
-    Ok(Json(state.vault.get(&path.key(&caller)?).await?))
+    Ok(Json(caller.vault(&state).get(&path.key(&caller)?).await?))
 }
 
 /// Refresh now, whatever the expiry.
@@ -179,7 +181,7 @@ async fn refresh_token(
     State(state): State<AppState>,
     Path(path): Path<ConnectionPath>,
 ) -> ApiResult<TokenSet> {
-    Ok(Json(state.vault.refresh(&path.key(&caller)?).await?))
+    Ok(Json(caller.vault(&state).refresh(&path.key(&caller)?).await?))
 }
 
 #[derive(Default, Deserialize, ToSchema)]
@@ -212,7 +214,7 @@ async fn create_link(
     let key = path.key(&caller)?;
     let request: LinkRequest =
         if body.is_empty() { LinkRequest::default() } else { parse_json("link request", &body)? };
-    let link = state.vault.link(&key, request.scopes.as_deref()).await?;
+    let link = caller.vault(&state).link(&key, request.scopes.as_deref()).await?;
     let url = crate::connect_link_url(&state.public_url, &key.provider, &link.code);
     Ok(Json(ConnectLinkUrl { url, expires_at: link.expires_at }))
 }
@@ -242,7 +244,7 @@ async fn list_users(
     axum::extract::Query(query): axum::extract::Query<UsersQuery>,
 ) -> ApiResult<UserPage> {
     caller.for_tenant(&path.tenant)?;
-    Ok(Json(state.vault.users(&path.tenant, query.after.as_deref(), query.limit.unwrap_or(100)).await?))
+    Ok(Json(caller.vault(&state).users(&path.tenant, query.after.as_deref(), query.limit.unwrap_or(100)).await?))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -278,18 +280,18 @@ async fn create_console_link(
 /// The registered providers, without their secrets.
 #[utoipa::path(get, path = "/v1/providers", tag = "providers",
     responses((status = 200, body = Vec<ProviderInfo>), (status = "4XX", body = Error)))]
-async fn list_providers(_caller: Caller, State(state): State<AppState>) -> ApiResult<Vec<ProviderInfo>> {
-    Ok(Json(state.vault.providers().await?))
+async fn list_providers(caller: Caller, State(state): State<AppState>) -> ApiResult<Vec<ProviderInfo>> {
+    Ok(Json(caller.vault(&state).providers().await?))
 }
 
 #[utoipa::path(get, path = "/v1/providers/{name}", tag = "providers", params(ProviderPath),
     responses((status = 200, body = ProviderInfo), (status = "4XX", body = Error)))]
 async fn get_provider(
-    _caller: Caller,
+    caller: Caller,
     State(state): State<AppState>,
     Path(path): Path<ProviderPath>,
 ) -> ApiResult<ProviderInfo> {
-    Ok(Json(state.vault.provider(&path.name).await?))
+    Ok(Json(caller.vault(&state).provider(&path.name).await?))
 }
 
 /// Add a provider, or replace the one of that name (operator keys only).
@@ -310,7 +312,7 @@ async fn put_provider(
         );
     }
     config.name = path.name;
-    Ok(Json(state.vault.put_provider(&config).await?))
+    Ok(Json(caller.vault(&state).put_provider(&config).await?))
 }
 
 /// Remove a provider (operator keys only); connections to it are kept.
@@ -322,7 +324,7 @@ async fn remove_provider(
     Path(path): Path<ProviderPath>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     caller.operator()?;
-    state.vault.remove_provider(&path.name).await?;
+    caller.vault(&state).remove_provider(&path.name).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
@@ -355,6 +357,6 @@ async fn list_keys(
     responses((status = 200, body = DataKeyInfo), (status = "4XX", body = Error)))]
 async fn rotate_key(caller: Caller, State(state): State<AppState>) -> ApiResult<DataKeyInfo> {
     caller.operator()?;
-    let services = state.vault.services();
-    Ok(Json(services.keys.rotate(&*services.audit).await?))
+    let vault = caller.vault(&state);
+    Ok(Json(vault.services().keys.rotate(&vault.audit()).await?))
 }

@@ -8,12 +8,16 @@ use axum::http::request::Parts;
 use super::AppState;
 use super::api_error::ApiError;
 use super::api_keys::Scope;
+use tokenvault::Vault;
+use tokenvault::audit::Actor;
 
 /// The authenticated caller of a request; a handler that takes one cannot run without it.
 pub struct Caller {
     /// An API key's id, or `jwt:<sub>`: for messages and logs.
     pub id: String,
     pub scope: Scope,
+    /// Who the audit trail names for what this caller does.
+    pub actor: Actor,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -33,15 +37,17 @@ impl FromRequestParts<AppState> for Caller {
             return Err(ApiError::Unauthorized("an access token works only on /v1/proxy".into()));
         }
         if let Some(info) = state.api_keys.verify(presented).await? {
-            return Ok(Caller { id: info.id, scope: info.scope });
+            return Ok(Caller { actor: Actor::api_key(&info.id), id: info.id, scope: info.scope });
         }
         if let Some(jwt) = &state.jwt
             && !presented.starts_with(crate::api_keys::KIND.prefix)
         {
             return match jwt.verify(presented).await {
-                Some(caller) => {
-                    Ok(Caller { id: format!("jwt:{}", caller.subject), scope: Scope::Tenant(caller.tenant) })
-                }
+                Some(caller) => Ok(Caller {
+                    id: format!("jwt:{}", caller.subject),
+                    actor: Actor::jwt(&caller.subject),
+                    scope: Scope::Tenant(caller.tenant),
+                }),
                 None => Err(ApiError::Unauthorized("invalid, expired or foreign token".into())),
             };
         }
@@ -50,6 +56,11 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 impl Caller {
+    /// The vault, acting for this caller.
+    pub fn vault(&self, state: &AppState) -> Vault {
+        state.vault.acting_as(self.actor.clone())
+    }
+
     /// Allowed to act on `tenant`'s connections?
     pub fn for_tenant(&self, tenant: &str) -> Result<(), ApiError> {
         if self.scope.allows_tenant(tenant) {

@@ -7,6 +7,7 @@ pub mod access_tokens;
 mod api;
 mod api_error;
 pub mod api_keys;
+mod audit;
 mod auth;
 mod connect;
 pub mod console;

@@ -15,6 +15,7 @@ use super::AppState;
 use super::access_tokens::{self, AccessTokenInfo, AccessTokenRequest, NewAccessToken};
 use super::api_error::ApiError;
 use super::auth::Caller;
+use tokenvault::audit::Actor;
 use tokenvault::error::Error;
 use tokenvault::{ConnectionKey, ProxyRequest, ProxyResponse, parse_json};
 
@@ -63,7 +64,7 @@ pub async fn connection_proxy(
     caller.for_tenant(&path.tenant)?;
     let key = ConnectionKey::new(&path.tenant, &path.user, &path.provider, &path.name);
     let request = proxy_request(request, CONNECTION_PROXY_PREFIX_SEGMENTS).await?;
-    Ok(response(state.vault.proxy(&key, &request).await?))
+    Ok(response(caller.vault(&state).proxy(&key, &request).await?))
 }
 
 /// The route of access tokens, as axum matches it.
@@ -128,7 +129,7 @@ pub async fn token_proxy(
     if !token.allows_path(route) {
         return Err(ApiError::Forbidden(format!("access token {} does not reach this path", token.id)));
     }
-    Ok(response(state.vault.proxy(&key, &request).await?))
+    Ok(response(state.vault.acting_as(Actor::access_token(&token.id)).proxy(&key, &request).await?))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -7,7 +7,8 @@
 //! refreshes per minute. `refresh_if_due` takes the same lease as every other caller and
 //! re-checks expiry under it, so any number of `serve` processes (and the callers they
 //! serve) cause one upstream refresh per token. Nothing here sees a token value. After
-//! each pass, a sweep deletes pending flows and connect links that expired over an hour ago.
+//! each pass, a sweep deletes pending flows and connect links that expired over an hour ago,
+//! and audit entries past their retention.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use tokenvault::audit::Trail;
 use tokenvault::{ConnectionKey, RefreshOutcome, SweepPage, Vault};
 
 /// Connections read per `due_for_refresh` call.
@@ -28,11 +30,18 @@ pub struct Schedule {
     pub horizon: Duration,
     /// Upstream refreshes per provider per minute, at most.
     pub per_provider_per_minute: u32,
+    /// After each pass, delete audit entries older than this; none keeps them all.
+    pub audit_retention: Option<Duration>,
 }
 
 impl Default for Schedule {
     fn default() -> Self {
-        Schedule { interval: Duration::from_secs(60), horizon: Duration::from_secs(300), per_provider_per_minute: 120 }
+        Schedule {
+            interval: Duration::from_secs(60),
+            horizon: Duration::from_secs(300),
+            per_provider_per_minute: 120,
+            audit_retention: None,
+        }
     }
 }
 
@@ -67,6 +76,20 @@ pub async fn run(vault: Vault, schedule: Schedule, mut stop: watch::Receiver<boo
         if swept > 0 {
             tracing::info!(deleted = swept, "swept expired pending flows and connect links");
         }
+        if let Some(retention) = schedule.audit_retention {
+            prune_audit(&vault, retention).await;
+        }
+    }
+}
+
+/// Delete the audit entries older than `retention` (the trail's checkpoint moves past them).
+async fn prune_audit(vault: &Vault, retention: Duration) {
+    let now_ms = vault.services().clock.now().as_millis() as u64;
+    let before_ms = now_ms.saturating_sub(retention.as_millis() as u64);
+    match Trail::new(vault.services().storage.clone()).prune(before_ms).await {
+        Ok(0) => {}
+        Ok(pruned) => tracing::info!(pruned, "deleted audit entries past their retention"),
+        Err(err) => tracing::warn!(error = err.kind(), "pruning the audit trail failed; the next pass retries"),
     }
 }
 

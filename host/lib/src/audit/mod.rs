@@ -29,6 +29,7 @@ pub use trail::{Break, Trail, Verification};
 use crate::bindings::tokenvault::vault::audit as wit;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditRecord {
     /// Unix milliseconds.
     pub at_ms: u64,
@@ -114,6 +115,7 @@ pub struct AuditQuery {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditPage {
     pub events: Vec<AuditEntry>,
     /// Pass back for the next (older) page; none after the last.
@@ -122,6 +124,7 @@ pub struct AuditPage {
 
 /// An event of the trail: its position in the chain and what it records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     pub id: u64,
     #[serde(flatten)]

@@ -355,11 +355,8 @@ impl AuditSink for Trail {
         let mut page = AuditPage { events: Vec::new(), cursor: query.cursor.clone() };
         let mut scanned = 0;
         loop {
-            let keys = self
-                .storage
-                .list(&prefix, page.cursor.as_deref(), READ_AHEAD as u32)
-                .await
-                .map_err(storage_error)?;
+            let keys =
+                self.storage.list(&prefix, page.cursor.as_deref(), READ_AHEAD as u32).await.map_err(storage_error)?;
             let seqs: Vec<u64> = keys.keys.iter().filter_map(|k| seq_of(k)).collect();
             let entries = self.get_all(seqs.iter().copied().map(entry_key).collect()).await?;
             for ((key, seq), entry) in keys.keys.iter().zip(seqs).zip(entries) {

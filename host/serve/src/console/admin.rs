@@ -63,7 +63,7 @@ pub async fn users(admin: Admin, State(state): State<AppState>, Query(query): Qu
         Err(refused) => return refused,
     };
     let after = (!query.after.is_empty()).then_some(query.after.as_str());
-    let found = match state.vault.users(&tenant, after, USERS_PER_PAGE).await {
+    let found = match admin.visitor.vault(&state).users(&tenant, after, USERS_PER_PAGE).await {
         Ok(found) => found,
         Err(err) => return error_page(Some(&admin.visitor), err.into()),
     };
@@ -133,7 +133,7 @@ pub async fn user(admin: Admin, State(state): State<AppState>, Query(query): Que
         Ok(named) => named,
         Err(refused) => return refused,
     };
-    let list = match state.vault.list(&tenant, &user).await {
+    let list = match admin.visitor.vault(&state).list(&tenant, &user).await {
         Ok(list) => list,
         Err(err) => return error_page(Some(&admin.visitor), err.into()),
     };
@@ -174,7 +174,7 @@ pub async fn confirm_revoke_all(
         Ok(named) => named,
         Err(refused) => return refused,
     };
-    let count = match state.vault.list(&tenant, &user).await {
+    let count = match admin.visitor.vault(&state).list(&tenant, &user).await {
         Ok(list) => list.len(),
         Err(err) => return error_page(Some(&admin.visitor), err.into()),
     };
@@ -211,7 +211,7 @@ pub async fn revoke_all(admin: Admin, State(state): State<AppState>, Form(form):
         Ok(named) => named,
         Err(refused) => return refused,
     };
-    let receipts = match state.vault.revoke_all(&tenant, &user).await {
+    let receipts = match admin.visitor.vault(&state).revoke_all(&tenant, &user).await {
         Ok(receipts) => receipts,
         Err(err) => return error_page(Some(&admin.visitor), err.into()),
     };
@@ -244,9 +244,13 @@ pub struct AuditQuery {
     action: String,
     #[serde(default)]
     outcome: String,
+    /// Where the page before ended.
+    #[serde(default)]
+    cursor: String,
 }
 
-/// The newest audit events, filtered; a tenant's admin sees their tenant's only.
+/// The audit trail, newest first, a page at a time, filtered; a tenant's admin sees their
+/// tenant's only.
 pub async fn audit(admin: Admin, State(state): State<AppState>, Query(query): Query<AuditQuery>) -> Response {
     let tenant = match tenant_of(&admin, &query.tenant) {
         Ok(tenant) => tenant,
@@ -260,20 +264,11 @@ pub async fn audit(admin: Admin, State(state): State<AppState>, Query(query): Qu
         action: some(&query.action),
         outcome: some(&query.outcome),
     };
-    let sink = state.vault.services().audit.clone();
-    let read = {
-        let filter = filter.clone();
-        tokio::task::spawn_blocking(move || sink.read(&filter, AUDIT_LIMIT)).await
-    };
-    let events = match read {
-        Ok(Ok(events)) => events,
-        Ok(Err(err)) => return error_page(Some(&admin.visitor), err.into()),
-        Err(join) => {
-            return error_page(
-                Some(&admin.visitor),
-                tokenvault::Error::Config(format!("reading the audit log failed: {join}")).into(),
-            );
-        }
+    let read =
+        tokenvault::audit::AuditQuery { filter, after_ms: None, cursor: some(&query.cursor), limit: AUDIT_LIMIT };
+    let trail = match state.vault.services().audit.read(&read).await {
+        Ok(page) => page,
+        Err(err) => return error_page(Some(&admin.visitor), err.into()),
     };
     let select = |name: &str, options: &[&str], chosen: &str| {
         html! {
@@ -283,6 +278,17 @@ pub async fn audit(admin: Admin, State(state): State<AppState>, Query(query): Qu
             }
         }
     };
+    let older = trail.as_ref().and_then(|p| p.cursor.as_deref()).map(|cursor| {
+        let filters = [
+            ("tenant", query.tenant.as_str()),
+            ("user", &query.user),
+            ("provider", &query.provider),
+            ("action", &query.action),
+            ("outcome", &query.outcome),
+            ("cursor", cursor),
+        ];
+        href("/console/admin/audit", &filters)
+    });
     let body = html! {
         form.filters method="get" action="/console/admin/audit" {
             @if admin.scope == Scope::Operator {
@@ -294,16 +300,18 @@ pub async fn audit(admin: Admin, State(state): State<AppState>, Query(query): Qu
             div { label for="outcome" { "Outcome" } (select("outcome", &[AuditOutcome::NAMES, &[super::DENIED]].concat(), &query.outcome)) }
             button type="submit" { "Filter" }
         }
-        @match &events {
+        @match &trail {
             None => p.muted { "This service's audit sink cannot be read back." },
-            Some(events) if events.is_empty() => p.muted { "No event matches." },
-            Some(events) => {
-                p.muted { "Newest first" @if events.len() == AUDIT_LIMIT { ", the latest " (AUDIT_LIMIT) } "." }
+            Some(page) if page.events.is_empty() => p.muted { "No event matches." },
+            Some(page) => {
+                p.muted { "Newest first, from the trail every host on this store writes." }
                 table {
-                    thead { tr { th { "Time (UTC)" } th { "Action" } th { "Outcome" } th { "Tenant" } th { "User" } th { "Provider" } th { "Name" } } }
+                    thead { tr { th { "#" } th { "Time (UTC)" } th { "Action" } th { "Outcome" } th { "Tenant" } th { "User" } th { "Provider" } th { "Name" } th { "By" } } }
                     tbody {
-                        @for event in events {
+                        @for entry in &page.events {
+                            @let event = &entry.record;
                             tr.event {
+                                td { (entry.id) }
                                 td { (utc(event.at_ms / 1000)) }
                                 td { (event.action) }
                                 td { (event.outcome) }
@@ -311,12 +319,14 @@ pub async fn audit(admin: Admin, State(state): State<AppState>, Query(query): Qu
                                 td { (event.user.as_deref().unwrap_or("")) }
                                 td { (event.provider.as_deref().unwrap_or("")) }
                                 td { (event.name.as_deref().unwrap_or("")) }
+                                td { (event.actor.as_deref().unwrap_or("")) }
                             }
                         }
                     }
                 }
             }
         }
+        @if let Some(older) = older { p { a href=(older) { "Older events" } } }
     };
     page(StatusCode::OK, "Audit log", Some(&admin.visitor), body)
 }

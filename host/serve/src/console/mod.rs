@@ -35,7 +35,8 @@ use self::session::{Principal, Session, csrf_matches, random_token};
 use super::AppState;
 use super::api_error::ApiError;
 use super::api_keys::Scope;
-use tokenvault::audit::{AuditRecord, AuditUnavailable};
+use tokenvault::Vault;
+use tokenvault::audit::{Actor, AuditRecord, AuditUnavailable};
 
 const SESSION_COOKIE: &str = "tv_session";
 /// The console's own audit action, beside the component's, and the outcome it adds.
@@ -108,6 +109,19 @@ pub struct Visitor {
 }
 
 impl Visitor {
+    /// Who the audit trail names for what this visitor does.
+    pub fn actor(&self) -> Actor {
+        match &self.session.principal {
+            Principal::Admin { via, .. } => Actor::console(via),
+            Principal::User { user, .. } => Actor::console(&format!("user:{user}")),
+        }
+    }
+
+    /// The vault, acting for this visitor.
+    pub fn vault(&self, state: &AppState) -> Vault {
+        state.vault.acting_as(self.actor())
+    }
+
     /// A form's CSRF token must be this session's.
     fn check_csrf(&self, presented: &str) -> Result<(), Response> {
         if self.session.csrf_matches(presented) {
@@ -288,7 +302,7 @@ async fn sign_in(State(state): State<AppState>, jar: CookieJar, Form(form): Form
     let info = match state.api_keys.verify(form.api_key.trim()).await {
         Ok(Some(info)) => info,
         Ok(None) => {
-            let _ = audit(&state, SIGN_IN, DENIED, None); // refused either way
+            let _ = audit(&state, SIGN_IN, DENIED, None, None).await; // refused either way
             return sign_in_form(&state, jar, StatusCode::UNAUTHORIZED, Some("That API key is unknown or revoked."));
         }
         Err(err) => return error_page(None, err.into()),
@@ -304,13 +318,19 @@ fn sign_in_csrf_ok(jar: &CookieJar, presented: &str) -> bool {
 
 /// Sign in: a new session (a new id, whatever the browser had), then the admin's home.
 async fn start_admin_session(state: &AppState, jar: CookieJar, principal: Principal) -> Response {
-    let tenant = match &principal {
-        Principal::Admin { scope: Scope::Tenant(tenant), .. } => Some(tenant.clone()),
-        _ => None,
+    let (tenant, actor) = match &principal {
+        Principal::Admin { scope, via } => {
+            let tenant = match scope {
+                Scope::Tenant(tenant) => Some(tenant.clone()),
+                Scope::Operator => None,
+            };
+            (tenant, Some(Actor::console(via).as_str().to_owned()))
+        }
+        Principal::User { .. } => (None, None),
     };
     match state.sessions.start(principal, session::ADMIN_TTL_SECS).await {
         Ok((id, _)) => {
-            if let Err(refused) = audit(state, SIGN_IN, "ok", tenant) {
+            if let Err(refused) = audit(state, SIGN_IN, "ok", tenant, actor).await {
                 return error_page(None, tokenvault::Error::storage(refused.to_string()).into());
             }
             let max_age = cookie::time::Duration::seconds(session::ADMIN_TTL_SECS as i64);
@@ -399,9 +419,15 @@ fn browser_cookie(
 
 /// The console's own audit events (sign-ins), beside the component's. A sign-in that
 /// cannot be recorded does not happen (unless the operator chose to serve on).
-fn audit(state: &AppState, action: &str, outcome: &str, tenant: Option<String>) -> Result<(), AuditUnavailable> {
+async fn audit(
+    state: &AppState,
+    action: &str,
+    outcome: &str,
+    tenant: Option<String>,
+    actor: Option<String>,
+) -> Result<(), AuditUnavailable> {
     let at_ms = state.vault.services().clock.now().as_millis() as u64;
-    state.vault.services().audit.record(&AuditRecord {
+    let record = AuditRecord {
         at_ms,
         action: action.into(),
         outcome: outcome.into(),
@@ -409,7 +435,9 @@ fn audit(state: &AppState, action: &str, outcome: &str, tenant: Option<String>) 
         user: None,
         provider: None,
         name: None,
-    })
+        actor,
+    };
+    state.vault.services().audit.record(&record).await
 }
 
 /// A page for a vault error: its message (never a value), with a fitting status.

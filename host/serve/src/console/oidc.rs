@@ -169,22 +169,24 @@ async fn callback(State(state): State<AppState>, jar: CookieJar, Query(query): Q
     let flow = jar.get(FLOW_COOKIE).map(|c| c.value().to_owned());
     // Spent whatever happens next: a flow is tried once.
     let jar = jar.remove(Cookie::build(FLOW_COOKIE).path(CALLBACK_PATH));
-    let refuse = |jar, status, text: &str| {
-        let _ = audit(&state, super::SIGN_IN, super::DENIED, None); // refused either way
+    let refuse = async |jar, status, text: &str| {
+        let _ = audit(&state, super::SIGN_IN, super::DENIED, None, None).await; // refused either way
         sign_in_form(&state, jar, status, Some(text))
     };
     if let Some(error) = query.error {
         let error: String = error.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
-        return refuse(jar, StatusCode::UNAUTHORIZED, &format!("The sign-in was refused ({error})."));
+        return refuse(jar, StatusCode::UNAUTHORIZED, &format!("The sign-in was refused ({error}).")).await;
     }
     let Some((flow_state, nonce, verifier)) = flow.as_deref().and_then(split_flow) else {
-        return refuse(jar, StatusCode::BAD_REQUEST, "This sign-in was not started here, or took too long. Try again.");
+        return refuse(jar, StatusCode::BAD_REQUEST, "This sign-in was not started here, or took too long. Try again.")
+            .await;
     };
     let (Some(code), Some(returned_state)) = (query.code, query.state) else {
-        return refuse(jar, StatusCode::BAD_REQUEST, "The provider sent no code.");
+        return refuse(jar, StatusCode::BAD_REQUEST, "The provider sent no code.").await;
     };
     if !csrf_matches(flow_state, &returned_state) {
-        return refuse(jar, StatusCode::BAD_REQUEST, "This sign-in does not match the one started here. Try again.");
+        return refuse(jar, StatusCode::BAD_REQUEST, "This sign-in does not match the one started here. Try again.")
+            .await;
     }
     match login.exchange(&code, verifier, &redirect_uri(&state), nonce).await {
         Ok((tenant, subject)) => {
@@ -193,7 +195,7 @@ async fn callback(State(state): State<AppState>, jar: CookieJar, Query(query): Q
         }
         Err(why) => {
             tracing::warn!(%why, "console sign-in through OpenID Connect failed");
-            refuse(jar, StatusCode::UNAUTHORIZED, &format!("The sign-in failed: {why}"))
+            refuse(jar, StatusCode::UNAUTHORIZED, &format!("The sign-in failed: {why}")).await
         }
     }
 }

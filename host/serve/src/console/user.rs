@@ -17,7 +17,7 @@ pub async fn connections(user: EndUser, State(state): State<AppState>) -> Respon
 
 /// The user's connections and access tokens, with a notice of what was just done.
 pub(super) async fn render(state: &AppState, user: &EndUser, notice: Option<Markup>) -> Response {
-    let list = match state.vault.list(&user.tenant, &user.user).await {
+    let list = match user.visitor.vault(&state).list(&user.tenant, &user.user).await {
         Ok(list) => list,
         Err(err) => return error_page(Some(&user.visitor), err.into()),
     };
@@ -66,7 +66,7 @@ pub async fn disconnect(user: EndUser, State(state): State<AppState>, Form(form)
         return refused;
     }
     let key = ConnectionKey::new(&user.tenant, &user.user, &form.provider, &form.name);
-    let receipt = match state.vault.remove(&key).await {
+    let receipt = match user.visitor.vault(&state).remove(&key).await {
         Ok(receipt) => receipt,
         Err(err) => return error_page(Some(&user.visitor), err.into()),
     };
@@ -85,7 +85,7 @@ pub async fn reconnect(user: EndUser, State(state): State<AppState>, Form(form):
         return refused;
     }
     let key = ConnectionKey::new(&user.tenant, &user.user, &form.provider, &form.name);
-    match state.vault.link(&key, None).await {
+    match user.visitor.vault(&state).link(&key, None).await {
         Ok(link) => {
             Redirect::to(&crate::connect_link_url(&state.public_url, &key.provider, &link.code)).into_response()
         }
