@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 use tokenvault::keys::{MASTER_KEY_ENV, MasterKey};
-use tokenvault::storage::{Storage, StorageUrl};
+use tokenvault::storage::StorageUrl;
 use tokenvault_tests::{OAuthServer, Tokenvault, canary};
 
 const CONNECTION: &str = "/v1/tenants/acme/users/alice/connections/idp/default";
@@ -60,7 +60,9 @@ async fn two_services_on_postgres_keep_one_trail_that_names_who_asked() {
     let acme = a.run(&["apikey", "create", "acme"], None).json();
     let (acme_key, acme_id) = (acme["key"].as_str().unwrap(), acme["id"].as_str().unwrap());
     let globex = a.run(&["apikey", "create", "globex"], None).json()["key"].as_str().unwrap().to_owned();
-    let operator_id = a.run(&["apikey", "ls"], None).json().as_array().unwrap()[0]["id"].as_str().unwrap().to_owned();
+    let keys = a.run(&["apikey", "ls"], None).json();
+    let operator_id = keys.as_array().unwrap().iter().find(|k| k["scope"] == "operator").unwrap()["id"].clone();
+    let operator_id = operator_id.as_str().unwrap().to_owned();
     for served in [&served_a, &served_b, &served_a] {
         assert_eq!(served.call("GET", &format!("{CONNECTION}/token"), Some(acme_key), None).0, 200);
     }

@@ -131,6 +131,12 @@ fn every_command_works_and_no_value_leaks_into_any_output() {
     assert_eq!(tv.run(&["token", "ls", "acme", "alice"], None).json(), serde_json::json!([]));
     tv.run(&["provider", "rm", "elsewhere"], None).json();
 
+    // The trail, read before the scan (whose runs include this one).
+    let events = tv.audit_events();
+    assert!(events.len() >= 15, "every operation is audited");
+    assert!(events.iter().any(|e| e["action"] == "token-refresh" && e["outcome"] == "provider-error"));
+    assert!(events.iter().all(|e| e["actor"].as_str().is_some_and(|a| a.starts_with("cli:"))), "who asked");
+
     // The scan.
     let runs = tv.runs.borrow();
     assert!(
@@ -146,10 +152,6 @@ fn every_command_works_and_no_value_leaks_into_any_output() {
         }
     }
     let data = tv.data_dir.path();
-    let events = tv.audit_events();
-    assert!(events.len() >= 15, "every operation is audited");
-    assert!(events.iter().any(|e| e["action"] == "token-refresh" && e["outcome"] == "provider-error"));
-    assert!(events.iter().all(|e| e["actor"].as_str().is_some_and(|a| a.starts_with("cli:"))), "who asked");
     let trail = serde_json::to_string(&events).unwrap();
     assert!(!canaries.iter().any(|c| trail.contains(c.as_str())), "a value in the audit trail");
     for file in ["vault.db", "vault.db-wal"] {

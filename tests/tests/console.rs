@@ -190,6 +190,7 @@ fn console_refuses_forged_forms_other_tenants_revoked_keys_and_spent_links() {
     assert_eq!(browser.get("/console/admin/audit?tenant=globex").status, 403);
     let audit = browser.get("/console/admin/audit");
     assert!(audit.body.contains("console-sign-in") && audit.body.contains("token-store"), "{}", audit.body);
+    assert!(audit.body.contains("console:apikey:"), "the sign-in names who signed in: {}", audit.body);
 
     // Revoke all: a forged form does nothing; the session's own form does it.
     let confirm = browser.get("/console/admin/revoke-all?tenant=acme&user=bob");

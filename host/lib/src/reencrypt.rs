@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::vault::Vault;
-use tokenvault_model::storage::{REENCRYPT_PROGRESS_KEY, SEALED_PREFIXES, StorageError};
+/// Where the pass keeps its place (a record whose version moves with each page).
+pub use tokenvault_model::storage::REENCRYPT_PROGRESS_KEY;
+use tokenvault_model::storage::{SEALED_PREFIXES, StorageError};
 
 /// Records per step: one sandbox call each, well within its deadline on any store.
 pub const PAGE: u32 = 200;

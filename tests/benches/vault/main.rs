@@ -6,7 +6,8 @@
 //! `concurrency` (throughput, memory per instance), `scale` (10³ to 10⁶ records on SQLite
 //! and PostgreSQL), `coalesce` (1,000 gets of one expired token;
 //! `BENCH_POOL_SLOTS` sets its pool size), `python` (Fernet + Redis), `keys` (re-encryption
-//! after a rotation, SQLite and PostgreSQL), `proxy` (a proxied call against a direct one).
+//! after a rotation, SQLite and PostgreSQL), `proxy` (a proxied call against a direct one),
+//! `audit` (a `get` recorded in the audit trail against one recorded in memory).
 //! All of them when none is named. The report (markdown) goes to stdout and to
 //! `target/bench-report.md`; BENCHMARKS.md holds the latest one with the machine.
 //!
@@ -22,7 +23,8 @@ use support::*;
 use tokenvault::storage::StorageUrl;
 use tokenvault::{SandboxLimits, Vault};
 
-const SUITES: [&str; 9] = ["get", "startup", "ops", "concurrency", "scale", "coalesce", "python", "keys", "proxy"];
+const SUITES: [&str; 10] =
+    ["get", "startup", "ops", "concurrency", "scale", "coalesce", "python", "keys", "proxy", "audit"];
 
 fn main() {
     // cargo bench passes `--bench`; names without dashes choose suites.
@@ -48,6 +50,7 @@ fn main() {
                 "python" => python().await,
                 "keys" => keys().await,
                 "proxy" => proxy().await,
+                "audit" => audit().await,
                 _ => unreachable!(),
             }
         });
@@ -299,6 +302,79 @@ async fn keys() -> String {
         ));
         filler.drop_schema().await;
     }
+    out
+}
+
+/// What the audit trail costs a `get`: a fresh instance + `get` whose event goes to the trail
+/// in the same store, against the same whose event is kept in memory, on SQLite and
+/// PostgreSQL; one caller at a time, and 16 at once (whose events share commits).
+async fn audit() -> String {
+    let postgres_url =
+        std::env::var("TOKENVAULT_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut out = String::from(
+        "## The audit trail's cost to a `get` (fresh instance + `get`, the event in the trail in the same store \
+         against in memory; 10 × 300 calls per case, interleaved)\n\n",
+    );
+    let mut rates = String::from(
+        "\n| store | callers | gets/s, trail | gets/s, memory | p99 µs, trail | p99 µs, memory |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for backend in ["sqlite", "postgres"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, filler) = Filler::store(backend, dir.path(), &postgres_url, "audit");
+        let storage = url.open().await.unwrap();
+        let in_memory = services(dir.path(), storage.clone()).await;
+        let trailed = tokenvault::Services {
+            audit: std::sync::Arc::new(tokenvault::audit::Trail::new(storage.clone())),
+            ..in_memory.clone()
+        };
+        let memory_vault = vault(dir.path(), in_memory, None, SandboxLimits::default(), None);
+        let trail_vault = vault(dir.path(), trailed, None, SandboxLimits::default(), None);
+        memory_vault.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
+        let key = key("audited");
+        memory_vault.store(&key, &grant(1)).await.unwrap();
+        let names: [&'static str; 2] = if backend == "sqlite" {
+            ["SQLite, event in memory", "SQLite, event in the trail"]
+        } else {
+            ["PostgreSQL, event in memory", "PostgreSQL, event in the trail"]
+        };
+        let samples = interleaved(&names, 10, 300, async |case| {
+            let vault = if case == 0 { &memory_vault } else { &trail_vault };
+            drop(vault.get(&key).await.unwrap());
+        })
+        .await;
+        let (memory_t, trail_t) = (find(&samples, names[0]).median(), find(&samples, names[1]).median());
+        out.push_str(&table(&samples, Some(names[0])));
+        out.push_str(&format!(
+            "\nAdded by the trail on {backend}: **{} µs** at the median\n\n",
+            us(trail_t.saturating_sub(memory_t))
+        ));
+        for callers in [1usize, 16] {
+            let lasting = Duration::from_secs(2);
+            let mut measured = Vec::new();
+            for product in [&trail_vault, &memory_vault] {
+                let (product, key) = (product.clone(), key.clone());
+                measured.push(
+                    concurrently(callers, lasting, move || {
+                        let (product, key) = (product.clone(), key.clone());
+                        async move { drop(product.get(&key).await.unwrap()) }
+                    })
+                    .await,
+                );
+            }
+            rates.push_str(&format!(
+                "| {backend} | {callers} | {:.0} | {:.0} | {} | {} |\n",
+                measured[0].0.len() as f64 / 2.0,
+                measured[1].0.len() as f64 / 2.0,
+                us(measured[0].percentile(0.99)),
+                us(measured[1].percentile(0.99)),
+            ));
+        }
+        let verified = tokenvault::audit::Trail::new(storage.clone()).verify(|_, _| {}).await.unwrap();
+        assert_eq!(verified.broken, None, "the benchmark's trail verifies");
+        drop((memory_vault, trail_vault, storage));
+        filler.drop_schema().await;
+    }
+    out.push_str(&rates);
     out
 }
 

@@ -244,8 +244,8 @@ impl Trail {
                         None
                     }
                 };
-                if problem.is_some() {
-                    verification.broken = broken(at, problem.unwrap());
+                if let Some(problem) = problem {
+                    verification.broken = broken(at, problem);
                     return Ok(verification);
                 }
                 verification.entries += 1;
@@ -510,7 +510,7 @@ mod tests {
         let (storage, trail) = trail_of(10).await;
         let ten = storage.get(&entry_key(10)).await.unwrap().unwrap().value;
         let (hash, _, chained) = decode(&ten).unwrap();
-        let (_, eleventh) = encode(11, &hash.to_owned(), &chained.record);
+        let (_, eleventh) = encode(11, hash, &chained.record);
         storage.put(&entry_key(11), &eleventh, None).await.unwrap();
         assert_eq!(broken_at(&trail).await.unwrap().0, 11);
 

@@ -313,7 +313,7 @@ pub async fn audit(admin: Admin, State(state): State<AppState>, Query(query): Qu
                             tr.event {
                                 td { (entry.id) }
                                 td { (utc(event.at_ms / 1000)) }
-                                td { (event.action) }
+                                td.action { (event.action) }
                                 td { (event.outcome) }
                                 td { (event.tenant.as_deref().unwrap_or("")) }
                                 td { (event.user.as_deref().unwrap_or("")) }

@@ -17,7 +17,7 @@ pub async fn connections(user: EndUser, State(state): State<AppState>) -> Respon
 
 /// The user's connections and access tokens, with a notice of what was just done.
 pub(super) async fn render(state: &AppState, user: &EndUser, notice: Option<Markup>) -> Response {
-    let list = match user.visitor.vault(&state).list(&user.tenant, &user.user).await {
+    let list = match user.visitor.vault(state).list(&user.tenant, &user.user).await {
         Ok(list) => list,
         Err(err) => return error_page(Some(&user.visitor), err.into()),
     };
