@@ -22,6 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::error::Error;
+use crate::metrics::Metrics;
 
 /// One allowed destination: `scheme://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +115,7 @@ impl EgressPolicy {
 /// The policy, and the connections it lets out: one per host, shared by its calls.
 pub(crate) struct Egress {
     pub(crate) policy: EgressPolicy,
+    metrics: Arc<Metrics>,
     pool: Client<hyper_rustls::HttpsConnector<HttpConnector>, WasiBody>,
 }
 
@@ -123,7 +125,7 @@ const IDLE_CONNECTION: Duration = Duration::from_secs(60);
 const IDLE_PER_ORIGIN: usize = 64;
 
 impl Egress {
-    pub(crate) fn new(policy: EgressPolicy) -> Result<Self, Error> {
+    pub(crate) fn new(policy: EgressPolicy, metrics: Arc<Metrics>) -> Result<Self, Error> {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
@@ -156,7 +158,7 @@ impl Egress {
             .pool_idle_timeout(IDLE_CONNECTION)
             .pool_max_idle_per_host(IDLE_PER_ORIGIN)
             .build(connector);
-        Ok(Egress { policy, pool })
+        Ok(Egress { policy, metrics, pool })
     }
 
     /// Send through the pool: the response head within `first_byte_timeout`, then each
@@ -269,7 +271,10 @@ impl WasiHttpHooks for EgressHooks {
                 return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
             }
             let options = policy.clamp(options);
-            let (mut response, io) = egress.send(request, options).await?;
+            let sent = std::time::Instant::now();
+            let answered = egress.send(request, options).await;
+            egress.metrics.upstream(answered.is_ok().then(|| sent.elapsed().as_secs_f64()));
+            let (mut response, io) = answered?;
             drop_named_by_connection(response.headers_mut());
             let max = policy.max_response_bytes;
             if response

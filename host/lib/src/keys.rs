@@ -30,8 +30,10 @@ use crate::audit::{AuditAction, AuditOutcome, AuditRecord, AuditSink};
 use crate::bindings::tokenvault::vault::keyring;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
+/// The keyring record's key in storage.
+pub use tokenvault_model::storage::KEYRING_KEY;
+use tokenvault_model::storage::SEALED_PREFIXES;
 pub use tokenvault_model::storage::envelope_key_id;
-use tokenvault_model::storage::{KEYRING_KEY, SEALED_PREFIXES};
 
 pub const KEY_LEN: usize = 32;
 /// How old a host's copy of the keyring may grow before a call reads it again.

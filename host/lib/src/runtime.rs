@@ -27,6 +27,7 @@ use crate::config::{Options, SandboxLimits};
 use crate::error::{Error, Result};
 use crate::http::{Egress, EgressHooks, EgressPolicy};
 use crate::keys::{KeyringImport, Keys};
+use crate::metrics::Metrics;
 use crate::storage::{Changes, Storage, StorageImport};
 
 use crate::bindings::exports::tokenvault::vault::{connect, keys, providers, proxy, tokens};
@@ -60,6 +61,7 @@ pub(crate) struct Runtime {
     changes: Arc<Changes>,
     pub(crate) egress: Arc<Egress>,
     pub(crate) sandbox: SandboxLimits,
+    pub(crate) metrics: Arc<Metrics>,
     _ticker: EpochTicker,
 }
 
@@ -77,6 +79,7 @@ pub(crate) struct HostState {
     changes: Arc<Changes>,
     /// Who the call is for, named on its audit events.
     actor: Option<Actor>,
+    metrics: Arc<Metrics>,
 }
 
 impl WasiView for HostState {
@@ -144,6 +147,7 @@ impl Runtime {
             .map_err(|e| Error::Config(format!("cannot link the component: {e}")))?;
         let ticker = EpochTicker::start(engine.clone());
         let slots = Arc::new(Semaphore::new(sandbox.max_instances as usize));
+        let metrics = Arc::new(Metrics::default());
         Ok(Runtime {
             engine,
             pre,
@@ -151,8 +155,9 @@ impl Runtime {
             slots,
             services,
             changes: Arc::default(),
-            egress: Arc::new(Egress::new(egress)?),
+            egress: Arc::new(Egress::new(egress, metrics.clone())?),
             sandbox,
+            metrics,
             _ticker: ticker,
         })
     }
@@ -165,7 +170,10 @@ impl Runtime {
         &self,
         actor: Option<&Actor>,
     ) -> Result<(OwnedSemaphorePermit, Store<HostState>, Exports)> {
-        let slot = self.slots.clone().acquire_owned().await.expect("the slot semaphore is never closed");
+        let slot = {
+            let _waiting = Waiting::on(&self.metrics);
+            self.slots.clone().acquire_owned().await.expect("the slot semaphore is never closed")
+        };
         let state = HostState {
             deadline: Instant::now() + self.sandbox.deadline,
             wasi: WasiCtx::builder().wall_clock(self.services.clock.clone()).build(),
@@ -176,6 +184,7 @@ impl Runtime {
             services: self.services.clone(),
             changes: self.changes.clone(),
             actor: actor.cloned(),
+            metrics: self.metrics.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -192,6 +201,30 @@ impl Runtime {
         let instance = self.pre.instantiate_async(&mut store).await.map_err(sandbox_error)?;
         let vault = Exports { instance, indices: self.exports.clone() };
         Ok((slot, store, vault))
+    }
+}
+
+/// A caller counted as waiting for a pool slot until this drops (the wait ends, or the
+/// caller goes away).
+struct Waiting<'a>(&'a Metrics);
+
+impl<'a> Waiting<'a> {
+    fn on(metrics: &'a Metrics) -> Self {
+        metrics.waiting(1);
+        Waiting(metrics)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting(-1);
+    }
+}
+
+impl Runtime {
+    /// Sandbox instances running a call now.
+    pub(crate) fn slots_in_use(&self) -> usize {
+        self.sandbox.max_instances as usize - self.slots.available_permits()
     }
 }
 
@@ -264,11 +297,13 @@ fn pre_instantiate(
         storage: &s.services.storage,
         changes: &s.changes,
         deadline: s.deadline,
+        metrics: &s.metrics,
     })?;
     keyring::add_to_linker::<_, KeyringImport>(&mut linker, |s| &*s.services.keys)?;
     audit::add_to_linker::<_, AuditImport>(&mut linker, |s| Attributed {
         sink: &*s.services.audit,
         actor: s.actor.as_ref(),
+        metrics: Some(&s.metrics),
     })?;
     let pre = linker.instantiate_pre(component)?;
     let exports = ExportIndices::new(&pre)?;

@@ -12,6 +12,7 @@ use crate::config::Options;
 use crate::config::SandboxLimits;
 use crate::error::{Error, Result};
 use crate::http::EgressPolicy;
+use crate::metrics::Metrics;
 use crate::runtime::{COMPONENT_WASM, Exports, HostState, Runtime, Services, sandbox_error};
 use tokenvault_model::storage::ReencryptPage;
 use tokenvault_model::*;
@@ -64,9 +65,25 @@ impl Vault {
         self.actor.as_ref()
     }
 
-    /// The audit sink, naming this handle's actor on the events the host writes itself.
+    /// The audit sink, naming this handle's actor on the events the host writes itself
+    /// (and counting them in the metrics, as the component's are).
     pub fn audit(&self) -> Attributed<'_> {
-        Attributed { sink: &*self.runtime.services.audit, actor: self.actor.as_ref() }
+        Attributed {
+            sink: &*self.runtime.services.audit,
+            actor: self.actor.as_ref(),
+            metrics: Some(&self.runtime.metrics),
+        }
+    }
+
+    /// The vault's metrics, for what a host adds (its scheduler's passes).
+    pub fn metrics(&self) -> &Metrics {
+        &self.runtime.metrics
+    }
+
+    /// The metrics in the Prometheus text format (OpenMetrics 1.0), the instance pool and
+    /// the audit sink's losses read now.
+    pub fn metrics_text(&self) -> String {
+        self.runtime.metrics.encode(self.runtime.slots_in_use(), self.runtime.services.audit.events_lost())
     }
 
     async fn instantiate(&self) -> Result<(OwnedSemaphorePermit, wasmtime::Store<HostState>, Exports)> {

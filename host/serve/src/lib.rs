@@ -230,22 +230,23 @@ pub async fn serve(
     Ok(())
 }
 
+/// Ready when the storage answers and the keyring opens: a host that cannot do both
+/// cannot serve a call.
 async fn ready(State(state): State<AppState>) -> Response {
+    let services = state.vault.services();
     // One read of a key nobody writes: proves the backend answers.
-    match state.vault.services().storage.get("readyz").await {
+    if let Err(e) = services.storage.get("readyz").await {
+        return ApiError::from(tokenvault::Error::storage(e.to_string())).into_response();
+    }
+    match services.keys.active().await {
         Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Err(e) => ApiError::from(tokenvault::Error::storage(e.to_string())).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let lost = state.vault.services().audit.events_lost();
-    let text = format!(
-        "# HELP tokenvault_audit_events_lost_total Audit events not written, let pass as audit_on_failure = \"serve\" allows.\n\
-         # TYPE tokenvault_audit_events_lost_total counter\n\
-         tokenvault_audit_events_lost_total {lost}\n"
-    );
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], state.vault.metrics_text()).into_response()
 }
 
 /// One log line per request: method, route template (`/v1/tenants/{tenant}/…`, never

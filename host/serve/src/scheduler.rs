@@ -63,7 +63,9 @@ pub async fn run(vault: Vault, schedule: Schedule, mut stop: watch::Receiver<boo
             _ = stop.wait_for(|stop| *stop) => return,
             () = tokio::time::sleep(pause) => {}
         }
+        let started = Instant::now();
         let report = pass(&vault, &schedule, &mut budgets, &stop).await;
+        vault.metrics().scheduler_pass(started.elapsed().as_secs_f64(), report.due);
         if report.due > 0 {
             tracing::info!(
                 due = report.due,

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use wasmtime::component::HasData;
 
 use crate::error::Error;
+use crate::metrics::Metrics;
 pub use file::JsonLinesAudit;
 pub use tokenvault_model::{AuditAction, AuditEvent, AuditOutcome};
 pub use trail::{Break, Trail, Verification};
@@ -249,17 +250,26 @@ impl AuditSink for MemoryAudit {
 pub struct Attributed<'a> {
     pub sink: &'a dyn AuditSink,
     pub actor: Option<&'a Actor>,
+    /// Where each event is counted, as a call of its action and outcome.
+    pub metrics: Option<&'a Metrics>,
 }
 
 #[async_trait::async_trait]
 impl AuditSink for Attributed<'_> {
     async fn record(&self, record: &AuditRecord) -> Result<(), AuditUnavailable> {
-        match (self.actor, &record.actor) {
+        if let Some(metrics) = self.metrics {
+            metrics.call(&record.action, &record.outcome, record.provider.as_deref());
+        }
+        let recorded = match (self.actor, &record.actor) {
             (Some(actor), None) => {
                 self.sink.record(&AuditRecord { actor: Some(actor.as_str().to_owned()), ..record.clone() }).await
             }
             _ => self.sink.record(record).await,
+        };
+        if let (Err(_), Some(metrics)) = (&recorded, self.metrics) {
+            metrics.storage_error();
         }
+        recorded
     }
 
     fn describe(&self) -> String {

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::HasData;
 
-use super::{Changes, Storage};
+use super::{Changes, Storage, StorageError};
 use crate::bindings::tokenvault::vault::storage as wit_storage;
+use crate::metrics::Metrics;
 
 /// What one call's `storage` import reaches: the store, the registry of callers waiting
 /// for records to change, and when the call must end.
@@ -15,6 +16,17 @@ pub struct StorageImport<'a> {
     pub storage: &'a Arc<dyn Storage>,
     pub changes: &'a Changes,
     pub deadline: Instant,
+    pub metrics: &'a Metrics,
+}
+
+impl StorageImport<'_> {
+    /// The answer for the component, a failure of the backend counted.
+    fn counted<T>(&self, result: Result<T, StorageError>) -> Result<T, wit_storage::StorageError> {
+        if matches!(result, Err(StorageError::Unavailable(_))) {
+            self.metrics.storage_error();
+        }
+        result.map_err(Into::into)
+    }
 }
 
 impl HasData for StorageImport<'static> {
@@ -26,7 +38,8 @@ impl wit_storage::Host for StorageImport<'_> {
         &mut self,
         key: String,
     ) -> wasmtime::Result<Result<Option<wit_storage::Entry>, wit_storage::StorageError>> {
-        Ok(self.storage.get(&key).await.map(|e| e.map(Into::into)).map_err(Into::into))
+        let got = self.storage.get(&key).await.map(|e| e.map(Into::into));
+        Ok(self.counted(got))
     }
 
     async fn put(
@@ -39,7 +52,7 @@ impl wit_storage::Host for StorageImport<'_> {
         if let Ok(version) = written {
             self.changes.publish(&key, Some(version));
         }
-        Ok(written.map_err(Into::into))
+        Ok(self.counted(written))
     }
 
     async fn delete(&mut self, key: String, expected: u64) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
@@ -47,7 +60,7 @@ impl wit_storage::Host for StorageImport<'_> {
         if deleted.is_ok() {
             self.changes.publish(&key, None);
         }
-        Ok(deleted.map_err(Into::into))
+        Ok(self.counted(deleted))
     }
 
     async fn wait_for_change(
@@ -59,7 +72,8 @@ impl wit_storage::Host for StorageImport<'_> {
         // The deadline stops a guest only while it runs, so a wait ends before it.
         let until_deadline = self.deadline.saturating_duration_since(Instant::now());
         let timeout = Duration::from_millis(timeout_ms.into()).min(until_deadline);
-        Ok(self.changes.wait(self.storage, &key, seen, timeout).await.map_err(Into::into))
+        let waited = self.changes.wait(self.storage, &key, seen, timeout).await;
+        Ok(self.counted(waited))
     }
 
     async fn list(
@@ -68,6 +82,7 @@ impl wit_storage::Host for StorageImport<'_> {
         cursor: Option<String>,
         limit: u32,
     ) -> wasmtime::Result<Result<wit_storage::KeyPage, wit_storage::StorageError>> {
-        Ok(self.storage.list(&prefix, cursor.as_deref(), limit).await.map(Into::into).map_err(Into::into))
+        let listed = self.storage.list(&prefix, cursor.as_deref(), limit).await.map(Into::into);
+        Ok(self.counted(listed))
     }
 }
