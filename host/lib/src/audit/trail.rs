@@ -539,4 +539,72 @@ mod tests {
         tamper(&*storage, 301, |v| Some(String::from_utf8(v).unwrap().replace("alice", "bob").into_bytes())).await;
         assert_eq!(broken_at(&trail).await.unwrap().0, 301);
     }
+
+    /// One change to the stored trail, made the way someone with the database would.
+    #[derive(Debug, Clone)]
+    enum Change {
+        /// An entry's content changed, its hash not.
+        Edit(u64),
+        /// An entry's content changed and hashed again.
+        Rehash(u64),
+        Remove(u64),
+        /// Two entries' places traded.
+        Swap(u64, u64),
+    }
+
+    fn change() -> impl proptest::strategy::Strategy<Value = (u64, Change)> {
+        use proptest::prelude::*;
+        (2u64..40).prop_flat_map(|n| {
+            let change = prop_oneof![
+                (1..=n).prop_map(Change::Edit),
+                (1..n).prop_map(Change::Rehash),
+                (1..=n).prop_map(Change::Remove),
+                (1..=n, 1..=n)
+                    .prop_filter("two places", |(a, b)| a != b)
+                    .prop_map(|(a, b)| Change::Swap(a.min(b), a.max(b))),
+            ];
+            (Just(n), change)
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Whatever one change is made to a trail of any length, verify finds it, at the
+        /// entry it hit (an entry hashed again: at the one after it).
+        #[test]
+        fn any_one_change_is_found_where_it_was_made((n, change) in change()) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let found = runtime.block_on(async {
+                let (storage, trail) = trail_of(n).await;
+                let edit = |v: Vec<u8>| Some(String::from_utf8(v).unwrap().replace("alice", "mallory").into_bytes());
+                let expected = match change {
+                    Change::Edit(k) => {
+                        tamper(&*storage, k, edit).await;
+                        k
+                    }
+                    Change::Rehash(k) => {
+                        let entry = storage.get(&entry_key(k)).await.unwrap().unwrap();
+                        let (_, _, mut chained) = decode(&entry.value).unwrap();
+                        chained.record.user = Some("mallory".into());
+                        let (_, rehashed) = encode(k, &chained.prev, &chained.record);
+                        tamper(&*storage, k, |_| Some(rehashed)).await;
+                        k + 1
+                    }
+                    Change::Remove(k) => {
+                        tamper(&*storage, k, |_| None).await;
+                        k
+                    }
+                    Change::Swap(a, b) => {
+                        let (va, vb) = (storage.get(&entry_key(a)).await.unwrap().unwrap().value, storage.get(&entry_key(b)).await.unwrap().unwrap().value);
+                        tamper(&*storage, a, |_| Some(vb)).await;
+                        tamper(&*storage, b, |_| Some(va)).await;
+                        a
+                    }
+                };
+                (broken_at(&trail).await.map(|(entry, _)| entry), expected)
+            });
+            proptest::prop_assert_eq!(found.0, Some(found.1));
+        }
+    }
 }

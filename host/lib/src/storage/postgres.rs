@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{Entry, KeyPage, Storage, StorageError, StorageResult, Write, split_param};
 
@@ -19,8 +19,20 @@ pub struct PostgresStorage {
     schema: String,
     client: Mutex<Option<Arc<Client>>>,
     /// For commits, one at a time.
-    transactions: Mutex<Option<Client>>,
+    transactions: Mutex<Option<Transactions>>,
     statements: Statements,
+}
+
+/// The commits' connection, its writes prepared once.
+struct Transactions {
+    client: Client,
+    prepared: Prepared,
+}
+
+struct Prepared {
+    insert: Statement,
+    update: Statement,
+    delete: Statement,
 }
 
 /// SQL with the schema filled in.
@@ -112,19 +124,31 @@ impl PostgresStorage {
         Ok(client)
     }
 
+    async fn open_transactions(&self) -> StorageResult<Transactions> {
+        let client = self.open_connection().await?;
+        let (insert, update, delete) = tokio::try_join!(
+            client.prepare(&self.statements.insert),
+            client.prepare(&self.statements.update),
+            client.prepare(&self.statements.delete),
+        )
+        .map_err(unavailable)?;
+        Ok(Transactions { client, prepared: Prepared { insert, update, delete } })
+    }
+}
+
+impl Prepared {
     /// One write inside `tx`: its new version, or `Conflict`.
     async fn apply(&self, tx: &tokio_postgres::Transaction<'_>, write: &Write) -> StorageResult<Option<u64>> {
         let written = match write {
-            Write::Put { key, value, expected: None } => tx
-                .query_opt(&self.statements.insert, &[key, value])
-                .await
-                .map(|row| row.map(|r| Some(r.get::<_, i64>(0) as u64))),
+            Write::Put { key, value, expected: None } => {
+                tx.query_opt(&self.insert, &[key, value]).await.map(|row| row.map(|r| Some(r.get::<_, i64>(0) as u64)))
+            }
             Write::Put { key, value, expected: Some(expected) } => tx
-                .query_opt(&self.statements.update, &[key, value, &(*expected as i64)])
+                .query_opt(&self.update, &[key, value, &(*expected as i64)])
                 .await
                 .map(|row| row.map(|r| Some(r.get::<_, i64>(0) as u64))),
             Write::Delete { key, expected } => {
-                tx.execute(&self.statements.delete, &[key, &(*expected as i64)]).await.map(|n| (n == 1).then_some(None))
+                tx.execute(&self.delete, &[key, &(*expected as i64)]).await.map(|n| (n == 1).then_some(None))
             }
         };
         written.map_err(unavailable)?.ok_or(StorageError::Conflict)
@@ -166,15 +190,16 @@ impl Storage for PostgresStorage {
 
     async fn commit(&self, writes: &[Write]) -> StorageResult<Vec<Option<u64>>> {
         let mut slot = self.transactions.lock().await;
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(self.open_connection().await?);
+        if slot.as_ref().is_none_or(|t| t.client.is_closed()) {
+            *slot = Some(self.open_transactions().await?);
         }
-        let client = slot.as_mut().expect("opened above");
+        let Transactions { client, prepared } = slot.as_mut().expect("opened above");
+        let prepared = &*prepared;
         let tx = client.transaction().await.map_err(unavailable)?;
-        let mut versions = Vec::with_capacity(writes.len());
-        for write in writes {
-            versions.push(self.apply(&tx, write).await?); // a refused write rolls back on drop
-        }
+        // Sent together (tokio-postgres pipelines the statements of one connection), so a
+        // commit costs a few round trips whatever its size.
+        let applied = futures_util::future::join_all(writes.iter().map(|w| prepared.apply(&tx, w))).await;
+        let versions = applied.into_iter().collect::<StorageResult<Vec<_>>>()?; // a refusal rolls back on drop
         tx.commit().await.map_err(unavailable)?;
         Ok(versions)
     }
