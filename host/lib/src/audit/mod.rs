@@ -306,7 +306,8 @@ impl wit::Host for Attributed<'_> {
             user: event.user,
             provider: event.provider,
             name: event.name,
-            actor: None,
+            // Named here, so that `record` need not copy the event to add it.
+            actor: self.actor.map(|a| a.as_str().to_owned()),
         })
         .await
         .map_err(wasmtime::Error::new)
