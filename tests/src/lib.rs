@@ -9,6 +9,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 pub mod canary;
+pub mod postgres;
+pub mod redis;
 pub mod tls;
 
 /// A folder of the tests: the OAuth server, and the Node and Python hosts.

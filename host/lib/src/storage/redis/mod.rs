@@ -12,6 +12,7 @@ mod cache;
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, Script};
@@ -19,6 +20,9 @@ use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, Script
 use super::split_param;
 use super::{Entry, KeyPage, Storage, StorageError, StorageResult, Write};
 use cache::RecordCache;
+
+/// Reconnection attempts a call makes while Redis is unreachable (100 ms, then 200 ms apart).
+const RECONNECT_RETRIES: usize = 2;
 
 /// How many records the cache holds unless the URL says (`?cache=N`, 0 for none).
 const DEFAULT_CACHE_RECORDS: usize = 10_000;
@@ -122,7 +126,14 @@ impl RedisStorage {
             if cache.is_some() { format!("cache of {cache_records} records") } else { "no cache".into() }
         );
         let client = redis::Client::open(info).map_err(|_| invalid_url())?;
-        let mut config = ConnectionManagerConfig::new();
+        // While Redis is down a call fails within about a second, instead of waiting out the
+        // manager's default reconnection (six tries, 6 s of backoff) and then failing anyway;
+        // the next call tries again. No command of this backend blocks, so 5 s is long.
+        let mut config = ConnectionManagerConfig::new()
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_max_delay(Duration::from_millis(400))
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
         if let Some(cache) = &cache {
             let cache = cache.clone();
             config = config.set_push_sender(move |push: PushInfo| {
