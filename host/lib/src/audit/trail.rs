@@ -327,15 +327,14 @@ impl AuditSink for Trail {
                 }
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
-            let batch: Vec<Pending> = {
+            let (records, waiting): (Vec<AuditRecord>, Vec<_>) = {
                 let mut pending = self.pending.lock().unwrap();
                 let n = pending.len().min(BATCH);
-                pending.drain(..n).collect()
+                pending.drain(..n).map(|p| (p.record, p.done)).unzip()
             };
-            let records: Vec<AuditRecord> = batch.iter().map(|p| p.record.clone()).collect();
             let appended = self.append(&mut head, &records).await;
-            for pending in batch {
-                let _ = pending.done.send(appended.clone());
+            for done in waiting {
+                let _ = done.send(appended.clone());
             }
         }
     }
