@@ -68,10 +68,10 @@ impl Actor {
     pub fn console(subject: &str) -> Self {
         Actor(format!("console:{subject}"))
     }
-    /// The operating-system user running the CLI.
+    /// The operating-system user running the CLI: their name, or else their uid.
     pub fn cli() -> Self {
-        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-        Actor(format!("cli:{user}"))
+        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok().filter(|u| !u.is_empty());
+        Actor(format!("cli:{}", user.unwrap_or_else(uid)))
     }
     pub fn scheduler() -> Self {
         Actor("scheduler".into())
@@ -79,6 +79,15 @@ impl Actor {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// This process's user id, as `uid N` (where the platform has one).
+fn uid() -> String {
+    #[cfg(unix)]
+    if let Ok(me) = std::fs::metadata("/proc/self") {
+        return format!("uid {}", std::os::unix::fs::MetadataExt::uid(&me));
+    }
+    "unknown".into()
 }
 
 /// Which events to read back: each field set must match exactly.
