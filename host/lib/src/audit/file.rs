@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use super::{AuditRecord, AuditSink, AuditUnavailable};
 use crate::error::Error;
@@ -13,7 +13,7 @@ use crate::error::Error;
 /// exclusive lock of the file, so lines from several processes do not interleave, and a
 /// write cut short (a full disk) is cut off again: the file never holds a partial line.
 pub struct JsonLinesAudit {
-    file: Arc<Mutex<File>>,
+    file: Mutex<File>,
     path: PathBuf,
 }
 
@@ -25,7 +25,7 @@ impl JsonLinesAudit {
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let file =
             options.open(path).map_err(|e| Error::Config(format!("cannot open audit log {}: {e}", path.display())))?;
-        Ok(JsonLinesAudit { file: Arc::new(Mutex::new(file)), path: path.to_owned() })
+        Ok(JsonLinesAudit { file: Mutex::new(file), path: path.to_owned() })
     }
 
     fn append(&self, line: &[u8]) -> std::io::Result<()> {
@@ -82,6 +82,7 @@ fn undo(file: &File, written: usize, cause: std::io::Error) -> std::io::Result<(
 mod tests {
     use super::super::KeepServing;
     use super::*;
+    use std::sync::Arc;
 
     fn event(at_ms: u64) -> AuditRecord {
         AuditRecord {
