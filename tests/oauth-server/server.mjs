@@ -484,6 +484,8 @@ const api = http.createServer(async (req, res) => {
     client_id: answer.client_id,
   }));
 });
+// Idle connections are kept as long as the vault's pool keeps them (Node's default is 5 s).
+api.keepAliveTimeout = 60_000;
 api.on('connection', () => {
   apiConnections += 1;
 });

@@ -138,12 +138,15 @@ fn a_proxied_call_carries_the_connections_token_and_nothing_of_the_callers() {
         assert_eq!(answer.header(gone), None, "{gone} came back");
     }
 
-    // One connection to the API carries call after call.
+    // Kept connections to the API carry call after call. The pool hands a connection back
+    // on a task of its own once its answer has been read, so a call that follows at once
+    // may open one more; a pool that kept nothing would open one per call.
     let connections = server.api_connections();
     for i in 0..10 {
         assert_eq!(proxied(&served, &operator, "GET", &format!("/echo/again/{i}"), &[], "").status, 200);
     }
-    assert_eq!(server.api_connections(), connections, "a call opened a new connection");
+    let opened = server.api_connections() - connections;
+    assert!(opened <= 2, "ten calls opened {opened} connections");
 
     // POST with a body; the provider's errors come back as its answers.
     let answer = proxied(&served, &operator, "POST", "/echo/items", &[("content-type", "text/plain")], "a body");
@@ -387,7 +390,7 @@ fn an_access_token_reaches_only_its_connections_methods_and_paths_until_revoked(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_behind_a_private_ca_is_reached_over_one_kept_tls_connection() {
+async fn a_provider_behind_a_private_ca_is_reached_over_kept_tls_connections() {
     use tokenvault::{ConnectionKey, Options, ProviderConfig, ProxyRequest, TokenGrant, Vault};
     use tokenvault_tests::tls::{TestCa, TlsServer};
     let ca = TestCa::new();
@@ -423,14 +426,16 @@ async fn a_provider_behind_a_private_ca_is_reached_over_one_kept_tls_connection(
     };
     vault.store(&key, &grant).await.unwrap();
     let request = ProxyRequest { method: "GET".into(), path: "/user".into(), ..ProxyRequest::default() };
-    for _ in 0..5 {
+    for _ in 0..10 {
         let answer = vault.proxy(&key, &request).await.unwrap();
         assert_eq!((answer.status, answer.body.as_slice()), (200, b"seen Bearer [redacted]".as_slice()));
     }
-    assert_eq!(api.handshakes(), 1, "each call made a TLS handshake of its own");
+    // As above: a call right behind another may find its connection not yet handed back.
+    let handshakes = api.handshakes();
+    assert!(handshakes <= 3, "ten calls made {handshakes} TLS handshakes");
 
     // A host that does not trust the CA refuses the server's certificate.
     let refused = Vault::open(&untrusting).await.unwrap().proxy(&key, &request).await.unwrap_err();
     assert_eq!(refused.kind(), "provider-error", "{refused}");
-    assert_eq!(api.handshakes(), 1);
+    assert_eq!(api.handshakes(), handshakes);
 }
