@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use crate::model::AuditEvent;
-use crate::platform::{Entry, HttpError, KeyPage, Platform, SealingKey, StorageError};
+use crate::platform::{Entry, HttpError, KeyPage, Platform, SealingKey, StorageError, Write};
 
 type Responder = Box<dyn Fn(&oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError>>;
 
@@ -73,6 +73,26 @@ impl MemoryPlatform {
         }
     }
 
+    /// A write under the failing prefix fails while failures are left.
+    fn injected_failure(&self, key: &str) -> Result<(), StorageError> {
+        let mut failing = self.failing_puts.borrow_mut();
+        if failing.1 > 0 && key.starts_with(&failing.0) {
+            failing.1 -= 1;
+            return Err(StorageError::Unavailable("memory: injected failure".into()));
+        }
+        Ok(())
+    }
+
+    /// The events in the outbox, oldest first.
+    pub fn outbox(&self) -> Vec<crate::model::events::Event> {
+        let records = self.records.borrow();
+        records
+            .range(crate::model::events::OUTBOX_PREFIX.to_owned()..)
+            .take_while(|(key, _)| key.starts_with(crate::model::events::OUTBOX_PREFIX))
+            .map(|(_, (value, _))| crate::model::events::Event::from_json(value).unwrap())
+            .collect()
+    }
+
     pub fn advance_secs(&self, secs: u64) {
         self.now_ms.set(self.now_ms.get() + secs * 1000);
     }
@@ -85,13 +105,7 @@ impl Platform for MemoryPlatform {
     }
 
     fn storage_put(&self, key: &str, value: &[u8], expected: Option<u64>) -> Result<u64, StorageError> {
-        {
-            let mut failing = self.failing_puts.borrow_mut();
-            if failing.1 > 0 && key.starts_with(&failing.0) {
-                failing.1 -= 1;
-                return Err(StorageError::Unavailable("memory: injected failure".into()));
-            }
-        }
+        self.injected_failure(key)?;
         let mut records = self.records.borrow_mut();
         if records.get(key).map(|(_, v)| *v) != expected {
             return Err(StorageError::Conflict);
@@ -109,6 +123,39 @@ impl Platform for MemoryPlatform {
         }
         records.remove(key);
         Ok(())
+    }
+
+    fn storage_commit(&self, writes: &[Write]) -> Result<Vec<Option<u64>>, StorageError> {
+        for write in writes {
+            self.injected_failure(write.key())?;
+        }
+        let mut records = self.records.borrow_mut();
+        for write in writes {
+            let current = records.get(write.key()).map(|(_, v)| *v);
+            let expected = match write {
+                Write::Put { expected, .. } => *expected,
+                Write::Delete { expected, .. } => Some(*expected),
+            };
+            if current != expected {
+                return Err(StorageError::Conflict);
+            }
+        }
+        let mut versions = Vec::new();
+        for write in writes {
+            match write {
+                Write::Put { key, value, .. } => {
+                    let version = self.next_version.get();
+                    self.next_version.set(version + 1);
+                    records.insert(key.clone(), (value.clone(), version));
+                    versions.push(Some(version));
+                }
+                Write::Delete { key, .. } => {
+                    records.remove(key);
+                    versions.push(None);
+                }
+            }
+        }
+        Ok(versions)
     }
 
     fn storage_list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<KeyPage, StorageError> {

@@ -2,7 +2,7 @@
 //! import; natively (unit tests) it is [`crate::memory::MemoryPlatform`].
 
 use crate::model::AuditEvent;
-pub use crate::model::storage::{Entry, KeyPage, StorageError};
+pub use crate::model::storage::{Entry, KeyPage, StorageError, Write};
 
 /// A sealing key: its id and 32 bytes of material.
 pub struct SealingKey {
@@ -35,6 +35,8 @@ pub trait Platform {
     fn storage_put(&self, key: &str, value: &[u8], expected: Option<u64>) -> Result<u64, StorageError>;
     fn storage_delete(&self, key: &str, expected: u64) -> Result<(), StorageError>;
     fn storage_list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<KeyPage, StorageError>;
+    /// All of `writes` or none: `Conflict` when any one's expected version does not match.
+    fn storage_commit(&self, writes: &[Write]) -> Result<Vec<Option<u64>>, StorageError>;
     /// Wait until the record's version is no longer `seen`, or `timeout_ms` passes; may
     /// return early, so read the record again.
     fn storage_wait_for_change(&self, key: &str, seen: Option<u64>, timeout_ms: u32) -> Result<(), StorageError>;
@@ -65,6 +67,9 @@ impl<T: Platform + ?Sized> Platform for &T {
     }
     fn storage_list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<KeyPage, StorageError> {
         (**self).storage_list(prefix, cursor, limit)
+    }
+    fn storage_commit(&self, writes: &[Write]) -> Result<Vec<Option<u64>>, StorageError> {
+        (**self).storage_commit(writes)
     }
     fn storage_wait_for_change(&self, key: &str, seen: Option<u64>, timeout_ms: u32) -> Result<(), StorageError> {
         (**self).storage_wait_for_change(key, seen, timeout_ms)

@@ -43,6 +43,15 @@ export class MemoryStorage {
     this.#records.delete(key);
   }
 
+  /** All of `writes` or none (`{tag: 'put', val: [key, value, expected]}`, `{tag: 'delete', val: [key, expected]}`). */
+  commit(writes) {
+    for (const { tag, val } of writes) {
+      const current = this.#records.get(val[0])?.version;
+      if (!expectationHolds(tag, val, current)) throw new StorageConflict();
+    }
+    return writes.map(({ tag, val }) => (tag === 'put' ? this.put(val[0], val[1], val[2]) : this.delete(val[0], val[1])));
+  }
+
   list(prefix, cursor, limit) {
     const keys = [...this.#records.keys()]
       .filter((k) => k.startsWith(prefix) && (cursor === undefined || byteOrder(k, cursor) > 0))
@@ -50,6 +59,12 @@ export class MemoryStorage {
       .slice(0, limit);
     return { keys, cursor: keys.length === limit ? keys.at(-1) : undefined };
   }
+}
+
+/** Whether a commit's write finds the version it expects (`undefined`: absent). */
+function expectationHolds(tag, val, current) {
+  const expected = tag === 'put' ? val[2] : val[1];
+  return expected === undefined ? current === undefined : current === expected;
 }
 
 const WAIT_POLL_MS = 10;
@@ -159,6 +174,31 @@ export class SqliteStorage {
     this.#write(() => {
       if (this.#version(key) !== expected) throw new StorageConflict();
       this.db.run('DELETE FROM tokenvault_records WHERE key = ?', [key]);
+    });
+  }
+
+  /** All of `writes` or none, in one transaction. */
+  commit(writes) {
+    return this.#write(() => {
+      for (const { tag, val } of writes) {
+        if (!expectationHolds(tag, val, this.#version(val[0]))) throw new StorageConflict();
+      }
+      return writes.map(({ tag, val }) => {
+        if (tag === 'delete') {
+          this.db.run('DELETE FROM tokenvault_records WHERE key = ?', [val[0]]);
+          return undefined;
+        }
+        const [[version]] = this.#rows(
+          'UPDATE tokenvault_version_counter SET last = last + 1 WHERE id = 1 RETURNING last',
+          [],
+        );
+        this.db.run(
+          'INSERT INTO tokenvault_records (key, value, version) VALUES (?, ?, ?) ' +
+            'ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version',
+          [val[0], Uint8Array.from(val[1]), version],
+        );
+        return version;
+      });
     });
   }
 

@@ -111,6 +111,12 @@ class Storage(Protocol):
     def put(self, key: str, value: bytes, expected: int | None) -> int | None: ...
     def delete(self, key: str, expected: int) -> bool: ...
     def list(self, prefix: str, cursor: str | None, limit: int) -> tuple[list[str], str | None]: ...
+    def commit(self, writes: list[tuple[str, tuple[Any, ...]]]) -> list[int | None] | None: ...
+
+
+def _expected(kind: str, args: tuple[Any, ...]) -> int | None:
+    """The version a commit's write expects: `("put", (key, value, expected))`, `("delete", (key, expected))`."""
+    return args[2] if kind == "put" else args[1]
 
 
 class MemoryStorage:
@@ -138,6 +144,21 @@ class MemoryStorage:
             return False
         del self.records[key]
         return True
+
+    def commit(self, writes: list[tuple[str, tuple[Any, ...]]]) -> list[int | None] | None:
+        """All of `writes` or none: their new versions, or None on a version conflict."""
+        for kind, args in writes:
+            current = self.records.get(args[0])
+            if (current and current[1]) != _expected(kind, args):
+                return None
+        versions: list[int | None] = []
+        for kind, args in writes:
+            if kind == "put":
+                versions.append(self.put(args[0], args[1], args[2]))
+            else:
+                self.delete(args[0], args[1])
+                versions.append(None)
+        return versions
 
     def list(self, prefix: str, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
         keys = sorted(
@@ -180,6 +201,36 @@ class SqliteStorage:
     def delete(self, key: str, expected: int) -> bool:
         sql = "DELETE FROM tokenvault_records WHERE key = ? AND version = ?"
         return self.db.execute(sql, (key, expected)).rowcount == 1
+
+    def commit(self, writes: list[tuple[str, tuple[Any, ...]]]) -> list[int | None] | None:
+        """All of `writes` or none, in one transaction; None on a version conflict."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for kind, args in writes:
+                row = self.db.execute("SELECT version FROM tokenvault_records WHERE key = ?", (args[0],)).fetchone()
+                if (row and row[0]) != _expected(kind, args):
+                    self.db.execute("ROLLBACK")
+                    return None
+            versions: list[int | None] = []
+            for kind, args in writes:
+                if kind == "delete":
+                    self.db.execute("DELETE FROM tokenvault_records WHERE key = ?", (args[0],))
+                    versions.append(None)
+                    continue
+                (version,) = self.db.execute(
+                    "UPDATE tokenvault_version_counter SET last = last + 1 WHERE id = 1 RETURNING last"
+                ).fetchone()
+                self.db.execute(
+                    "INSERT INTO tokenvault_records (key, value, version) VALUES (?1, ?2, ?3) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
+                    (args[0], bytes(args[1]), version),
+                )
+                versions.append(version)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return versions
 
     def list(self, prefix: str, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
         rows = self.db.execute(
@@ -329,6 +380,10 @@ class Vault:
             keys, next_cursor = storage.list(prefix, cursor, limit)
             return "ok", record(keys=keys, cursor=next_cursor)
 
+        def commit(writes: list[Any]) -> tuple[str, Any]:
+            versions = storage.commit([(write.tag, tuple(write.payload)) for write in writes])
+            return conflict if versions is None else ("ok", versions)
+
         def version_of(key: str) -> int | None:
             entry = storage.get(key)
             return None if entry is None else entry[1]
@@ -350,6 +405,7 @@ class Vault:
                 "put": put,
                 "delete": delete,
                 "list": list_keys,
+                "commit": commit,
                 "wait-for-change": wait_for_change,
             },
             "keyring": {

@@ -23,6 +23,23 @@ impl KeyPage {
     }
 }
 
+/// One write of a commit, which makes all of its writes or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Write if the record's version is `expected` (none: only if absent).
+    Put { key: String, value: Vec<u8>, expected: Option<u64> },
+    /// Delete if the record's version is `expected`.
+    Delete { key: String, expected: u64 },
+}
+
+impl Write {
+    pub fn key(&self) -> &str {
+        match self {
+            Write::Put { key, .. } | Write::Delete { key, .. } => key,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
     /// The expected version did not match, or the record is absent.
@@ -50,10 +67,13 @@ pub const DEVICE_PREFIX: &str = "device/";
 pub const LINK_PREFIX: &str = "link/";
 /// Refresh leases: not sealed, they hold no value.
 pub const LEASE_PREFIX: &str = "lease/";
+/// Tenants' webhooks (their signing secrets).
+pub const WEBHOOK_PREFIX: &str = "hook/";
 
 /// Every prefix under which records are sealed with the keyring's keys, in the order a
 /// re-encryption pass walks them.
-pub const SEALED_PREFIXES: [&str; 5] = [TOKEN_PREFIX, PROVIDER_PREFIX, FLOW_PREFIX, DEVICE_PREFIX, LINK_PREFIX];
+pub const SEALED_PREFIXES: [&str; 6] =
+    [TOKEN_PREFIX, PROVIDER_PREFIX, FLOW_PREFIX, DEVICE_PREFIX, LINK_PREFIX, WEBHOOK_PREFIX];
 /// The keyring: the data keys, each wrapped by the master key (the host's record, not sealed
 /// by the component).
 pub const KEYRING_KEY: &str = "keyring";

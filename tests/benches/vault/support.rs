@@ -220,6 +220,9 @@ impl Platform for NativePlatform {
     fn storage_list(&self, _: &str, _: Option<&str>, _: u32) -> Result<KeyPage, StorageError> {
         Err(StorageError::Unavailable("read-only".into()))
     }
+    fn storage_commit(&self, _: &[tokenvault::storage::Write]) -> Result<Vec<Option<u64>>, StorageError> {
+        Err(StorageError::Unavailable("read-only".into()))
+    }
     /// Nothing writes here, so a wait would only time out; the benchmark's gets never wait.
     fn storage_wait_for_change(&self, _: &str, _: Option<u64>, _: u32) -> Result<(), StorageError> {
         Err(StorageError::Unavailable("read-only".into()))

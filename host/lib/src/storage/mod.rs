@@ -27,7 +27,7 @@ pub use redis::RedisStorage;
 pub use sqlite::SqliteStorage;
 pub(crate) use wit::StorageImport;
 
-pub use tokenvault_model::storage::{Entry, KeyPage, StorageError, escape_key_part};
+pub use tokenvault_model::storage::{Entry, KeyPage, StorageError, Write, escape_key_part};
 
 pub type StorageResult<T> = Result<T, StorageError>;
 
@@ -45,23 +45,6 @@ pub trait Storage: Send + Sync + 'static {
     async fn commit(&self, writes: &[Write]) -> StorageResult<Vec<Option<u64>>>;
     /// What this backend is, for reports (never credentials).
     fn describe(&self) -> String;
-}
-
-/// One write of a [`Storage::commit`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Write {
-    /// As [`Storage::put`].
-    Put { key: String, value: Vec<u8>, expected: Option<u64> },
-    /// As [`Storage::delete`].
-    Delete { key: String, expected: u64 },
-}
-
-impl Write {
-    pub fn key(&self) -> &str {
-        match self {
-            Write::Put { key, .. } | Write::Delete { key, .. } => key,
-        }
-    }
 }
 
 /// Every key with `prefix`, ascending, read page by page: for the small sets a host keeps

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::HasData;
 
-use super::{Changes, Storage, StorageError};
+use super::{Changes, Storage, StorageError, Write};
 use crate::bindings::tokenvault::vault::storage as wit_storage;
 use crate::metrics::Metrics;
 
@@ -61,6 +61,20 @@ impl wit_storage::Host for StorageImport<'_> {
             self.changes.publish(&key, None);
         }
         Ok(self.counted(deleted))
+    }
+
+    async fn commit(
+        &mut self,
+        writes: Vec<wit_storage::Write>,
+    ) -> wasmtime::Result<Result<Vec<Option<u64>>, wit_storage::StorageError>> {
+        let writes: Vec<Write> = writes.into_iter().map(Into::into).collect();
+        let committed = self.storage.commit(&writes).await;
+        if let Ok(versions) = &committed {
+            for (write, version) in writes.iter().zip(versions) {
+                self.changes.publish(write.key(), *version);
+            }
+        }
+        Ok(self.counted(committed))
     }
 
     async fn wait_for_change(
