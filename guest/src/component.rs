@@ -2,7 +2,7 @@
 //! imports. No token logic lives here.
 
 use crate::model;
-use crate::platform::{Entry, HttpError, KeyPage, Platform, SealingKey, StorageError};
+use crate::platform::{Entry, HttpError, KeyPage, Platform, SealingKey, StorageError, Write};
 use crate::vault::Vault;
 
 wit_bindgen::generate!({
@@ -20,7 +20,7 @@ wit_bindgen::generate!({
     },
 });
 
-use exports::tokenvault::vault::{connect, keys, providers, proxy, tokens};
+use exports::tokenvault::vault::{connect, keys, providers, proxy, tokens, webhooks};
 use tokenvault::vault::{audit, keyring, storage, types as wit};
 
 /// Guest-side cap on a response body, for hosts that set none (the Rust host's own cap,
@@ -151,12 +151,37 @@ impl keys::Guest for Component {
     }
 }
 
+impl webhooks::Guest for Component {
+    fn put(tenant: String, config: webhooks::WebhookConfig) -> WitResult<Option<String>> {
+        Ok(vault().put_webhook(&tenant, config.into())?)
+    }
+
+    fn get(tenant: String) -> WitResult<Option<webhooks::WebhookInfo>> {
+        Ok(vault().get_webhook(&tenant)?.map(Into::into))
+    }
+
+    fn remove(tenant: String) -> WitResult<()> {
+        Ok(vault().remove_webhook(&tenant)?)
+    }
+
+    fn sign(
+        tenant: String,
+        event_type: String,
+        id: String,
+        timestamp: u64,
+        body: Vec<u8>,
+    ) -> WitResult<Option<webhooks::SignedDelivery>> {
+        Ok(vault().sign_delivery(&tenant, &event_type, &id, timestamp, &body)?.map(Into::into))
+    }
+}
+
 tokenvault_model::wit_conversions!(
     types = wit,
     tokens = tokens,
     connect = connect,
     keys = keys,
     proxy = proxy,
+    webhooks = webhooks,
     audit = audit,
     storage = storage
 );
@@ -180,6 +205,11 @@ impl Platform for Imports {
 
     fn storage_list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<KeyPage, StorageError> {
         Ok(storage::list(prefix, cursor, limit)?.into())
+    }
+
+    fn storage_commit(&self, writes: &[Write]) -> Result<Vec<Option<u64>>, StorageError> {
+        let writes: Vec<storage::Write> = writes.iter().cloned().map(Into::into).collect();
+        Ok(storage::commit(&writes)?)
     }
 
     fn storage_wait_for_change(&self, key: &str, seen: Option<u64>, timeout_ms: u32) -> Result<(), StorageError> {

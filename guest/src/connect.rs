@@ -331,6 +331,38 @@ impl<P: Platform> Vault<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const CANARY: &str = "canary-code-5b1e";
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            // Any query a browser can bring back: parsed or refused, never a panic, and a
+            // refusal never quotes the code (or anything else) it carried.
+            #[test]
+            fn any_callback_query_parses_or_is_refused_without_quoting_it(
+                pieces in proptest::collection::vec(
+                    prop_oneof![
+                        Just("state=".to_owned()), Just("code=".to_owned()), Just("error=".to_owned()),
+                        Just("iss=".to_owned()), Just("&".to_owned()), Just("?".to_owned()), Just("%".to_owned()),
+                        Just("%22".to_owned()), Just("%5C".to_owned()), Just("+".to_owned()), Just("=".to_owned()),
+                        Just(CANARY.to_owned()), Just("A".repeat(43)), "\\PC{0,12}".prop_map(String::from),
+                    ],
+                    0..10,
+                )
+            ) {
+                let query = pieces.concat();
+                if let Err(err) = Callback::parse(&query) {
+                    let shown = format!("{err} {err:?}");
+                    prop_assert!(!shown.contains(CANARY), "{shown}");
+                }
+            }
+        }
+    }
     use crate::memory::MemoryPlatform;
 
     fn vault() -> Vault<MemoryPlatform> {

@@ -104,6 +104,42 @@ fn endpoints_from(issuer: &str, body: &[u8]) -> Result<Endpoints> {
 mod tests {
     use super::*;
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1500))]
+
+            // Whatever an issuer publishes: endpoints, or a provider error; never a panic.
+            #[test]
+            fn any_metadata_gives_endpoints_or_an_error(
+                fields in proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("issuer"), Just("token_endpoint"), Just("authorization_endpoint"),
+                            Just("revocation_endpoint"), Just("code_challenge_methods_supported"),
+                            Just("token_endpoint_auth_methods_supported"), Just("x"),
+                        ],
+                        prop_oneof![
+                            Just("\"https://idp.example\"".to_owned()), Just("\"https://idp.example/token\"".to_owned()),
+                            Just("[\"S256\"]".to_owned()), Just("[\"plain\"]".to_owned()), Just("[]".to_owned()),
+                            Just("null".to_owned()), Just("7".to_owned()), Just("\"not a url\"".to_owned()),
+                        ],
+                    ),
+                    0..7,
+                ),
+                noise in "\\PC{0,16}",
+            ) {
+                let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                let body = format!("{{{}}}{noise}", body.join(","));
+                if let Ok(endpoints) = endpoints_from("https://idp.example", body.as_bytes()) {
+                    prop_assert!(endpoints.token_url.is_some_and(|url| url.starts_with("https://")));
+                }
+            }
+        }
+    }
+
     #[test]
     fn metadata_urls_follow_both_specifications() {
         assert_eq!(

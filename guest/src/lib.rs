@@ -20,6 +20,7 @@ pub mod seal;
 pub mod templates;
 pub mod tokens;
 pub mod vault;
+pub mod webhooks;
 
 #[cfg(test)]
 mod memory;

@@ -411,6 +411,69 @@ mod tests {
         (result, seen.into_inner().unwrap())
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const CANARY: &str = "canary-value-7f3a";
+
+        /// Token responses a provider might send: JSON with the usual fields, the canary in
+        /// any of them, odd types, or not JSON at all.
+        fn response_body() -> impl Strategy<Value = String> {
+            let field = prop_oneof![
+                Just("access_token"),
+                Just("refresh_token"),
+                Just("token_type"),
+                Just("expires_in"),
+                Just("scope"),
+                Just("error"),
+                Just("error_description"),
+                Just("id_token"),
+                Just("x"),
+            ];
+            let value = prop_oneof![
+                Just(format!("\"{CANARY}\"")),
+                Just("3600".to_owned()),
+                Just("\"3600\"".to_owned()),
+                Just("-1".to_owned()),
+                Just("18446744073709551616".to_owned()),
+                Just("null".to_owned()),
+                Just("[1,2]".to_owned()),
+                Just("{}".to_owned()),
+                Just("\"bearer\"".to_owned()),
+                Just("\"invalid_grant\"".to_owned()),
+                Just(format!("\"{CANARY}\\u0000\"")),
+            ];
+            prop_oneof![
+                proptest::collection::vec((field, value), 0..8).prop_map(|fields| {
+                    let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    format!("{{{}}}", body.join(","))
+                }),
+                "\\PC{0,80}".prop_map(|noise| format!("{noise}{CANARY}")),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1500))]
+
+            // Whatever a token endpoint answers: no panic, and an error never quotes it.
+            #[test]
+            fn any_token_response_is_a_grant_or_an_error_that_quotes_nothing(
+                status in prop_oneof![Just(200u16), Just(400), Just(401), Just(500), 100u16..600],
+                json in any::<bool>(),
+                body in response_body(),
+            ) {
+                let kind = if json { "application/json" } else { "text/html" };
+                let (result, _) = run(ClientAuth::ClientSecretBasic, respond(status, kind, &body));
+                if let Err(err) = result {
+                    let shown = format!("{err} {err:?}");
+                    prop_assert!(!shown.contains(CANARY), "{shown}");
+                    prop_assert!(!shown.contains("s3cret") && !shown.contains("rt-old"), "{shown}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn parses_a_rotating_response() {
         let body = r#"{"access_token":"at-new","token_type":"bearer","expires_in":3600,"refresh_token":"rt-new","scope":"read write"}"#;

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::events::EventFailure;
 use crate::model::{
     ClientAuth, ConnectionInfo, ConnectionKey, ConnectionKind, ConnectionStatus, ProviderInfo, TokenSet,
 };
@@ -155,6 +156,11 @@ pub struct TokenRecord {
     /// Client connections: the scopes to ask for on each renewal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requested_scopes: Vec<String>,
+    /// Why refreshing has failed since the last success (the provider down, say): set by
+    /// the first failure, which sends `connection.refresh_failed`; the next success clears
+    /// it and sends `connection.recovered`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_failing: Option<EventFailure>,
 }
 
 impl TokenRecord {
@@ -349,6 +355,8 @@ pub fn sealing_context(storage_key: &str) -> Option<Vec<String>> {
         Some(owned(&token_context(&key)))
     } else if let Some(name) = parse_provider_key(storage_key) {
         Some(owned(&provider_context(&name)))
+    } else if let Some(tenant) = crate::webhooks::parse_webhook_key(storage_key) {
+        Some(owned(&crate::webhooks::webhook_context(&tenant)))
     } else {
         pending_context(storage_key).map(|(kind, id)| vec![kind.to_owned(), id])
     }
@@ -357,6 +365,35 @@ pub fn sealing_context(storage_key: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            // What passes is a name that reads as itself; a refusal never quotes it; a
+            // connection's key parses back to the same names.
+            #[test]
+            fn names_that_pass_read_as_themselves_and_keys_round_trip(
+                name in prop_oneof!["\\PC{0,20}", "\\PZ{0,3}", "[./%\\x00-\\x1f\\u{202a}-\\u{202e}\\u{2066}-\\u{2069}a ]{0,8}"],
+            ) {
+                match validate_id("user", &name) {
+                    Ok(()) => {
+                        prop_assert!(!name.trim().is_empty() && name.len() <= MAX_ID_LEN && name != "." && name != "..");
+                        prop_assert!(!name.chars().any(|c| c.is_control() || is_bidi_control(c)));
+                        let key = ConnectionKey::new(name.clone(), name.clone(), name.clone(), name.clone());
+                        prop_assert_eq!(parse_token_key(&token_key(&key)), Some(key));
+                    }
+                    Err(_) => {}
+                }
+                if let Err(err) = validate_id("user", &format!("Zq9{name}")) {
+                    prop_assert!(!err.to_string().contains("Zq9"), "{err}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn names_that_read_as_others_or_as_nothing_are_refused() {

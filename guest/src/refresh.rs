@@ -2,6 +2,7 @@
 //! storage), the renewed tokens saved before anything else, and background refresh.
 
 use crate::expiry;
+use crate::model::events::{EventFailure, EventType};
 use crate::model::*;
 use crate::oauth;
 use crate::platform::{Platform, StorageError};
@@ -214,9 +215,38 @@ impl<P: Platform> Vault<P> {
         match renewed {
             Ok(grant) => self.save_refreshed(key, token, version, grant),
             Err(VaultError::ReconnectRequired(why)) => self.mark_reconnect_required(key, token, version, why),
-            // Any other failure leaves the stored token as it was.
-            Err(err) => Err(err),
+            // Any other failure leaves the stored tokens as they were.
+            Err(err) => {
+                self.note_refresh_failure(key, token, version, &err);
+                Err(err)
+            }
         }
+    }
+
+    /// The first failure since the last success marks the record, its tokens untouched,
+    /// and sends `connection.refresh_failed`; the failures after it change nothing.
+    fn note_refresh_failure(&self, key: &ConnectionKey, mut token: TokenRecord, version: u64, err: &VaultError) {
+        // Without a webhook there is no one to tell: the record stays exactly as it was.
+        if token.refresh_failing.is_some()
+            || matches!(err, VaultError::Storage(_))
+            || !self.has_webhook(&key.tenant).unwrap_or(false)
+        {
+            return;
+        }
+        let failure = EventFailure::of(err);
+        token.refresh_failing = Some(failure.clone());
+        let Ok(mut event) = self.new_event(EventType::RefreshFailed, key) else {
+            return;
+        };
+        event.failure = Some(failure);
+        // Lost to a newer write, or storage down: the next failure tries again.
+        let _ = self.put_sealed_with_events(
+            &record::token_key(key),
+            &record::token_context(key),
+            &token,
+            Some(version),
+            vec![event],
+        );
     }
 
     fn save_refreshed(
@@ -242,13 +272,18 @@ impl<P: Platform> Vault<P> {
             updated_at: now,
             kind: old.kind,
             requested_scopes: old.requested_scopes.clone(),
+            refresh_failing: None,
+        };
+        let recovered = match old.refresh_failing {
+            Some(_) => vec![self.new_event(EventType::Recovered, key)?],
+            None => Vec::new(),
         };
         let storage_key = record::token_key(key);
         let context = record::token_context(key);
         let mut unavailable = 0;
         let mut conflicts = 0;
         loop {
-            match self.put_sealed(&storage_key, &context, &renewed, Some(version)) {
+            match self.put_sealed_with_events(&storage_key, &context, &renewed, Some(version), recovered.clone()) {
                 Ok(Put::Written) => return Ok(renewed.token_set()),
                 Ok(Put::Conflict) => {
                     // Lost a race: re-read, never overwrite a newer token.
@@ -292,9 +327,15 @@ impl<P: Platform> Vault<P> {
         let old = token.clone();
         token.status = ConnectionStatus::ReconnectRequired;
         token.updated_at = self.now();
+        let mut event = self.new_event(EventType::ReconnectRequired, key)?;
+        // The one refresh answer that means this (oauth::refresh).
+        event.failure = Some(EventFailure {
+            code: Some("invalid_grant".into()),
+            ..EventFailure::of(&VaultError::ReconnectRequired(String::new()))
+        });
         let storage_key = record::token_key(key);
         let lost_race = matches!(
-            self.put_sealed(&storage_key, &record::token_context(key), &token, Some(version)),
+            self.put_sealed_with_events(&storage_key, &record::token_context(key), &token, Some(version), vec![event]),
             Ok(Put::Conflict)
         );
         if lost_race

@@ -1,11 +1,12 @@
 //! Removing connections: their tokens revoked at the provider (RFC 7009), then deleted
 //! here whatever the provider says, with a receipt for each.
 
+use crate::model::events::EventType;
 use crate::model::*;
 use crate::oauth;
-use crate::platform::{Platform, StorageError};
+use crate::platform::{Platform, Write};
 use crate::record::{self, TokenRecord};
-use crate::vault::{MAX_ATTEMPTS, Vault, too_contended};
+use crate::vault::{MAX_ATTEMPTS, Put, Vault, too_contended};
 
 impl<P: Platform> Vault<P> {
     /// Revoke the connection's tokens upstream (RFC 7009), then delete it.
@@ -55,12 +56,12 @@ impl<P: Platform> Vault<P> {
                 Ok(token) => self.revoke_upstream(key, &token),
                 Err(err) => UpstreamRevocation::Failed { reason: err },
             };
-            match self.platform().storage_delete(&storage_key, entry.version) {
-                Ok(()) => {
-                    return Ok(RemovalReceipt { provider: key.provider.clone(), name: key.name.clone(), upstream });
-                }
-                Err(StorageError::Conflict) => continue,
-                Err(StorageError::Unavailable(why)) => return Err(VaultError::Storage(why)),
+            let mut event = self.new_event(EventType::Removed, key)?;
+            event.revocation = Some((&upstream).into());
+            let mut writes = vec![Write::Delete { key: storage_key.clone(), expected: entry.version }];
+            writes.extend(self.event_writes(vec![event])?);
+            if let Put::Written = self.commit(&writes)? {
+                return Ok(RemovalReceipt { provider: key.provider.clone(), name: key.name.clone(), upstream });
             }
         }
         Err(too_contended("connection"))

@@ -167,6 +167,33 @@ mod tests {
         assert_ne!(a, b);
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            // Whatever storage hands back, opening it fails cleanly or yields the record.
+            #[test]
+            fn any_bytes_open_to_an_integrity_error_without_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = key_id(&bytes);
+                prop_assert!(matches!(open(&bytes, &KEY, CTX), Err(VaultError::Integrity(_))));
+            }
+
+            #[test]
+            fn any_change_to_a_record_is_an_integrity_error(at in 0usize..64, flip in 1u8..=255, cut in 0usize..64) {
+                let envelope = sealed();
+                let mut changed = envelope.clone();
+                let at = at % envelope.len();
+                changed[at] ^= flip;
+                prop_assert!(matches!(open(&changed, &KEY, CTX), Err(VaultError::Integrity(_))));
+                let cut = cut % envelope.len();
+                prop_assert!(matches!(open(&envelope[..cut], &KEY, CTX), Err(VaultError::Integrity(_))));
+            }
+        }
+    }
+
     #[test]
     fn bad_keys_are_refused() {
         assert!(seal("k1", &[0; 16], CTX, b"x", [0; 12]).is_err());

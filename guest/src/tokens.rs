@@ -2,6 +2,7 @@
 //! listing a user's connections and a tenant's users.
 
 use crate::expiry;
+use crate::model::events::EventType;
 use crate::model::*;
 use crate::platform::Platform;
 use crate::record::{self, TokenRecord};
@@ -115,12 +116,26 @@ impl<P: Platform> Vault<P> {
             updated_at: now,
             kind,
             requested_scopes,
+            refresh_failing: None,
         };
         let storage_key = record::token_key(key);
         let context = record::token_context(key);
         for _ in 0..MAX_ATTEMPTS {
-            let current = self.storage_get(&storage_key)?.map(|entry| entry.version);
-            if let Put::Written = self.put_sealed(&storage_key, &context, &token, current)? {
+            let current = self.storage_get(&storage_key)?;
+            // A new connection is news, and so is one that was broken; a healthy one's
+            // tokens replaced is not.
+            let event = match &current {
+                None => Some(EventType::ConnectionCreated),
+                Some(entry) => match self.open_sealed::<TokenRecord>(entry, &context) {
+                    Ok(old) if old.status == ConnectionStatus::ReconnectRequired || old.refresh_failing.is_some() => {
+                        Some(EventType::Recovered)
+                    }
+                    _ => None,
+                },
+            };
+            let events = event.map(|kind| self.new_event(kind, key)).transpose()?.into_iter().collect();
+            let expected = current.map(|entry| entry.version);
+            if let Put::Written = self.put_sealed_with_events(&storage_key, &context, &token, expected, events)? {
                 return Ok(token.info(key));
             }
         }

@@ -5,8 +5,9 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::model::events::Event;
 use crate::model::*;
-use crate::platform::{Platform, SealingKey, StorageError};
+use crate::platform::{Platform, SealingKey, StorageError, Write};
 use crate::seal;
 
 /// How often a write that keeps losing compare-and-swap races is retried.
@@ -62,10 +63,35 @@ impl<P: Platform> Vault<P> {
         value: &T,
         expected: Option<u64>,
     ) -> Result<Put> {
+        self.put_sealed_with_events(storage_key, context, value, expected, Vec::new())
+    }
+
+    /// Like [`Vault::put_sealed`], `events` written to the outbox in the same commit
+    /// (while their tenant has a webhook).
+    pub(crate) fn put_sealed_with_events<T: Serialize>(
+        &self,
+        storage_key: &str,
+        context: &seal::Context,
+        value: &T,
+        expected: Option<u64>,
+        events: Vec<Event>,
+    ) -> Result<Put> {
         let key = self.active_key()?;
         let sealed = self.seal_bytes(&key, context, &serde_json::to_vec(value).expect("records serialize"))?;
-        match self.platform.storage_put(storage_key, &sealed, expected) {
-            Ok(_) => Ok(Put::Written),
+        let mut writes = vec![Write::Put { key: storage_key.to_owned(), value: sealed, expected }];
+        writes.extend(self.event_writes(events)?);
+        self.commit(&writes)
+    }
+
+    /// All of `writes` or none; a single one as a plain put or delete.
+    pub(crate) fn commit(&self, writes: &[Write]) -> Result<Put> {
+        let written = match writes {
+            [Write::Put { key, value, expected }] => self.platform.storage_put(key, value, *expected).map(drop),
+            [Write::Delete { key, expected }] => self.platform.storage_delete(key, *expected),
+            _ => self.platform.storage_commit(writes).map(drop),
+        };
+        match written {
+            Ok(()) => Ok(Put::Written),
             Err(StorageError::Conflict) => Ok(Put::Conflict),
             Err(StorageError::Unavailable(why)) => Err(VaultError::Storage(why)),
         }

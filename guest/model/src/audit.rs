@@ -2,6 +2,7 @@
 //! a value.
 
 use crate::error::{Result, VaultError};
+use crate::named_cases;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
@@ -13,30 +14,6 @@ pub struct AuditEvent {
     pub name: Option<String>,
     /// Unix milliseconds.
     pub at_ms: u64,
-}
-
-/// An enum whose cases each have their name in the audit trail, written once: `name` is
-/// an exhaustive match, and `NAMES` lists the same names (for the console's filters).
-macro_rules! named_cases {
-    ($(#[$doc:meta])* $enum:ident { $($case:ident => $text:literal),* $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $enum {
-            $($case),*
-        }
-
-        impl $enum {
-            /// Every case's name, in the WIT's order.
-            pub const NAMES: &[&str] = &[$($text),*];
-
-            /// The case's name in the audit trail.
-            pub fn name(self) -> &'static str {
-                match self {
-                    $($enum::$case => $text),*
-                }
-            }
-        }
-    };
 }
 
 named_cases!(
@@ -61,6 +38,8 @@ named_cases!(
         KeyRotate => "key-rotate",
         KeyRetire => "key-retire",
         MasterKeyRotate => "master-key-rotate",
+        WebhookPut => "webhook-put",
+        WebhookRemove => "webhook-remove",
     }
 );
 

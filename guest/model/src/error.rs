@@ -55,7 +55,12 @@ pub enum VaultError {
 pub type Result<T, E = VaultError> = std::result::Result<T, E>;
 
 impl VaultError {
+    /// A provider's refusal. Its OAuth error `code` is kept only when it has the shape of
+    /// one (RFC 6749 §5.2 and every registered code: lowercase letters and `_`, at most 64):
+    /// the provider wrote it, and anything else could be a value it echoed.
     pub fn provider(status: Option<u16>, code: Option<String>, message: impl Into<String>) -> Self {
+        let code = code
+            .filter(|code| (1..=64).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
         VaultError::Provider(ProviderFailure { status, code, message: message.into(), timed_out: false })
     }
 

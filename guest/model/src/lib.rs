@@ -7,6 +7,7 @@
 mod audit;
 mod connect;
 pub mod error;
+pub mod events;
 mod provider;
 mod proxy;
 pub mod storage;
@@ -22,6 +23,40 @@ pub use tokens::{
     ConnectionInfo, ConnectionKey, ConnectionKind, ConnectionName, ConnectionStatus, DEFAULT_CONNECTION_NAME, DuePage,
     RefreshOutcome, RemovalReceipt, TokenGrant, TokenOrLink, TokenSet, UpstreamRevocation, UserConnections, UserPage,
 };
+
+/// An enum whose cases each have their name in the audit trail, written once: `name` is
+/// an exhaustive match, and `NAMES` lists the same names (for the console's filters).
+macro_rules! named_cases {
+    ($(#[$doc:meta])* $enum:ident { $($case:ident => $text:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $enum {
+            $($case),*
+        }
+
+        impl $enum {
+            /// Every case's name, in the WIT's order.
+            pub const NAMES: &[&str] = &[$($text),*];
+
+            /// The case's name (in the audit trail, an event's type).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($enum::$case => $text),*
+                }
+            }
+
+            /// The case of that name.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($text => Some($enum::$case),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use named_cases;
 
 /// Writes a `Debug` that shows `$shown` fields and prints `<redacted>` for the secret ones
 /// (`Option`s show whether they hold one).

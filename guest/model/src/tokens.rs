@@ -209,6 +209,41 @@ pub enum RefreshOutcome {
 mod tests {
     use super::*;
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const CANARY: &str = "canary-grant-91c2";
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            // A token response from anywhere (stdin, the API): a grant, or an error that
+            // quotes none of it.
+            #[test]
+            fn any_token_response_parses_or_fails_without_quoting_it(
+                fields in proptest::collection::vec(
+                    (
+                        prop_oneof![Just("access_token"), Just("refresh_token"), Just("token_type"),
+                            Just("expires_in"), Just("scope"), Just("x")],
+                        prop_oneof![Just(format!("\"{CANARY}\"")), Just("3600".to_owned()), Just("\"60\"".to_owned()),
+                            Just("\"soon\"".to_owned()), Just("-5".to_owned()), Just("1e99".to_owned()),
+                            Just("null".to_owned()), Just(format!("[\"{CANARY}\"]"))],
+                    ),
+                    0..7,
+                ),
+                noise in "\\PC{0,8}",
+            ) {
+                let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                let json = format!("{{{}}}{noise}", body.join(","));
+                if let Err(err) = TokenGrant::from_json(json.as_bytes()) {
+                    let shown = format!("{err} {err:?}");
+                    prop_assert!(!shown.contains(CANARY), "{shown}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn token_responses_parse_leniently() {
         let g = TokenGrant::from_json(br#"{"access_token":"a","expires_in":"3600","id_token":"x"}"#).unwrap();

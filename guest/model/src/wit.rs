@@ -4,8 +4,8 @@
 //!
 //! ```ignore
 //! tokenvault_model::wit_conversions!(
-//!     types = wit, tokens = tokens, connect = connect, keys = keys, proxy = proxy, audit = audit,
-//!     storage = storage
+//!     types = wit, tokens = tokens, connect = connect, keys = keys, proxy = proxy,
+//!     webhooks = webhooks, audit = audit, storage = storage
 //! );
 //! ```
 //! where each name is a module of the generated bindings in scope at the call. Every
@@ -22,6 +22,7 @@ macro_rules! wit_conversions {
         connect = $connect:ident,
         keys = $keys:ident,
         proxy = $proxy:ident,
+        webhooks = $webhooks:ident,
         audit = $audit:ident,
         storage = $storage:ident $(,)?
     ) => {
@@ -158,7 +159,7 @@ macro_rules! wit_conversions {
         $crate::__cases!($audit::Action <=> AuditAction {
             TokenStore, TokenGet, TokenRefresh, TokenRemove, RevokeAll, ProviderPut, ProviderRemove, ConnectBegin,
             ConnectComplete, ConnectLink, ConnectOpenLink, ConnectDevice, ConnectClient, Proxy, KeyReencrypt,
-            KeyRotate, KeyRetire, MasterKeyRotate,
+            KeyRotate, KeyRetire, MasterKeyRotate, WebhookPut, WebhookRemove,
         });
         $crate::__cases!($audit::Outcome <=> AuditOutcome {
             Ok, NotFound, InvalidInput, ReconnectRequired, ProviderError, Storage, Integrity, EgressDenied,
@@ -195,6 +196,28 @@ macro_rules! wit_conversions {
         $crate::__record!($storage::Entry <=> storage::Entry { value, version });
         $crate::__record!($storage::KeyPage <=> storage::KeyPage { keys, cursor });
         $crate::__cases!($storage::StorageError <=> storage::StorageError { Conflict, Unavailable(same) });
+
+        impl From<$storage::Write> for $crate::storage::Write {
+            fn from(write: $storage::Write) -> Self {
+                match write {
+                    $storage::Write::Put((key, value, expected)) => $crate::storage::Write::Put { key, value, expected },
+                    $storage::Write::Delete((key, expected)) => $crate::storage::Write::Delete { key, expected },
+                }
+            }
+        }
+
+        impl From<$crate::storage::Write> for $storage::Write {
+            fn from(write: $crate::storage::Write) -> Self {
+                match write {
+                    $crate::storage::Write::Put { key, value, expected } => $storage::Write::Put((key, value, expected)),
+                    $crate::storage::Write::Delete { key, expected } => $storage::Write::Delete((key, expected)),
+                }
+            }
+        }
+
+        $crate::__record!($webhooks::WebhookConfig <=> events::WebhookConfig { url, events, rotate_secret });
+        $crate::__record!($webhooks::WebhookInfo <=> events::WebhookInfo { url, events, created_at, updated_at });
+        $crate::__record!($webhooks::SignedDelivery <=> events::SignedDelivery { url, signature });
     };
 }
 

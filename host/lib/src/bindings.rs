@@ -18,7 +18,7 @@ wasmtime::component::bindgen!({
 });
 
 mod model_conversions {
-    use super::exports::tokenvault::vault::{connect, keys, proxy, tokens};
+    use super::exports::tokenvault::vault::{connect, keys, proxy, tokens, webhooks};
     use super::tokenvault::vault::{audit, storage, types};
 
     tokenvault_model::wit_conversions!(
@@ -27,6 +27,7 @@ mod model_conversions {
         connect = connect,
         keys = keys,
         proxy = proxy,
+        webhooks = webhooks,
         audit = audit,
         storage = storage
     );

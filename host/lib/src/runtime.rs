@@ -30,7 +30,7 @@ use crate::keys::{KeyringImport, Keys};
 use crate::metrics::Metrics;
 use crate::storage::{Changes, Storage, StorageImport};
 
-use crate::bindings::exports::tokenvault::vault::{connect, keys, providers, proxy, tokens};
+use crate::bindings::exports::tokenvault::vault::{connect, keys, providers, proxy, tokens, webhooks};
 use crate::bindings::tokenvault::vault::{audit, keyring, storage as wit_storage};
 
 /// The component this host was built with.
@@ -236,6 +236,7 @@ struct ExportIndices {
     connect: connect::GuestIndices,
     keys: keys::GuestIndices,
     proxy: proxy::GuestIndices,
+    webhooks: webhooks::GuestIndices,
 }
 
 impl ExportIndices {
@@ -246,6 +247,7 @@ impl ExportIndices {
             connect: connect::GuestIndices::new(pre)?,
             keys: keys::GuestIndices::new(pre)?,
             proxy: proxy::GuestIndices::new(pre)?,
+            webhooks: webhooks::GuestIndices::new(pre)?,
         })
     }
 }
@@ -277,6 +279,10 @@ impl Exports {
 
     pub(crate) fn proxy(&self, store: &mut Store<HostState>) -> Result<proxy::Guest> {
         self.indices.proxy.load(store, &self.instance).map_err(sandbox_error)
+    }
+
+    pub(crate) fn webhooks(&self, store: &mut Store<HostState>) -> Result<webhooks::Guest> {
+        self.indices.webhooks.load(store, &self.instance).map_err(sandbox_error)
     }
 }
 

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::http::EgressPolicy;
 use crate::metrics::Metrics;
 use crate::runtime::{COMPONENT_WASM, Exports, HostState, Runtime, Services, sandbox_error};
+use tokenvault_model::events::{Event, SignedDelivery, WebhookConfig, WebhookInfo};
 use tokenvault_model::storage::ReencryptPage;
 use tokenvault_model::*;
 
@@ -181,6 +182,38 @@ impl Vault {
     pub async fn proxy(&self, key: &ConnectionKey, request: &ProxyRequest) -> Result<ProxyResponse> {
         let (_slot, mut store, vault) = self.instantiate().await?;
         finish(vault.proxy(&mut store)?.call_send(&mut store, &key.clone().into(), &request.clone().into()).await)
+    }
+
+    // ---- webhooks -------------------------------------------------------------------
+
+    /// Set `tenant`'s webhook; the new signing secret (`whsec_…`) when one was made. Which
+    /// URLs may be used is the caller's rule (`serve`'s webhook allow-list).
+    pub async fn put_webhook(&self, tenant: &str, config: &WebhookConfig) -> Result<Option<String>> {
+        let (_slot, mut store, vault) = self.instantiate().await?;
+        finish(vault.webhooks(&mut store)?.call_put(&mut store, tenant, &config.clone().into()).await)
+    }
+
+    pub async fn get_webhook(&self, tenant: &str) -> Result<Option<WebhookInfo>> {
+        let (_slot, mut store, vault) = self.instantiate().await?;
+        let found = finish::<_, Option<_>>(vault.webhooks(&mut store)?.call_get(&mut store, tenant).await)?;
+        Ok(found.map(|info: crate::bindings::exports::tokenvault::vault::webhooks::WebhookInfo| info.into()))
+    }
+
+    pub async fn remove_webhook(&self, tenant: &str) -> Result<()> {
+        let (_slot, mut store, vault) = self.instantiate().await?;
+        finish(vault.webhooks(&mut store)?.call_remove(&mut store, tenant).await)
+    }
+
+    /// Sign one delivery of `event` with its tenant's secret (see [`crate::outbox`]); none
+    /// when the tenant has no webhook or does not want events of its type.
+    pub async fn sign_delivery(&self, event: &Event, timestamp: u64, body: &[u8]) -> Result<Option<SignedDelivery>> {
+        let (_slot, mut store, vault) = self.instantiate().await?;
+        let signed = vault
+            .webhooks(&mut store)?
+            .call_sign(&mut store, &event.tenant, event.kind.name(), &event.id, timestamp, body)
+            .await;
+        let signed = finish::<_, Option<_>>(signed)?;
+        Ok(signed.map(|signed: crate::bindings::exports::tokenvault::vault::webhooks::SignedDelivery| signed.into()))
     }
 
     // ---- keys -----------------------------------------------------------------------

@@ -30,7 +30,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use exports::tokenvault::vault::{connect, keys, providers, proxy, tokens};
+use exports::tokenvault::vault::{connect, keys, providers, proxy, tokens, webhooks};
 use tokenvault::vault::{keyring, storage, types as wit};
 
 struct Component;
@@ -311,6 +311,30 @@ impl proxy::Guest for Component {
 
 impl keys::Guest for Component {
     fn reencrypt(_cursor: Option<String>, _limit: u32) -> WitResult<keys::ReencryptPage> {
+        unsupported()
+    }
+}
+
+impl webhooks::Guest for Component {
+    fn put(_tenant: String, _config: webhooks::WebhookConfig) -> WitResult<Option<String>> {
+        unsupported()
+    }
+
+    fn get(_tenant: String) -> WitResult<Option<webhooks::WebhookInfo>> {
+        unsupported()
+    }
+
+    fn remove(_tenant: String) -> WitResult<()> {
+        unsupported()
+    }
+
+    fn sign(
+        _tenant: String,
+        _event_type: String,
+        _id: String,
+        _timestamp: u64,
+        _body: Vec<u8>,
+    ) -> WitResult<Option<webhooks::SignedDelivery>> {
         unsupported()
     }
 }
