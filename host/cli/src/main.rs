@@ -152,6 +152,18 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = tokenvault_serve::access_tokens::DEFAULT_MAX_LIFETIME_SECS,
             value_parser = clap::value_parser!(u64).range(1..))]
         access_token_max_lifetime: u64,
+        /// Tenants' webhooks may point to this origin (scheme://host[:port]), besides the
+        /// allowed_webhook_origins of tokenvault.toml. Repeatable. None: no webhook can be set.
+        #[arg(long = "allow-webhook", value_name = "ORIGIN")]
+        allow_webhook: Vec<String>,
+        /// Try a failed webhook delivery again after this many milliseconds, twice as long
+        /// after each further failure (at most an hour).
+        #[arg(long, value_name = "MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+        webhook_first_retry_ms: u64,
+        /// Give up on an event not delivered within this many seconds of it happening; the
+        /// console lists it.
+        #[arg(long, value_name = "SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+        webhook_give_up_after: u64,
     },
     /// The audit trail every host on the store writes: read it, verify its chain, prune it.
     #[command(subcommand)]
@@ -441,7 +453,18 @@ async fn run(cli: Cli) -> Result<()> {
             console_oidc_client_secret,
             console_oidc_tenant_claim,
             access_token_max_lifetime,
+            allow_webhook,
+            webhook_first_retry_ms,
+            webhook_give_up_after,
         } => {
+            let mut options = options;
+            options.allow_webhooks(&allow_webhook)?;
+            let retry = tokenvault::outbox::RetryPolicy {
+                first_backoff: std::time::Duration::from_millis(webhook_first_retry_ms),
+                give_up_after: std::time::Duration::from_secs(webhook_give_up_after),
+                ..Default::default()
+            };
+            let webhooks = tokenvault_serve::webhooks::Webhooks::new(options.webhook_origins, retry)?;
             let oidc = match (console_oidc_issuer, console_oidc_client_id) {
                 (Some(issuer), Some(client_id)) => Some(tokenvault_serve::console::oidc::OidcConfig {
                     issuer,
@@ -465,7 +488,8 @@ async fn run(cli: Cli) -> Result<()> {
                 per_provider_per_minute: refresh_rate,
                 audit_retention: audit_retention_days.map(|days| std::time::Duration::from_secs(days * 86_400)),
             });
-            let args = serve::ServeArgs { listen, public_url, jwt, oidc, schedule, access_token_max_lifetime };
+            let args =
+                serve::ServeArgs { listen, public_url, jwt, oidc, schedule, access_token_max_lifetime, webhooks };
             serve::run(vault, args).await
         }
         Command::Apikey(ApikeyCommand::Create { tenant, operator: _ }) => serve::create_key(&vault, tenant).await,

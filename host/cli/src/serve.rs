@@ -18,16 +18,19 @@ pub struct ServeArgs {
     pub schedule: Option<Schedule>,
     /// Seconds.
     pub access_token_max_lifetime: u64,
+    /// Where webhooks may point and how their deliveries are retried.
+    pub webhooks: tokenvault_serve::webhooks::Webhooks,
 }
 
 pub async fn run(vault: Vault, args: ServeArgs) -> Result<()> {
-    let ServeArgs { listen, public_url, jwt, oidc, schedule, access_token_max_lifetime } = args;
+    let ServeArgs { listen, public_url, jwt, oidc, schedule, access_token_max_lifetime, webhooks } = args;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
     let address = listener.local_addr().map_err(|e| Error::Config(format!("no local address: {e}")))?;
     let mut state = AppState::new(vault, &public_url.unwrap_or_else(|| format!("http://{address}")))?;
     state.access_tokens.max_lifetime_secs = access_token_max_lifetime;
+    state.webhooks = std::sync::Arc::new(webhooks);
     if let Some(config) = jwt {
         state.jwt = Some(std::sync::Arc::new(tokenvault_serve::jwt::JwtVerifier::new(config).await?));
     }
@@ -66,6 +69,12 @@ pub async fn run(vault: Vault, args: ServeArgs) -> Result<()> {
         );
         tokio::spawn(scheduler::run(state.vault.acting_as(Actor::scheduler()), schedule, stopped.clone()))
     });
+    // Every serve delivers the outbox: whichever claims an event first sends it.
+    let deliveries = tokio::spawn(tokenvault_serve::webhooks::run(
+        state.vault.acting_as(Actor::scheduler()),
+        state.webhooks.clone(),
+        stopped.clone(),
+    ));
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop.send(true);
@@ -76,6 +85,7 @@ pub async fn run(vault: Vault, args: ServeArgs) -> Result<()> {
     if let Some(scheduler) = scheduler {
         let _ = scheduler.await;
     }
+    let _ = deliveries.await;
     tracing::info!("stopped: calls in flight finished");
     Ok(())
 }

@@ -30,6 +30,9 @@ pub struct Options {
     /// Whether a call whose audit event cannot be written fails (the default) or goes on.
     pub audit_on_failure: OnAuditFailure,
     pub egress: EgressPolicy,
+    /// Where tenants' webhooks may point (`serve` delivers their events there): a list of
+    /// its own, apart from the egress allow-list.
+    pub webhook_origins: Vec<Origin>,
     pub sandbox: SandboxLimits,
     /// Where the precompiled component is cached; none compiles on every start.
     pub cache_dir: Option<PathBuf>,
@@ -59,6 +62,8 @@ impl Default for SandboxLimits {
 struct ConfigFile {
     #[serde(default)]
     allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    allowed_webhook_origins: Vec<String>,
     storage: Option<String>,
     keyring: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
@@ -98,10 +103,12 @@ impl Options {
             audit_log: file.audit_log.map(|path| data_dir.join(path)),
             audit_on_failure: file.audit_on_failure.unwrap_or_default(),
             egress: EgressPolicy::default(),
+            webhook_origins: Vec::new(),
             sandbox: SandboxLimits::default(),
             cache_dir: Some(data_dir.join("cache")),
         };
         options.allow_outbound(&file.allowed_outbound_hosts)?;
+        options.allow_webhooks(&file.allowed_webhook_origins)?;
         if let Some(url) = file.storage {
             options.storage = StorageUrl::parse(&url).map_err(Error::Config)?;
         }
@@ -156,14 +163,23 @@ impl Options {
 
     /// Add origins (`scheme://host[:port]`) to the egress allow-list.
     pub fn allow_outbound(&mut self, origins: &[String]) -> Result<()> {
-        for origin in origins {
-            let origin: Origin = origin.parse().map_err(Error::Config)?;
-            if !self.egress.allowed.contains(&origin) {
-                self.egress.allowed.push(origin);
-            }
-        }
-        Ok(())
+        add_origins(&mut self.egress.allowed, origins)
     }
+
+    /// Add origins (`scheme://host[:port]`) to those webhooks may point to.
+    pub fn allow_webhooks(&mut self, origins: &[String]) -> Result<()> {
+        add_origins(&mut self.webhook_origins, origins)
+    }
+}
+
+fn add_origins(list: &mut Vec<Origin>, origins: &[String]) -> Result<()> {
+    for origin in origins {
+        let origin: Origin = origin.parse().map_err(Error::Config)?;
+        if !list.contains(&origin) {
+            list.push(origin);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ impl FromStr for Origin {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| format!("allowed outbound host {s:?} {why}; expected scheme://host[:port]");
+        let bad = |why: &str| format!("allowed origin {s:?} {why}; expected scheme://host[:port]");
         let uri: http::Uri = s.parse().map_err(|_| bad("is not a URL"))?;
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
             return Err(bad("must not contain credentials"));
@@ -56,7 +56,7 @@ impl fmt::Display for Origin {
 
 impl Origin {
     /// The origin a request goes to; none unless http(s) with a host.
-    fn of(uri: &http::Uri) -> Option<Origin> {
+    pub fn of(uri: &http::Uri) -> Option<Origin> {
         let scheme = uri.scheme_str()?.to_ascii_lowercase();
         let default_port = match scheme.as_str() {
             "https" => 443,

@@ -18,6 +18,7 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod outbox;
 pub mod reencrypt;
 pub mod runtime;
 pub mod storage;
@@ -27,6 +28,7 @@ pub use clock::Clock;
 pub use config::{Options, SandboxLimits};
 pub use error::{Error, ProviderFailure, Result, VaultError};
 pub use runtime::{COMPONENT_WASM, Services};
+pub use tokenvault_model::events;
 pub use tokenvault_model::{
     AuthorizationRequest, ClientAuth, ConnectLink, Connected, ConnectionInfo, ConnectionKey, ConnectionKind,
     ConnectionName, ConnectionStatus, DEFAULT_CONNECTION_NAME, DeviceAuthorization, DeviceStatus, DuePage,

@@ -1,6 +1,6 @@
 //! What the vault is doing, for Prometheus: calls by operation and outcome, refreshes by
-//! provider and outcome, upstream latency, the instance pool, storage errors and the
-//! background scheduler. Labels are operations, outcomes and provider names only: never a
+//! provider and outcome, upstream latency, the instance pool, storage errors, the
+//! background scheduler and webhook deliveries. Labels are operations, outcomes and provider names only: never a
 //! value, a tenant, a user or a connection.
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -15,6 +15,11 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
     operation: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
     outcome: String,
 }
 
@@ -36,6 +41,8 @@ pub struct Metrics {
     audit_lost: Counter,
     pass_seconds: Histogram,
     pass_due: Gauge,
+    webhook_deliveries: Family<DeliveryLabels, Counter>,
+    webhook_backlog: Gauge,
     /// Audit events lost as last read from the sink: the counter moves by the difference.
     audit_lost_seen: AtomicI64,
 }
@@ -56,6 +63,8 @@ impl Default for Metrics {
             // 1 ms to about 4 min.
             pass_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             pass_due: Gauge::default(),
+            webhook_deliveries: Family::default(),
+            webhook_backlog: Gauge::default(),
             audit_lost_seen: AtomicI64::new(0),
             registry: Registry::default(),
         };
@@ -97,6 +106,16 @@ impl Default for Metrics {
             "Connections due for refresh in the last background pass",
             metrics.pass_due.clone(),
         );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery tries: delivered, failed (retried later), given-up (after the retry window), dropped (no webhook wants it)",
+            metrics.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_backlog",
+            "Events waiting in the outbox at the last delivery pass (up to the pass's scan limit)",
+            metrics.webhook_backlog.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 }
@@ -133,6 +152,16 @@ impl Metrics {
     pub fn scheduler_pass(&self, seconds: f64, due: usize) {
         self.pass_seconds.observe(seconds);
         self.pass_due.set(due as i64);
+    }
+
+    /// A webhook delivery try ended: `delivered`, `failed`, `given-up` or `dropped`.
+    pub fn webhook_delivery(&self, outcome: &str) {
+        self.webhook_deliveries.get_or_create(&DeliveryLabels { outcome: outcome.into() }).inc();
+    }
+
+    /// Events waiting in the outbox, as a delivery pass counted them.
+    pub fn webhook_backlog(&self, waiting: usize) {
+        self.webhook_backlog.set(waiting as i64);
     }
 
     /// The Prometheus text format (OpenMetrics 1.0), with the pool and the audit sink read now.

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::credential::{self, Kind};
 use tokenvault::clock::Clock;
 use tokenvault::error::{Error, Result};
-use tokenvault::storage::{Storage, StorageError, all_keys, escape_key_part as escape};
+use tokenvault::events::{Event, EventType};
+use tokenvault::outbox::{Outbox, new_event};
+use tokenvault::storage::{Storage, StorageError, Write, all_keys, escape_key_part as escape};
 use tokenvault::{ConnectionKey, DEFAULT_CONNECTION_NAME};
 
 /// How every access token begins, and the bytes of its id.
@@ -175,8 +177,11 @@ impl AccessTokens {
         let info = AccessTokenInfo { id: made.id.clone(), ..info };
         self.claim_name(&info).await?;
         let expires_at = info.expires_at;
+        let event = self.event(EventType::AccessTokenCreated, &info)?;
         let record = serde_json::to_vec(&TokenRecord { info, sha256: made.sha256 }).expect("token records serialize");
-        self.storage.put(&record_key(&made.id), &record, None).await?;
+        let mut writes = vec![Write::Put { key: record_key(&made.id), value: record, expected: None }];
+        writes.extend(Outbox::new(&*self.storage).event_writes(event).await?);
+        self.storage.commit(&writes).await?;
         Ok(NewAccessToken { id: made.id, token: made.credential, expires_at })
     }
 
@@ -208,8 +213,13 @@ impl AccessTokens {
     /// Revoke one of the user's tokens: refused from the next request on.
     pub async fn revoke(&self, tenant: &str, user: &str, id: &str) -> Result<AccessTokenInfo> {
         let (record, version) = self.owned(tenant, user, id).await?;
-        match self.storage.delete(&record_key(id), version).await {
-            Ok(()) | Err(StorageError::Conflict) => {}
+        let event = self.event(EventType::AccessTokenRevoked, &record.info)?;
+        let mut writes = vec![Write::Delete { key: record_key(id), expected: version }];
+        writes.extend(Outbox::new(&*self.storage).event_writes(event).await?);
+        match self.storage.commit(&writes).await {
+            Ok(_) => {}
+            // Revoked (or rotated) meanwhile: gone either way once the name goes below.
+            Err(StorageError::Conflict) => {}
             Err(e) => return Err(e.into()),
         }
         let name_key = name_key(&record.info);
@@ -256,6 +266,14 @@ impl AccessTokens {
 
     fn now(&self) -> u64 {
         self.clock.now().as_secs()
+    }
+
+    /// The webhook event about a token (its id, never the token).
+    fn event(&self, kind: EventType, info: &AccessTokenInfo) -> Result<Event> {
+        let mut event = new_event(kind, &info.tenant, self.clock.now().as_millis() as u64)?;
+        event.user = Some(info.user.clone());
+        event.access_token_id = Some(info.id.clone());
+        Ok(event)
     }
 
     fn validated(&self, tenant: &str, user: &str, request: AccessTokenRequest) -> Result<AccessTokenInfo> {

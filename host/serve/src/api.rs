@@ -41,6 +41,7 @@ use tokenvault::{
         (name = "keys", description = "The data keys records are sealed with (operator keys only)"),
         (name = "proxy", description = "Calls to a provider's API with a connection's token, which the caller never holds"),
         (name = "audit", description = "The audit trail: every call, who asked and how it ended"),
+        (name = "webhooks", description = "A tenant's webhook: its connection events, signed as Standard Webhooks says"),
     )
 )]
 struct ApiDoc;
@@ -74,6 +75,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(super::proxy::create_access_token, super::proxy::list_access_tokens))
         .routes(routes!(super::proxy::revoke_access_token))
         .routes(routes!(super::proxy::rotate_access_token))
+        .routes(routes!(super::webhooks::put_webhook, super::webhooks::get_webhook, super::webhooks::remove_webhook))
+        .routes(routes!(super::webhooks::test_webhook))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -16,6 +16,7 @@ mod html;
 pub mod jwt;
 mod proxy;
 pub mod scheduler;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +51,8 @@ pub struct AppState {
     pub sessions: console::session::Sessions,
     /// The console's sign-in through the operator's OpenID Connect provider, if configured.
     pub oidc: Option<std::sync::Arc<console::oidc::OidcLogin>>,
+    /// Where tenants' webhooks may point, and how their events are sent.
+    pub webhooks: Arc<webhooks::Webhooks>,
 }
 
 impl AppState {
@@ -70,6 +73,7 @@ impl AppState {
             public_url,
             jwt: None,
             oidc: None,
+            webhooks: Arc::new(webhooks::Webhooks::new(Vec::new(), Default::default())?),
         })
     }
 

@@ -1,5 +1,6 @@
 //! The administrator's pages: a tenant's users and their connections, revoking all of a
-//! user's connections (after a confirmation), and the audit log with filters.
+//! user's connections (after a confirmation), the audit log with filters, and webhooks
+//! with the events given up on.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,8 @@ use tokenvault::audit::{AuditAction, AuditFilter, AuditOutcome};
 const USERS_PER_PAGE: u32 = 50;
 /// Audit events shown at most.
 const AUDIT_LIMIT: usize = 200;
+/// Undelivered webhook events shown at most.
+const UNDELIVERED_LIMIT: usize = 200;
 
 #[derive(Deserialize)]
 pub struct UsersQuery {
@@ -329,6 +332,71 @@ pub async fn audit(admin: Admin, State(state): State<AppState>, Query(query): Qu
         @if let Some(older) = older { p { a href=(older) { "Older events" } } }
     };
     page(StatusCode::OK, "Audit log", Some(&admin.visitor), body)
+}
+
+#[derive(Deserialize)]
+pub struct WebhooksQuery {
+    #[serde(default)]
+    tenant: String,
+}
+
+/// A tenant's webhook, and the events that could not be delivered to it within the retry
+/// window (every tenant's, for an operator who names none).
+pub async fn webhooks(admin: Admin, State(state): State<AppState>, Query(query): Query<WebhooksQuery>) -> Response {
+    let tenant = match tenant_of(&admin, &query.tenant) {
+        Ok(tenant) => tenant,
+        Err(refused) => return refused,
+    };
+    let hook = match &tenant {
+        Some(tenant) => match state.vault.get_webhook(tenant).await {
+            Ok(hook) => hook,
+            Err(err) => return error_page(Some(&admin.visitor), err.into()),
+        },
+        None => None,
+    };
+    let outbox = tokenvault::outbox::Outbox::new(&*state.vault.services().storage);
+    let undelivered = match outbox.undelivered(tenant.as_deref(), UNDELIVERED_LIMIT).await {
+        Ok(events) => events,
+        Err(err) => return error_page(Some(&admin.visitor), tokenvault::Error::from(err).into()),
+    };
+    let body = html! {
+        (tenant_picker(&admin, "/console/admin/webhooks", tenant.as_deref().unwrap_or("")))
+        @if let Some(tenant) = &tenant {
+            h2 { "Webhook of " (tenant) }
+            @match &hook {
+                None => p.muted { "This tenant has no webhook (PUT /v1/tenants/{tenant}/webhook sets one)." },
+                Some(hook) => dl {
+                    dt { "URL" } dd { code { (hook.url) } }
+                    dt { "Events" } dd { @if hook.events.is_empty() { "all" } @else { (hook.events.join(", ")) } }
+                    dt { "Set" } dd { (utc(hook.updated_at)) }
+                },
+            }
+        }
+        h2 { "Undelivered events" }
+        @if undelivered.is_empty() {
+            p.muted { "None: every event was delivered, or is still being retried." }
+        } @else {
+            p.muted { "Given up on after the retry window, newest first." }
+            table {
+                thead { tr { th { "Time (UTC)" } th { "Event" } th { "Tenant" } th { "User" } th { "Provider" } th { "Name" } th { "Tries" } th { "Last answer" } } }
+                tbody {
+                    @for event in &undelivered {
+                        tr.undelivered {
+                            td { (utc(event.at_ms / 1000)) }
+                            td.event-type { (event.kind.name()) }
+                            td { (event.tenant) }
+                            td { (event.user.as_deref().unwrap_or("")) }
+                            td { (event.provider.as_deref().unwrap_or("")) }
+                            td { (event.name.as_deref().unwrap_or("")) }
+                            td { (event.delivery.attempts) }
+                            td { (event.delivery.last_error.as_deref().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(StatusCode::OK, "Webhooks", Some(&admin.visitor), body)
 }
 
 #[cfg(test)]

@@ -64,6 +64,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/admin/user", get(admin::user))
         .route("/console/admin/revoke-all", get(admin::confirm_revoke_all).post(admin::revoke_all))
         .route("/console/admin/audit", get(admin::audit))
+        .route("/console/admin/webhooks", get(admin::webhooks))
         .merge(oidc::routes())
         .layer(axum::middleware::map_response(form_refusals))
         .layer(axum::middleware::map_response(super::html::guard_headers))
@@ -461,6 +462,7 @@ fn page(status: StatusCode, title: &str, visitor: Option<&Visitor>, body: Markup
                         Principal::Admin { scope, .. } => {
                             a href="/console/admin" { "Users" }
                             a href="/console/admin/audit" { "Audit log" }
+                            a href="/console/admin/webhooks" { "Webhooks" }
                             span.who { "Admin · " (scope) }
                         }
                         Principal::User { user, .. } => {
