@@ -174,6 +174,7 @@ export async function openVault({ component, storage, keyring, allowedOrigins = 
       put: (key, value, expected) => storage.put(key, value, expected),
       delete: (key, expected) => storage.delete(key, expected),
       list: (prefix, cursor, limit) => storage.list(prefix, cursor, limit),
+      commit: (writes) => storage.commit(writes),
       waitForChange: (key, seen, timeoutMs) => waitForChange(storage, key, seen, timeoutMs),
     },
     'tokenvault:vault/keyring': keyring.import,
@@ -183,5 +184,6 @@ export async function openVault({ component, storage, keyring, allowedOrigins = 
     (path) => WebAssembly.compile(readFileSync(join(outDir, path))),
     imports,
   );
-  return { tokens: instance.tokens, providers: instance.providers, connect: instance.connect, audit, deniedRequests };
+  const { tokens, providers, connect, webhooks } = instance;
+  return { tokens, providers, connect, webhooks, audit, deniedRequests };
 }

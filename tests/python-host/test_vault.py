@@ -111,6 +111,22 @@ def test_store_get_list_remove_through_python_storage() -> None:
     ]
 
 
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_tenants_webhook_gets_its_events_committed_with_each_change(kind: str, tmp_path: Path) -> None:
+    storage = MemoryStorage() if kind == "memory" else SqliteStorage(tmp_path / "events.db")
+    vault = Vault(COMPONENT, storage, Keyring.create())
+    register_provider(vault)
+    config = record(url="https://hooks.example/in", events=[], rotate_secret=False)
+    secret = vault.call("webhooks", "put", "acme", config)
+    assert secret.startswith("whsec_")
+    vault.call("tokens", "store", key("alice"), real_grant())
+    vault.call("tokens", "remove", key("alice"))
+    keys, _ = storage.list("outbox/", None, 100)
+    events = [json.loads(storage.get(k)[0]) for k in keys]
+    assert [e["type"] for e in events] == ["connection.created", "connection.removed"]
+    assert events[1]["revocation"] == {"upstream": "unsupported"}
+
+
 def test_refresh_reaches_the_real_token_endpoint_when_http_is_allowed() -> None:
     vault = Vault(COMPONENT, MemoryStorage(), Keyring.create(), allow_http=True)
     register_provider(vault)

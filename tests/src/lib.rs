@@ -654,6 +654,12 @@ impl Served {
         Browser { agent, base: self.url.clone() }
     }
 
+    /// SIGKILL: gone at once, whatever it was doing.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Send SIGTERM and wait for the exit: whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();

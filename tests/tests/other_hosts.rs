@@ -85,7 +85,7 @@ async fn the_node_host_runs_the_component_and_shares_its_records() {
         &component,
         interop.path(),
     );
-    assert!(shown.contains("pass 6") && shown.contains("fail 0"), "six tests passed:\n{shown}");
+    assert!(shown.contains("pass 7") && shown.contains("fail 0"), "seven tests passed:\n{shown}");
 
     // What the Node host sealed and stored, this host opens.
     let written = &plan["node_writes"];
@@ -110,5 +110,5 @@ async fn the_python_host_runs_the_component() {
         &component,
         interop.path(),
     );
-    assert!(shown.contains("7 passed"), "seven tests passed:\n{shown}");
+    assert!(shown.contains("9 passed"), "nine tests passed:\n{shown}");
 }

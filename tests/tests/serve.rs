@@ -72,6 +72,8 @@ fn every_endpoint_answers_its_callers_and_only_them() {
         "/v1/tenants/{tenant}/users",
         "/v1/tenants/{tenant}/users/{user}/console-link",
         "/v1/audit",
+        "/v1/tenants/{tenant}/webhook",
+        "/v1/tenants/{tenant}/webhook/test",
     ] {
         assert!(openapi["paths"][path].is_object(), "{path} is not described");
     }

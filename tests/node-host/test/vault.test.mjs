@@ -121,6 +121,28 @@ test('store, get, list and remove through JavaScript storage', async () => {
   );
 });
 
+test("a tenant's webhook: its events committed with each change, in both storages", async () => {
+  for (const storage of [new MemoryStorage(), await SqliteStorage.open(join(interopDir, 'node-events.db'))]) {
+    const vault = await openVault({ component, storage, keyring: Keyring.create() });
+    registerProvider(vault);
+    const secret = vault.webhooks.put('acme', { url: 'https://hooks.example/in', events: [], rotateSecret: false });
+    assert.match(secret, /^whsec_/);
+    const { grant } = await realGrant();
+    vault.tokens.store(key('alice'), grant);
+    vault.tokens.remove(key('alice'));
+    const events = storage
+      .list('outbox/', undefined, 100)
+      .keys.map((k) => JSON.parse(Buffer.from(storage.get(k).value).toString('utf8')));
+    assert.deepEqual(events.map((e) => e.type), ['connection.created', 'connection.removed']);
+    assert.equal(events[1].revocation.upstream, 'unsupported');
+    // The component signs a delivery as Standard Webhooks says (checked against node:crypto).
+    const signed = vault.webhooks.sign('acme', 'ping', 'evt_1', 1700000000n, Buffer.from('{}'));
+    const { createHmac } = await import('node:crypto');
+    const mac = createHmac('sha256', Buffer.from(secret.slice(6), 'base64')).update('evt_1.1700000000.{}').digest('base64');
+    assert.deepEqual(signed, { url: 'https://hooks.example/in', signature: `v1,${mac}` });
+  }
+});
+
 test('a version conflict reaches the component, which retries', async () => {
   // Another writer creates the token record just before the component's first write.
   const storage = new MemoryStorage();
