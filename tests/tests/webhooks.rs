@@ -118,11 +118,17 @@ fn tenant_key(cli: &Tokenvault, tenant: &str) -> String {
     cli.run(&["apikey", "create", tenant], None).json()["key"].as_str().unwrap().to_owned()
 }
 
-fn webhook_service(server: &OAuthServer, receiver: &Receiver, cli: &Tokenvault, extra: &[&str]) -> Served {
+/// `serve` delivering to the receiver, retrying after 200 ms, without background refresh.
+fn serve(receiver: &Receiver, cli: &Tokenvault, extra: &[&str]) -> Served {
     let mut options =
         vec!["--allow-webhook", &receiver.origin, "--webhook-first-retry-ms", "200", "--refresh-every", "0"];
     options.extend(extra);
-    let served = cli.serve_with(&options);
+    cli.serve_with(&options)
+}
+
+/// [`serve`] on a fresh data directory, the test server's provider registered.
+fn webhook_service(server: &OAuthServer, receiver: &Receiver, cli: &Tokenvault, extra: &[&str]) -> Served {
+    let served = serve(receiver, cli, extra);
     let operator = served.first_key.clone().expect("a fresh service prints its first key");
     assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body())).0, 200);
     served
@@ -273,22 +279,7 @@ fn pending_deliveries_survive_sigkill_and_two_services_send_each_event_once() {
     first.kill();
 
     // Two services on the same database; the receiver is back.
-    let mut services = vec![cli.serve_with(&[
-        "--allow-webhook",
-        &receiver.origin,
-        "--webhook-first-retry-ms",
-        "200",
-        "--refresh-every",
-        "0",
-    ])];
-    services.push(cli.serve_with(&[
-        "--allow-webhook",
-        &receiver.origin,
-        "--webhook-first-retry-ms",
-        "200",
-        "--refresh-every",
-        "0",
-    ]));
+    let services = [serve(&receiver, &cli, &[]), serve(&receiver, &cli, &[])];
     receiver.down.store(false, Ordering::SeqCst);
     // An event claimed by the killed service waits out its claim (30 s) first.
     let all = receiver.wait_until(Duration::from_secs(90), |all| {
