@@ -37,6 +37,29 @@ impl OwnPostgres {
         Some(server)
     }
 
+    /// Like [`OwnPostgres::start`], serving TLS only, with `ca`'s certificate for
+    /// 127.0.0.1: a connection without TLS is refused (`hostssl` alone in pg_hba.conf).
+    pub fn start_tls(ca: &crate::tls::TestCa) -> Option<Self> {
+        let server = Self::start()?;
+        server.stop();
+        let data = server.data();
+        for (from, to) in [(&ca.cert_file, "server.crt"), (&ca.key_file, "server.key")] {
+            std::fs::copy(from, data.join(to)).unwrap();
+        }
+        std::fs::write(data.join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n").unwrap();
+        let mut conf = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+        std::io::Write::write_all(&mut conf, b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+            .unwrap();
+        if is_root() {
+            let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data).status();
+            assert!(chown.unwrap().success(), "chown the cluster's directory");
+        }
+        #[cfg(unix)]
+        std::fs::set_permissions(data.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        server.start_again();
+        Some(server)
+    }
+
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }

@@ -11,8 +11,9 @@ pub struct TestCa {
     _dir: tempfile::TempDir,
     /// The CA's certificate (PEM): what a client must trust.
     pub ca_file: PathBuf,
-    cert_file: PathBuf,
-    key_file: PathBuf,
+    /// The server's certificate for 127.0.0.1, and its key (PEM).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl TestCa {

@@ -130,25 +130,8 @@ impl Egress {
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(policy.connect_timeout));
-        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
-        for file in &policy.ca_files {
-            use rustls::pki_types::{CertificateDer, pem::PemObject};
-            let unreadable = |e: &dyn fmt::Display| Error::Config(format!("CA file {}: {e}", file.display()));
-            let certificates = CertificateDer::pem_file_iter(file).map_err(|e| unreadable(&e))?;
-            let mut added = 0;
-            for certificate in certificates {
-                roots.add(certificate.map_err(|e| unreadable(&e))?).map_err(|e| unreadable(&e))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(unreadable(&"holds no PEM certificate"));
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Config(format!("cannot set up TLS for outgoing requests: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = crate::tls::client_config(&policy.ca_files)
+            .map_err(|e| Error::Config(format!("outgoing requests: {e}")))?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

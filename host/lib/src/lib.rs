@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod reencrypt;
 pub mod runtime;
 pub mod storage;
+mod tls;
 mod vault;
 
 pub use clock::Clock;

@@ -6,16 +6,22 @@
 //! under an advisory lock so that hosts starting together do not race. A commit of several
 //! writes is a transaction on a second connection of its own: the first carries every
 //! other call, pipelined, where a transaction would take in its neighbours' statements.
+//! `sslmode=require` (or `verify-full`) in the URL makes every connection TLS (rustls),
+//! verifying the server's certificate and name against the Mozilla roots and the CA file
+//! `sslrootcert=PATH` names.
 
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{Entry, KeyPage, Storage, StorageError, StorageResult, Write, split_param};
 
 pub struct PostgresStorage {
     config: tokio_postgres::Config,
+    /// None: plain TCP (`sslmode=disable`, the default).
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     schema: String,
     client: Mutex<Option<Arc<Client>>>,
     /// For commits, one at a time.
@@ -45,8 +51,21 @@ struct Statements {
 }
 
 fn unavailable(err: tokio_postgres::Error) -> StorageError {
-    // The driver's Display names what failed, never parameters.
-    StorageError::Unavailable(format!("postgres: {err}"))
+    // The driver's Display names what failed, never parameters; a server's refusal says
+    // why in its message (never its detail, which may quote a row).
+    match err.as_db_error() {
+        Some(refusal) => StorageError::Unavailable(format!("postgres: {}", refusal.message())),
+        None => {
+            // And what caused it: a refused certificate, say.
+            let mut why = format!("postgres: {err}");
+            let mut cause = std::error::Error::source(&err);
+            while let Some(inner) = cause {
+                why.push_str(&format!(": {inner}"));
+                cause = inner.source();
+            }
+            StorageError::Unavailable(why)
+        }
+    }
 }
 
 impl PostgresStorage {
@@ -57,9 +76,30 @@ impl PostgresStorage {
         if schema.is_empty() || !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
             return Err(StorageError::Unavailable("postgres: schema must be lowercase letters, digits and _".into()));
         }
-        let config: tokio_postgres::Config = url
+        let (url, sslmode) = split_param(&url, "sslmode");
+        let (url, root_cert) = split_param(&url, "sslrootcert");
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|_| StorageError::Unavailable("postgres: the storage URL is not a valid connection URL".into()))?;
+        let tls = match (sslmode.as_deref(), root_cert) {
+            (None | Some("disable"), None) => None,
+            (None | Some("disable"), Some(_)) => {
+                return Err(StorageError::Unavailable("postgres: sslrootcert needs sslmode=require".into()));
+            }
+            (Some("require" | "verify-ca" | "verify-full"), root_cert) => {
+                let ca_files: Vec<std::path::PathBuf> = root_cert.into_iter().map(Into::into).collect();
+                let tls = crate::tls::client_config(&ca_files)
+                    .map_err(|e| StorageError::Unavailable(format!("postgres: {e}")))?;
+                Some(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+            }
+            (Some(other), _) => {
+                return Err(StorageError::Unavailable(format!(
+                    "postgres: sslmode={other} is not supported: use require (TLS, the server's certificate and \
+                     name verified) or disable"
+                )));
+            }
+        };
+        config.ssl_mode(if tls.is_some() { SslMode::Require } else { SslMode::Disable });
         let table = format!("\"{schema}\".tokenvault_records");
         let storage = PostgresStorage {
             statements: Statements {
@@ -79,6 +119,7 @@ impl PostgresStorage {
                 ),
             },
             config,
+            tls,
             schema,
             client: Mutex::new(None),
             transactions: Mutex::new(None),
@@ -115,13 +156,25 @@ impl PostgresStorage {
     }
 
     async fn open_connection(&self) -> StorageResult<Client> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(unavailable)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "postgres connection closed");
+        fn drive<C: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static>(connection: C) {
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "postgres connection closed");
+                }
+            });
+        }
+        Ok(match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await.map_err(unavailable)?;
+                drive(connection);
+                client
             }
-        });
-        Ok(client)
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await.map_err(unavailable)?;
+                drive(connection);
+                client
+            }
+        })
     }
 
     async fn open_transactions(&self) -> StorageResult<Transactions> {

@@ -6,7 +6,8 @@
 //! atomically. All keys of a namespace must live on one node (no Redis Cluster).
 //!
 //! Reads are served from a local cache that Redis keeps true (see [`cache`]), so a warm
-//! `get` costs no round trip.
+//! `get` costs no round trip. A `rediss://` URL makes the link TLS (rustls), verifying the
+//! server against the Mozilla roots, or against the CA file `sslrootcert=PATH` names.
 
 mod cache;
 
@@ -99,6 +100,7 @@ impl RedisStorage {
     pub async fn connect(url: &str) -> StorageResult<Self> {
         let (url, namespace) = split_param(url, "namespace");
         let (url, cache) = split_param(&url, "cache");
+        let (url, root_cert) = split_param(&url, "sslrootcert");
         let namespace = namespace.unwrap_or_else(|| "tokenvault".into());
         if namespace.is_empty() || namespace.contains(char::is_whitespace) {
             return Err(StorageError::Unavailable("redis: namespace must be a non-empty word".into()));
@@ -125,7 +127,18 @@ impl RedisStorage {
             info.redis_settings().db(),
             if cache.is_some() { format!("cache of {cache_records} records") } else { "no cache".into() }
         );
-        let client = redis::Client::open(info).map_err(|_| invalid_url())?;
+        let client = match root_cert {
+            None => redis::Client::open(info).map_err(|_| invalid_url())?,
+            Some(_) if !url.starts_with("rediss://") => {
+                return Err(StorageError::Unavailable("redis: sslrootcert needs a rediss:// URL".into()));
+            }
+            Some(path) => {
+                let pem = std::fs::read(&path)
+                    .map_err(|e| StorageError::Unavailable(format!("redis: CA file {path}: {e}")))?;
+                let trusted = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                redis::Client::build_with_tls(info, trusted).map_err(|_| invalid_url())?
+            }
+        };
         // While Redis is down a call fails within about a second, instead of waiting out the
         // manager's default reconnection (six tries, 6 s of backoff) and then failing anyway;
         // the next call tries again. No command of this backend blocks, so 5 s is long.
