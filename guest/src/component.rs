@@ -73,26 +73,30 @@ impl tokens::Guest for Component {
         Ok(vault().refresh_if_due(&key.into(), horizon_secs)?.into())
     }
 
+    fn erase_tenant(tenant: String, limit: u32) -> WitResult<tokens::ErasePage> {
+        Ok(vault().erase_tenant(&tenant, limit)?.into())
+    }
+
     fn store(key: wit::ConnectionKey, grant: wit::TokenGrant) -> WitResult<wit::ConnectionInfo> {
         Ok(vault().store(&key.into(), grant.into())?.into())
     }
 }
 
 impl providers::Guest for Component {
-    fn put(config: wit::ProviderConfig) -> WitResult<wit::ProviderInfo> {
-        Ok(vault().put_provider(config.into())?.into())
+    fn put(tenant: Option<String>, config: wit::ProviderConfig) -> WitResult<wit::ProviderInfo> {
+        Ok(vault().put_provider(tenant.as_deref(), config.into())?.into())
     }
 
-    fn get(name: String) -> WitResult<wit::ProviderInfo> {
-        Ok(vault().get_provider(&name)?.into())
+    fn get(tenant: Option<String>, name: String) -> WitResult<wit::ProviderInfo> {
+        Ok(vault().get_provider(tenant.as_deref(), &name)?.into())
     }
 
-    fn list() -> WitResult<Vec<wit::ProviderInfo>> {
-        Ok(vault().list_providers()?.into_iter().map(Into::into).collect())
+    fn list(tenant: Option<String>) -> WitResult<Vec<wit::ProviderInfo>> {
+        Ok(vault().list_providers(tenant.as_deref())?.into_iter().map(Into::into).collect())
     }
 
-    fn remove(name: String) -> WitResult<()> {
-        Ok(vault().remove_provider(&name)?)
+    fn remove(tenant: Option<String>, name: String) -> WitResult<()> {
+        Ok(vault().remove_provider(tenant.as_deref(), &name)?)
     }
 }
 

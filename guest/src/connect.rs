@@ -92,7 +92,7 @@ impl<P: Platform> Vault<P> {
 
     fn link_inner(&self, key: &ConnectionKey, scopes: Option<Vec<String>>) -> Result<ConnectLink> {
         record::validate_key(key)?;
-        let provider = self.load_provider(&key.provider)?;
+        let provider = self.load_provider(key)?;
         if provider.authorization_url.is_none() {
             return Err(VaultError::InvalidInput("this provider has no authorization URL to connect through".into()));
         }
@@ -110,7 +110,7 @@ impl<P: Platform> Vault<P> {
 
     fn connect_client_inner(&self, key: &ConnectionKey, scopes: Option<Vec<String>>) -> Result<ConnectionInfo> {
         record::validate_key(key)?;
-        let provider = self.load_provider(&key.provider)?;
+        let provider = self.load_provider(key)?;
         let scopes = scopes.unwrap_or_else(|| provider.scopes.clone());
         provider::validate_scopes(&scopes)?;
         let grant = oauth::client_credentials(&provider, &scopes, &|request| self.platform().http(request))?;
@@ -129,7 +129,7 @@ impl<P: Platform> Vault<P> {
         if browser.is_some_and(|secret| !is_random_token(secret)) {
             return Err(VaultError::InvalidInput("a browser's secret must be 32 random bytes, base64url".into()));
         }
-        let provider = self.load_provider(&key.provider)?;
+        let provider = self.load_provider(key)?;
         let scopes = scopes.unwrap_or_else(|| provider.scopes.clone());
         provider::validate_scopes(&scopes)?;
         let state = random_token()?;
@@ -154,7 +154,7 @@ impl<P: Platform> Vault<P> {
         if self.now() > flow.expires_at {
             return Err(VaultError::InvalidInput("this authorization flow expired; begin again".into()));
         }
-        let provider = self.load_provider(&key.provider)?;
+        let provider = self.load_provider(key)?;
         // RFC 9207: a response naming another issuer is a mix-up attack, or a misconfiguration.
         if let (Some(sent), Some(expected)) = (&callback.issuer, &provider.issuer)
             && sent != expected
@@ -368,16 +368,19 @@ mod tests {
     fn vault() -> Vault<MemoryPlatform> {
         let vault = Vault::new(MemoryPlatform::new());
         vault
-            .put_provider(ProviderConfig {
-                name: "acme".into(),
-                issuer: None,
-                authorization_url: Some("https://idp.example/authorize".into()),
-                token_url: Some("https://idp.example/token".into()),
-                client_id: "client".into(),
-                client_secret: Some("client-secret".into()),
-                scopes: vec!["read".into()],
-                ..ProviderConfig::default()
-            })
+            .put_provider(
+                None,
+                ProviderConfig {
+                    name: "acme".into(),
+                    issuer: None,
+                    authorization_url: Some("https://idp.example/authorize".into()),
+                    token_url: Some("https://idp.example/token".into()),
+                    client_id: "client".into(),
+                    client_secret: Some("client-secret".into()),
+                    scopes: vec!["read".into()],
+                    ..ProviderConfig::default()
+                },
+            )
             .unwrap();
         vault.platform().respond(|request| {
             let form: std::collections::HashMap<String, String> =
@@ -486,9 +489,9 @@ mod tests {
         // An issuer as discovery would have set it (discovery has its own tests).
         let base = provider::Endpoints { issuer: Some("https://idp.example".into()), ..Default::default() };
         let provider = provider::merge(config, base, 60, 0).unwrap();
-        let storage_key = record::provider_key("acme");
+        let storage_key = record::provider_key(None, "acme");
         let version = vault.platform().records.borrow()[&storage_key].1;
-        vault.put_sealed(&storage_key, &record::provider_context("acme"), &provider, Some(version)).unwrap();
+        vault.put_sealed(&storage_key, &record::provider_context(None, "acme"), &provider, Some(version)).unwrap();
         let request = vault.begin(&key(), REDIRECT, None, None).unwrap();
         let mixed_up =
             vault.complete(&format!("code=good-code&iss=https%3A%2F%2Fevil.example&state={}", request.state), None);
@@ -521,15 +524,18 @@ mod link_and_client_tests {
     fn vault() -> Vault<MemoryPlatform> {
         let vault = Vault::new(MemoryPlatform::new());
         vault
-            .put_provider(ProviderConfig {
-                name: "acme".into(),
-                authorization_url: Some("https://idp.example/authorize".into()),
-                token_url: Some("https://idp.example/token".into()),
-                client_id: "client".into(),
-                client_secret: Some("client-secret".into()),
-                scopes: vec!["read".into()],
-                ..ProviderConfig::default()
-            })
+            .put_provider(
+                None,
+                ProviderConfig {
+                    name: "acme".into(),
+                    authorization_url: Some("https://idp.example/authorize".into()),
+                    token_url: Some("https://idp.example/token".into()),
+                    client_id: "client".into(),
+                    client_secret: Some("client-secret".into()),
+                    scopes: vec!["read".into()],
+                    ..ProviderConfig::default()
+                },
+            )
             .unwrap();
         vault
     }

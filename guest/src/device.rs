@@ -46,7 +46,7 @@ impl<P: Platform> Vault<P> {
 
     fn begin_device_inner(&self, key: &ConnectionKey, scopes: Option<Vec<String>>) -> Result<DeviceAuthorization> {
         record::validate_key(key)?;
-        let provider = self.load_provider(&key.provider)?;
+        let provider = self.load_provider(key)?;
         let scopes = scopes.unwrap_or_else(|| provider.scopes.clone());
         provider::validate_scopes(&scopes)?;
         let start = oauth::device_authorization(&provider, &scopes, &|request| self.platform().http(request))?;
@@ -101,7 +101,7 @@ impl<P: Platform> Vault<P> {
         if let Put::Conflict = self.put_sealed(&storage_key, &context, &flow, Some(version))? {
             return Ok(DeviceStatus::Pending { retry_after: flow.interval_secs }); // another poller has it
         }
-        let provider = self.load_provider(&flow.connection.provider)?;
+        let provider = self.load_provider(&flow.connection)?;
         let polled = oauth::poll_device(&provider, &flow.device_code, &|request| self.platform().http(request));
         match polled {
             Ok(DevicePoll::Pending) => Ok(DeviceStatus::Pending { retry_after: flow.interval_secs }),
@@ -170,14 +170,17 @@ mod tests {
     fn vault() -> (Vault<MemoryPlatform>, Rc<RefCell<Vec<&'static str>>>) {
         let vault = Vault::new(MemoryPlatform::new());
         vault
-            .put_provider(ProviderConfig {
-                name: "acme".into(),
-                token_url: Some("https://idp.example/token".into()),
-                device_authorization_url: Some("https://idp.example/device".into()),
-                client_id: "tv-client".into(),
-                scopes: vec!["read".into()],
-                ..ProviderConfig::default()
-            })
+            .put_provider(
+                None,
+                ProviderConfig {
+                    name: "acme".into(),
+                    token_url: Some("https://idp.example/token".into()),
+                    device_authorization_url: Some("https://idp.example/device".into()),
+                    client_id: "tv-client".into(),
+                    scopes: vec!["read".into()],
+                    ..ProviderConfig::default()
+                },
+            )
             .unwrap();
         let answers = Rc::new(RefCell::new(Vec::new()));
         let queued = answers.clone();

@@ -114,41 +114,80 @@ pub fn validate_url(what: &str, url: &str) -> Result<oauth2::url::Url> {
 }
 
 impl<P: Platform> Vault<P> {
-    pub fn put_provider(&self, config: ProviderConfig) -> Result<ProviderInfo> {
+    /// Add or replace the vault's provider (`tenant` none) or `tenant`'s own.
+    pub fn put_provider(&self, tenant: Option<&str>, config: ProviderConfig) -> Result<ProviderInfo> {
         let name = config.name.clone();
-        let result = self.put_provider_inner(config);
-        self.emit(AuditAction::ProviderPut, AuditOutcome::from(&result), None, None, Some(&name), None);
+        let result = self.put_provider_inner(tenant, config);
+        self.emit(AuditAction::ProviderPut, AuditOutcome::from(&result), tenant, None, Some(&name), None);
         result
     }
 
-    pub fn get_provider(&self, name: &str) -> Result<ProviderInfo> {
+    /// The provider of that name a connection of `tenant` uses; `tenant` none: the vault's.
+    pub fn get_provider(&self, tenant: Option<&str>, name: &str) -> Result<ProviderInfo> {
+        validate_owner(tenant)?;
         validate_provider_name(name)?;
-        Ok(self.load_provider(name)?.info(name))
+        let (owner, provider) = self.find_provider(tenant, name)?;
+        Ok(provider.info(owner.as_deref(), name))
     }
 
-    pub fn list_providers(&self) -> Result<Vec<ProviderInfo>> {
+    /// The vault's providers; with a tenant, its own and the vault's of other names.
+    pub fn list_providers(&self, tenant: Option<&str>) -> Result<Vec<ProviderInfo>> {
+        validate_owner(tenant)?;
+        let mut infos = match tenant {
+            Some(tenant) => self.providers_of(Some(tenant))?,
+            None => Vec::new(),
+        };
+        for global in self.providers_of(None)? {
+            if !infos.iter().any(|own| own.name == global.name) {
+                infos.push(global);
+            }
+        }
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(infos)
+    }
+
+    /// Remove the vault's provider of that name, or `tenant`'s own.
+    pub fn remove_provider(&self, tenant: Option<&str>, name: &str) -> Result<()> {
+        let result = validate_owner(tenant)
+            .and_then(|()| validate_provider_name(name))
+            .and_then(|()| self.delete_record(&record::provider_key(tenant, name), "provider"));
+        self.emit(AuditAction::ProviderRemove, AuditOutcome::from(&result), tenant, None, Some(name), None);
+        result
+    }
+
+    /// The provider a connection uses: its tenant's own of that name, else the vault's.
+    pub(crate) fn load_provider(&self, key: &ConnectionKey) -> Result<ProviderRecord> {
+        self.find_provider(Some(&key.tenant), &key.provider).map(|(_, provider)| provider)
+    }
+
+    /// `tenant`'s own provider of that name, else the vault's; and whose it is.
+    fn find_provider(&self, tenant: Option<&str>, name: &str) -> Result<(Option<String>, ProviderRecord)> {
+        for owner in tenant.into_iter().map(Some).chain([None]) {
+            let found = self.load_sealed(&record::provider_key(owner, name), &record::provider_context(owner, name))?;
+            if let Some((provider, _)) = found {
+                return Ok((owner.map(String::from), provider));
+            }
+        }
+        Err(VaultError::NotFound(format!("provider {name:?} is not registered")))
+    }
+
+    /// Every provider the vault (`tenant` none) or `tenant` itself registered.
+    fn providers_of(&self, tenant: Option<&str>) -> Result<Vec<ProviderInfo>> {
         let mut infos = Vec::new();
-        for storage_key in self.list_keys(record::provider_prefix())? {
-            let Some(name) = record::parse_provider_key(&storage_key) else {
+        for storage_key in self.list_keys(&record::provider_prefix(tenant))? {
+            let Some((owner, name)) = record::parse_provider_key(&storage_key) else {
                 continue;
             };
-            match self.load_provider(&name) {
-                Ok(provider) => infos.push(provider.info(&name)),
-                Err(VaultError::NotFound(_)) => {}
-                Err(err) => return Err(err),
+            let context = record::provider_context(owner.as_deref(), &name);
+            if let Some((provider, _)) = self.load_sealed::<ProviderRecord>(&storage_key, &context)? {
+                infos.push(provider.info(owner.as_deref(), &name));
             }
         }
         Ok(infos)
     }
 
-    pub fn remove_provider(&self, name: &str) -> Result<()> {
-        let result =
-            validate_provider_name(name).and_then(|()| self.delete_record(&record::provider_key(name), "provider"));
-        self.emit(AuditAction::ProviderRemove, AuditOutcome::from(&result), None, None, Some(name), None);
-        result
-    }
-
-    fn put_provider_inner(&self, config: ProviderConfig) -> Result<ProviderInfo> {
+    fn put_provider_inner(&self, tenant: Option<&str>, config: ProviderConfig) -> Result<ProviderInfo> {
+        validate_owner(tenant)?;
         validate_provider_name(&config.name)?;
         let base = match (&config.template, &config.issuer) {
             (Some(_), Some(_)) => {
@@ -161,22 +200,21 @@ impl<P: Platform> Vault<P> {
         let name = config.name.clone();
         let buffer = config.refresh_buffer_secs.unwrap_or(DEFAULT_REFRESH_BUFFER_SECS);
         let provider = merge(config, base, buffer, self.now())?;
-        let storage_key = record::provider_key(&name);
-        let context = record::provider_context(&name);
+        let storage_key = record::provider_key(tenant, &name);
+        let context = record::provider_context(tenant, &name);
         for _ in 0..MAX_ATTEMPTS {
             let current = self.storage_get(&storage_key)?.map(|entry| entry.version);
             if let Put::Written = self.put_sealed(&storage_key, &context, &provider, current)? {
-                return Ok(provider.info(&name));
+                return Ok(provider.info(tenant, &name));
             }
         }
         Err(too_contended("provider"))
     }
+}
 
-    pub(crate) fn load_provider(&self, name: &str) -> Result<ProviderRecord> {
-        self.load_sealed(&record::provider_key(name), &record::provider_context(name))?
-            .map(|(provider, _)| provider)
-            .ok_or_else(|| VaultError::NotFound(format!("provider {name:?} is not registered")))
-    }
+/// A tenant that owns providers is named as any tenant is.
+fn validate_owner(tenant: Option<&str>) -> Result<()> {
+    tenant.map_or(Ok(()), |tenant| record::validate_id("tenant", tenant))
 }
 
 fn validate_provider_name(name: &str) -> Result<()> {
@@ -256,7 +294,7 @@ mod tests {
         #[test]
         fn providers_are_listed_without_secrets_and_every_operation_is_audited() {
             let vault = vault();
-            let listed = vault.list_providers().unwrap();
+            let listed = vault.list_providers(None).unwrap();
             assert_eq!(listed.len(), 1);
             assert!(listed[0].has_client_secret);
             assert_eq!(listed[0].refresh_buffer_secs, DEFAULT_REFRESH_BUFFER_SECS);
@@ -264,7 +302,7 @@ mod tests {
             let _ = vault.get(&key());
             let _ = vault.get(&ConnectionKey::new("t1", "alice", "acme", "missing"));
             vault.remove(&key()).unwrap();
-            vault.remove_provider("acme").unwrap();
+            vault.remove_provider(None, "acme").unwrap();
             let seen: Vec<_> = vault.platform().events.borrow().iter().map(|e| (e.action, e.outcome)).collect();
             assert_eq!(
                 seen,
@@ -277,6 +315,56 @@ mod tests {
                     (AuditAction::ProviderRemove, AuditOutcome::Ok),
                 ]
             );
+        }
+
+        #[test]
+        fn a_tenants_own_provider_serves_its_connections_alone() {
+            let vault = vault();
+            let own = ProviderConfig {
+                token_url: Some("https://t1-idp.example/token".into()),
+                client_id: "t1-client".into(),
+                client_secret: Some("t1-secret-canary".into()),
+                ..provider_config()
+            };
+            let info = vault.put_provider(Some("t1"), own).unwrap();
+            assert_eq!((info.tenant.as_deref(), info.client_id.as_str()), (Some("t1"), "t1-client"));
+
+            // t1's connections use t1's app; t2's the vault's.
+            let requested = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+            let seen = requested.clone();
+            vault.platform().respond(move |request| {
+                seen.borrow_mut().push(request.uri().to_string());
+                json(200, r#"{"access_token":"new","token_type":"bearer","expires_in":3600}"#)(request)
+            });
+            let t2 = ConnectionKey::new("t2", "bob", "acme", "default");
+            for key in [key(), t2.clone()] {
+                vault.store(&key, grant("a", Some("r"), Some(3600))).unwrap();
+                vault.refresh(&key).unwrap();
+            }
+            assert_eq!(*requested.borrow(), ["https://t1-idp.example/token", "https://idp.example/token"]);
+
+            // What each sees: t1 its own in place of the vault's; the vault's list has no tenant's.
+            assert_eq!(vault.get_provider(Some("t1"), "acme").unwrap().client_id, "t1-client");
+            assert_eq!(vault.get_provider(Some("t2"), "acme").unwrap().client_id, "client");
+            assert_eq!(vault.get_provider(None, "acme").unwrap().tenant, None);
+            let t1: Vec<_> =
+                vault.list_providers(Some("t1")).unwrap().into_iter().map(|p| (p.name, p.tenant)).collect();
+            assert_eq!(t1, [("acme".to_owned(), Some("t1".to_owned()))]);
+            let global = vault.list_providers(None).unwrap();
+            assert_eq!((global.len(), global[0].tenant.as_deref()), (1, None));
+
+            // Sealed and bound to its tenant: copied to t2's place, it does not open.
+            let sealed = vault.platform().records.borrow()[&record::provider_key(Some("t1"), "acme")].0.clone();
+            assert!(!sealed.windows(16).any(|w| w == b"t1-secret-canary"));
+            vault.platform().storage_put(&record::provider_key(Some("t2"), "acme"), &sealed, None).unwrap();
+            assert!(matches!(vault.get_provider(Some("t2"), "acme"), Err(VaultError::Integrity(_))));
+            vault.platform().records.borrow_mut().remove(&record::provider_key(Some("t2"), "acme"));
+
+            // Removed, t1 falls back to the vault's.
+            vault.remove_provider(Some("t1"), "acme").unwrap();
+            assert_eq!(vault.get_provider(Some("t1"), "acme").unwrap().tenant, None);
+            assert!(matches!(vault.remove_provider(Some("t1"), "acme"), Err(VaultError::NotFound(_))));
+            assert!(vault.put_provider(Some(""), provider_config()).is_err());
         }
     }
 }

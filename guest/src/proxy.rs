@@ -50,7 +50,7 @@ impl<P: Platform> Vault<P> {
         record::validate_key(key)?;
         let method = proxy_method(&request.method)?;
         let headers = forwarded_headers(&request.headers)?;
-        let provider = self.load_provider(&key.provider)?;
+        let provider = self.load_provider(key)?;
         let base = provider.api_base_url.as_deref().ok_or_else(|| {
             VaultError::InvalidInput(format!("provider {:?} has no API base URL to proxy to", key.provider))
         })?;
@@ -438,7 +438,7 @@ mod tests {
     fn with_api_base(vault: &Vault<crate::memory::MemoryPlatform>) {
         let mut config = crate::vault::fixtures::provider_config();
         config.api_base_url = Some(format!("{BASE}/"));
-        vault.put_provider(config).unwrap();
+        vault.put_provider(None, config).unwrap();
     }
 
     fn get_user() -> ProxyRequest {

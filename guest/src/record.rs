@@ -12,7 +12,8 @@ use crate::model::{
 use crate::model::{Result, VaultError};
 
 use crate::model::storage::{
-    DEVICE_PREFIX, FLOW_PREFIX, LEASE_PREFIX, LINK_PREFIX, PROVIDER_PREFIX, TOKEN_PREFIX, escape_key_part as escape,
+    DEVICE_PREFIX, FLOW_PREFIX, LEASE_PREFIX, LINK_PREFIX, PROVIDER_PREFIX, TENANT_PROVIDER_PREFIX, TOKEN_PREFIX,
+    escape_key_part as escape,
 };
 
 const MAX_ID_LEN: usize = 256;
@@ -30,6 +31,11 @@ pub fn token_key(key: &ConnectionKey) -> String {
 /// The refresh lease of a connection (see `vault::Vault::refresh_coordinated`).
 pub fn lease_key(key: &ConnectionKey) -> String {
     format!("{LEASE_PREFIX}{}", &token_key(key)[TOKEN_PREFIX.len()..])
+}
+
+/// The prefix of every refresh lease of a tenant's connections.
+pub fn lease_prefix(tenant: &str) -> String {
+    format!("{LEASE_PREFIX}{}/", escape(tenant))
 }
 
 /// Who is refreshing a connection, until when. Not sealed: it holds no value.
@@ -70,16 +76,26 @@ pub fn parse_token_key(storage_key: &str) -> Option<ConnectionKey> {
     parts.next().is_none().then_some(key)
 }
 
-pub fn provider_key(name: &str) -> String {
-    format!("{PROVIDER_PREFIX}{}", escape(name))
+/// A provider's storage key: the vault's (`tenant` none, every tenant's), or a tenant's own.
+pub fn provider_key(tenant: Option<&str>, name: &str) -> String {
+    format!("{}{}", provider_prefix(tenant), escape(name))
 }
 
-pub const fn provider_prefix() -> &'static str {
-    PROVIDER_PREFIX
+/// Where the vault's providers (`tenant` none), or one tenant's own, are stored.
+pub fn provider_prefix(tenant: Option<&str>) -> String {
+    match tenant {
+        None => PROVIDER_PREFIX.to_owned(),
+        Some(tenant) => format!("{TENANT_PROVIDER_PREFIX}{}/", escape(tenant)),
+    }
 }
 
-pub fn parse_provider_key(storage_key: &str) -> Option<String> {
-    unescape(storage_key.strip_prefix(PROVIDER_PREFIX)?)
+/// Whose provider a storage key names, and its name.
+pub fn parse_provider_key(storage_key: &str) -> Option<(Option<String>, String)> {
+    if let Some(name) = storage_key.strip_prefix(PROVIDER_PREFIX) {
+        return Some((None, unescape(name)?));
+    }
+    let (tenant, name) = storage_key.strip_prefix(TENANT_PROVIDER_PREFIX)?.split_once('/')?;
+    Some((Some(unescape(tenant)?), unescape(name)?))
 }
 
 /// The sealing context of a token record: it binds the record to its connection.
@@ -87,8 +103,13 @@ pub fn token_context(key: &ConnectionKey) -> [&str; 5] {
     ["token", &key.tenant, &key.user, &key.provider, &key.name]
 }
 
-pub fn provider_context(name: &str) -> [&str; 2] {
-    ["provider", name]
+/// The sealing context of a provider record: it binds the record (its client secret) to
+/// its name, and a tenant's to the tenant.
+pub fn provider_context<'a>(tenant: Option<&'a str>, name: &'a str) -> Vec<&'a str> {
+    match tenant {
+        None => vec!["provider", name],
+        Some(tenant) => vec!["tenant-provider", tenant, name],
+    }
 }
 
 /// Identifiers are free text (user ids are often e-mail addresses) but bounded and
@@ -240,9 +261,11 @@ fn kebab_case<S: serde::Serializer>(auth: &ClientAuth, serializer: S) -> std::re
 }
 
 impl ProviderRecord {
-    pub fn info(&self, name: &str) -> ProviderInfo {
+    /// What `get` and `list` show of it: `tenant`'s own, or (none) the vault's.
+    pub fn info(&self, tenant: Option<&str>, name: &str) -> ProviderInfo {
         ProviderInfo {
             name: name.into(),
+            tenant: tenant.map(String::from),
             template: self.template.clone(),
             issuer: self.issuer.clone(),
             authorization_url: self.authorization_url.clone(),
@@ -353,8 +376,8 @@ pub fn sealing_context(storage_key: &str) -> Option<Vec<String>> {
     let owned = |context: &[&str]| context.iter().map(|s| (*s).to_owned()).collect();
     if let Some(key) = parse_token_key(storage_key) {
         Some(owned(&token_context(&key)))
-    } else if let Some(name) = parse_provider_key(storage_key) {
-        Some(owned(&provider_context(&name)))
+    } else if let Some((tenant, name)) = parse_provider_key(storage_key) {
+        Some(owned(&provider_context(tenant.as_deref(), &name)))
     } else if let Some(tenant) = crate::webhooks::parse_webhook_key(storage_key) {
         Some(owned(&crate::webhooks::webhook_context(&tenant)))
     } else {
@@ -443,7 +466,8 @@ mod tests {
         assert_eq!(parse_token_key("tok/a/b/c"), None);
         assert_eq!(parse_token_key("tok/a/b/c/d/e"), None);
         assert_eq!(parse_token_key("tok/a/b/c/%2f"), None, "non-canonical escape");
-        assert_eq!(parse_provider_key("prov/git%2Fhub"), Some("git/hub".into()));
+        assert_eq!(parse_provider_key("prov/git%2Fhub"), Some((None, "git/hub".into())));
+        assert_eq!(parse_provider_key(&provider_key(Some("a/b"), "gh")), Some((Some("a/b".into()), "gh".into())));
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl<P: Platform> Vault<P> {
                             Ok(current.token_set()) // another holder finished in between
                         } else {
                             // Read under the lease: its newest configuration.
-                            let provider = self.load_provider(&key.provider)?;
+                            let provider = self.load_provider(key)?;
                             self.refresh_upstream(key, current, current_version, &provider)
                         }
                     });
@@ -507,7 +507,7 @@ mod tests {
         assert!(platform.requests.borrow().is_empty(), "the waiter refreshed too");
         // Only the lease holder needs the provider (here the other one, whose `store`
         // reads it once): a crowd of waiters does not open it.
-        let provider = record::provider_key("acme");
+        let provider = record::provider_key(None, "acme");
         assert_eq!(
             platform.reads.borrow().iter().filter(|k| **k == provider).count(),
             1,
@@ -519,7 +519,7 @@ mod tests {
     fn an_expired_token_of_a_removed_provider_is_not_found_and_leaves_no_lease() {
         let vault = vault();
         vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
-        vault.remove_provider("acme").unwrap();
+        vault.remove_provider(None, "acme").unwrap();
         vault.platform().advance_secs(100);
         let Err(err) = vault.get(&key()) else { panic!("a token without its provider") };
         assert!(matches!(err, VaultError::NotFound(_)), "{err:?}");

@@ -90,7 +90,7 @@ impl<P: Platform> Vault<P> {
 
     fn store_inner(&self, key: &ConnectionKey, grant: TokenGrant) -> Result<ConnectionInfo> {
         record::validate_key(key)?;
-        self.load_provider(&key.provider)?;
+        self.load_provider(key)?;
         self.save_grant(key, grant, ConnectionKind::User, Vec::new())
     }
 
@@ -155,7 +155,7 @@ impl<P: Platform> Vault<P> {
         // caller that takes the lease reads the provider, not each of a crowd waiting on it.
         let expired = expiry::is_expired(now, token.expires_at);
         if !expired {
-            let provider = self.load_provider(&key.provider)?;
+            let provider = self.load_provider(key)?;
             if !expiry::refresh_due(now, token.obtained_at, token.expires_at, provider.refresh_buffer_secs) {
                 return Ok(token.token_set());
             }
@@ -332,9 +332,9 @@ mod tests {
             client_id: "c".into(),
             ..ProviderConfig::default()
         };
-        assert!(matches!(vault.put_provider(config.clone()), Err(VaultError::InvalidInput(_))));
+        assert!(matches!(vault.put_provider(None, config.clone()), Err(VaultError::InvalidInput(_))));
         config.name = "ok".into();
         config.token_url = Some("ftp://x/token".into());
-        assert!(matches!(vault.put_provider(config.clone()), Err(VaultError::InvalidInput(_))));
+        assert!(matches!(vault.put_provider(None, config.clone()), Err(VaultError::InvalidInput(_))));
     }
 }

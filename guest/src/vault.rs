@@ -208,7 +208,7 @@ pub(crate) mod fixtures {
 
     pub(crate) fn vault_on<P: Platform>(platform: P) -> Vault<P> {
         let vault = Vault::new(platform);
-        vault.put_provider(provider_config()).unwrap();
+        vault.put_provider(None, provider_config()).unwrap();
         vault
     }
 

@@ -47,6 +47,7 @@ def register_provider(vault: Vault) -> None:
     vault.call(
         "providers",
         "put",
+        None,
         record(
             name="idp",
             template=None,

@@ -40,6 +40,7 @@ named_cases!(
         MasterKeyRotate => "master-key-rotate",
         WebhookPut => "webhook-put",
         WebhookRemove => "webhook-remove",
+        TenantErase => "tenant-erase",
     }
 );
 

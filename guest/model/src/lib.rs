@@ -21,7 +21,8 @@ pub use provider::{ClientAuth, ProviderConfig, ProviderInfo, TemplateRef};
 pub use proxy::{ProxyRequest, ProxyResponse};
 pub use tokens::{
     ConnectionInfo, ConnectionKey, ConnectionKind, ConnectionName, ConnectionStatus, DEFAULT_CONNECTION_NAME, DuePage,
-    RefreshOutcome, RemovalReceipt, TokenGrant, TokenOrLink, TokenSet, UpstreamRevocation, UserConnections, UserPage,
+    ErasePage, ErasedConnection, RefreshOutcome, RemovalReceipt, TokenGrant, TokenOrLink, TokenSet, UpstreamRevocation,
+    UserConnections, UserPage,
 };
 
 /// An enum whose cases each have their name in the audit trail, written once: `name` is

@@ -69,6 +69,9 @@ crate::redacted_debug!(ProviderConfig {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProviderInfo {
     pub name: String,
+    /// Whose it is: a tenant's own; absent: the vault's, used by every tenant that has
+    /// none of this name.
+    pub tenant: Option<String>,
     pub template: Option<String>,
     pub issuer: Option<String>,
     pub authorization_url: Option<String>,

@@ -57,8 +57,10 @@ pub fn escape_key_part(id: &str) -> String {
 
 /// Connections' tokens.
 pub const TOKEN_PREFIX: &str = "tok/";
-/// Registered providers (their client secrets).
+/// Registered providers (their client secrets): the vault's, every tenant's.
 pub const PROVIDER_PREFIX: &str = "prov/";
+/// Tenants' own providers: `tprov/{tenant}/{name}`.
+pub const TENANT_PROVIDER_PREFIX: &str = "tprov/";
 /// Pending authorization-code flows (their PKCE verifiers).
 pub const FLOW_PREFIX: &str = "flow/";
 /// Pending device flows (their device codes).
@@ -72,8 +74,8 @@ pub const WEBHOOK_PREFIX: &str = "hook/";
 
 /// Every prefix under which records are sealed with the keyring's keys, in the order a
 /// re-encryption pass walks them.
-pub const SEALED_PREFIXES: [&str; 6] =
-    [TOKEN_PREFIX, PROVIDER_PREFIX, FLOW_PREFIX, DEVICE_PREFIX, LINK_PREFIX, WEBHOOK_PREFIX];
+pub const SEALED_PREFIXES: [&str; 7] =
+    [TOKEN_PREFIX, PROVIDER_PREFIX, TENANT_PROVIDER_PREFIX, FLOW_PREFIX, DEVICE_PREFIX, LINK_PREFIX, WEBHOOK_PREFIX];
 /// The keyring: the data keys, each wrapped by the master key (the host's record, not sealed
 /// by the component).
 pub const KEYRING_KEY: &str = "keyring";

@@ -159,6 +159,27 @@ pub struct RemovalReceipt {
     pub upstream: UpstreamRevocation,
 }
 
+/// One step of erasing a tenant (see the WIT's `erase-tenant`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErasePage {
+    /// Connections removed in this step, each with what became of its tokens upstream.
+    pub removed: Vec<ErasedConnection>,
+    /// The tenant's other records deleted in this step (providers, webhook, events, pending flows).
+    pub deleted: u32,
+    /// Nothing of the tenant is left in the component's records.
+    pub done: bool,
+}
+
+/// A connection a tenant's erase removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErasedConnection {
+    pub user: String,
+    #[serde(flatten)]
+    pub receipt: RemovalReceipt,
+}
+
 /// A connection's provider and name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

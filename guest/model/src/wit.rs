@@ -44,7 +44,7 @@ macro_rules! wit_conversions {
             api_base_url,
         });
         $crate::__record!($types::ProviderInfo <=> ProviderInfo {
-            name, template, issuer, authorization_url, token_url, revocation_url, device_authorization_url, client_id,
+            name, tenant, template, issuer, authorization_url, token_url, revocation_url, device_authorization_url, client_id,
             has_client_secret, client_auth: into, scopes, authorization_params, refresh_buffer_secs, api_base_url,
             updated_at,
         });
@@ -124,6 +124,28 @@ macro_rules! wit_conversions {
         }
 
         $crate::__record!($tokens::UserPage <=> UserPage { users: each, next });
+
+        impl From<$tokens::ErasePage> for $crate::ErasePage {
+            fn from(page: $tokens::ErasePage) -> Self {
+                let removed = page.removed.into_iter();
+                $crate::ErasePage {
+                    removed: removed.map(|(user, receipt)| $crate::ErasedConnection { user, receipt: receipt.into() }).collect(),
+                    deleted: page.deleted,
+                    done: page.done,
+                }
+            }
+        }
+
+        impl From<$crate::ErasePage> for $tokens::ErasePage {
+            fn from(page: $crate::ErasePage) -> Self {
+                let removed = page.removed.into_iter();
+                $tokens::ErasePage {
+                    removed: removed.map(|erased| (erased.user, erased.receipt.into())).collect(),
+                    deleted: page.deleted,
+                    done: page.done,
+                }
+            }
+        }
         $crate::__record!($tokens::DuePage <=> DuePage { keys: each, cursor });
         $crate::__cases!($tokens::RefreshOutcome <=> RefreshOutcome { NotDue, Refreshed, NotRenewable });
 
@@ -159,7 +181,7 @@ macro_rules! wit_conversions {
         $crate::__cases!($audit::Action <=> AuditAction {
             TokenStore, TokenGet, TokenRefresh, TokenRemove, RevokeAll, ProviderPut, ProviderRemove, ConnectBegin,
             ConnectComplete, ConnectLink, ConnectOpenLink, ConnectDevice, ConnectClient, Proxy, KeyReencrypt,
-            KeyRotate, KeyRetire, MasterKeyRotate, WebhookPut, WebhookRemove,
+            KeyRotate, KeyRetire, MasterKeyRotate, WebhookPut, WebhookRemove, TenantErase,
         });
         $crate::__cases!($audit::Outcome <=> AuditOutcome {
             Ok, NotFound, InvalidInput, ReconnectRequired, ProviderError, Storage, Integrity, EgressDenied,

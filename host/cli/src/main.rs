@@ -19,6 +19,7 @@ mod inspect;
 mod keys;
 mod proxy;
 mod serve;
+mod tenant;
 
 #[derive(Parser)]
 #[command(name = "tokenvault", version, about = "OAuth token custody in a WebAssembly sandbox")]
@@ -168,6 +169,9 @@ enum Command {
     /// The audit trail every host on the store writes: read it, verify its chain, prune it.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// A tenant as a whole: erase it when it leaves.
+    #[command(subcommand)]
+    Tenant(tenant::TenantCommand),
     /// Manage the API keys that callers of `serve` present.
     #[command(subcommand)]
     Apikey(ApikeyCommand),
@@ -211,17 +215,34 @@ enum ProviderCommand {
     /// Register a provider, or replace one of the same name. Endpoints come from
     /// --template or --issuer (discovery), or are given; a given one overrides the others.
     Add(Box<ProviderAdd>),
-    /// List providers (never their secrets).
-    Ls,
-    /// Show one provider.
-    Show { name: String },
-    /// Remove a provider.
-    Rm { name: String },
+    /// List providers (never their secrets): the vault's, or with --for-tenant those the
+    /// tenant's connections use (its own, and the vault's of other names), each saying whose.
+    Ls {
+        #[arg(long, value_name = "TENANT")]
+        for_tenant: Option<String>,
+    },
+    /// Show one provider: the vault's, or with --for-tenant the one the tenant's
+    /// connections use.
+    Show {
+        name: String,
+        #[arg(long, value_name = "TENANT")]
+        for_tenant: Option<String>,
+    },
+    /// Remove a provider: the vault's, or with --for-tenant that tenant's own.
+    Rm {
+        name: String,
+        #[arg(long, value_name = "TENANT")]
+        for_tenant: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
 struct ProviderAdd {
     name: String,
+    /// Register it as this tenant's own (its own OAuth app): the tenant's connections use
+    /// it instead of the vault's of the same name; no other tenant sees it.
+    #[arg(long, value_name = "TENANT")]
+    for_tenant: Option<String>,
     /// A built-in template: its endpoints, default scopes and quirks.
     #[arg(long, value_enum, conflicts_with = "issuer")]
     template: Option<Template>,
@@ -503,6 +524,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Audit(command) => audit::run(&vault, command).await,
+        Command::Tenant(command) => tenant::run(&vault, command).await,
         Command::Keys(command) => keys::keys(&vault, command).await,
         Command::MasterKey(command) => keys::master_key(&vault, command).await,
         Command::Inspect { .. } => unreachable!("handled before the vault opens"),
@@ -514,6 +536,7 @@ async fn provider(vault: &Vault, command: ProviderCommand) -> Result<()> {
         ProviderCommand::Add(add) => {
             let ProviderAdd {
                 name,
+                for_tenant,
                 template,
                 tenant,
                 issuer,
@@ -559,12 +582,14 @@ async fn provider(vault: &Vault, command: ProviderCommand) -> Result<()> {
                 refresh_buffer_secs: refresh_buffer,
                 api_base_url,
             };
-            print_json(&vault.put_provider(&config).await?);
+            print_json(&vault.put_provider_of(for_tenant.as_deref(), &config).await?);
         }
-        ProviderCommand::Ls => print_json(&vault.providers().await?),
-        ProviderCommand::Show { name } => print_json(&vault.provider(&name).await?),
-        ProviderCommand::Rm { name } => {
-            vault.remove_provider(&name).await?;
+        ProviderCommand::Ls { for_tenant } => print_json(&vault.providers_of(for_tenant.as_deref()).await?),
+        ProviderCommand::Show { name, for_tenant } => {
+            print_json(&vault.provider_of(for_tenant.as_deref(), &name).await?)
+        }
+        ProviderCommand::Rm { name, for_tenant } => {
+            vault.remove_provider_of(for_tenant.as_deref(), &name).await?;
             print_json(&serde_json::json!({ "removed": name }));
         }
     }

@@ -266,6 +266,7 @@ mod tests {
             tokens.functions,
             [
                 "due-for-refresh",
+                "erase-tenant",
                 "get",
                 "get-or-link",
                 "list",

@@ -32,8 +32,9 @@ pub use runtime::{COMPONENT_WASM, Services};
 pub use tokenvault_model::events;
 pub use tokenvault_model::{
     AuthorizationRequest, ClientAuth, ConnectLink, Connected, ConnectionInfo, ConnectionKey, ConnectionKind,
-    ConnectionName, ConnectionStatus, DEFAULT_CONNECTION_NAME, DeviceAuthorization, DeviceStatus, DuePage,
-    ProviderConfig, ProviderInfo, ProxyRequest, ProxyResponse, RefreshOutcome, RemovalReceipt, SweepPage, TemplateRef,
-    TokenGrant, TokenOrLink, TokenSet, UpstreamRevocation, UserConnections, UserPage, parse_json,
+    ConnectionName, ConnectionStatus, DEFAULT_CONNECTION_NAME, DeviceAuthorization, DeviceStatus, DuePage, ErasePage,
+    ErasedConnection, ProviderConfig, ProviderInfo, ProxyRequest, ProxyResponse, RefreshOutcome, RemovalReceipt,
+    SweepPage, TemplateRef, TokenGrant, TokenOrLink, TokenSet, UpstreamRevocation, UserConnections, UserPage,
+    parse_json,
 };
 pub use vault::{Session, Vault};

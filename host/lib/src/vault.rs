@@ -226,26 +226,56 @@ impl Vault {
         finish(vault.keys(&mut store)?.call_reencrypt(&mut store, cursor, limit).await)
     }
 
+    /// One step of erasing `tenant` (see [`ErasePage`]): up to `limit` of its connections
+    /// revoked upstream and deleted; once none is left, the rest of its records. Call again
+    /// until `done`.
+    pub async fn erase_tenant(&self, tenant: &str, limit: u32) -> Result<ErasePage> {
+        let (_slot, mut store, vault) = self.instantiate().await?;
+        finish(vault.tokens(&mut store)?.call_erase_tenant(&mut store, tenant, limit).await)
+    }
+
     // ---- providers ------------------------------------------------------------------
 
+    /// Add or replace one of the vault's providers, which every tenant uses.
     pub async fn put_provider(&self, config: &ProviderConfig) -> Result<ProviderInfo> {
+        self.put_provider_of(None, config).await
+    }
+
+    /// Add or replace the vault's provider (`tenant` none) or a tenant's own, which its
+    /// connections use instead of the vault's of that name.
+    pub async fn put_provider_of(&self, tenant: Option<&str>, config: &ProviderConfig) -> Result<ProviderInfo> {
         let (_slot, mut store, vault) = self.instantiate().await?;
-        finish(vault.providers(&mut store)?.call_put(&mut store, &config.clone().into()).await)
+        finish(vault.providers(&mut store)?.call_put(&mut store, tenant, &config.clone().into()).await)
     }
 
     pub async fn provider(&self, name: &str) -> Result<ProviderInfo> {
+        self.provider_of(None, name).await
+    }
+
+    /// The provider a connection of `tenant` named so uses: its own, else the vault's.
+    pub async fn provider_of(&self, tenant: Option<&str>, name: &str) -> Result<ProviderInfo> {
         let (_slot, mut store, vault) = self.instantiate().await?;
-        finish(vault.providers(&mut store)?.call_get(&mut store, name).await)
+        finish(vault.providers(&mut store)?.call_get(&mut store, tenant, name).await)
     }
 
     pub async fn providers(&self) -> Result<Vec<ProviderInfo>> {
+        self.providers_of(None).await
+    }
+
+    /// The vault's providers; with a tenant, those its connections use (each says whose).
+    pub async fn providers_of(&self, tenant: Option<&str>) -> Result<Vec<ProviderInfo>> {
         let (_slot, mut store, vault) = self.instantiate().await?;
-        finish_each(vault.providers(&mut store)?.call_list(&mut store).await)
+        finish_each(vault.providers(&mut store)?.call_list(&mut store, tenant).await)
     }
 
     pub async fn remove_provider(&self, name: &str) -> Result<()> {
+        self.remove_provider_of(None, name).await
+    }
+
+    /// Remove the vault's provider of that name, or `tenant`'s own.
+    pub async fn remove_provider_of(&self, tenant: Option<&str>, name: &str) -> Result<()> {
         let (_slot, mut store, vault) = self.instantiate().await?;
-        finish(vault.providers(&mut store)?.call_remove(&mut store, name).await)
+        finish(vault.providers(&mut store)?.call_remove(&mut store, tenant, name).await)
     }
 }
 

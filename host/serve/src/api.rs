@@ -37,7 +37,7 @@ use tokenvault::{
     paths(super::proxy::connection_proxy, super::proxy::token_proxy),
     tags(
         (name = "tokens", description = "A tenant's users' connections"),
-        (name = "providers", description = "The OAuth providers, shared by all tenants"),
+        (name = "providers", description = "The OAuth providers: the vault's, shared by all tenants, and tenants' own"),
         (name = "keys", description = "The data keys records are sealed with (operator keys only)"),
         (name = "proxy", description = "Calls to a provider's API with a connection's token, which the caller never holds"),
         (name = "audit", description = "The audit trail: every call, who asked and how it ended"),
@@ -67,6 +67,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_console_link))
         .routes(routes!(list_providers))
         .routes(routes!(get_provider, put_provider, remove_provider))
+        .routes(routes!(erase_tenant))
+        .routes(routes!(list_tenant_providers))
+        .routes(routes!(get_tenant_provider, put_tenant_provider, remove_tenant_provider))
         .routes(routes!(list_keys))
         .routes(routes!(rotate_key))
         .routes(routes!(super::audit::read_audit))
@@ -328,6 +331,109 @@ async fn remove_provider(
 ) -> Result<axum::http::StatusCode, ApiError> {
     caller.operator()?;
     caller.vault(&state).remove_provider(&path.name).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct EraseQuery {
+    /// Connections to remove in this step, 1 to 1000 (default 100).
+    limit: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Erased {
+    /// The tenant's credentials revoked in this step (all of them, the first time).
+    revoked: super::tenants::Credentials,
+    /// Connections removed in this step, and the other records deleted.
+    #[serde(flatten)]
+    page: tokenvault::ErasePage,
+}
+
+/// Erase a tenant (operator keys only), a step at a time: its API keys, access tokens and
+/// console sessions revoked; up to `limit` of its connections revoked at their providers
+/// (RFC 7009) and deleted, each with its receipt; once none is left, its providers,
+/// webhook, events and pending flows. Repeat until `done`; an erase cut short goes on where
+/// it stopped. Other tenants are untouched.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tokens", params(TenantPath, EraseQuery),
+    responses((status = 200, body = Erased), (status = "4XX", body = Error)))]
+async fn erase_tenant(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<TenantPath>,
+    axum::extract::Query(query): axum::extract::Query<EraseQuery>,
+) -> ApiResult<Erased> {
+    caller.operator()?;
+    let vault = caller.vault(&state);
+    let (revoked, page) = super::tenants::erase_step(&vault, &path.tenant, query.limit.unwrap_or(100)).await?;
+    Ok(Json(Erased { revoked, page }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct TenantProviderPath {
+    tenant: String,
+    name: String,
+}
+
+/// The providers the tenant's connections use: its own (`tenant` set) and the vault's of
+/// other names; never their secrets.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/providers", tag = "providers", params(TenantPath),
+    responses((status = 200, body = Vec<ProviderInfo>), (status = "4XX", body = Error)))]
+async fn list_tenant_providers(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<TenantPath>,
+) -> ApiResult<Vec<ProviderInfo>> {
+    caller.for_tenant(&path.tenant)?;
+    Ok(Json(caller.vault(&state).providers_of(Some(&path.tenant)).await?))
+}
+
+/// The provider the tenant's connections of that name use: its own, else the vault's.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/providers/{name}", tag = "providers", params(TenantProviderPath),
+    responses((status = 200, body = ProviderInfo), (status = "4XX", body = Error)))]
+async fn get_tenant_provider(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<TenantProviderPath>,
+) -> ApiResult<ProviderInfo> {
+    caller.for_tenant(&path.tenant)?;
+    Ok(Json(caller.vault(&state).provider_of(Some(&path.tenant), &path.name).await?))
+}
+
+/// Add the tenant's own provider (its own OAuth app), or replace it: its connections use it
+/// instead of the vault's of the same name, and no other tenant sees it. Its endpoints
+/// must be at origins the operator allows outbound.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/providers/{name}", tag = "providers", params(TenantProviderPath),
+    request_body = ProviderConfig,
+    responses((status = 200, body = ProviderInfo), (status = "4XX", body = Error)))]
+async fn put_tenant_provider(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<TenantProviderPath>,
+    body: Bytes,
+) -> ApiResult<ProviderInfo> {
+    caller.for_tenant(&path.tenant)?;
+    let mut config: ProviderConfig = parse_json("provider", &body)?;
+    if !config.name.is_empty() && config.name != path.name {
+        return Err(
+            Error::invalid_input(format!("the body names provider {}, the path {}", config.name, path.name)).into()
+        );
+    }
+    config.name = path.name;
+    Ok(Json(caller.vault(&state).put_provider_of(Some(&path.tenant), &config).await?))
+}
+
+/// Remove the tenant's own provider; its connections use the vault's of that name again.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/providers/{name}", tag = "providers",
+    params(TenantProviderPath), responses((status = 204), (status = "4XX", body = Error)))]
+async fn remove_tenant_provider(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(path): Path<TenantProviderPath>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    caller.for_tenant(&path.tenant)?;
+    caller.vault(&state).remove_provider_of(Some(&path.tenant), &path.name).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 

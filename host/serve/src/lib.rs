@@ -16,6 +16,7 @@ mod html;
 pub mod jwt;
 mod proxy;
 pub mod scheduler;
+pub mod tenants;
 pub mod webhooks;
 
 use std::sync::Arc;

@@ -49,7 +49,7 @@ async function refreshesSeen() {
 }
 
 function registerProvider(vault) {
-  return vault.providers.put({
+  return vault.providers.put(undefined, {
     name: 'idp',
     template: undefined,
     issuer: undefined,

@@ -223,6 +223,10 @@ impl tokens::Guest for Component {
         unsupported()
     }
 
+    fn erase_tenant(_tenant: String, _limit: u32) -> WitResult<tokens::ErasePage> {
+        unsupported()
+    }
+
     fn store(key: wit::ConnectionKey, grant: wit::TokenGrant) -> WitResult<wit::ConnectionInfo> {
         misbehave(&key.user);
         let storage_key = storage_key(&key);
@@ -242,19 +246,19 @@ impl tokens::Guest for Component {
 }
 
 impl providers::Guest for Component {
-    fn put(_config: wit::ProviderConfig) -> WitResult<wit::ProviderInfo> {
+    fn put(_tenant: Option<String>, _config: wit::ProviderConfig) -> WitResult<wit::ProviderInfo> {
         unsupported()
     }
 
-    fn get(_name: String) -> WitResult<wit::ProviderInfo> {
+    fn get(_tenant: Option<String>, _name: String) -> WitResult<wit::ProviderInfo> {
         unsupported()
     }
 
-    fn list() -> WitResult<Vec<wit::ProviderInfo>> {
+    fn list(_tenant: Option<String>) -> WitResult<Vec<wit::ProviderInfo>> {
         unsupported()
     }
 
-    fn remove(_name: String) -> WitResult<()> {
+    fn remove(_tenant: Option<String>, _name: String) -> WitResult<()> {
         unsupported()
     }
 }

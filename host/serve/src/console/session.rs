@@ -140,6 +140,24 @@ impl Sessions {
         Ok(())
     }
 
+    /// End every session and console link of `tenant`'s (its users' and its admins'); how
+    /// many went.
+    pub async fn end_tenant(&self, tenant: &str) -> Result<u32> {
+        let mut ended = 0;
+        for key in tokenvault::storage::all_keys(&*self.storage, RECORD_PREFIX).await? {
+            let Some(entry) = self.storage.get(&key).await? else { continue };
+            let Ok(session) = serde_json::from_slice::<Session>(&entry.value) else { continue };
+            let its = match &session.principal {
+                Principal::User { tenant: of, .. } => of == tenant,
+                Principal::Admin { scope, .. } => *scope == Scope::Tenant(tenant.to_owned()),
+            };
+            if its && self.storage.delete(&key, entry.version).await.is_ok() {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
     /// Delete expired sessions and links; returns how many went.
     pub async fn sweep(&self) -> Result<u32> {
         let now = self.now();
