@@ -654,6 +654,18 @@ impl Served {
         Browser { agent, base: self.url.clone() }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its resident memory now, in KiB (Linux: /proc/PID/status).
+    pub fn resident_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// SIGKILL: gone at once, whatever it was doing.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
