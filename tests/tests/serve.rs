@@ -241,6 +241,11 @@ impl RawConnection {
 
     /// The next response's status; its body is read (by Content-Length) and dropped.
     fn status(&mut self) -> u16 {
+        self.answer().0
+    }
+
+    /// The next response's status and body (by Content-Length).
+    fn answer(&mut self) -> (u16, String) {
         use std::io::{BufRead, Read};
         let mut status = String::new();
         assert_ne!(self.reader.read_line(&mut status).unwrap(), 0, "the service closed the connection");
@@ -255,8 +260,9 @@ impl RawConnection {
                 length = value.trim().parse().unwrap();
             }
         }
-        self.reader.read_exact(&mut vec![0; length]).unwrap();
-        status.split_whitespace().nth(1).unwrap().parse().unwrap()
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).unwrap();
+        (status.split_whitespace().nth(1).unwrap().parse().unwrap(), String::from_utf8_lossy(&body).into_owned())
     }
 }
 
@@ -281,6 +287,21 @@ fn a_refusal_before_the_body_arrives_keeps_the_connection() {
     let mut connection = RawConnection::open(&served);
     connection.send(&format!("PUT /v1/providers/big HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", 2 << 20));
     assert_eq!(connection.status(), 413);
+
+    // So have targets and headers: refused in JSON like every error, the request not quoted.
+    let long_target = format!("/v1/providers/{}", "x".repeat(9 * 1024));
+    let mut connection = RawConnection::open(&served);
+    connection.send(&format!("GET {long_target} HTTP/1.1\r\nhost: x\r\n\r\n"));
+    let (status, body) = connection.answer();
+    assert_eq!(status, 414, "{body}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"], "uri-too-long");
+    assert!(!body.contains("xxxx"));
+    let mut connection = RawConnection::open(&served);
+    connection.send(&format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "y".repeat(20 * 1024)));
+    let (status, body) = connection.answer();
+    assert_eq!(status, 431, "{body}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"], "headers-too-large");
+    assert!(!body.contains("yyyy"));
 }
 
 #[test]

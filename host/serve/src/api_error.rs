@@ -24,6 +24,12 @@ pub enum ApiError {
     /// A request body that did not arrive in time.
     #[error("request-timeout: {0}")]
     TimedOut(String),
+    /// A request target over the service's limit.
+    #[error("uri-too-long: {0}")]
+    UriTooLong(String),
+    /// Request headers over the service's limit.
+    #[error("headers-too-large: {0}")]
+    HeadersTooLarge(String),
     #[error(transparent)]
     Vault(#[from] Error),
 }
@@ -52,6 +58,8 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Vault(Error::Vault(err)) => match err {
                 VaultError::NotFound(_) => StatusCode::NOT_FOUND,
                 VaultError::InvalidInput(_) => StatusCode::BAD_REQUEST,
@@ -77,6 +85,10 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(message) => serde_json::json!({ "error": "conflict", "message": message }),
             ApiError::TooLarge(message) => serde_json::json!({ "error": "payload-too-large", "message": message }),
             ApiError::TimedOut(message) => serde_json::json!({ "error": "request-timeout", "message": message }),
+            ApiError::UriTooLong(message) => serde_json::json!({ "error": "uri-too-long", "message": message }),
+            ApiError::HeadersTooLarge(message) => {
+                serde_json::json!({ "error": "headers-too-large", "message": message })
+            }
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn(read_body_first))
+        .layer(middleware::from_fn(bounded_head))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
@@ -223,6 +224,7 @@ pub async fn serve(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
+            .max_buf_size(MAX_HEAD_BUFFER)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -281,6 +283,26 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 /// hyper then closes the connection after the response unless the body happened to have
 /// arrived already, and a client that reuses the kept-alive connection fails its next
 /// request. Reading first makes keep-alive hold whatever the timing.
+/// The longest request target and the most header bytes a request may bring; over them it
+/// is refused in JSON like every error (414, 431). Past [`MAX_HEAD_BUFFER`] hyper refuses
+/// it itself, without a body.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// What hyper buffers of a request's head at most.
+const MAX_HEAD_BUFFER: usize = 64 * 1024;
+
+async fn bounded_head(request: Request, next: Next) -> Response {
+    if request.uri().to_string().len() > MAX_URI_BYTES {
+        return ApiError::UriTooLong(format!("request targets are at most {MAX_URI_BYTES} bytes")).into_response();
+    }
+    let header_bytes: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        let message = format!("request headers are at most {MAX_HEADER_BYTES} bytes");
+        return ApiError::HeadersTooLarge(message).into_response();
+    }
+    next.run(request).await
+}
+
 async fn read_body_first(request: Request, next: Next) -> Response {
     let too_large = || ApiError::TooLarge(format!("request bodies are at most {MAX_BODY_BYTES} bytes")).into_response();
     let declared = request.headers().get(axum::http::header::CONTENT_LENGTH);
@@ -351,7 +373,8 @@ mod tests {
         async fn start(limits: ConnectionLimits) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
             let router = axum::Router::new()
                 .route("/echo", post(|body: String| async move { body }))
-                .layer(middleware::from_fn(read_body_first));
+                .layer(middleware::from_fn(read_body_first))
+                .layer(middleware::from_fn(bounded_head));
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let address = listener.local_addr().unwrap();
             let (stop, stopped) = tokio::sync::oneshot::channel();
