@@ -162,3 +162,64 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, json: &[u8]) -> Re
         VaultError::InvalidInput(format!("{what}: {why}"))
     })
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::events::WebhookConfig;
+    use crate::{ProviderConfig, TokenGrant};
+    use proptest::prelude::*;
+
+    const CANARY: &str = "canary-body-4d8e";
+
+    /// API bodies as a careless or hostile caller sends them: the fields the types take and
+    /// some they do not, each holding the canary in some shape.
+    fn body() -> impl Strategy<Value = String> {
+        let field = prop_oneof![
+            Just("name".to_owned()),
+            Just("client_id".to_owned()),
+            Just("client_secret".to_owned()),
+            Just("client_auth".to_owned()),
+            Just("scopes".to_owned()),
+            Just("token_url".to_owned()),
+            Just("url".to_owned()),
+            Just("events".to_owned()),
+            Just("access_token".to_owned()),
+            Just("template".to_owned()),
+            Just("refresh_buffer_secs".to_owned()),
+            Just(CANARY.to_owned()),
+        ];
+        let value = prop_oneof![
+            Just(format!("\"{CANARY}\"")),
+            Just(format!("[\"{CANARY}\"]")),
+            Just(format!("{{\"name\":\"{CANARY}\"}}")),
+            Just("7".to_owned()),
+            Just("-1".to_owned()),
+            Just("true".to_owned()),
+            Just("null".to_owned()),
+            Just(format!("\"{CANARY}\\ud800\"")),
+        ];
+        (proptest::collection::vec((field, value), 0..6), "\\PC{0,6}").prop_map(|(fields, noise)| {
+            let fields: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}{noise}", fields.join(","))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        // Whatever the body, a refusal names fields and places, never what was sent.
+        #[test]
+        fn a_refused_api_body_quotes_nothing_of_it(body in body()) {
+            let refusals = [
+                parse_json::<ProviderConfig>("provider", body.as_bytes()).err(),
+                parse_json::<WebhookConfig>("webhook", body.as_bytes()).err(),
+                parse_json::<TokenGrant>("token response", body.as_bytes()).err(),
+            ];
+            for refusal in refusals.into_iter().flatten() {
+                let shown = format!("{refusal} {refusal:?}");
+                prop_assert!(!shown.contains(CANARY), "{shown}");
+            }
+        }
+    }
+}
