@@ -12,8 +12,8 @@ use crate::model::{
 use crate::model::{Result, VaultError};
 
 use crate::model::storage::{
-    DEVICE_PREFIX, FLOW_PREFIX, LEASE_PREFIX, LINK_PREFIX, PROVIDER_PREFIX, TENANT_PROVIDER_PREFIX, TOKEN_PREFIX,
-    escape_key_part as escape,
+    DEVICE_PREFIX, DUE_PREFIX, FLOW_PREFIX, LEASE_PREFIX, LINK_PREFIX, PROVIDER_PREFIX, TENANT_PROVIDER_PREFIX,
+    TOKEN_PREFIX, escape_key_part as escape,
 };
 
 const MAX_ID_LEN: usize = 256;
@@ -43,6 +43,23 @@ pub fn lease_prefix(tenant: &str) -> String {
 pub struct Lease {
     pub holder: String,
     pub expires_at_ms: u64,
+}
+
+/// A connection's entry in the due index: its token expires in `minute` (Unix minutes).
+pub fn due_key(minute: u64, key: &ConnectionKey) -> String {
+    format!("{DUE_PREFIX}{minute:010}/{}", &token_key(key)[TOKEN_PREFIX.len()..])
+}
+
+/// The minute and connection a due-index key names.
+pub fn parse_due_key(storage_key: &str) -> Option<(u64, ConnectionKey)> {
+    let (minute, connection) = storage_key.strip_prefix(DUE_PREFIX)?.split_once('/')?;
+    Some((minute.parse().ok()?, parse_token_key(&format!("{TOKEN_PREFIX}{connection}"))?))
+}
+
+/// The minute a token falls due in the index: only tokens background refresh renews
+/// (active, renewable, with an expiry) are in it.
+pub fn due_minute(token: &TokenRecord) -> Option<u64> {
+    (token.status == ConnectionStatus::Active && token.renewable()).then_some(token.expires_at? / 60)
 }
 
 /// The prefix under which all of one user's connections are stored.

@@ -3,6 +3,7 @@
 
 use crate::expiry;
 use crate::model::events::{EventFailure, EventType};
+use crate::model::storage::{DUE_INDEX_KEY, DUE_PREFIX};
 use crate::model::*;
 use crate::oauth;
 use crate::platform::{Platform, StorageError};
@@ -40,26 +41,59 @@ impl<P: Platform> Vault<P> {
 
     /// Background refresh, step one: of the next `limit` connections after `cursor` (every
     /// tenant's), those that can be renewed and whose token expires within `horizon_secs`.
-    /// A record that fails to open is skipped here; `get` reports it.
+    /// Read from the due index, a page of entries up to the horizon's minute, records not
+    /// opened; until the index is complete (a store from before it), every record is read
+    /// and indexed, and the pass that reaches the end completes it.
     pub fn due_for_refresh(&self, horizon_secs: u32, cursor: Option<&str>, limit: u32) -> Result<DuePage> {
         if limit == 0 || limit > 1000 {
             return Err(VaultError::InvalidInput("limit must be 1 to 1000".into()));
         }
+        if self.storage_get(DUE_INDEX_KEY)?.is_none() {
+            return self.due_by_reading_every_record(horizon_secs, cursor, limit);
+        }
+        let until = (self.now() + u64::from(horizon_secs)) / 60;
+        let page = self.platform().storage_list(DUE_PREFIX, cursor, limit).map_err(storage_error)?;
+        let mut keys = Vec::new();
+        for storage_key in &page.keys {
+            let Some((minute, key)) = record::parse_due_key(storage_key) else { continue };
+            if minute > until {
+                return Ok(DuePage { keys, cursor: None }); // the rest falls due later
+            }
+            // An entry whose connection is gone (a record that did not open when removed).
+            if self.storage_get(&record::token_key(&key))?.is_none() {
+                if let Some(entry) = self.storage_get(storage_key)? {
+                    let _ = self.platform().storage_delete(storage_key, entry.version);
+                }
+                continue;
+            }
+            keys.push(key);
+        }
+        Ok(DuePage { keys, cursor: page.cursor })
+    }
+
+    /// Every record of a page read and opened, each renewable one put in the due index; the
+    /// page that ends the walk marks the index complete.
+    fn due_by_reading_every_record(&self, horizon_secs: u32, cursor: Option<&str>, limit: u32) -> Result<DuePage> {
         let page = self.platform().storage_list(record::ALL_TOKENS_PREFIX, cursor, limit).map_err(storage_error)?;
         let now = self.now();
         let mut keys = Vec::new();
         for key in page.keys.iter().filter_map(|storage_key| record::parse_token_key(storage_key)) {
             match self.load_token(&key) {
-                Ok((token, _))
-                    if token.status == ConnectionStatus::Active
-                        && token.renewable()
-                        && expiry::expires_within(now, token.expires_at, horizon_secs) =>
-                {
-                    keys.push(key)
+                Ok((token, _)) => {
+                    if let Some(minute) = record::due_minute(&token) {
+                        // Written meanwhile by a save, which indexes as it writes: fine.
+                        let _ = self.platform().storage_put(&record::due_key(minute, &key), &[], None);
+                        if expiry::expires_within(now, token.expires_at, horizon_secs) {
+                            keys.push(key);
+                        }
+                    }
                 }
-                Ok(_) | Err(VaultError::NotFound(_) | VaultError::Integrity(_)) => {}
+                Err(VaultError::NotFound(_) | VaultError::Integrity(_)) => {}
                 Err(err) => return Err(err),
             }
+        }
+        if page.cursor.is_none() {
+            let _ = self.platform().storage_put(DUE_INDEX_KEY, b"{}", None);
         }
         Ok(DuePage { keys, cursor: page.cursor })
     }
@@ -234,19 +268,14 @@ impl<P: Platform> Vault<P> {
             return;
         }
         let failure = EventFailure::of(err);
+        let old = token.clone();
         token.refresh_failing = Some(failure.clone());
         let Ok(mut event) = self.new_event(EventType::RefreshFailed, key) else {
             return;
         };
         event.failure = Some(failure);
         // Lost to a newer write, or storage down: the next failure tries again.
-        let _ = self.put_sealed_with_events(
-            &record::token_key(key),
-            &record::token_context(key),
-            &token,
-            Some(version),
-            vec![event],
-        );
+        let _ = self.put_token(key, &token, Some(version), Some(&old), vec![event]);
     }
 
     fn save_refreshed(
@@ -278,12 +307,12 @@ impl<P: Platform> Vault<P> {
             Some(_) => vec![self.new_event(EventType::Recovered, key)?],
             None => Vec::new(),
         };
-        let storage_key = record::token_key(key);
-        let context = record::token_context(key);
         let mut unavailable = 0;
         let mut conflicts = 0;
+        // The record at `version`, whose due-index entry the save moves.
+        let mut base = old.clone();
         loop {
-            match self.put_sealed_with_events(&storage_key, &context, &renewed, Some(version), recovered.clone()) {
+            match self.put_token(key, &renewed, Some(version), Some(&base), recovered.clone()) {
                 Ok(Put::Written) => return Ok(renewed.token_set()),
                 Ok(Put::Conflict) => {
                     // Lost a race: re-read, never overwrite a newer token.
@@ -295,7 +324,7 @@ impl<P: Platform> Vault<P> {
                     if conflicts >= MAX_ATTEMPTS {
                         return Err(too_contended("connection"));
                     }
-                    version = current_version;
+                    (base, version) = (current, current_version);
                 }
                 // The provider has already rotated: losing this write loses the grant.
                 // Try again before giving up.
@@ -333,11 +362,8 @@ impl<P: Platform> Vault<P> {
             code: Some("invalid_grant".into()),
             ..EventFailure::of(&VaultError::ReconnectRequired(String::new()))
         });
-        let storage_key = record::token_key(key);
-        let lost_race = matches!(
-            self.put_sealed_with_events(&storage_key, &record::token_context(key), &token, Some(version), vec![event]),
-            Ok(Put::Conflict)
-        );
+        let lost_race =
+            matches!(self.put_token(key, &token, Some(version), Some(&old), vec![event]), Ok(Put::Conflict));
         if lost_race
             && let Ok((current, _)) = self.load_token(key)
             && current.status == ConnectionStatus::Active
@@ -646,6 +672,72 @@ mod tests {
         let refresh_events =
             vault.platform().events.borrow().iter().filter(|e| e.action == AuditAction::TokenRefresh).count();
         assert_eq!(refresh_events, 1, "audited when it refreshed, not when there was nothing to do");
+    }
+
+    fn due_entries(vault: &Vault<MemoryPlatform>) -> Vec<(u64, String)> {
+        let records = vault.platform().records.borrow();
+        records.keys().filter_map(|k| record::parse_due_key(k)).map(|(minute, key)| (minute, key.name)).collect()
+    }
+
+    #[test]
+    fn the_due_index_follows_each_tokens_writes() {
+        let vault = vault();
+        let at = |name: &str| ConnectionKey::new("t1", "alice", "acme", name);
+        let minute = |expires_in: u64| (vault.now() + expires_in) / 60;
+        vault.store(&at("a"), grant("at-1", Some("rt-1"), Some(600))).unwrap();
+        vault.store(&at("no-refresh"), grant("at-2", None, Some(600))).unwrap();
+        vault.store(&at("forever"), grant("at-3", Some("rt-3"), None)).unwrap();
+        assert_eq!(due_entries(&vault), [(minute(600), "a".to_owned())], "only what background refresh renews");
+
+        vault.platform().respond(json(200, r#"{"access_token":"at-4","token_type":"bearer","expires_in":7200}"#));
+        vault.refresh(&at("a")).unwrap();
+        assert_eq!(due_entries(&vault), [(minute(7200), "a".to_owned())], "moved with the renewed expiry");
+        vault.store(&at("a"), grant("at-5", Some("rt-5"), Some(60))).unwrap();
+        assert_eq!(due_entries(&vault), [(minute(60), "a".to_owned())], "moved by a store");
+
+        vault.platform().respond(json(400, r#"{"error":"invalid_grant"}"#));
+        assert!(vault.refresh(&at("a")).is_err());
+        assert!(due_entries(&vault).is_empty(), "a connection to reconnect is not refreshed");
+        vault.store(&at("a"), grant("at-6", Some("rt-6"), Some(600))).unwrap();
+        vault.remove(&at("a")).unwrap();
+        assert!(due_entries(&vault).is_empty(), "removed with its connection");
+    }
+
+    #[test]
+    fn a_pass_over_a_complete_index_reads_only_what_is_due() {
+        let vault = vault();
+        for n in 0..200 {
+            let expires_in = if n % 50 == 0 { 100 } else { 86_400 };
+            let key = ConnectionKey::new("t1", format!("u{n}"), "acme", "default");
+            vault.store(&key, grant("at", Some("rt"), Some(expires_in))).unwrap();
+        }
+        // A store from before the index: entries and marker gone.
+        vault.platform().records.borrow_mut().retain(|k, _| !k.starts_with(DUE_PREFIX) && k != DUE_INDEX_KEY);
+        let pass = |vault: &Vault<MemoryPlatform>| {
+            vault.platform().reads.borrow_mut().clear();
+            let (mut due, mut cursor) = (Vec::new(), None);
+            loop {
+                let page = vault.due_for_refresh(300, cursor.as_deref(), 50).unwrap();
+                due.extend(page.keys.into_iter().map(|k| k.user));
+                match page.cursor {
+                    Some(next) => cursor = Some(next),
+                    None => return (due, vault.platform().reads.borrow().len()),
+                }
+            }
+        };
+        let (first, reads_first) = pass(&vault);
+        assert_eq!(first, ["u0", "u100", "u150", "u50"]);
+        assert!(vault.platform().records.borrow().contains_key(DUE_INDEX_KEY), "the walk completed the index");
+        assert_eq!(due_entries(&vault).len(), 200);
+        let (second, reads_second) = pass(&vault);
+        assert_eq!(second, ["u0", "u100", "u150", "u50"]);
+        assert!(reads_first > 200 && reads_second < 10, "{reads_first} reads, then {reads_second}");
+
+        // An entry whose connection is gone is dropped by the pass that meets it.
+        let gone = ConnectionKey::new("t1", "u0", "acme", "default");
+        vault.platform().records.borrow_mut().remove(&record::token_key(&gone));
+        assert_eq!(pass(&vault).0, ["u100", "u150", "u50"]);
+        assert_eq!(due_entries(&vault).len(), 199);
     }
 
     #[test]

@@ -123,14 +123,16 @@ impl<P: Platform> Vault<P> {
                     key.provider, key.name
                 )));
             };
-            let upstream = match self.open_sealed::<TokenRecord>(&entry, &record::token_context(key)) {
-                Ok(token) => self.revoke_upstream(key, &token),
-                Err(err) => UpstreamRevocation::Failed { reason: err },
+            let token = self.open_sealed::<TokenRecord>(&entry, &record::token_context(key));
+            let upstream = match &token {
+                Ok(token) => self.revoke_upstream(key, token),
+                Err(err) => UpstreamRevocation::Failed { reason: err.clone() },
             };
             let mut event = self.new_event(EventType::Removed, key)?;
             event.revocation = Some((&upstream).into());
             let mut writes = vec![Write::Delete { key: storage_key.clone(), expected: entry.version }];
             writes.extend(self.event_writes(vec![event])?);
+            writes.extend(self.due_index_writes(key, token.as_ref().ok(), None)?);
             if let Put::Written = self.commit(&writes)? {
                 return Ok(RemovalReceipt { provider: key.provider.clone(), name: key.name.clone(), upstream });
             }

@@ -124,18 +124,19 @@ impl<P: Platform> Vault<P> {
             let current = self.storage_get(&storage_key)?;
             // A new connection is news, and so is one that was broken; a healthy one's
             // tokens replaced is not.
-            let event = match &current {
-                None => Some(EventType::ConnectionCreated),
-                Some(entry) => match self.open_sealed::<TokenRecord>(entry, &context) {
-                    Ok(old) if old.status == ConnectionStatus::ReconnectRequired || old.refresh_failing.is_some() => {
-                        Some(EventType::Recovered)
-                    }
-                    _ => None,
-                },
+            let old = current.as_ref().and_then(|entry| self.open_sealed::<TokenRecord>(entry, &context).ok());
+            let event = match (&current, &old) {
+                (None, _) => Some(EventType::ConnectionCreated),
+                (Some(_), Some(old))
+                    if old.status == ConnectionStatus::ReconnectRequired || old.refresh_failing.is_some() =>
+                {
+                    Some(EventType::Recovered)
+                }
+                _ => None,
             };
             let events = event.map(|kind| self.new_event(kind, key)).transpose()?.into_iter().collect();
             let expected = current.map(|entry| entry.version);
-            if let Put::Written = self.put_sealed_with_events(&storage_key, &context, &token, expected, events)? {
+            if let Put::Written = self.put_token(key, &token, expected, old.as_ref(), events)? {
                 return Ok(token.info(key));
             }
         }

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::model::events::Event;
 use crate::model::*;
 use crate::platform::{Platform, SealingKey, StorageError, Write};
+use crate::record;
 use crate::seal;
 
 /// How often a write that keeps losing compare-and-swap races is retried.
@@ -63,24 +64,69 @@ impl<P: Platform> Vault<P> {
         value: &T,
         expected: Option<u64>,
     ) -> Result<Put> {
-        self.put_sealed_with_events(storage_key, context, value, expected, Vec::new())
+        self.put_sealed_with(storage_key, context, value, expected, Vec::new(), Vec::new())
     }
 
     /// Like [`Vault::put_sealed`], `events` written to the outbox in the same commit
-    /// (while their tenant has a webhook).
-    pub(crate) fn put_sealed_with_events<T: Serialize>(
+    /// (while their tenant has a webhook), and `also` with them.
+    pub(crate) fn put_sealed_with<T: Serialize>(
         &self,
         storage_key: &str,
         context: &seal::Context,
         value: &T,
         expected: Option<u64>,
         events: Vec<Event>,
+        also: Vec<Write>,
     ) -> Result<Put> {
         let key = self.active_key()?;
         let sealed = self.seal_bytes(&key, context, &serde_json::to_vec(value).expect("records serialize"))?;
         let mut writes = vec![Write::Put { key: storage_key.to_owned(), value: sealed, expected }];
         writes.extend(self.event_writes(events)?);
+        writes.extend(also);
         self.commit(&writes)
+    }
+
+    /// Save a connection's token record by compare-and-swap on `expected` (`old` is the
+    /// record at that version, if any), with the events it causes and its entry in the due
+    /// index moved to its new minute, in one commit.
+    pub(crate) fn put_token(
+        &self,
+        key: &ConnectionKey,
+        token: &record::TokenRecord,
+        expected: Option<u64>,
+        old: Option<&record::TokenRecord>,
+        events: Vec<Event>,
+    ) -> Result<Put> {
+        let index = self.due_index_writes(key, old, Some(token))?;
+        self.put_sealed_with(&record::token_key(key), &record::token_context(key), token, expected, events, index)
+    }
+
+    /// The due-index writes of a token going from `old` to `new` (none: deleted): its entry
+    /// moved when its minute changes, made when it becomes renewable, dropped when it stops.
+    pub(crate) fn due_index_writes(
+        &self,
+        key: &ConnectionKey,
+        old: Option<&record::TokenRecord>,
+        new: Option<&record::TokenRecord>,
+    ) -> Result<Vec<Write>> {
+        let (was, will) = (old.and_then(record::due_minute), new.and_then(record::due_minute));
+        let mut writes = Vec::new();
+        if was == will {
+            return Ok(writes);
+        }
+        if let Some(minute) = will {
+            let entry = record::due_key(minute, key);
+            if self.storage_get(&entry)?.is_none() {
+                writes.push(Write::Put { key: entry, value: Vec::new(), expected: None });
+            }
+        }
+        if let Some(minute) = was {
+            let entry = record::due_key(minute, key);
+            if let Some(found) = self.storage_get(&entry)? {
+                writes.push(Write::Delete { key: entry, expected: found.version });
+            }
+        }
+        Ok(writes)
     }
 
     /// All of `writes` or none; a single one as a plain put or delete.

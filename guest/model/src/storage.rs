@@ -69,6 +69,12 @@ pub const DEVICE_PREFIX: &str = "device/";
 pub const LINK_PREFIX: &str = "link/";
 /// Refresh leases: not sealed, they hold no value.
 pub const LEASE_PREFIX: &str = "lease/";
+/// When connections fall due for background refresh: `due/{expiry minute}/{connection}`,
+/// empty records kept in step with the token records, so a pass reads only what is due.
+pub const DUE_PREFIX: &str = "due/";
+/// Present once the due index covers every connection (it is built by the passes over all
+/// connections that run until then).
+pub const DUE_INDEX_KEY: &str = "due-index";
 /// Tenants' webhooks (their signing secrets).
 pub const WEBHOOK_PREFIX: &str = "hook/";
 
