@@ -49,7 +49,15 @@ export class MemoryStorage {
       const current = this.#records.get(val[0])?.version;
       if (!expectationHolds(tag, val, current)) throw new StorageConflict();
     }
-    return writes.map(({ tag, val }) => (tag === 'put' ? this.put(val[0], val[1], val[2]) : this.delete(val[0], val[1])));
+    return writes.map(({ tag, val }) => {
+      if (tag === 'delete') {
+        this.#records.delete(val[0]);
+        return undefined;
+      }
+      this.#lastVersion += 1n;
+      this.#records.set(val[0], { value: Uint8Array.from(val[1]), version: this.#lastVersion });
+      return this.#lastVersion;
+    });
   }
 
   list(prefix, cursor, limit) {

@@ -176,17 +176,26 @@ def test_a_foreign_keyring_cannot_open_the_rust_hosts_record() -> None:
 
 
 class RacingStorage(MemoryStorage):
-    """Another writer creates the token record just before the component's first write."""
+    """Another writer creates the token record just before the component's first write
+    (a put, or a commit with the token's due-index entry)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.raced = False
 
-    def put(self, key: str, value: bytes, expected: int | None) -> int | None:
+    def race(self, key: str) -> None:
         if key.startswith("tok/") and not self.raced:
             self.raced = True
             assert super().put(key, b"another writer's record", None) is not None
+
+    def put(self, key: str, value: bytes, expected: int | None) -> int | None:
+        self.race(key)
         return super().put(key, value, expected)
+
+    def commit(self, writes: list[tuple[str, tuple]]) -> list[int | None] | None:
+        for _kind, args in writes:
+            self.race(args[0])
+        return super().commit(writes)
 
 
 def test_a_version_conflict_reaches_the_component_which_retries() -> None:

@@ -154,9 +154,11 @@ class MemoryStorage:
         versions: list[int | None] = []
         for kind, args in writes:
             if kind == "put":
-                versions.append(self.put(args[0], args[1], args[2]))
+                self.last_version += 1
+                self.records[args[0]] = (bytes(args[1]), self.last_version)
+                versions.append(self.last_version)
             else:
-                self.delete(args[0], args[1])
+                del self.records[args[0]]
                 versions.append(None)
         return versions
 

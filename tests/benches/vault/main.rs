@@ -7,7 +7,8 @@
 //! and PostgreSQL), `coalesce` (1,000 gets of one expired token;
 //! `BENCH_POOL_SLOTS` sets its pool size), `python` (Fernet + Redis), `keys` (re-encryption
 //! after a rotation, SQLite and PostgreSQL), `proxy` (a proxied call against a direct one),
-//! `audit` (a `get` recorded in the audit trail against one recorded in memory).
+//! `audit` (a `get` recorded in the audit trail against one recorded in memory), `due`
+//! (background refresh over 10⁵ and 10⁶ connections, 1 % of them due).
 //! All of them when none is named. The report (markdown) goes to stdout and to
 //! `target/bench-report.md`; BENCHMARKS.md holds the latest one with the machine.
 //!
@@ -23,8 +24,8 @@ use support::*;
 use tokenvault::storage::StorageUrl;
 use tokenvault::{SandboxLimits, Vault};
 
-const SUITES: [&str; 10] =
-    ["get", "startup", "ops", "concurrency", "scale", "coalesce", "python", "keys", "proxy", "audit"];
+const SUITES: [&str; 11] =
+    ["get", "startup", "ops", "concurrency", "scale", "coalesce", "python", "keys", "proxy", "audit", "due"];
 
 fn main() {
     // cargo bench passes `--bench`; names without dashes choose suites.
@@ -51,6 +52,7 @@ fn main() {
                 "keys" => keys().await,
                 "proxy" => proxy().await,
                 "audit" => audit().await,
+                "due" => due().await,
                 _ => unreachable!(),
             }
         });
@@ -378,6 +380,78 @@ async fn audit() -> String {
     out
 }
 
+/// Background refresh over many connections, 1 % of them due: a pass of the scheduler
+/// (reading the due index) against refreshing just those due, one after another, and a pass
+/// with nothing due. SQLite; the connections not due are copies of a real sealed record
+/// with index entries a week or more ahead; the due ones are real, their tokens a minute
+/// from expiry, refreshed at a token endpoint on loopback.
+async fn due() -> String {
+    use tokenvault_serve::scheduler::{self, Budgets, Schedule};
+    let mut out = String::from(
+        "## Background refresh over many connections (SQLite, 1 % due, a loopback token endpoint)\n\n\
+         | connections | due | a pass | those due alone | pass / alone | a pass with none due |\n\
+         |---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut targets = String::new();
+    let endpoint = TokenEndpoint::start(Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let horizon = Duration::from_secs(300);
+    let schedule = Schedule { horizon, per_provider_per_minute: u32::MAX, ..Schedule::default() };
+    let (_running, stop) = tokio::sync::watch::channel(false);
+    for size in [100_000u64, 1_000_000] {
+        let due_count = size / 100;
+        let (url, filler) = Filler::store("sqlite", dir.path(), "", &format!("due_{size}"));
+        let storage = url.open().await.unwrap();
+        let origin = Some(endpoint.origin.as_str());
+        let vault =
+            vault(dir.path(), services(dir.path(), storage.clone()).await, None, SandboxLimits::default(), origin);
+        vault.put_provider(&provider(&endpoint.url)).await.unwrap();
+        vault.store(&key("template"), &grant(1)).await.unwrap();
+        let record_key = storage.list("tok/", None, 10).await.unwrap().keys[0].clone();
+        filler.fill(&record_key, due_count + 2, size).await;
+        filler.index_far_ahead(due_count + 3, size);
+        let due: Vec<_> = (0..due_count).map(|n| key(&format!("due{n:07}"))).collect();
+        let make_due = async || {
+            for key in &due {
+                vault.store(key, &tokenvault::TokenGrant { expires_in: Some(60), ..grant(2) }).await.unwrap();
+            }
+        };
+        make_due().await;
+        let started = Instant::now();
+        for key in &due {
+            vault.refresh_if_due(key, horizon).await.unwrap();
+        }
+        let alone = started.elapsed();
+        make_due().await;
+        let started = Instant::now();
+        let report = scheduler::pass(&vault, &schedule, &mut Budgets::new(u32::MAX), &stop).await;
+        let pass = started.elapsed();
+        assert_eq!((report.due as u64, report.refreshed as u64), (due_count, due_count), "{report:?}");
+        let started = Instant::now();
+        let idle = scheduler::pass(&vault, &schedule, &mut Budgets::new(u32::MAX), &stop).await;
+        let idle_time = started.elapsed();
+        assert_eq!(idle.due, 0);
+        let pass_to_alone = ratio(pass, alone);
+        out.push_str(&format!(
+            "| {size} | {due_count} | {:.2} s | {:.2} s | {pass_to_alone:.2} | {:.1} ms |\n",
+            pass.as_secs_f64(),
+            alone.as_secs_f64(),
+            idle_time.as_secs_f64() * 1000.0
+        ));
+        let label = if size == 100_000 { "10⁵" } else { "10⁶" };
+        targets.push_str(&target(&format!("a pass over {label} / those due alone"), pass_to_alone, 2.0, true));
+        if size == 1_000_000 {
+            targets.push_str(&target(
+                "a pass over 10⁶ with none due, ms",
+                idle_time.as_secs_f64() * 1000.0,
+                100.0,
+                true,
+            ));
+        }
+    }
+    format!("{out}\n{targets}")
+}
+
 /// Rows that make a store hold `to` records, copies of the record at `record_key`.
 enum Filler {
     Sqlite(std::path::PathBuf),
@@ -433,6 +507,27 @@ impl Filler {
                 client.batch_execute(&format!("ANALYZE {table}")).await.unwrap();
             }
         }
+    }
+
+    /// Due-index entries, a week or more ahead, for the filler connections `from` to `to`,
+    /// and the mark that the index is complete (SQLite).
+    fn index_far_ahead(&self, from: u64, to: u64) {
+        let Filler::Sqlite(path) = self else { unimplemented!("the due suite runs on SQLite") };
+        let week_ahead =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 60 + 7 * 1440;
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)
+             INSERT INTO tokenvault_records (key, value, version)
+             SELECT printf('due/%010d/t%04d/u%08d/idp/default', ?3 + i % 10000, i % 1000, i), x'', 2000000000 + i FROM n",
+            rusqlite::params![from as i64, to as i64, week_ahead as i64],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT OR IGNORE INTO tokenvault_records (key, value, version) VALUES ('due-index', x'7b7d', 3000000000)",
+            [],
+        )
+        .unwrap();
     }
 
     async fn drop_schema(&self) {

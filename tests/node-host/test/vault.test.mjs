@@ -144,16 +144,24 @@ test("a tenant's webhook: its events committed with each change, in both storage
 });
 
 test('a version conflict reaches the component, which retries', async () => {
-  // Another writer creates the token record just before the component's first write.
+  // Another writer creates the token record just before the component's first write (a
+  // put, or a commit with the token's due-index entry).
   const storage = new MemoryStorage();
   let raced = false;
-  const put = storage.put.bind(storage);
-  storage.put = (k, value, expected) => {
+  const [put, commit] = [storage.put.bind(storage), storage.commit.bind(storage)];
+  const race = (k) => {
     if (k.startsWith('tok/') && !raced) {
       raced = true;
       put(k, new TextEncoder().encode("another writer's record"), undefined);
     }
+  };
+  storage.put = (k, value, expected) => {
+    race(k);
     return put(k, value, expected);
+  };
+  storage.commit = (writes) => {
+    for (const { val } of writes) race(val[0]);
+    return commit(writes);
   };
   const vault = await openVault({ component, storage, keyring: Keyring.create() });
   registerProvider(vault);
