@@ -248,9 +248,9 @@ impl Platform for Imports {
         audit::emit(&event.into());
     }
 
-    fn now_ms(&self) -> u64 {
+    fn now_us(&self) -> u64 {
         let now = wasip2::clocks::wall_clock::now();
-        now.seconds * 1000 + u64::from(now.nanoseconds / 1_000_000)
+        now.seconds * 1_000_000 + u64::from(now.nanoseconds / 1000)
     }
 
     fn sleep_ms(&self, ms: u64) {

@@ -193,8 +193,8 @@ impl Platform for MemoryPlatform {
         self.events.borrow_mut().push(event);
     }
 
-    fn now_ms(&self) -> u64 {
-        self.now_ms.get()
+    fn now_us(&self) -> u64 {
+        self.now_ms.get() * 1000
     }
 
     fn sleep_ms(&self, ms: u64) {

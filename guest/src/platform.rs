@@ -46,8 +46,12 @@ pub trait Platform {
 
     fn audit(&self, event: AuditEvent);
 
+    /// Wall-clock time, Unix microseconds.
+    fn now_us(&self) -> u64;
     /// Wall-clock time, Unix milliseconds.
-    fn now_ms(&self) -> u64;
+    fn now_ms(&self) -> u64 {
+        self.now_us() / 1000
+    }
     /// Pause, e.g. before retrying a write while storage is unavailable.
     fn sleep_ms(&self, ms: u64);
 
@@ -83,8 +87,8 @@ impl<T: Platform + ?Sized> Platform for &T {
     fn audit(&self, event: AuditEvent) {
         (**self).audit(event)
     }
-    fn now_ms(&self) -> u64 {
-        (**self).now_ms()
+    fn now_us(&self) -> u64 {
+        (**self).now_us()
     }
     fn sleep_ms(&self, ms: u64) {
         (**self).sleep_ms(ms)

@@ -13,7 +13,7 @@ use crate::model::{Result, VaultError};
 
 use crate::model::storage::{
     DEVICE_PREFIX, DUE_PREFIX, FLOW_PREFIX, LEASE_PREFIX, LINK_PREFIX, PROVIDER_PREFIX, TENANT_PROVIDER_PREFIX,
-    TOKEN_PREFIX, escape_key_part as escape,
+    TOKEN_PREFIX, escape_key_part as escape, unescape_key_part as unescape,
 };
 
 const MAX_ID_LEN: usize = 256;
@@ -165,11 +165,6 @@ pub fn validate_key(key: &ConnectionKey) -> Result<()> {
     validate_id("user", &key.user)?;
     validate_id("provider", &key.provider)?;
     validate_id("connection name", &key.name)
-}
-
-fn unescape(part: &str) -> Option<String> {
-    let unescaped = part.replace("%2F", "/").replace("%25", "%");
-    (escape(&unescaped) == part).then_some(unescaped)
 }
 
 /// The plaintext of a token record.

@@ -260,22 +260,23 @@ impl<P: Platform> Vault<P> {
     /// The first failure since the last success marks the record, its tokens untouched,
     /// and sends `connection.refresh_failed`; the failures after it change nothing.
     fn note_refresh_failure(&self, key: &ConnectionKey, mut token: TokenRecord, version: u64, err: &VaultError) {
-        // Without a webhook there is no one to tell: the record stays exactly as it was.
-        if token.refresh_failing.is_some()
-            || matches!(err, VaultError::Storage(_))
-            || !self.has_webhook(&key.tenant).unwrap_or(false)
-        {
+        if token.refresh_failing.is_some() || matches!(err, VaultError::Storage(_)) {
             return;
         }
         let failure = EventFailure::of(err);
-        let old = token.clone();
-        token.refresh_failing = Some(failure.clone());
         let Ok(mut event) = self.new_event(EventType::RefreshFailed, key) else {
             return;
         };
-        event.failure = Some(failure);
+        event.failure = Some(failure.clone());
+        // Without a webhook there is no one to tell: the record stays exactly as it was.
+        let outbox = match self.event_writes(vec![event]) {
+            Ok(outbox) if !outbox.is_empty() => outbox,
+            _ => return,
+        };
+        let old = token.clone();
+        token.refresh_failing = Some(failure);
         // Lost to a newer write, or storage down: the next failure tries again.
-        let _ = self.put_token(key, &token, Some(version), Some(&old), vec![event]);
+        let _ = self.put_token(key, &token, Some(version), Some(&old), outbox);
     }
 
     fn save_refreshed(
@@ -304,7 +305,7 @@ impl<P: Platform> Vault<P> {
             refresh_failing: None,
         };
         let recovered = match old.refresh_failing {
-            Some(_) => vec![self.new_event(EventType::Recovered, key)?],
+            Some(_) => self.event_writes(vec![self.new_event(EventType::Recovered, key)?])?,
             None => Vec::new(),
         };
         let mut unavailable = 0;
@@ -362,8 +363,10 @@ impl<P: Platform> Vault<P> {
             code: Some("invalid_grant".into()),
             ..EventFailure::of(&VaultError::ReconnectRequired(String::new()))
         });
-        let lost_race =
-            matches!(self.put_token(key, &token, Some(version), Some(&old), vec![event]), Ok(Put::Conflict));
+        let written = self
+            .event_writes(vec![event])
+            .and_then(|outbox| self.put_token(key, &token, Some(version), Some(&old), outbox));
+        let lost_race = matches!(written, Ok(Put::Conflict));
         if lost_race
             && let Ok((current, _)) = self.load_token(key)
             && current.status == ConnectionStatus::Active

@@ -135,8 +135,9 @@ impl<P: Platform> Vault<P> {
                 _ => None,
             };
             let events = event.map(|kind| self.new_event(kind, key)).transpose()?.into_iter().collect();
+            let outbox = self.event_writes(events)?;
             let expected = current.map(|entry| entry.version);
-            if let Put::Written = self.put_token(key, &token, expected, old.as_ref(), events)? {
+            if let Put::Written = self.put_token(key, &token, expected, old.as_ref(), outbox)? {
                 return Ok(token.info(key));
             }
         }

@@ -5,7 +5,6 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::model::events::Event;
 use crate::model::*;
 use crate::platform::{Platform, SealingKey, StorageError, Write};
 use crate::record;
@@ -64,41 +63,39 @@ impl<P: Platform> Vault<P> {
         value: &T,
         expected: Option<u64>,
     ) -> Result<Put> {
-        self.put_sealed_with(storage_key, context, value, expected, Vec::new(), Vec::new())
+        self.put_sealed_with(storage_key, context, value, expected, Vec::new())
     }
 
-    /// Like [`Vault::put_sealed`], `events` written to the outbox in the same commit
-    /// (while their tenant has a webhook), and `also` with them.
+    /// Like [`Vault::put_sealed`], with `also` in the same commit.
     pub(crate) fn put_sealed_with<T: Serialize>(
         &self,
         storage_key: &str,
         context: &seal::Context,
         value: &T,
         expected: Option<u64>,
-        events: Vec<Event>,
         also: Vec<Write>,
     ) -> Result<Put> {
         let key = self.active_key()?;
         let sealed = self.seal_bytes(&key, context, &serde_json::to_vec(value).expect("records serialize"))?;
         let mut writes = vec![Write::Put { key: storage_key.to_owned(), value: sealed, expected }];
-        writes.extend(self.event_writes(events)?);
         writes.extend(also);
         self.commit(&writes)
     }
 
     /// Save a connection's token record by compare-and-swap on `expected` (`old` is the
-    /// record at that version, if any), with the events it causes and its entry in the due
-    /// index moved to its new minute, in one commit.
+    /// record at that version, if any), with the outbox writes of the events it causes
+    /// ([`Vault::event_writes`]) and its entry in the due index moved to its new minute, in
+    /// one commit.
     pub(crate) fn put_token(
         &self,
         key: &ConnectionKey,
         token: &record::TokenRecord,
         expected: Option<u64>,
         old: Option<&record::TokenRecord>,
-        events: Vec<Event>,
+        mut outbox: Vec<Write>,
     ) -> Result<Put> {
-        let index = self.due_index_writes(key, old, Some(token))?;
-        self.put_sealed_with(&record::token_key(key), &record::token_context(key), token, expected, events, index)
+        outbox.extend(self.due_index_writes(key, old, Some(token))?);
+        self.put_sealed_with(&record::token_key(key), &record::token_context(key), token, expected, outbox)
     }
 
     /// The due-index writes of a token going from `old` to `new` (none: deleted): its entry

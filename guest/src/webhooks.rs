@@ -14,7 +14,7 @@ pub use crate::model::events::webhook_key;
 use crate::model::events::{
     Event, EventType, SignedDelivery, WebhookConfig, WebhookInfo, filter_admits, validate_event_filter,
 };
-use crate::model::storage::{WEBHOOK_PREFIX, Write, escape_key_part};
+use crate::model::storage::{WEBHOOK_PREFIX, Write, unescape_key_part};
 use crate::model::*;
 use crate::platform::Platform;
 use crate::record;
@@ -38,9 +38,7 @@ struct WebhookRecord {
 }
 
 pub fn parse_webhook_key(storage_key: &str) -> Option<String> {
-    let part = storage_key.strip_prefix(WEBHOOK_PREFIX)?;
-    let tenant = part.replace("%2F", "/").replace("%25", "%");
-    (escape_key_part(&tenant) == part).then_some(tenant)
+    unescape_key_part(storage_key.strip_prefix(WEBHOOK_PREFIX)?)
 }
 
 /// The sealing context of a webhook record: it binds the record to its tenant.
@@ -103,7 +101,7 @@ impl<P: Platform> Vault<P> {
     pub(crate) fn new_event(&self, kind: EventType, key: &ConnectionKey) -> Result<Event> {
         let mut random = [0; 16];
         getrandom::fill(&mut random).map_err(|_| VaultError::Storage("no randomness for an event id".into()))?;
-        Ok(Event::connection(Event::new_id(random), kind, self.platform().now_ms(), key))
+        Ok(Event::connection(Event::new_id(random), kind, self.platform().now_us(), key))
     }
 
     pub(crate) fn has_webhook(&self, tenant: &str) -> Result<bool> {
@@ -119,10 +117,7 @@ impl<P: Platform> Vault<P> {
         if !self.has_webhook(&tenant)? {
             return Ok(Vec::new());
         }
-        Ok(events
-            .into_iter()
-            .map(|event| Write::Put { key: event.outbox_key(), value: event.to_json(), expected: None })
-            .collect())
+        Ok(events.iter().map(Event::outbox_write).collect())
     }
 
     fn put_webhook_inner(&self, tenant: &str, config: WebhookConfig) -> Result<Option<String>> {
@@ -177,23 +172,10 @@ fn random_secret() -> Result<Vec<u8>> {
 /// An http(s) URL with a host, no credentials and no fragment. Which origins may be used
 /// is the host's rule; errors never quote the URL.
 fn validate_url(url: &str) -> Result<()> {
-    let bad = |why: &str| Err(VaultError::InvalidInput(format!("the webhook URL {why}")));
     if url.len() > MAX_URL_LEN {
-        return bad(&format!("is longer than {MAX_URL_LEN} bytes"));
+        return Err(VaultError::InvalidInput(format!("the webhook URL is longer than {MAX_URL_LEN} bytes")));
     }
-    let Ok(parsed) = oauth2::url::Url::parse(url) else {
-        return bad("is not a URL");
-    };
-    if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none_or(str::is_empty) {
-        return bad("must be an http or https URL with a host");
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return bad("must not contain credentials");
-    }
-    if parsed.fragment().is_some() {
-        return bad("must not have a fragment");
-    }
-    Ok(())
+    crate::provider::validate_url("the webhook URL", url).map(drop)
 }
 
 #[cfg(test)]

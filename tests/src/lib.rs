@@ -45,6 +45,13 @@ pub fn python_venv(dir: &Path) -> PathBuf {
     dir.join(".venv/bin/python")
 }
 
+/// A random number below `n`.
+pub fn random_below(n: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).unwrap();
+    u64::from_le_bytes(bytes) % n
+}
+
 /// A random value, e.g. a client secret that doubles as a canary.
 pub fn random_value(prefix: &str) -> String {
     let mut bytes = [0u8; 16];
@@ -332,6 +339,12 @@ impl Tokenvault {
             args.push((*origin).to_owned());
         }
         Tokenvault { data_dir: tempfile::tempdir().unwrap(), args, env: Vec::new(), runs: Default::default() }
+    }
+
+    /// A new API key for `tenant`: the key and its id.
+    pub fn api_key(&self, tenant: &str) -> (String, String) {
+        let made = self.run(&["apikey", "create", tenant], None).json();
+        (made["key"].as_str().unwrap().to_owned(), made["id"].as_str().unwrap().to_owned())
     }
 
     /// Start a command that waits for something (a browser, a user code) and return it running.

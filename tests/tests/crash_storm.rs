@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokenvault_tests::{OAuthServer, Served, Tokenvault, canary};
+use tokenvault_tests::{OAuthServer, Served, Tokenvault, canary, random_below};
 
 const CONNECTIONS: usize = 50;
 const KILLS: usize = 20;
@@ -33,12 +33,6 @@ fn get_token(agent: &ureq::Agent, url: &str, key: &str, n: usize) -> Option<(u16
     let text = response.body_mut().read_to_string().unwrap_or_default();
     canary::record_answer("GET …/token (storm)", &text);
     Some((response.status().as_u16(), serde_json::from_str(&text).unwrap_or(Value::Null)))
-}
-
-fn random_below(n: u64) -> u64 {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).unwrap();
-    u64::from_le_bytes(bytes) % n
 }
 
 #[test]

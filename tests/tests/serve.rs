@@ -8,11 +8,6 @@ use tokenvault_tests::{OAuthServer, Served, Tokenvault};
 const CONN: &str = "/v1/tenants/acme/users/alice/connections";
 
 /// A key the CLI makes while `serve` runs on the same data directory.
-fn tenant_key(cli: &Tokenvault, tenant: &str) -> (String, String) {
-    let made = cli.run(&["apikey", "create", tenant], None).json();
-    (made["key"].as_str().unwrap().to_owned(), made["id"].as_str().unwrap().to_owned())
-}
-
 struct Scan {
     /// Values that may appear only in the bodies of the token endpoints.
     secrets: Vec<String>,
@@ -94,7 +89,7 @@ fn every_endpoint_answers_its_callers_and_only_them() {
     assert_eq!((status, listed.as_array().map(Vec::len)), (200, Some(1)));
 
     // A tenant key: its tenant's connections, the registry read-only.
-    let (acme, acme_id) = tenant_key(&cli, "acme");
+    let (acme, acme_id) = cli.api_key("acme");
     let (status, _) = scan.checked(&served, "GET", "/v1/providers/idp", Some(&acme), None);
     assert_eq!(status, 200);
     let (status, answer) =
@@ -350,7 +345,7 @@ fn connect_setup() -> ConnectSetup {
     let served = cli.serve();
     let operator = served.first_key.clone().unwrap();
     assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body())).0, 200);
-    let (acme, _) = tenant_key(&cli, "acme");
+    let (acme, _) = cli.api_key("acme");
     ConnectSetup { server, cli, served, acme }
 }
 

@@ -10,17 +10,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokenvault_tests::{OAuthServer, Tokenvault, canary};
+use tokenvault_tests::{OAuthServer, Tokenvault, canary, random_below};
 
 const CLIENTS: usize = 4;
 const USERS: usize = 40;
 const WARM_UP: Duration = Duration::from_secs(20);
-
-fn random_below(n: u64) -> u64 {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).unwrap();
-    u64::from_le_bytes(bytes) % n
-}
 
 #[test]
 fn a_mixed_load_for_minutes_answers_no_5xx_and_keeps_memory_flat() {

@@ -9,10 +9,6 @@
 use serde_json::{Value, json};
 use tokenvault_tests::{OAuthServer, Tokenvault, canary};
 
-fn tenant_key(cli: &Tokenvault, tenant: &str) -> String {
-    cli.run(&["apikey", "create", tenant], None).json()["key"].as_str().unwrap().to_owned()
-}
-
 /// The server's `vault-post` client as a provider body, its secret in it.
 fn own_app(server: &OAuthServer) -> Value {
     json!({
@@ -32,7 +28,7 @@ fn a_tenants_own_app_serves_its_connections_and_no_other_tenants() {
     let served = cli.serve_with(&["--refresh-every", "0"]);
     let operator = served.first_key.clone().unwrap();
     assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body())).0, 200);
-    let (acme, globex) = (tenant_key(&cli, "acme"), tenant_key(&cli, "globex"));
+    let (acme, globex) = (cli.api_key("acme").0, cli.api_key("globex").0);
 
     // acme registers its own app as idp; globex can neither set nor read acme's.
     let own = "/v1/tenants/acme/providers/idp";
@@ -109,7 +105,7 @@ fn an_erased_tenant_leaves_nothing_behind_and_others_go_on() {
     let served = cli.serve_with(&["--refresh-every", "0"]);
     let operator = served.first_key.clone().unwrap();
     assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body())).0, 200);
-    let (acme, globex) = (tenant_key(&cli, "acme"), tenant_key(&cli, "globex"));
+    let (acme, globex) = (cli.api_key("acme").0, cli.api_key("globex").0);
     assert_eq!(served.call("PUT", "/v1/tenants/acme/providers/own", Some(&acme), Some(&own_app(&server))).0, 200);
     let mut issued = Vec::new();
     for user in ["alice", "bob", "carol"] {

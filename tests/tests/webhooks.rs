@@ -114,10 +114,6 @@ fn verify_all(deliveries: &[Delivery], secret: &str) {
     assert!(wrong.verify(deliveries[0].body.as_bytes(), &deliveries[0].headers).is_err());
 }
 
-fn tenant_key(cli: &Tokenvault, tenant: &str) -> String {
-    cli.run(&["apikey", "create", tenant], None).json()["key"].as_str().unwrap().to_owned()
-}
-
 /// `serve` delivering to the receiver, retrying after 200 ms, without background refresh.
 fn serve(receiver: &Receiver, cli: &Tokenvault, extra: &[&str]) -> Served {
     let mut options =
@@ -148,7 +144,7 @@ fn a_connections_life_reaches_its_tenants_webhook_signed_and_in_order() {
     let receiver = Receiver::start();
     let cli = Tokenvault::new(&[&server.origin()]);
     let served = webhook_service(&server, &receiver, &cli, &[]);
-    let (acme, globex) = (tenant_key(&cli, "acme"), tenant_key(&cli, "globex"));
+    let (acme, globex) = (cli.api_key("acme").0, cli.api_key("globex").0);
 
     // Refused: an origin not allowed for webhooks, another tenant's key, an unknown type.
     let hook = "/v1/tenants/acme/webhook";
@@ -316,7 +312,7 @@ fn an_event_given_up_on_shows_in_the_console_and_the_metrics() {
     let receiver = Receiver::start();
     let cli = Tokenvault::new(&[&server.origin()]);
     let served = webhook_service(&server, &receiver, &cli, &["--webhook-give-up-after", "2"]);
-    let acme = tenant_key(&cli, "acme");
+    let acme = cli.api_key("acme").0;
     set_webhook(&served, &acme, &receiver);
     receiver.down.store(true, Ordering::SeqCst);
     assert_eq!(

@@ -16,7 +16,8 @@ pub fn webhook_key(tenant: &str) -> String {
     format!("{}{}", crate::storage::WEBHOOK_PREFIX, crate::storage::escape_key_part(tenant))
 }
 
-/// Events waiting for delivery, oldest first: `outbox/{at_ms:013}-{id}`.
+/// Events waiting for delivery, oldest first: `outbox/{at_us:016}-{id}`, so one connection's events
+/// (made by requests that follow each other) keep their order even within a millisecond..
 pub const OUTBOX_PREFIX: &str = "outbox/";
 /// Events given up on after the retry window, kept for the operator to see.
 pub const UNDELIVERED_PREFIX: &str = "undelivered/";
@@ -160,8 +161,8 @@ pub struct Event {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: EventType,
-    /// Unix milliseconds.
-    pub at_ms: u64,
+    /// Unix microseconds.
+    pub at_us: u64,
     pub tenant: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
@@ -185,21 +186,21 @@ pub struct Event {
 
 impl Event {
     /// An event about a connection; `id` from [`Event::new_id`].
-    pub fn connection(id: String, kind: EventType, at_ms: u64, key: &ConnectionKey) -> Self {
+    pub fn connection(id: String, kind: EventType, at_us: u64, key: &ConnectionKey) -> Self {
         Event {
             user: Some(key.user.clone()),
             provider: Some(key.provider.clone()),
             name: Some(key.name.clone()),
-            ..Event::tenant(id, kind, at_ms, &key.tenant)
+            ..Event::tenant(id, kind, at_us, &key.tenant)
         }
     }
 
     /// An event of a tenant's that names no connection.
-    pub fn tenant(id: String, kind: EventType, at_ms: u64, tenant: &str) -> Self {
+    pub fn tenant(id: String, kind: EventType, at_us: u64, tenant: &str) -> Self {
         Event {
             id,
             kind,
-            at_ms,
+            at_us,
             tenant: tenant.into(),
             user: None,
             provider: None,
@@ -222,12 +223,17 @@ impl Event {
 
     /// Its outbox key: time order, then id.
     pub fn outbox_key(&self) -> String {
-        format!("{OUTBOX_PREFIX}{:013}-{}", self.at_ms, self.id)
+        format!("{OUTBOX_PREFIX}{:016}-{}", self.at_us, self.id)
+    }
+
+    /// Its record's write into the outbox, to commit with the change that caused it.
+    pub fn outbox_write(&self) -> crate::storage::Write {
+        crate::storage::Write::Put { key: self.outbox_key(), value: self.to_json(), expected: None }
     }
 
     /// Its key once given up on.
     pub fn undelivered_key(&self) -> String {
-        format!("{UNDELIVERED_PREFIX}{:013}-{}", self.at_ms, self.id)
+        format!("{UNDELIVERED_PREFIX}{:016}-{}", self.at_us, self.id)
     }
 
     /// What its events are delivered in order of: its connection, or its access token;
@@ -282,14 +288,15 @@ mod tests {
     #[test]
     fn an_event_round_trips_through_the_outbox_and_names_its_type() {
         let key = ConnectionKey::new("acme", "alice", "github", "default");
-        let mut event = Event::connection(Event::new_id([7; 16]), EventType::RefreshFailed, 1_700_000_000_123, &key);
+        let mut event =
+            Event::connection(Event::new_id([7; 16]), EventType::RefreshFailed, 1_700_000_000_123_456, &key);
         event.failure = Some(EventFailure::of(&VaultError::provider(Some(400), Some("invalid_scope".into()), "x")));
         let json = event.to_json();
         assert!(String::from_utf8_lossy(&json).contains(r#""type":"connection.refresh_failed""#));
         assert_eq!(Event::from_json(&json).unwrap(), event);
-        assert_eq!(event.outbox_key(), format!("outbox/1700000000123-{}", event.id));
+        assert_eq!(event.outbox_key(), format!("outbox/1700000000123456-{}", event.id));
         assert_eq!(event.connection_key(), Some(key));
-        assert!(Event::from_json(br#"{"id":"x","type":"nope","at_ms":1,"tenant":"t"}"#).is_err());
+        assert!(Event::from_json(br#"{"id":"x","type":"nope","at_us":1,"tenant":"t"}"#).is_err());
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub fn escape_key_part(id: &str) -> String {
     id.replace('%', "%25").replace('/', "%2F")
 }
 
+/// The identifier a key part escapes; none for a part [`escape_key_part`] cannot make.
+pub fn unescape_key_part(part: &str) -> Option<String> {
+    let unescaped = part.replace("%2F", "/").replace("%25", "%");
+    (escape_key_part(&unescaped) == part).then_some(unescaped)
+}
+
 /// Connections' tokens.
 pub const TOKEN_PREFIX: &str = "tok/";
 /// Registered providers (their client secrets): the vault's, every tenant's.

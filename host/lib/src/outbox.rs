@@ -154,7 +154,7 @@ impl<'a> Outbox<'a> {
         event.delivery.attempts += 1;
         event.delivery.claimed_until_ms = 0;
         event.delivery.last_error = Some(why.to_owned());
-        let give_up = now_ms.saturating_sub(event.at_ms) >= policy.give_up_after.as_millis() as u64;
+        let give_up = now_ms.saturating_sub(event.at_us / 1000) >= policy.give_up_after.as_millis() as u64;
         let written = if give_up {
             let undelivered = Write::Put { key: event.undelivered_key(), value: event.to_json(), expected: None };
             self.storage.commit(&[Write::Delete { key, expected: version }, undelivered]).await.map(drop)
@@ -200,15 +200,15 @@ impl<'a> Outbox<'a> {
         if self.storage.get(&webhook_key(&event.tenant)).await?.is_none() {
             return Ok(Vec::new());
         }
-        Ok(vec![Write::Put { key: event.outbox_key(), value: event.to_json(), expected: None }])
+        Ok(vec![event.outbox_write()])
     }
 }
 
-/// A new event of `tenant`'s, of `kind`, at `now_ms`, with a random id.
-pub fn new_event(kind: EventType, tenant: &str, now_ms: u64) -> crate::Result<Event> {
+/// A new event of `tenant`'s, of `kind`, at `now_us`, with a random id.
+pub fn new_event(kind: EventType, tenant: &str, now_us: u64) -> crate::Result<Event> {
     let mut random = [0; 16];
     getrandom::fill(&mut random).map_err(|e| crate::Error::Config(format!("no randomness: {e}")))?;
-    Ok(Event::tenant(Event::new_id(random), kind, now_ms, tenant))
+    Ok(Event::tenant(Event::new_id(random), kind, now_us, tenant))
 }
 
 #[cfg(test)]
@@ -219,8 +219,28 @@ mod tests {
     use tokenvault_model::events::EventType;
 
     fn event(n: u8, at_ms: u64, user: &str) -> Event {
+        event_at_us(n, at_ms * 1000, user)
+    }
+
+    fn event_at_us(n: u8, at_us: u64, user: &str) -> Event {
         let key = ConnectionKey::new("acme", user, "github", "default");
-        Event::connection(Event::new_id([n; 16]), EventType::ConnectionCreated, at_ms, &key)
+        Event::connection(Event::new_id([n; 16]), EventType::ConnectionCreated, at_us, &key)
+    }
+
+    #[tokio::test]
+    async fn events_within_one_millisecond_keep_their_order_whatever_their_ids() {
+        let storage = MemoryStorage::default();
+        let outbox = Outbox::new(&storage);
+        // The later event's id sorts first: only the time may order them.
+        let (first, second) = (event_at_us(9, 1_000_000, "alice"), event_at_us(1, 1_000_001, "alice"));
+        for event in [&first, &second] {
+            outbox.add(event).await.unwrap();
+        }
+        let claimed = outbox.claim_due(10_000, 10).await.unwrap().claimed;
+        assert_eq!(claimed.iter().map(|c| c.event.id.clone()).collect::<Vec<_>>(), [first.id]);
+        outbox.done(&claimed[0]).await.unwrap();
+        let next = outbox.claim_due(10_000, 10).await.unwrap().claimed;
+        assert_eq!(next.iter().map(|c| c.event.id.clone()).collect::<Vec<_>>(), [second.id]);
     }
 
     #[tokio::test]

@@ -270,7 +270,7 @@ impl AccessTokens {
 
     /// The webhook event about a token (its id, never the token).
     fn event(&self, kind: EventType, info: &AccessTokenInfo) -> Result<Event> {
-        let mut event = new_event(kind, &info.tenant, self.clock.now().as_millis() as u64)?;
+        let mut event = new_event(kind, &info.tenant, self.clock.now().as_micros() as u64)?;
         event.user = Some(info.user.clone());
         event.access_token_id = Some(info.id.clone());
         Ok(event)

@@ -311,14 +311,19 @@ async fn put_provider(
     body: Bytes,
 ) -> ApiResult<ProviderInfo> {
     caller.operator()?;
-    let mut config: ProviderConfig = parse_json("provider", &body)?;
-    if !config.name.is_empty() && config.name != path.name {
-        return Err(
-            Error::invalid_input(format!("the body names provider {}, the path {}", config.name, path.name)).into()
-        );
-    }
-    config.name = path.name;
+    let config = provider_in_body(&body, path.name)?;
     Ok(Json(caller.vault(&state).put_provider(&config).await?))
+}
+
+/// The provider a `PUT` body registers under `name`, the name in its path: a body that
+/// names another is refused.
+fn provider_in_body(body: &[u8], name: String) -> Result<ProviderConfig, ApiError> {
+    let mut config: ProviderConfig = parse_json("provider", body)?;
+    if !config.name.is_empty() && config.name != name {
+        return Err(Error::invalid_input(format!("the body names provider {}, the path {name}", config.name)).into());
+    }
+    config.name = name;
+    Ok(config)
 }
 
 /// Remove a provider (operator keys only); connections to it are kept.
@@ -414,13 +419,7 @@ async fn put_tenant_provider(
     body: Bytes,
 ) -> ApiResult<ProviderInfo> {
     caller.for_tenant(&path.tenant)?;
-    let mut config: ProviderConfig = parse_json("provider", &body)?;
-    if !config.name.is_empty() && config.name != path.name {
-        return Err(
-            Error::invalid_input(format!("the body names provider {}, the path {}", config.name, path.name)).into()
-        );
-    }
-    config.name = path.name;
+    let config = provider_in_body(&body, path.name)?;
     Ok(Json(caller.vault(&state).put_provider_of(Some(&path.tenant), &config).await?))
 }
 

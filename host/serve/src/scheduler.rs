@@ -207,7 +207,8 @@ impl Budgets {
     }
 }
 
-fn random_fraction() -> f64 {
+/// A random number in 0..=1, for jitter.
+pub(crate) fn random_fraction() -> f64 {
     let mut bytes = [0u8; 4];
     let _ = getrandom::fill(&mut bytes); // without randomness, no jitter: still correct
     f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)

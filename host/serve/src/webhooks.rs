@@ -87,15 +87,15 @@ impl Webhooks {
 pub fn body(event: &Event) -> Vec<u8> {
     let mut data = serde_json::to_value(event).expect("events serialize");
     if let Some(fields) = data.as_object_mut() {
-        for moved_or_private in ["id", "type", "at_ms", "delivery"] {
+        for moved_or_private in ["id", "type", "at_us", "delivery"] {
             fields.remove(moved_or_private);
         }
     }
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(event.at_ms);
+    let at = std::time::UNIX_EPOCH + Duration::from_micros(event.at_us);
     let body = serde_json::json!({
         "id": event.id,
         "type": event.kind.name(),
-        "timestamp": humantime::format_rfc3339_millis(at).to_string(),
+        "timestamp": humantime::format_rfc3339_micros(at).to_string(),
         "data": data,
     });
     serde_json::to_vec(&body).expect("bodies serialize")
@@ -191,7 +191,7 @@ async fn deliver(vault: Vault, webhooks: Arc<Webhooks>, claimed: Claimed) -> Out
     match tried {
         Ok(()) => settle(outbox.done(&claimed).await, Outcome::Delivered),
         Err(why) => {
-            let jitter = random_fraction();
+            let jitter = crate::scheduler::random_fraction();
             match outbox.failed(claimed, &why, now_ms(&vault), &webhooks.retry, jitter).await {
                 Ok(true) => {
                     tracing::warn!(reason = %why, "a webhook event was not delivered within the retry window");
@@ -221,12 +221,6 @@ fn unix_now() -> u64 {
 /// The component's clock, in which events are timed.
 fn now_ms(vault: &Vault) -> u64 {
     vault.services().clock.now().as_millis() as u64
-}
-
-fn random_fraction() -> f64 {
-    let mut bytes = [0u8; 4];
-    let _ = getrandom::fill(&mut bytes);
-    f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
 }
 
 // ---- routes ------------------------------------------------------------------------
@@ -321,7 +315,7 @@ pub(crate) async fn test_webhook(
 ) -> Result<Json<PingResult>, ApiError> {
     caller.for_tenant(&path.tenant)?;
     let vault = caller.vault(&state);
-    let ping = new_event(EventType::Ping, &path.tenant, now_ms(&vault))?;
+    let ping = new_event(EventType::Ping, &path.tenant, vault.services().clock.now().as_micros() as u64)?;
     let body = body(&ping);
     let timestamp = unix_now();
     let Some(signed) = vault.sign_delivery(&ping, timestamp, &body).await? else {

@@ -236,8 +236,8 @@ impl Platform for NativePlatform {
     fn audit(&self, event: tokenvault_guest::model::AuditEvent) {
         std::hint::black_box(event);
     }
-    fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    fn now_us(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
     }
     fn sleep_ms(&self, ms: u64) {
         std::thread::sleep(Duration::from_millis(ms))

@@ -382,7 +382,7 @@ pub async fn webhooks(admin: Admin, State(state): State<AppState>, Query(query):
                 tbody {
                     @for event in &undelivered {
                         tr.undelivered {
-                            td { (utc(event.at_ms / 1000)) }
+                            td { (utc(event.at_us / 1_000_000)) }
                             td.event-type { (event.kind.name()) }
                             td { (event.tenant) }
                             td { (event.user.as_deref().unwrap_or("")) }
