@@ -8,7 +8,9 @@
 //! `BENCH_POOL_SLOTS` sets its pool size), `python` (Fernet + Redis), `keys` (re-encryption
 //! after a rotation, SQLite and PostgreSQL), `proxy` (a proxied call against a direct one),
 //! `audit` (a `get` recorded in the audit trail against one recorded in memory), `due`
-//! (background refresh over 10⁵ and 10⁶ connections, 1 % of them due).
+//! (background refresh over 10⁵ and 10⁶ connections, 1 % of them due), `stores` (a `get`
+//! on SQLite and PostgreSQL against one in memory and a bare read of the row; 16 callers;
+//! SQLite with writes going on beside).
 //! All of them when none is named. The report (markdown) goes to stdout and to
 //! `target/bench-report.md`; BENCHMARKS.md holds the latest one with the machine.
 //!
@@ -18,14 +20,16 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::*;
 use tokenvault::storage::StorageUrl;
 use tokenvault::{SandboxLimits, Vault};
 
-const SUITES: [&str; 11] =
-    ["get", "startup", "ops", "concurrency", "scale", "coalesce", "python", "keys", "proxy", "audit", "due"];
+const SUITES: [&str; 12] =
+    ["get", "startup", "ops", "concurrency", "scale", "coalesce", "python", "keys", "proxy", "audit", "due", "stores"];
 
 fn main() {
     // cargo bench passes `--bench`; names without dashes choose suites.
@@ -53,6 +57,7 @@ fn main() {
                 "proxy" => proxy().await,
                 "audit" => audit().await,
                 "due" => due().await,
+                "stores" => stores().await,
                 _ => unreachable!(),
             }
         });
@@ -377,6 +382,131 @@ async fn audit() -> String {
         filler.drop_schema().await;
     }
     out.push_str(&rates);
+    out
+}
+
+/// A `get` (fresh instance, the product's call) on each store: SQLite and PostgreSQL against
+/// memory and against a bare read of the same row by their own drivers (prepared, on a
+/// kept connection); 16 callers on each; and on SQLite, gets while another task commits a
+/// write every millisecond (as audit appends and outbox deliveries do) against gets alone.
+async fn stores() -> String {
+    let postgres_url =
+        std::env::var("TOKENVAULT_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let dir = tempfile::tempdir().unwrap();
+    let key = key("stored");
+    let (sqlite_url, sqlite_store) = Filler::store("sqlite", dir.path(), &postgres_url, "stores");
+    let (postgres_url, postgres_store) = Filler::store("postgres", dir.path(), &postgres_url, "stores");
+    let mut vaults = Vec::new();
+    let mut storages = Vec::new();
+    for url in [StorageUrl::Memory, sqlite_url, postgres_url] {
+        let storage = url.open().await.unwrap();
+        let product =
+            vault(dir.path(), services(dir.path(), storage.clone()).await, None, SandboxLimits::default(), None);
+        product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
+        product.store(&key, &grant(1)).await.unwrap();
+        vaults.push(product);
+        storages.push(storage);
+    }
+    let record_key = storages[0].list("tok/", None, 10).await.unwrap().keys[0].clone();
+    let Filler::Sqlite(sqlite_path) = &sqlite_store else { unreachable!() };
+    let sqlite_bare = rusqlite::Connection::open(sqlite_path).unwrap();
+    let Filler::Postgres(url, schema) = &postgres_store else { unreachable!() };
+    let (postgres_bare, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let select = postgres_bare
+        .prepare(&format!("SELECT value, version FROM \"{schema}\".tokenvault_records WHERE key = $1"))
+        .await
+        .unwrap();
+
+    let names = [
+        "memory: get",
+        "SQLite: get",
+        "SQLite: the storage read alone (Storage::get)",
+        "SQLite: bare SELECT (rusqlite)",
+        "PostgreSQL: get",
+        "PostgreSQL: the storage read alone (Storage::get)",
+        "PostgreSQL: bare SELECT (tokio-postgres)",
+    ];
+    let expected = grant(1).access_token;
+    let samples = interleaved(&names, 10, 300, async |case| match case {
+        0 | 1 | 4 => {
+            let product = &vaults[[0, 1, 0, 0, 2][case]];
+            assert_eq!(product.get(&key).await.unwrap().access_token, expected);
+        }
+        2 | 5 => assert!(storages[if case == 2 { 1 } else { 2 }].get(&record_key).await.unwrap().is_some()),
+        3 => {
+            let mut stmt =
+                sqlite_bare.prepare_cached("SELECT value, version FROM tokenvault_records WHERE key = ?1").unwrap();
+            let row: Vec<u8> = stmt.query_row([&record_key], |row| row.get(0)).unwrap();
+            assert!(!row.is_empty());
+        }
+        _ => assert!(postgres_bare.query_opt(&select, &[&record_key]).await.unwrap().is_some()),
+    })
+    .await;
+    let median = |name: &str| find(&samples, name).median();
+    let mut out = format!(
+        "## A `get` on each store (fresh instance + `get`; bare reads of the same row by each store's own driver, \
+         prepared, on a kept connection; 10 × 300 calls per case, interleaved)\n\n{}\n{}{}",
+        table(&samples, Some(names[0])),
+        target("SQLite get / memory get", ratio(median(names[1]), median(names[0])), 1.3, true),
+        target("PostgreSQL get / bare SELECT", ratio(median(names[4]), median(names[6])), 1.5, true),
+    );
+
+    out.push_str("\n| store | callers | gets/s | median µs | p99 µs |\n|---|---:|---:|---:|---:|\n");
+    let lasting = Duration::from_secs(2);
+    for (name, product) in ["memory", "SQLite", "PostgreSQL"].into_iter().zip(&vaults) {
+        for callers in [1usize, 16] {
+            let (product, key) = (product.clone(), key.clone());
+            let sample = concurrently(callers, lasting, move || {
+                let (product, key) = (product.clone(), key.clone());
+                async move { drop(product.get(&key).await.unwrap()) }
+            })
+            .await;
+            out.push_str(&format!(
+                "| {name} | {callers} | {:.0} | {} | {} |\n",
+                sample.0.len() as f64 / lasting.as_secs_f64(),
+                us(sample.median()),
+                us(sample.percentile(0.99))
+            ));
+        }
+    }
+
+    // Writes beside: while on, one commit a millisecond on other keys of the same file.
+    let writing = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (storage, writing, done) = (storages[1].clone(), writing.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut commits = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                if writing.load(Ordering::Relaxed) {
+                    let key = format!("bench-write/{}", commits % 100);
+                    let expected = storage.get(&key).await.unwrap().map(|entry| entry.version);
+                    let write = tokenvault::storage::Write::Put { key, value: vec![0; 300], expected };
+                    storage.commit(&[write]).await.unwrap();
+                    commits += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            commits
+        })
+    };
+    let names = ["SQLite: get alone", "SQLite: get, writes beside"];
+    let sqlite = &vaults[1];
+    let beside = interleaved(&names, 10, 300, async |case| {
+        writing.store(case == 1, Ordering::Relaxed);
+        drop(sqlite.get(&key).await.unwrap());
+    })
+    .await;
+    done.store(true, Ordering::Relaxed);
+    let commits = writer.await.unwrap();
+    out.push_str(&format!(
+        "\nSQLite with writes beside ({commits} commits while those gets ran):\n\n{}\n{}",
+        table(&beside, Some(names[0])),
+        target("SQLite get with writes beside / alone", ratio(beside[1].1.median(), beside[0].1.median()), 1.3, true),
+    ));
+    drop((vaults, storages));
+    postgres_store.drop_schema().await;
     out
 }
 

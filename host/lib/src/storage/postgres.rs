@@ -6,6 +6,7 @@
 //! under an advisory lock so that hosts starting together do not race. A commit of several
 //! writes is a transaction on a second connection of its own: the first carries every
 //! other call, pipelined, where a transaction would take in its neighbours' statements.
+//! Each connection prepares its statements once, so a call is one round trip.
 //! `sslmode=require` (or `verify-full`) in the URL makes every connection TLS (rustls),
 //! verifying the server's certificate and name against the Mozilla roots and the CA file
 //! `sslrootcert=PATH` names.
@@ -23,22 +24,24 @@ pub struct PostgresStorage {
     /// None: plain TCP (`sslmode=disable`, the default).
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     schema: String,
-    client: Mutex<Option<Arc<Client>>>,
+    shared: Mutex<Option<Arc<Connection>>>,
     /// For commits, one at a time.
-    transactions: Mutex<Option<Transactions>>,
+    transactions: Mutex<Option<Connection>>,
     statements: Statements,
 }
 
-/// The commits' connection, its writes prepared once.
-struct Transactions {
+/// A connection, its statements prepared once.
+struct Connection {
     client: Client,
     prepared: Prepared,
 }
 
 struct Prepared {
+    get: Statement,
     insert: Statement,
     update: Statement,
     delete: Statement,
+    list: Statement,
 }
 
 /// SQL with the schema filled in.
@@ -121,10 +124,10 @@ impl PostgresStorage {
             config,
             tls,
             schema,
-            client: Mutex::new(None),
+            shared: Mutex::new(None),
             transactions: Mutex::new(None),
         };
-        let client = storage.client().await?;
+        let client = storage.open_client().await?;
         client
             .batch_execute(&format!(
                 "BEGIN;
@@ -141,21 +144,42 @@ impl PostgresStorage {
             ))
             .await
             .map_err(unavailable)?;
+        let prepared = storage.prepare(&client).await?;
+        *storage.shared.lock().await = Some(Arc::new(Connection { client, prepared }));
         Ok(storage)
     }
 
     /// The shared connection, opened again if it was lost.
-    async fn client(&self) -> StorageResult<Arc<Client>> {
-        let mut slot = self.client.lock().await;
-        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(client.clone());
+    async fn shared(&self) -> StorageResult<Arc<Connection>> {
+        let mut slot = self.shared.lock().await;
+        if let Some(connection) = slot.as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(connection.clone());
         }
-        let client = Arc::new(self.open_connection().await?);
-        *slot = Some(client.clone());
-        Ok(client)
+        let connection = Arc::new(self.open().await?);
+        *slot = Some(connection.clone());
+        Ok(connection)
     }
 
-    async fn open_connection(&self) -> StorageResult<Client> {
+    async fn open(&self) -> StorageResult<Connection> {
+        let client = self.open_client().await?;
+        let prepared = self.prepare(&client).await?;
+        Ok(Connection { client, prepared })
+    }
+
+    async fn prepare(&self, client: &Client) -> StorageResult<Prepared> {
+        let statements = &self.statements;
+        let (get, insert, update, delete, list) = tokio::try_join!(
+            client.prepare(&statements.get),
+            client.prepare(&statements.insert),
+            client.prepare(&statements.update),
+            client.prepare(&statements.delete),
+            client.prepare(&statements.list),
+        )
+        .map_err(unavailable)?;
+        Ok(Prepared { get, insert, update, delete, list })
+    }
+
+    async fn open_client(&self) -> StorageResult<Client> {
         fn drive<C: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static>(connection: C) {
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
@@ -175,17 +199,6 @@ impl PostgresStorage {
                 client
             }
         })
-    }
-
-    async fn open_transactions(&self) -> StorageResult<Transactions> {
-        let client = self.open_connection().await?;
-        let (insert, update, delete) = tokio::try_join!(
-            client.prepare(&self.statements.insert),
-            client.prepare(&self.statements.update),
-            client.prepare(&self.statements.delete),
-        )
-        .map_err(unavailable)?;
-        Ok(Transactions { client, prepared: Prepared { insert, update, delete } })
     }
 }
 
@@ -211,32 +224,30 @@ impl Prepared {
 #[async_trait::async_trait]
 impl Storage for PostgresStorage {
     async fn get(&self, key: &str) -> StorageResult<Option<Entry>> {
-        let client = self.client().await?;
-        let row = client.query_opt(&self.statements.get, &[&key]).await.map_err(unavailable)?;
+        let Connection { client, prepared } = &*self.shared().await?;
+        let row = client.query_opt(&prepared.get, &[&key]).await.map_err(unavailable)?;
         Ok(row.map(|row| Entry { value: row.get(0), version: row.get::<_, i64>(1) as u64 }))
     }
 
     async fn put(&self, key: &str, value: &[u8], expected: Option<u64>) -> StorageResult<u64> {
-        let client = self.client().await?;
+        let Connection { client, prepared } = &*self.shared().await?;
         let row = match expected {
-            None => client.query_opt(&self.statements.insert, &[&key, &value]).await,
-            Some(expected) => client.query_opt(&self.statements.update, &[&key, &value, &(expected as i64)]).await,
+            None => client.query_opt(&prepared.insert, &[&key, &value]).await,
+            Some(expected) => client.query_opt(&prepared.update, &[&key, &value, &(expected as i64)]).await,
         }
         .map_err(unavailable)?;
         row.map(|row| row.get::<_, i64>(0) as u64).ok_or(StorageError::Conflict)
     }
 
     async fn delete(&self, key: &str, expected: u64) -> StorageResult<()> {
-        let client = self.client().await?;
-        let deleted =
-            client.execute(&self.statements.delete, &[&key, &(expected as i64)]).await.map_err(unavailable)?;
+        let Connection { client, prepared } = &*self.shared().await?;
+        let deleted = client.execute(&prepared.delete, &[&key, &(expected as i64)]).await.map_err(unavailable)?;
         if deleted == 1 { Ok(()) } else { Err(StorageError::Conflict) }
     }
 
     async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<KeyPage> {
-        let client = self.client().await?;
-        let rows =
-            client.query(&self.statements.list, &[&prefix, &cursor, &i64::from(limit)]).await.map_err(unavailable)?;
+        let Connection { client, prepared } = &*self.shared().await?;
+        let rows = client.query(&prepared.list, &[&prefix, &cursor, &i64::from(limit)]).await.map_err(unavailable)?;
         let keys: Vec<String> = rows.into_iter().map(|row| row.get(0)).collect();
         Ok(KeyPage::of(keys, limit))
     }
@@ -244,9 +255,9 @@ impl Storage for PostgresStorage {
     async fn commit(&self, writes: &[Write]) -> StorageResult<Vec<Option<u64>>> {
         let mut slot = self.transactions.lock().await;
         if slot.as_ref().is_none_or(|t| t.client.is_closed()) {
-            *slot = Some(self.open_transactions().await?);
+            *slot = Some(self.open().await?);
         }
-        let Transactions { client, prepared } = slot.as_mut().expect("opened above");
+        let Connection { client, prepared } = slot.as_mut().expect("opened above");
         let prepared = &*prepared;
         let tx = client.transaction().await.map_err(unavailable)?;
         // Sent together (tokio-postgres pipelines the statements of one connection), so a
@@ -292,7 +303,7 @@ mod tests {
         conformance::run(Arc::new(storage)).await;
         let again =
             PostgresStorage::connect(&format!("{url}?schema={schema}")).await.expect("migrations are idempotent");
-        again.client().await.unwrap().batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+        again.shared().await.unwrap().client.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
     }
 
     #[test]

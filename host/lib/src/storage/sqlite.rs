@@ -2,9 +2,12 @@
 //!
 //! Several processes may share the file: writes run in `BEGIN IMMEDIATE` transactions
 //! (WAL mode, with a busy timeout), and versions come from one counter row, so they are
-//! never reused.
+//! never reused. Within a process, writes go through one connection, one transaction at a
+//! time, off the async workers; reads go through a pool of others, in place: in WAL mode a
+//! reader neither waits for the writer nor for other readers, so a `get` does not queue
+//! behind an audit append or another caller's read.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,9 +16,16 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{Entry, KeyPage, Storage, StorageError, StorageResult, Write};
 
 pub struct SqliteStorage {
-    conn: Arc<Mutex<Connection>>,
-    path: std::path::PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    /// Read connections not in use; more are opened while all are busy.
+    idle_readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
 }
+
+/// Read connections kept open when idle; each holds its own page cache.
+const IDLE_READERS: usize = 8;
+/// How long a statement waits for another connection's lock before failing.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
 
 /// Shared with the Node and Python hosts, which read files this host writes.
 const SCHEMA: &str = include_str!("sqlite.sql");
@@ -37,17 +47,15 @@ impl SqliteStorage {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut private, 0o600);
         private.open(path).map_err(|e| StorageError::Unavailable(format!("cannot create {}: {e}", path.display())))?;
-        let conn = Connection::open(path).map_err(unavailable)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
-        conn.execute_batch(SCHEMA).map_err(unavailable)?;
-        Ok(SqliteStorage { conn: Arc::new(Mutex::new(conn)), path: path.to_owned() })
+        let writer = connect(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+        writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        Ok(SqliteStorage { writer: Arc::new(Mutex::new(writer)), idle_readers: Arc::default(), path: path.to_owned() })
     }
 
     /// `writes` in one transaction, which a refused write rolls back (on drop).
     async fn write_all(&self, writes: Vec<Write>) -> StorageResult<Vec<Option<u64>>> {
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
             let versions = writes.iter().map(|write| apply(&tx, write)).collect::<StorageResult<Vec<_>>>()?;
             tx.commit().map_err(unavailable)?;
@@ -56,31 +64,83 @@ impl SqliteStorage {
         .await
     }
 
-    /// Run a blocking SQLite call off the async workers.
-    async fn with_conn<T: Send + 'static>(
+    /// Run a blocking write on the writer connection, off the async workers.
+    async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> StorageResult<T> + Send + 'static,
     ) -> StorageResult<T> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&mut conn.lock().unwrap_or_else(|p| p.into_inner())))
-            .await
-            .map_err(|e| StorageError::Unavailable(format!("sqlite task failed: {e}")))?
+        let writer = self.writer.clone();
+        off_the_workers(move || f(&mut writer.lock().unwrap_or_else(|p| p.into_inner()))).await
     }
+
+    /// Run a read on an idle read connection (or a new one), in place: in WAL mode a read
+    /// takes microseconds and waits for no writer, so handing it to a blocking thread would
+    /// cost more than it does. Only when SQLite answers busy (a checkpoint or a recovery
+    /// holds the log's index) does it wait, [`BUSY_WAIT`] at most, off the async workers.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        let taken = self.idle_readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let reader = match taken {
+            Some(reader) => reader,
+            None => {
+                let reader = connect(&self.path)?;
+                reader.pragma_update(None, "query_only", true).map_err(unavailable)?;
+                reader.busy_timeout(Duration::ZERO).map_err(unavailable)?;
+                reader
+            }
+        };
+        match f(&reader) {
+            Err(rusqlite::Error::SqliteFailure(why, _))
+                if matches!(why.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                let idle = self.idle_readers.clone();
+                off_the_workers(move || {
+                    reader.busy_timeout(BUSY_WAIT).map_err(unavailable)?;
+                    let result = f(&reader).map_err(unavailable);
+                    if reader.busy_timeout(Duration::ZERO).is_ok() {
+                        keep_idle(&idle, reader);
+                    }
+                    result
+                })
+                .await
+            }
+            result => {
+                keep_idle(&self.idle_readers, reader);
+                result.map_err(unavailable)
+            }
+        }
+    }
+}
+
+fn keep_idle(idle: &Mutex<Vec<Connection>>, reader: Connection) {
+    let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+    if idle.len() < IDLE_READERS {
+        idle.push(reader);
+    }
+}
+
+/// A connection to the file with the settings every one of ours has.
+fn connect(path: &Path) -> StorageResult<Connection> {
+    let conn = Connection::open(path).map_err(unavailable)?;
+    conn.busy_timeout(BUSY_WAIT).map_err(unavailable)?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
+    Ok(conn)
+}
+
+async fn off_the_workers<T: Send + 'static>(f: impl FnOnce() -> StorageResult<T> + Send + 'static) -> StorageResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StorageError::Unavailable(format!("sqlite task failed: {e}")))?
 }
 
 #[async_trait::async_trait]
 impl Storage for SqliteStorage {
     async fn get(&self, key: &str) -> StorageResult<Option<Entry>> {
         let key = key.to_owned();
-        self.with_conn(move |conn| {
-            conn.prepare_cached("SELECT value, version FROM tokenvault_records WHERE key = ?1")
-                .and_then(|mut stmt| {
-                    stmt.query_row([&key], |row| {
-                        Ok(Entry { value: row.get(0)?, version: row.get::<_, i64>(1)? as u64 })
-                    })
-                    .optional()
-                })
-                .map_err(unavailable)
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT value, version FROM tokenvault_records WHERE key = ?1")?
+                .query_row([&key], |row| Ok(Entry { value: row.get(0)?, version: row.get::<_, i64>(1)? as u64 }))
+                .optional()
         })
         .await
     }
@@ -93,7 +153,7 @@ impl Storage for SqliteStorage {
 
     async fn delete(&self, key: &str, expected: u64) -> StorageResult<()> {
         let key = key.to_owned();
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let changed = conn
                 .execute(
                     "DELETE FROM tokenvault_records WHERE key = ?1 AND version = ?2",
@@ -111,19 +171,16 @@ impl Storage for SqliteStorage {
 
     async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<KeyPage> {
         let (prefix, cursor) = (prefix.to_owned(), cursor.map(str::to_owned));
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             // A range on the primary key; substr() rather than LIKE so `%` and `_` are literal.
-            let mut stmt = conn
+            let keys = conn
                 .prepare_cached(
                     "SELECT key FROM tokenvault_records
                      WHERE key >= ?1 AND substr(key, 1, length(?1)) = ?1 AND (?2 IS NULL OR key > ?2)
                      ORDER BY key LIMIT ?3",
-                )
-                .map_err(unavailable)?;
-            let keys = stmt
-                .query_map(params![prefix, cursor, limit], |row| row.get(0))
-                .and_then(|rows| rows.collect::<Result<Vec<String>, _>>())
-                .map_err(unavailable)?;
+                )?
+                .query_map(params![prefix, cursor, limit], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
             Ok(KeyPage::of(keys, limit))
         })
         .await
@@ -185,6 +242,46 @@ mod tests {
             let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{name} is {mode:o}");
         }
+    }
+
+    /// A write held open (this process's writer busy, and another process's transaction
+    /// holding the file's write lock) does not stop reads: they see the last commit.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn reads_go_on_while_writes_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.db");
+        let storage = Arc::new(SqliteStorage::open(&path).unwrap());
+        let version = storage.put("k", b"1", None).await.unwrap();
+        let other_process = Connection::open(&path).unwrap();
+        other_process.execute_batch("BEGIN IMMEDIATE; UPDATE tokenvault_records SET value = x'32'").unwrap();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn({
+            let writer = storage.writer.clone();
+            move || {
+                let _held = writer.lock().unwrap();
+                locked.send(()).unwrap();
+                released.recv().unwrap();
+            }
+        });
+        is_locked.recv().unwrap();
+        let waiting_write = tokio::spawn({
+            let storage = storage.clone();
+            async move { storage.put("k", b"3", Some(version)).await }
+        });
+        let (got, listed) = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(storage.get("k"), storage.list("", None, 10))
+        })
+        .await
+        .expect("reads do not wait for writes");
+        assert_eq!(got.unwrap().unwrap(), Entry { value: b"1".to_vec(), version });
+        assert_eq!(listed.unwrap().keys, ["k"]);
+        assert!(!waiting_write.is_finished());
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        other_process.execute_batch("ROLLBACK").unwrap();
+        let written = waiting_write.await.unwrap().unwrap();
+        assert_eq!(storage.get("k").await.unwrap().unwrap(), Entry { value: b"3".to_vec(), version: written });
     }
 
     #[tokio::test]
