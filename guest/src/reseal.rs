@@ -113,11 +113,23 @@ mod tests {
             let key = crate::model::ConnectionKey { user: user.into(), ..key() };
             vault.store(&key, grant("at", Some("rt"), Some(3600))).unwrap();
         }
+        // A tenant's own provider, its webhook and a pending link: sealed too.
+        let own = crate::model::ProviderConfig {
+            name: "own".into(),
+            token_url: Some("https://own.example/t".into()),
+            client_id: "c".into(),
+            client_secret: Some("own-secret".into()),
+            ..Default::default()
+        };
+        vault.put_provider(Some("t1"), own).unwrap();
+        let hook = crate::model::events::WebhookConfig { url: "https://h.example/".into(), ..Default::default() };
+        let secret = vault.put_webhook("t1", hook).unwrap().unwrap();
+        vault.link(&key(), None).unwrap();
         let old = vault.platform().active_key().unwrap().id;
         vault.platform().keys.borrow_mut().push(("k2".into(), vec![2; 32]));
 
         let first = pass(&vault, 2);
-        assert_eq!((first.reencrypted, first.current, first.failed), (4, 0, 0));
+        assert_eq!((first.reencrypted, first.current, first.failed), (7, 0, 0));
         let pages = vault.platform().events.borrow().iter().filter(|e| e.action == AuditAction::KeyReencrypt).count();
         assert!(pages >= 2, "each page is audited, {pages} events");
         for (storage_key, (value, _)) in vault.platform().records.borrow().iter() {
@@ -127,8 +139,13 @@ mod tests {
         }
         let token = vault.get(&crate::model::ConnectionKey { user: "bob".into(), ..key() }).unwrap();
         assert_eq!(token.access_token, "at");
+        // The tenant's records open under the new key, bound to their tenant as before.
+        assert_eq!(vault.get_provider(Some("t1"), "own").unwrap().tenant.as_deref(), Some("t1"));
+        let signed = vault.sign_delivery("t1", "ping", "evt_1", 1, b"{}").unwrap().unwrap();
+        assert_eq!(signed.url, "https://h.example/");
+        assert!(secret.starts_with(crate::webhooks::SECRET_PREFIX));
         let second = pass(&vault, 1000);
-        assert_eq!((second.reencrypted, second.current, second.failed), (0, 4, 0));
+        assert_eq!((second.reencrypted, second.current, second.failed), (0, 7, 0));
     }
 
     #[test]

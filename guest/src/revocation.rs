@@ -273,6 +273,19 @@ mod tests {
         assert_eq!(vault.get_provider(Some("t2"), "own").unwrap().tenant.as_deref(), Some("t2"));
         assert_eq!(left.iter().filter(|key| key.starts_with("link/")).count(), 1);
         assert!(vault.erase_tenant("t1", 0).is_err());
+        // Every step audited under the tenant; the refused one as invalid input.
+        let steps: Vec<_> = vault
+            .platform()
+            .events
+            .borrow()
+            .iter()
+            .filter(|e| e.action == AuditAction::TenantErase)
+            .map(|e| (e.outcome, e.tenant.clone()))
+            .collect();
+        let t1 = Some("t1".to_owned());
+        let mut expected = vec![(AuditOutcome::Ok, t1.clone()); 4];
+        expected.push((AuditOutcome::InvalidInput, t1));
+        assert_eq!(steps, expected);
     }
 
     #[test]

@@ -208,6 +208,29 @@ mod tests {
         vault.remove_webhook("t1").unwrap();
         assert_eq!(vault.get_webhook("t1").unwrap(), None);
         assert!(matches!(vault.remove_webhook("t1"), Err(VaultError::NotFound(_))));
+        assert!(vault.put_webhook("t1", config("ftp://hooks.example/in")).is_err());
+
+        // Each change audited, under its tenant, with its outcome.
+        let audited: Vec<_> = vault
+            .platform()
+            .events
+            .borrow()
+            .iter()
+            .filter(|e| matches!(e.action, AuditAction::WebhookPut | AuditAction::WebhookRemove))
+            .map(|e| (e.action, e.outcome, e.tenant.clone()))
+            .collect();
+        let t1 = Some("t1".to_owned());
+        assert_eq!(
+            audited,
+            [
+                (AuditAction::WebhookPut, AuditOutcome::Ok, t1.clone()),
+                (AuditAction::WebhookPut, AuditOutcome::Ok, t1.clone()),
+                (AuditAction::WebhookPut, AuditOutcome::Ok, t1.clone()),
+                (AuditAction::WebhookRemove, AuditOutcome::Ok, t1.clone()),
+                (AuditAction::WebhookRemove, AuditOutcome::NotFound, t1.clone()),
+                (AuditAction::WebhookPut, AuditOutcome::InvalidInput, t1),
+            ]
+        );
     }
 
     #[test]

@@ -324,3 +324,60 @@ pub(crate) async fn test_webhook(
     let sent = state.webhooks.send(&signed, &ping.id, timestamp, body).await;
     Ok(Json(PingResult { id: ping.id, delivered: sent.is_ok(), error: sent.err() }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::routing::post;
+
+    use super::*;
+
+    async fn listen(app: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        origin
+    }
+
+    fn signed(url: String) -> SignedDelivery {
+        SignedDelivery { url, signature: "v1,c2lnbmF0dXJl".into() }
+    }
+
+    /// The origin is checked when each delivery is sent (the allow-list may have shrunk
+    /// since the webhook was set), and a redirect is an answer, never followed.
+    #[tokio::test]
+    async fn a_delivery_goes_only_to_an_allowed_origin_and_follows_no_redirect() {
+        let reached = Arc::new(AtomicUsize::new(0));
+        let elsewhere = listen(Router::new().route(
+            "/in",
+            post({
+                let reached = reached.clone();
+                move || async move {
+                    reached.fetch_add(1, Ordering::SeqCst);
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        ))
+        .await;
+        let to = format!("{elsewhere}/in");
+        let redirecting = listen(
+            Router::new()
+                .route("/hook", post(move || async move { (StatusCode::TEMPORARY_REDIRECT, [("location", to)]) })),
+        )
+        .await;
+        let webhooks = Webhooks::new(vec![redirecting.parse().unwrap()], RetryPolicy::default()).unwrap();
+
+        let redirected = webhooks.send(&signed(format!("{redirecting}/hook")), "evt_1", 1, b"{}".to_vec()).await;
+        assert_eq!(redirected, Err("HTTP 307".into()));
+        let not_allowed = webhooks.send(&signed(format!("{elsewhere}/in")), "evt_2", 1, b"{}".to_vec()).await;
+        assert_eq!(not_allowed, Err("the webhook URL's origin is no longer allowed (--allow-webhook)".into()));
+        assert_eq!(reached.load(Ordering::SeqCst), 0, "nothing reached the origin not allowed");
+
+        // Allowed, it is reached: the receiver above works.
+        let allowing = Webhooks::new(vec![elsewhere.parse().unwrap()], RetryPolicy::default()).unwrap();
+        assert_eq!(allowing.send(&signed(format!("{elsewhere}/in")), "evt_3", 1, b"{}".to_vec()).await, Ok(()));
+        assert_eq!(reached.load(Ordering::SeqCst), 1);
+    }
+}
