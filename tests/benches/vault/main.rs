@@ -10,7 +10,10 @@
 //! `audit` (a `get` recorded in the audit trail against one recorded in memory), `due`
 //! (background refresh over 10⁵ and 10⁶ connections, 1 % of them due), `stores` (a `get`
 //! on SQLite and PostgreSQL against one in memory and a bare read of the row; 16 callers;
-//! SQLite with writes going on beside).
+//! SQLite with writes going on beside), `serve` (`tokenvault serve` under HTTP load: 1, 16
+//! and 64 keep-alive clients on SQLite and PostgreSQL, its memory over 10⁶ requests
+//! (`BENCH_SERVE_REQUESTS` changes that count), and a hand-written Fastify broker on the same
+//! PostgreSQL under the same load).
 //! All of them when none is named. The report (markdown) goes to stdout and to
 //! `target/bench-report.md`; BENCHMARKS.md holds the latest one with the machine.
 //!
@@ -28,8 +31,21 @@ use support::*;
 use tokenvault::storage::StorageUrl;
 use tokenvault::{SandboxLimits, Vault};
 
-const SUITES: [&str; 12] =
-    ["get", "startup", "ops", "concurrency", "scale", "coalesce", "python", "keys", "proxy", "audit", "due", "stores"];
+const SUITES: [&str; 13] = [
+    "get",
+    "startup",
+    "ops",
+    "concurrency",
+    "scale",
+    "coalesce",
+    "python",
+    "keys",
+    "proxy",
+    "audit",
+    "due",
+    "stores",
+    "serve",
+];
 
 fn main() {
     // cargo bench passes `--bench`; names without dashes choose suites.
@@ -58,6 +74,7 @@ fn main() {
                 "audit" => audit().await,
                 "due" => due().await,
                 "stores" => stores().await,
+                "serve" => serve().await,
                 _ => unreachable!(),
             }
         });
@@ -508,6 +525,210 @@ async fn stores() -> String {
     drop((vaults, storages));
     postgres_store.drop_schema().await;
     out
+}
+
+/// `tokenvault serve` (release build, its own process) under load: `GET …/token` over
+/// kept-alive HTTP/1.1 connections, 1, 16 and 64 clients for 5 s each, on SQLite and on
+/// PostgreSQL; its resident memory once warm and after 10⁶ requests; on the same PostgreSQL,
+/// the hand-written broker of `node-broker/` (Fastify, node-postgres, AES-256-GCM, two
+/// workers) under the same load; beside them, a fresh-instance `get` through the library
+/// in this process, so the HTTP layer's cost shows.
+async fn serve() -> String {
+    let total: u64 = std::env::var("BENCH_SERVE_REQUESTS").ok().and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
+    let built = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "tokenvault-cli"])
+        .status()
+        .expect("run cargo build");
+    assert!(built.success(), "cargo build --release -p tokenvault-cli failed");
+    let postgres_url =
+        std::env::var("TOKENVAULT_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut out = String::from(
+        "## `tokenvault serve` under load (`GET …/token`, kept-alive HTTP/1.1 connections, the client in the same \
+         process as the bench, on the same 2 cores; each case 5 s; audit trail in the store)\n\n\
+         | server | clients | requests/s | p50 µs | p99 µs |\n|---|---:|---:|---:|---:|\n",
+    );
+    let mut memory = String::from(
+        "\n| store | resident after the cases above | after half the requests more | after all | requests more |\n\
+         |---|---:|---:|---:|---:|\n",
+    );
+    let mut rates: Vec<(&str, usize, f64, Duration)> = Vec::new();
+    let mut measure = async |server: &'static str, address: std::net::SocketAddr, path: &str, key: &str| {
+        for clients in [1usize, 16, 64] {
+            let lasting = Duration::from_secs(5);
+            let sample = load(address, path, key, clients, lasting).await;
+            let rate = sample.0.len() as f64 / lasting.as_secs_f64();
+            out.push_str(&format!(
+                "| {server} | {clients} | {rate:.0} | {} | {} |\n",
+                us(sample.median()),
+                us(sample.percentile(0.99))
+            ));
+            rates.push((server, clients, rate, sample.percentile(0.99)));
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token_url = "http://127.0.0.1:9/token";
+    let path = "/v1/tenants/acme/users/alice/connections/idp/default/token";
+    for backend in ["sqlite", "postgres"] {
+        let (_, store) = Filler::store(backend, dir.path(), &postgres_url, "serve");
+        let mut cli = tokenvault_tests::Tokenvault::new(&["http://127.0.0.1:9"]);
+        if let Filler::Postgres(url, schema) = &store {
+            cli.args.extend(["--storage".to_owned(), format!("{url}?schema={schema}")]);
+            let master = tokenvault::keys::MasterKey::generate().unwrap();
+            cli.env.push((tokenvault::keys::MASTER_KEY_ENV.into(), master.to_base64()));
+        }
+        let served = cli.serve_with(&["--refresh-every", "0"]);
+        let operator = served.first_key.clone().expect("a fresh service prints its first key");
+        let body = serde_json::json!({ "token_url": token_url, "client_id": "bench", "client_secret": "bench-secret" });
+        assert_eq!(served.call("PUT", "/v1/providers/idp", Some(&operator), Some(&body)).0, 200);
+        let (key, _) = cli.api_key("acme");
+        let grant = serde_json::json!({ "access_token": "at-bench", "token_type": "Bearer",
+            "refresh_token": "rt-bench", "expires_in": 86_400 });
+        assert_eq!(served.call("PUT", path.trim_end_matches("/token"), Some(&key), Some(&grant)).0, 200);
+        let address: std::net::SocketAddr = served.url.trim_start_matches("http://").parse().unwrap();
+
+        load(address, path, &key, 16, Duration::from_secs(2)).await;
+        let server = if backend == "sqlite" { "tokenvault, SQLite" } else { "tokenvault, PostgreSQL" };
+        measure(server, address, path, &key).await;
+        // Resident memory once 64 clients have been served, then over `total` requests more.
+        let mut resident = vec![process_rss(served.pid())];
+        let mut sent = 0u64;
+        for share in [total / 2, total] {
+            while sent < share {
+                sent += load(address, path, &key, 64, Duration::from_secs(10)).await.0.len() as u64;
+            }
+            resident.push(process_rss(served.pid()));
+        }
+        let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / 1048576.0);
+        memory.push_str(&format!(
+            "| {backend} | {} | {} | {} | {sent} |\n",
+            mib(resident[0]),
+            mib(resident[1]),
+            mib(resident[2])
+        ));
+        drop(served);
+        if let Filler::Postgres(url, schema) = &store {
+            let broker = Broker::start(url, &format!("{schema}_broker"));
+            load(broker.address, path, &broker.key, 16, Duration::from_secs(2)).await;
+            measure("hand-written broker, PostgreSQL", broker.address, path, &broker.key).await;
+        }
+        store.drop_schema().await;
+    }
+    let rate_of = |server: &str, clients: usize| {
+        rates.iter().find(|r| r.0 == server && r.1 == clients).map(|r| (r.2, r.3)).expect("measured")
+    };
+    let (ours, ours_p99) = rate_of("tokenvault, PostgreSQL", 64);
+    let (theirs, theirs_p99) = rate_of("hand-written broker, PostgreSQL", 64);
+    out.push_str(&memory);
+    out.push_str(&format!(
+        "\n{}- p99 at 64 clients, tokenvault / broker: **{:.2}** (lower is better)\n",
+        target("requests/s at 64 clients on PostgreSQL, tokenvault / hand-written broker", ours / theirs, 3.0, false),
+        ratio(ours_p99, theirs_p99)
+    ));
+
+    // The library's own call, for the HTTP layer's share.
+    let storage = StorageUrl::Sqlite(dir.path().join("library.db")).open().await.unwrap();
+    let product = vault(dir.path(), services(dir.path(), storage).await, None, SandboxLimits::default(), None);
+    product.put_provider(&provider(token_url)).await.unwrap();
+    product.store(&key("library"), &grant(1)).await.unwrap();
+    let library = interleaved(&["library: fresh instance + get (SQLite, audit in memory)"], 5, 1000, async |_| {
+        drop(product.get(&key("library")).await.unwrap());
+    })
+    .await;
+    out.push_str(&format!("\nBeside it, in this process:\n\n{}", table(&library, None)));
+    out
+}
+
+/// The hand-written broker (`tests/benches/node-broker`) running on PostgreSQL in `schema`,
+/// its npm packages installed on first use; stopped (with its workers) when dropped.
+struct Broker {
+    child: std::process::Child,
+    address: std::net::SocketAddr,
+    key: String,
+    postgres_url: String,
+    schema: String,
+}
+
+impl Broker {
+    fn start(postgres_url: &str, schema: &str) -> Broker {
+        use std::io::BufRead as _;
+        let dir = tokenvault_tests::tests_dir("benches/node-broker");
+        tokenvault_tests::ensure_npm_packages(&dir, "fastify");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let key = tokenvault_tests::random_value("broker-key-");
+        let mut child = std::process::Command::new("node")
+            .arg(dir.join("broker.mjs"))
+            .env("DATABASE_URL", postgres_url)
+            .env("BROKER_SCHEMA", schema)
+            .env("BROKER_API_KEY", &key)
+            .env("BROKER_PORT", port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run node (Node.js 20+)");
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let listening = stdout.lines().map_while(Result::ok).any(|line| line.starts_with("broker listening on"));
+        assert!(listening, "the broker did not start");
+        let address = format!("127.0.0.1:{port}").parse().unwrap();
+        Broker { child, address, key, postgres_url: postgres_url.to_owned(), schema: schema.to_owned() }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // SIGTERM: the primary stops its workers.
+        let _ = std::process::Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        let url = self.postgres_url.clone();
+        let schema = self.schema.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(connection);
+                client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await.unwrap();
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// `clients` kept-alive HTTP/1.1 connections, each sending `GET path` one after another for
+/// `lasting`: every request's time. Each answer must be a 200.
+async fn load(address: std::net::SocketAddr, path: &str, key: &str, clients: usize, lasting: Duration) -> Sample {
+    use http_body_util::{BodyExt, Empty};
+    let until = Instant::now() + lasting;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (path, authorization) = (path.to_owned(), format!("Bearer {key}"));
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+                tokio::spawn(connection);
+                let mut sample = Sample::default();
+                while Instant::now() < until {
+                    let request = http::Request::get(&path)
+                        .header("host", address.to_string())
+                        .header("authorization", &authorization)
+                        .body(Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    let start = Instant::now();
+                    let answer = sender.send_request(request).await.unwrap();
+                    let status = answer.status();
+                    answer.into_body().collect().await.unwrap();
+                    sample.0.push(start.elapsed());
+                    assert_eq!(status, 200);
+                }
+                sample
+            })
+        })
+        .collect();
+    let mut all = Sample::default();
+    for task in tasks {
+        all.0.extend(task.await.unwrap().0);
+    }
+    all
 }
 
 /// Background refresh over many connections, 1 % of them due: a pass of the scheduler

@@ -318,13 +318,20 @@ pub fn api_app() -> axum::Router {
     )
 }
 
-/// Resident memory of this process.
+/// Resident memory of this process, in bytes.
 pub fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_in(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+}
+
+/// Another process's resident memory, in bytes.
+pub fn process_rss(pid: u32) -> u64 {
+    rss_in(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default())
+}
+
+fn rss_in(status: &str) -> u64 {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+        .map_or(0, |kb| kb * 1024)
 }
