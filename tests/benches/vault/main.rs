@@ -724,11 +724,7 @@ async fn load(address: std::net::SocketAddr, path: &str, key: &str, clients: usi
             })
         })
         .collect();
-    let mut all = Sample::default();
-    for task in tasks {
-        all.0.extend(task.await.unwrap().0);
-    }
-    all
+    joined(tasks).await
 }
 
 /// Background refresh over many connections, 1 % of them due: a pass of the scheduler

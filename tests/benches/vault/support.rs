@@ -59,6 +59,11 @@ where
             })
         })
         .collect();
+    joined(tasks).await
+}
+
+/// The samples of `tasks` together, once all are done.
+pub async fn joined(tasks: Vec<tokio::task::JoinHandle<Sample>>) -> Sample {
     let mut all = Sample::default();
     for task in tasks {
         all.0.extend(task.await.unwrap().0);
