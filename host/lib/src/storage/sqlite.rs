@@ -152,17 +152,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn delete(&self, key: &str, expected: u64) -> StorageResult<()> {
-        let key = key.to_owned();
-        self.write(move |conn| {
-            let changed = conn
-                .execute(
-                    "DELETE FROM tokenvault_records WHERE key = ?1 AND version = ?2",
-                    params![key, expected as i64],
-                )
-                .map_err(unavailable)?;
-            if changed == 1 { Ok(()) } else { Err(StorageError::Conflict) }
-        })
-        .await
+        self.write_all(vec![Write::Delete { key: key.to_owned(), expected }]).await.map(drop)
     }
 
     async fn commit(&self, writes: &[Write]) -> StorageResult<Vec<Option<u64>>> {
