@@ -77,6 +77,9 @@ pub(crate) struct HostState {
     services: Services,
     /// Wakes callers waiting for a record this call writes.
     changes: Arc<Changes>,
+    /// Set once the running call has written to storage or waited on it: from then on its
+    /// reads go to the store itself, never a cached copy (see [`StorageImport`]).
+    pub(crate) reads_latest: bool,
     /// Who the call is for, named on its audit events.
     actor: Option<Actor>,
     metrics: Arc<Metrics>,
@@ -183,6 +186,7 @@ impl Runtime {
             limits: StoreLimitsBuilder::new().memory_size(self.sandbox.memory_bytes).trap_on_grow_failure(true).build(),
             services: self.services.clone(),
             changes: self.changes.clone(),
+            reads_latest: false,
             actor: actor.cloned(),
             metrics: self.metrics.clone(),
         };
@@ -304,6 +308,7 @@ fn pre_instantiate(
         changes: &s.changes,
         deadline: s.deadline,
         metrics: &s.metrics,
+        reads_latest: &mut s.reads_latest,
     })?;
     keyring::add_to_linker::<_, KeyringImport>(&mut linker, |s| &*s.services.keys)?;
     audit::add_to_linker::<_, AuditImport>(&mut linker, |s| Attributed {

@@ -398,7 +398,9 @@ impl Session {
             Some(instance) => instance,
             empty => empty.insert(self.vault.instance().await?),
         };
-        store.data_mut().deadline = Instant::now() + self.vault.runtime.sandbox.deadline;
+        let state = store.data_mut();
+        state.deadline = Instant::now() + self.vault.runtime.sandbox.deadline;
+        state.reads_latest = false;
         let outcome = tokens.call_get(&mut *store, &key.clone().into()).await;
         if outcome.is_err() {
             self.instance = None; // it trapped

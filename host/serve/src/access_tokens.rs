@@ -17,7 +17,7 @@ use tokenvault::clock::Clock;
 use tokenvault::error::{Error, Result};
 use tokenvault::events::{Event, EventType};
 use tokenvault::outbox::{Outbox, new_event};
-use tokenvault::storage::{Storage, StorageError, Write, all_keys, escape_key_part as escape};
+use tokenvault::storage::{Entry, Storage, StorageError, Write, all_keys, escape_key_part as escape};
 use tokenvault::{ConnectionKey, DEFAULT_CONNECTION_NAME};
 
 /// How every access token begins, and the bytes of its id.
@@ -257,9 +257,12 @@ impl AccessTokens {
         let Some(id) = KIND.id_of(presented) else {
             return Ok(None);
         };
-        let Some((record, _)) = self.record(id).await? else {
+        // A revocation on another host reaches this one's cache a moment later (storage's
+        // get_cached; ARCHITECTURE.md, Scale).
+        let Some(entry) = self.storage.get_cached(&record_key(id)).await? else {
             return Ok(None);
         };
+        let (record, _) = parse_record(id, entry)?;
         let valid = credential::matches(presented, &record.sha256) && record.info.expires_at > self.now();
         Ok(valid.then_some(record.info))
     }
@@ -363,9 +366,7 @@ impl AccessTokens {
         let Some(entry) = self.storage.get(&record_key(id)).await? else {
             return Ok(None);
         };
-        let record = serde_json::from_slice(&entry.value)
-            .map_err(|e| Error::integrity(format!("access token record {id} is unreadable: {e}")))?;
-        Ok(Some((record, entry.version)))
+        parse_record(id, entry).map(Some)
     }
 
     async fn name_record(&self, key: &str) -> Result<Option<(NameRecord, u64)>> {
@@ -380,6 +381,12 @@ impl AccessTokens {
 
 fn record_key(id: &str) -> String {
     format!("{RECORD_PREFIX}{id}")
+}
+
+fn parse_record(id: &str, entry: Entry) -> Result<(TokenRecord, u64)> {
+    let record = serde_json::from_slice(&entry.value)
+        .map_err(|e| Error::integrity(format!("access token record {id} is unreadable: {e}")))?;
+    Ok((record, entry.version))
 }
 
 fn name_key(info: &AccessTokenInfo) -> String {

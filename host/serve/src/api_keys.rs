@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::credential::{self, Kind};
 use tokenvault::clock::Clock;
 use tokenvault::error::{Error, Result};
-use tokenvault::storage::{Storage, StorageError, all_keys};
+use tokenvault::storage::{Entry, Storage, StorageError, all_keys};
 
 /// How every API key begins, and the bytes of its id.
 pub(crate) const KIND: Kind = Kind { prefix: "tvk_", id_bytes: 6 };
@@ -140,9 +140,12 @@ impl ApiKeys {
         let Some(id) = KIND.id_of(presented) else {
             return Ok(None);
         };
-        let Some((record, _)) = self.record(id).await? else {
+        // A revocation on another host reaches this one's cache a moment later (storage's
+        // get_cached; ARCHITECTURE.md, Scale).
+        let Some(entry) = self.storage.get_cached(&record_key(id)).await? else {
             return Ok(None);
         };
+        let (record, _) = parse_record(id, entry)?;
         Ok(credential::matches(presented, &record.sha256).then(|| ApiKeyInfo {
             id: id.to_owned(),
             scope: record.scope,
@@ -154,14 +157,18 @@ impl ApiKeys {
         let Some(entry) = self.storage.get(&record_key(id)).await? else {
             return Ok(None);
         };
-        let record = serde_json::from_slice(&entry.value)
-            .map_err(|e| Error::integrity(format!("API key record {id} is unreadable: {e}")))?;
-        Ok(Some((record, entry.version)))
+        parse_record(id, entry).map(Some)
     }
 }
 
 fn record_key(id: &str) -> String {
     format!("{RECORD_PREFIX}{id}")
+}
+
+fn parse_record(id: &str, entry: Entry) -> Result<(KeyRecord, u64)> {
+    let record = serde_json::from_slice(&entry.value)
+        .map_err(|e| Error::integrity(format!("API key record {id} is unreadable: {e}")))?;
+    Ok((record, entry.version))
 }
 
 #[cfg(test)]

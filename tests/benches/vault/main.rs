@@ -415,7 +415,9 @@ async fn stores() -> String {
     let (postgres_url, postgres_store) = Filler::store("postgres", dir.path(), &postgres_url, "stores");
     let mut vaults = Vec::new();
     let mut storages = Vec::new();
-    for url in [StorageUrl::Memory, sqlite_url, postgres_url] {
+    let Filler::Postgres(url, schema) = &postgres_store else { unreachable!() };
+    let uncached = StorageUrl::parse(&format!("{url}?schema={schema}&cache=0")).unwrap();
+    for url in [StorageUrl::Memory, sqlite_url, postgres_url, uncached] {
         let storage = url.open().await.unwrap();
         let product =
             vault(dir.path(), services(dir.path(), storage.clone()).await, None, SandboxLimits::default(), None);
@@ -427,7 +429,6 @@ async fn stores() -> String {
     let record_key = storages[0].list("tok/", None, 10).await.unwrap().keys[0].clone();
     let Filler::Sqlite(sqlite_path) = &sqlite_store else { unreachable!() };
     let sqlite_bare = rusqlite::Connection::open(sqlite_path).unwrap();
-    let Filler::Postgres(url, schema) = &postgres_store else { unreachable!() };
     let (postgres_bare, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     let select = postgres_bare
@@ -440,17 +441,18 @@ async fn stores() -> String {
         "SQLite: get",
         "SQLite: the storage read alone (Storage::get)",
         "SQLite: bare SELECT (rusqlite)",
-        "PostgreSQL: get",
+        "PostgreSQL: get (records cached, the default)",
+        "PostgreSQL, cache=0: get",
         "PostgreSQL: the storage read alone (Storage::get)",
         "PostgreSQL: bare SELECT (tokio-postgres)",
     ];
     let expected = grant(1).access_token;
     let samples = interleaved(&names, 10, 300, async |case| match case {
-        0 | 1 | 4 => {
-            let product = &vaults[[0, 1, 0, 0, 2][case]];
+        0 | 1 | 4 | 5 => {
+            let product = &vaults[[0, 1, 0, 0, 2, 3][case]];
             assert_eq!(product.get(&key).await.unwrap().access_token, expected);
         }
-        2 | 5 => assert!(storages[if case == 2 { 1 } else { 2 }].get(&record_key).await.unwrap().is_some()),
+        2 | 6 => assert!(storages[if case == 2 { 1 } else { 3 }].get(&record_key).await.unwrap().is_some()),
         3 => {
             let mut stmt =
                 sqlite_bare.prepare_cached("SELECT value, version FROM tokenvault_records WHERE key = ?1").unwrap();
@@ -463,15 +465,17 @@ async fn stores() -> String {
     let median = |name: &str| find(&samples, name).median();
     let mut out = format!(
         "## A `get` on each store (fresh instance + `get`; bare reads of the same row by each store's own driver, \
-         prepared, on a kept connection; 10 × 300 calls per case, interleaved)\n\n{}\n{}{}",
+         prepared, on a kept connection; 10 × 300 calls per case, interleaved)\n\n{}\n{}{}- (no target) PostgreSQL \
+         cache=0 get / bare SELECT: **{:.2}**\n",
         table(&samples, Some(names[0])),
         target("SQLite get / memory get", ratio(median(names[1]), median(names[0])), 1.3, true),
-        target("PostgreSQL get / bare SELECT", ratio(median(names[4]), median(names[6])), 1.5, true),
+        target("PostgreSQL get / bare SELECT", ratio(median(names[4]), median(names[7])), 1.5, true),
+        ratio(median(names[5]), median(names[7])),
     );
 
     out.push_str("\n| store | callers | gets/s | median µs | p99 µs |\n|---|---:|---:|---:|---:|\n");
     let lasting = Duration::from_secs(2);
-    for (name, product) in ["memory", "SQLite", "PostgreSQL"].into_iter().zip(&vaults) {
+    for (name, product) in ["memory", "SQLite", "PostgreSQL", "PostgreSQL, cache=0"].into_iter().zip(&vaults) {
         for callers in [1usize, 16] {
             let (product, key) = (product.clone(), key.clone());
             let sample = concurrently(callers, lasting, move || {
@@ -529,7 +533,7 @@ async fn stores() -> String {
 
 /// `tokenvault serve` (release build, its own process) under load: `GET …/token` over
 /// kept-alive HTTP/1.1 connections, 1, 16 and 64 clients for 5 s each, on SQLite and on
-/// PostgreSQL; its resident memory once warm and after 10⁶ requests; on the same PostgreSQL,
+/// PostgreSQL with its record cache and without (`cache=0`); its resident memory once warm and after 10⁶ requests; on the same PostgreSQL,
 /// the hand-written broker of `node-broker/` (Fastify, node-postgres, AES-256-GCM, two
 /// workers) under the same load; beside them, a fresh-instance `get` through the library
 /// in this process, so the HTTP layer's cost shows.
@@ -568,11 +572,16 @@ async fn serve() -> String {
     let dir = tempfile::tempdir().unwrap();
     let token_url = "http://127.0.0.1:9/token";
     let path = "/v1/tenants/acme/users/alice/connections/idp/default/token";
-    for backend in ["sqlite", "postgres"] {
+    let cases = [
+        ("sqlite", "", "tokenvault, SQLite"),
+        ("postgres", "&cache=0", "tokenvault, PostgreSQL, cache=0"),
+        ("postgres", "", "tokenvault, PostgreSQL"),
+    ];
+    for (backend, params, server) in cases {
         let (_, store) = Filler::store(backend, dir.path(), &postgres_url, "serve");
         let mut cli = tokenvault_tests::Tokenvault::new(&["http://127.0.0.1:9"]);
         if let Filler::Postgres(url, schema) = &store {
-            cli.args.extend(["--storage".to_owned(), format!("{url}?schema={schema}")]);
+            cli.args.extend(["--storage".to_owned(), format!("{url}?schema={schema}{params}")]);
             let master = tokenvault::keys::MasterKey::generate().unwrap();
             cli.env.push((tokenvault::keys::MASTER_KEY_ENV.into(), master.to_base64()));
         }
@@ -587,8 +596,12 @@ async fn serve() -> String {
         let address: std::net::SocketAddr = served.url.trim_start_matches("http://").parse().unwrap();
 
         load(address, path, &key, 16, Duration::from_secs(2)).await;
-        let server = if backend == "sqlite" { "tokenvault, SQLite" } else { "tokenvault, PostgreSQL" };
         measure(server, address, path, &key).await;
+        if !params.is_empty() {
+            drop(served);
+            store.drop_schema().await;
+            continue;
+        }
         // Resident memory once 64 clients have been served, then over `total` requests more.
         let mut resident = vec![process_rss(served.pid())];
         let mut sent = 0u64;

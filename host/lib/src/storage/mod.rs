@@ -4,6 +4,8 @@
 //! that was never used for that key before (one counter per store), so a stale writer is
 //! fenced off by compare-and-swap even after a delete and re-create.
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub mod cache;
 mod changes;
 mod memory;
 #[cfg(feature = "postgres")]
@@ -33,7 +35,16 @@ pub type StorageResult<T> = Result<T, StorageError>;
 
 #[async_trait::async_trait]
 pub trait Storage: Send + Sync + 'static {
+    /// The record as the store holds it: never older than anything this host has learned
+    /// from the store, its own writes included.
     async fn get(&self, key: &str) -> StorageResult<Option<Entry>>;
+    /// The record, perhaps from a copy this process keeps (PostgreSQL's cache), which a
+    /// write by another host reaches a moment after it commits (see [`cache`]): for reads
+    /// that lead to no write, or whose write is a compare-and-swap that a stale version
+    /// only makes fail. The default is [`Storage::get`].
+    async fn get_cached(&self, key: &str) -> StorageResult<Option<Entry>> {
+        self.get(key).await
+    }
     /// Write if the current version is `expected` (`None`: only if absent).
     async fn put(&self, key: &str, value: &[u8], expected: Option<u64>) -> StorageResult<u64>;
     /// Delete if the current version is `expected`.

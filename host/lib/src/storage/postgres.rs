@@ -7,27 +7,66 @@
 //! writes is a transaction on a second connection of its own: the first carries every
 //! other call, pipelined, where a transaction would take in its neighbours' statements.
 //! Each connection prepares its statements once, so a call is one round trip.
+//!
+//! [`Storage::get_cached`] is served from a cache of records kept per process (see
+//! [`super::cache`]; `?cache=N` records, 10,000 unless the URL says, 0 for none). A trigger
+//! on the table notifies channel `tokenvault_{schema}` with the key of every row written,
+//! and each host listens on a connection of its own, forgetting each key named. That
+//! connection is not the one reads come back on, so a cached copy may trail another host's
+//! write by the moment the notification takes (typically under a millisecond on one
+//! network): `get` never uses the cache. While the host is not listening (its listening
+//! connection lost, or silent past two heartbeats of [`HEARTBEAT`]) the cache is empty and
+//! unused, and an entry is at most [`super::cache::MAX_AGE`] old.
 //! `sslmode=require` (or `verify-full`) in the URL makes every connection TLS (rustls),
 //! verifying the server's certificate and name against the Mozilla roots and the CA file
 //! `sslrootcert=PATH` names.
 
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
+use super::cache::{self, RecordCache};
 use super::{Entry, KeyPage, Storage, StorageError, StorageResult, Write, split_param};
 
+/// How often the listening connection is asked whether it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// The first wait before listening again after the listening connection was lost; it
+/// doubles up to [`RELISTEN_MAX`] while attempts fail.
+const RELISTEN_MIN: Duration = Duration::from_millis(100);
+const RELISTEN_MAX: Duration = Duration::from_secs(5);
+
+/// The longest schema name: the channel `tokenvault_{schema}` must fit PostgreSQL's 63-byte
+/// identifiers.
+const MAX_SCHEMA: usize = 48;
+
 pub struct PostgresStorage {
-    config: tokio_postgres::Config,
-    /// None: plain TCP (`sslmode=disable`, the default).
-    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    connector: Connector,
     schema: String,
     shared: Mutex<Option<Arc<Connection>>>,
     /// For commits, one at a time.
     transactions: Mutex<Option<Connection>>,
     statements: Statements,
+    cache: Option<Arc<RecordCache>>,
+    /// Keeps `cache` true while it runs; stopped when the storage is dropped.
+    listener: Option<tokio::task::AbortHandle>,
+    /// Reads that went to the database.
+    #[cfg(test)]
+    server_reads: std::sync::atomic::AtomicU64,
+}
+
+/// How to open a connection: the URL's settings and, with `sslmode=require`, TLS.
+#[derive(Clone)]
+struct Connector {
+    config: tokio_postgres::Config,
+    /// None: plain TCP (`sslmode=disable`, the default).
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 /// A connection, its statements prepared once.
@@ -72,13 +111,20 @@ fn unavailable(err: tokio_postgres::Error) -> StorageError {
 }
 
 impl PostgresStorage {
-    /// `postgres://user@host:port/db`, optionally `?schema=NAME` (default `public`).
+    /// `postgres://user@host:port/db`, optionally `?schema=NAME` (default `public`) and
+    /// `cache=N`, how many records to keep locally (default 10,000; 0 turns the cache off).
     pub async fn connect(url: &str) -> StorageResult<Self> {
         let (url, schema) = split_param(url, "schema");
         let schema = schema.unwrap_or_else(|| "public".into());
-        if schema.is_empty() || !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-            return Err(StorageError::Unavailable("postgres: schema must be lowercase letters, digits and _".into()));
+        if schema.is_empty()
+            || schema.len() > MAX_SCHEMA
+            || !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(StorageError::Unavailable(format!(
+                "postgres: schema must be 1 to {MAX_SCHEMA} lowercase letters, digits and _"
+            )));
         }
+        let (url, cache) = cache::from_url(&url, "postgres")?;
         let (url, sslmode) = split_param(&url, "sslmode");
         let (url, root_cert) = split_param(&url, "sslrootcert");
         let mut config: tokio_postgres::Config = url
@@ -104,7 +150,8 @@ impl PostgresStorage {
         };
         config.ssl_mode(if tls.is_some() { SslMode::Require } else { SslMode::Disable });
         let table = format!("\"{schema}\".tokenvault_records");
-        let storage = PostgresStorage {
+        let channel = format!("tokenvault_{schema}");
+        let mut storage = PostgresStorage {
             statements: Statements {
                 get: format!("SELECT value, version FROM {table} WHERE key = $1"),
                 insert: format!(
@@ -121,13 +168,16 @@ impl PostgresStorage {
                      ORDER BY key LIMIT $3"
                 ),
             },
-            config,
-            tls,
+            connector: Connector { config, tls },
             schema,
             shared: Mutex::new(None),
             transactions: Mutex::new(None),
+            cache: None,
+            listener: None,
+            #[cfg(test)]
+            server_reads: Default::default(),
         };
-        let client = storage.open_client().await?;
+        let (client, _) = storage.connector.connect(None).await?;
         client
             .batch_execute(&format!(
                 "BEGIN;
@@ -139,6 +189,23 @@ impl PostgresStorage {
                      value BYTEA NOT NULL,
                      version BIGINT NOT NULL
                  );
+                 -- Every write names its key to the hosts that cache records (a key too long
+                 -- for a notification's payload names nothing: they forget everything).
+                 CREATE OR REPLACE FUNCTION \"{schema}\".tokenvault_notify() RETURNS trigger
+                 LANGUAGE plpgsql AS $fn$
+                 DECLARE
+                     changed text := CASE WHEN TG_OP = 'DELETE' THEN OLD.key ELSE NEW.key END;
+                 BEGIN
+                     PERFORM pg_notify('{channel}', CASE WHEN octet_length(changed) < 7900 THEN changed ELSE '' END);
+                     RETURN NULL;
+                 END $fn$;
+                 DO $do$ BEGIN
+                     IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                                    WHERE tgname = 'tokenvault_notify' AND tgrelid = '{table}'::regclass) THEN
+                         CREATE TRIGGER tokenvault_notify AFTER INSERT OR UPDATE OR DELETE ON {table}
+                         FOR EACH ROW EXECUTE FUNCTION \"{schema}\".tokenvault_notify();
+                     END IF;
+                 END $do$;
                  COMMIT;",
                 schema = storage.schema
             ))
@@ -146,6 +213,14 @@ impl PostgresStorage {
             .map_err(unavailable)?;
         let prepared = storage.prepare(&client).await?;
         *storage.shared.lock().await = Some(Arc::new(Connection { client, prepared }));
+        if let Some(cache) = cache.map(Arc::new) {
+            // Nothing is kept until this host listens.
+            cache.pause();
+            let listening = listen(&storage.connector, &cache, &channel, &storage.schema).await?;
+            let listener = tokio::spawn(keep_listening(storage.connector.clone(), cache.clone(), channel, listening));
+            storage.listener = Some(listener.abort_handle());
+            storage.cache = Some(cache);
+        }
         Ok(storage)
     }
 
@@ -161,9 +236,16 @@ impl PostgresStorage {
     }
 
     async fn open(&self) -> StorageResult<Connection> {
-        let client = self.open_client().await?;
+        let (client, _) = self.connector.connect(None).await?;
         let prepared = self.prepare(&client).await?;
         Ok(Connection { client, prepared })
+    }
+
+    /// After a write of this host's, whatever its outcome.
+    fn forget(&self, key: &str) {
+        if let Some(cache) = &self.cache {
+            cache.forget(key.as_bytes());
+        }
     }
 
     async fn prepare(&self, client: &Client) -> StorageResult<Prepared> {
@@ -178,27 +260,115 @@ impl PostgresStorage {
         .map_err(unavailable)?;
         Ok(Prepared { get, insert, update, delete, list })
     }
+}
 
-    async fn open_client(&self) -> StorageResult<Client> {
-        fn drive<C: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static>(connection: C) {
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %e, "postgres connection closed");
-                }
-            });
-        }
+impl Connector {
+    /// A client, its connection driven on a task of its own (returned). With `notified`,
+    /// each notification names a key that cache forgets, and the connection's end pauses it.
+    async fn connect(&self, notified: Option<Arc<RecordCache>>) -> StorageResult<(Client, JoinHandle<()>)> {
         Ok(match &self.tls {
             Some(tls) => {
                 let (client, connection) = self.config.connect(tls.clone()).await.map_err(unavailable)?;
-                drive(connection);
-                client
+                (client, drive(connection, notified))
             }
             None => {
                 let (client, connection) = self.config.connect(NoTls).await.map_err(unavailable)?;
-                drive(connection);
-                client
+                (client, drive(connection, notified))
             }
         })
+    }
+}
+
+fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>, notified: Option<Arc<RecordCache>>) -> JoinHandle<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let ended = std::future::poll_fn(|cx| {
+            loop {
+                match std::task::ready!(connection.poll_message(cx)) {
+                    Some(Ok(AsyncMessage::Notification(note))) => {
+                        if let Some(cache) = &notified {
+                            match note.payload() {
+                                "" => cache.forget_all(),
+                                key => cache.forget(key.as_bytes()),
+                            }
+                        }
+                    }
+                    Some(Ok(_)) => {} // a notice
+                    Some(Err(e)) => return Poll::Ready(Err(e)),
+                    None => return Poll::Ready(Ok(())),
+                }
+            }
+        })
+        .await;
+        if let Some(cache) = &notified {
+            cache.pause();
+        }
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, "postgres connection closed");
+        }
+    })
+}
+
+/// A connection listening on `channel` for `cache`, the cache resumed: its client and the
+/// task driving it.
+async fn listen(
+    connector: &Connector,
+    cache: &Arc<RecordCache>,
+    channel: &str,
+    schema: &str,
+) -> StorageResult<(Client, JoinHandle<()>)> {
+    let mut connector = connector.clone();
+    // Named, so an operator can tell it in pg_stat_activity.
+    connector.config.application_name(format!("tokenvault listener {schema}"));
+    let (client, driver) = connector.connect(Some(cache.clone())).await?;
+    if let Err(e) = client.batch_execute(&format!("LISTEN \"{channel}\"")).await {
+        driver.abort();
+        return Err(unavailable(e));
+    }
+    cache.resume();
+    // Closed before the resume, its driver may have paused the cache first: pause it again.
+    if client.is_closed() {
+        cache.pause();
+    }
+    Ok((client, driver))
+}
+
+/// Keep `cache` true for as long as the storage lives: check the listening connection
+/// every [`HEARTBEAT`], and when it is lost, pause the cache and listen again.
+async fn keep_listening(
+    connector: Connector,
+    cache: Arc<RecordCache>,
+    channel: String,
+    mut listening: (Client, JoinHandle<()>),
+) {
+    let schema = channel.trim_start_matches("tokenvault_").to_owned();
+    loop {
+        let (client, driver) = listening;
+        loop {
+            tokio::time::sleep(HEARTBEAT).await;
+            if !matches!(tokio::time::timeout(HEARTBEAT, client.simple_query("")).await, Ok(Ok(_))) {
+                break;
+            }
+        }
+        cache.pause();
+        driver.abort();
+        tracing::warn!(
+            "postgres: stopped listening for changes; records are read from the database until it listens again"
+        );
+        let mut wait = RELISTEN_MIN;
+        listening = loop {
+            tokio::time::sleep(wait).await;
+            match listen(&connector, &cache, &channel, &schema).await {
+                Ok(listening) => break listening,
+                Err(e) => {
+                    tracing::warn!(error = %e, "postgres: could not listen for changes");
+                    wait = (wait * 2).min(RELISTEN_MAX);
+                }
+            }
+        };
     }
 }
 
@@ -224,9 +394,18 @@ impl Prepared {
 #[async_trait::async_trait]
 impl Storage for PostgresStorage {
     async fn get(&self, key: &str) -> StorageResult<Option<Entry>> {
+        #[cfg(test)]
+        self.server_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Connection { client, prepared } = &*self.shared().await?;
         let row = client.query_opt(&prepared.get, &[&key]).await.map_err(unavailable)?;
         Ok(row.map(|row| Entry { value: row.get(0), version: row.get::<_, i64>(1) as u64 }))
+    }
+
+    async fn get_cached(&self, key: &str) -> StorageResult<Option<Entry>> {
+        match &self.cache {
+            Some(cache) => cache.read_through(key.as_bytes(), self.get(key)).await,
+            None => self.get(key).await,
+        }
     }
 
     async fn put(&self, key: &str, value: &[u8], expected: Option<u64>) -> StorageResult<u64> {
@@ -234,14 +413,17 @@ impl Storage for PostgresStorage {
         let row = match expected {
             None => client.query_opt(&prepared.insert, &[&key, &value]).await,
             Some(expected) => client.query_opt(&prepared.update, &[&key, &value, &(expected as i64)]).await,
-        }
-        .map_err(unavailable)?;
+        };
+        self.forget(key);
+        let row = row.map_err(unavailable)?;
         row.map(|row| row.get::<_, i64>(0) as u64).ok_or(StorageError::Conflict)
     }
 
     async fn delete(&self, key: &str, expected: u64) -> StorageResult<()> {
         let Connection { client, prepared } = &*self.shared().await?;
-        let deleted = client.execute(&prepared.delete, &[&key, &(expected as i64)]).await.map_err(unavailable)?;
+        let deleted = client.execute(&prepared.delete, &[&key, &(expected as i64)]).await;
+        self.forget(key);
+        let deleted = deleted.map_err(unavailable)?;
         if deleted == 1 { Ok(()) } else { Err(StorageError::Conflict) }
     }
 
@@ -259,18 +441,23 @@ impl Storage for PostgresStorage {
         }
         let Connection { client, prepared } = slot.as_mut().expect("opened above");
         let prepared = &*prepared;
-        let tx = client.transaction().await.map_err(unavailable)?;
-        // Sent together (tokio-postgres pipelines the statements of one connection), so a
-        // commit costs a few round trips whatever its size.
-        let applied = futures_util::future::join_all(writes.iter().map(|w| prepared.apply(&tx, w))).await;
-        let versions = applied.into_iter().collect::<StorageResult<Vec<_>>>()?; // a refusal rolls back on drop
-        tx.commit().await.map_err(unavailable)?;
-        Ok(versions)
+        let committed = async {
+            let tx = client.transaction().await.map_err(unavailable)?;
+            // Sent together (tokio-postgres pipelines the statements of one connection), so a
+            // commit costs a few round trips whatever its size.
+            let applied = futures_util::future::join_all(writes.iter().map(|w| prepared.apply(&tx, w))).await;
+            let versions = applied.into_iter().collect::<StorageResult<Vec<_>>>()?; // a refusal rolls back on drop
+            tx.commit().await.map_err(unavailable)?;
+            Ok(versions)
+        }
+        .await;
+        writes.iter().for_each(|write| self.forget(write.key()));
+        committed
     }
 
     fn describe(&self) -> String {
-        let hosts: Vec<String> = self
-            .config
+        let config = &self.connector.config;
+        let hosts: Vec<String> = config
             .get_hosts()
             .iter()
             .map(|h| match h {
@@ -280,30 +467,199 @@ impl Storage for PostgresStorage {
             })
             .collect();
         format!(
-            "postgres (host {}, database {}, schema {})",
+            "postgres (host {}, database {}, schema {}, {})",
             hosts.join(","),
-            self.config.get_dbname().unwrap_or("(default)"),
-            self.schema
+            config.get_dbname().unwrap_or("(default)"),
+            self.schema,
+            match &self.cache {
+                Some(cache) => format!("cache of {} records", cache.capacity()),
+                None => "no cache".into(),
+            }
         )
+    }
+}
+
+impl Drop for PostgresStorage {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
     use super::*;
     use crate::storage::{conformance, test_server, unique_name};
 
+    /// A schema of its own on the test server, dropped when the test ends.
+    struct Schema {
+        url: String,
+        name: String,
+    }
+
+    impl Schema {
+        fn new(test: &str) -> Option<Self> {
+            let url = test_server("TOKENVAULT_TEST_POSTGRES", test)?;
+            Some(Schema { url, name: unique_name("tv_test") })
+        }
+
+        /// A host on the schema: connections (and a cache) of its own.
+        async fn host(&self, params: &str) -> PostgresStorage {
+            PostgresStorage::connect(&format!("{}?schema={}{params}", self.url, self.name))
+                .await
+                .expect("connect to TOKENVAULT_TEST_POSTGRES")
+        }
+
+        async fn drop_schema(self) {
+            let host = self.host("&cache=0").await;
+            let client = &host.shared().await.unwrap().client;
+            client.batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", self.name)).await.unwrap();
+        }
+
+        /// End this schema's listening connections, as a failing network would.
+        async fn cut_listeners(&self) {
+            let host = self.host("&cache=0").await;
+            let client = &host.shared().await.unwrap().client;
+            let cut = client
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&format!("tokenvault listener {}", self.name)],
+                )
+                .await
+                .unwrap();
+            assert!(!cut.is_empty(), "no listening connection to cut");
+        }
+    }
+
+    fn reads(host: &PostgresStorage) -> u64 {
+        host.server_reads.load(Ordering::Relaxed)
+    }
+
+    /// Read `key` through the cache until `done` holds of it; false after 2 s (well under
+    /// the cache's `MAX_AGE`: only a notification can have made it true).
+    async fn cached_reads_until(host: &PostgresStorage, key: &str, done: impl Fn(Option<u64>) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(entry) = host.get_cached(key).await
+                && done(entry.map(|e| e.version))
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        false
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn conformance() {
-        let Some(url) = test_server("TOKENVAULT_TEST_POSTGRES", "storage::postgres::conformance") else { return };
-        let schema = unique_name("tv_test");
-        let storage = PostgresStorage::connect(&format!("{url}?schema={schema}"))
-            .await
-            .expect("connect to TOKENVAULT_TEST_POSTGRES");
+        let Some(schema) = Schema::new("storage::postgres::conformance") else { return };
+        let storage = schema.host("").await;
+        assert!(storage.describe().ends_with("cache of 10000 records)"), "{}", storage.describe());
         conformance::run(Arc::new(storage)).await;
-        let again =
-            PostgresStorage::connect(&format!("{url}?schema={schema}")).await.expect("migrations are idempotent");
-        again.shared().await.unwrap().client.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).await.unwrap();
+        let again = schema.host("&cache=0").await;
+        assert!(again.describe().ends_with("no cache)"), "migrations are idempotent: {}", again.describe());
+        schema.drop_schema().await;
+
+        let Some(uncached) = Schema::new("storage::postgres::conformance_uncached") else { return };
+        conformance::run(Arc::new(uncached.host("&cache=0").await)).await;
+        uncached.drop_schema().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_cached_read_costs_no_round_trip_until_another_host_changes_the_record() {
+        let Some(schema) = Schema::new("storage::postgres::cached_read") else { return };
+        let (here, there) = (schema.host("").await, schema.host("").await);
+        let v1 = here.put("k", b"1", None).await.unwrap();
+        let before = reads(&here);
+        for _ in 0..50 {
+            assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, v1);
+        }
+        assert_eq!(reads(&here) - before, 1, "one read, then the cache");
+        assert_eq!(here.get("k").await.unwrap().unwrap().version, v1);
+        assert_eq!(reads(&here) - before, 2, "get itself always reads the database");
+
+        let v2 = there.put("k", b"2", Some(v1)).await.unwrap();
+        assert!(cached_reads_until(&here, "k", |v| v == Some(v2)).await, "the other host's write was never seen");
+        let v3 = there.commit(&[Write::Put { key: "k".into(), value: b"3".to_vec(), expected: Some(v2) }]).await;
+        let v3 = v3.unwrap()[0].unwrap();
+        assert!(cached_reads_until(&here, "k", |v| v == Some(v3)).await, "the other host's commit was never seen");
+        there.delete("k", v3).await.unwrap();
+        assert!(cached_reads_until(&here, "k", |v| v.is_none()).await, "the other host's delete was never seen");
+        // Absence is kept too, and a create by the other host invalidates it.
+        let before = reads(&here);
+        assert_eq!(here.get_cached("k").await.unwrap(), None);
+        assert_eq!(reads(&here), before);
+        let v4 = there.put("k", b"4", None).await.unwrap();
+        assert!(cached_reads_until(&here, "k", |v| v == Some(v4)).await, "the other host's create was never seen");
+        schema.drop_schema().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_host_reads_its_own_writes_at_once_and_a_lost_race_reads_the_winner() {
+        let Some(schema) = Schema::new("storage::postgres::own_writes") else { return };
+        let (here, there) = (schema.host("").await, schema.host("").await);
+        let mut version = here.put("k", b"0", None).await.unwrap();
+        for round in 0..100 {
+            assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, version);
+            version = here.put("k", round.to_string().as_bytes(), Some(version)).await.unwrap();
+            assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, version, "round {round}");
+        }
+        for round in 0..50 {
+            assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, version);
+            let winner = there.put("k", b"there", Some(version)).await.unwrap();
+            assert_eq!(here.put("k", b"here", Some(version)).await, Err(StorageError::Conflict));
+            assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, winner, "round {round}");
+            version = winner;
+        }
+        schema.drop_schema().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_lost_listening_connection_empties_the_cache_until_it_listens_again() {
+        let Some(schema) = Schema::new("storage::postgres::lost_listener") else { return };
+        let (here, there) = (schema.host("").await, schema.host("&cache=0").await);
+        let v1 = here.put("k", b"1", None).await.unwrap();
+        assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, v1);
+        schema.cut_listeners().await;
+        // Written while `here` may have no one listening, so no notification need reach it.
+        let v2 = there.put("k", b"2", Some(v1)).await.unwrap();
+        assert!(cached_reads_until(&here, "k", |v| v == Some(v2)).await, "served the copy from before the cut");
+        // It listens again within a moment, and then keeps what it reads.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            here.get_cached("k").await.unwrap();
+            let before = reads(&here);
+            here.get_cached("k").await.unwrap();
+            if reads(&here) == before {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never cached again after the cut");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let v3 = there.put("k", b"3", Some(v2)).await.unwrap();
+        assert!(cached_reads_until(&here, "k", |v| v == Some(v3)).await, "a write after it listened again was missed");
+        schema.drop_schema().await;
+    }
+
+    #[tokio::test]
+    async fn a_cache_size_that_is_not_a_number_or_a_schema_too_long_is_refused() {
+        let Err(err) = PostgresStorage::connect("postgres://127.0.0.1:1/db?cache=lots").await else { panic!() };
+        assert_eq!(
+            err.to_string(),
+            "storage unavailable: postgres: cache=lots is not a number of records (0 turns the cache off)"
+        );
+        let long = "s".repeat(MAX_SCHEMA + 1);
+        let Err(err) = PostgresStorage::connect(&format!("postgres://127.0.0.1:1/db?schema={long}")).await else {
+            panic!()
+        };
+        assert_eq!(
+            err.to_string(),
+            "storage unavailable: postgres: schema must be 1 to 48 lowercase letters, digits and _"
+        );
     }
 
     #[test]

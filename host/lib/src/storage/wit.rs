@@ -1,5 +1,13 @@
 //! The component's `storage` import, served by the configured [`Storage`]: every write
 //! that succeeds wakes the callers of this process waiting for that record.
+//!
+//! A call's reads may come from the store's cache ([`Storage::get_cached`]) until the call
+//! first writes or waits; after that they read the store itself. What the component does
+//! after a write depends on what others wrote before it: the refresh lease's holder
+//! re-reads the token once it holds the lease, and must see the token the previous holder
+//! saved before releasing it; a write that lost a compare-and-swap reads again to learn the
+//! winner. Reads before any write can only be stale in ways a later compare-and-swap
+//! refuses, or as a `get` answered a moment before another host's change arrived.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +25,8 @@ pub struct StorageImport<'a> {
     pub changes: &'a Changes,
     pub deadline: Instant,
     pub metrics: &'a Metrics,
+    /// The call has written or waited: read the store itself from now on.
+    pub reads_latest: &'a mut bool,
 }
 
 impl StorageImport<'_> {
@@ -38,7 +48,8 @@ impl wit_storage::Host for StorageImport<'_> {
         &mut self,
         key: String,
     ) -> wasmtime::Result<Result<Option<wit_storage::Entry>, wit_storage::StorageError>> {
-        let got = self.storage.get(&key).await.map(|e| e.map(Into::into));
+        let got = if *self.reads_latest { self.storage.get(&key).await } else { self.storage.get_cached(&key).await };
+        let got = got.map(|e| e.map(Into::into));
         Ok(self.counted(got))
     }
 
@@ -48,6 +59,7 @@ impl wit_storage::Host for StorageImport<'_> {
         value: Vec<u8>,
         expected: Option<u64>,
     ) -> wasmtime::Result<Result<u64, wit_storage::StorageError>> {
+        *self.reads_latest = true;
         let written = self.storage.put(&key, &value, expected).await;
         if let Ok(version) = written {
             self.changes.publish(&key, Some(version));
@@ -56,6 +68,7 @@ impl wit_storage::Host for StorageImport<'_> {
     }
 
     async fn delete(&mut self, key: String, expected: u64) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
+        *self.reads_latest = true;
         let deleted = self.storage.delete(&key, expected).await;
         if deleted.is_ok() {
             self.changes.publish(&key, None);
@@ -67,6 +80,7 @@ impl wit_storage::Host for StorageImport<'_> {
         &mut self,
         writes: Vec<wit_storage::Write>,
     ) -> wasmtime::Result<Result<Vec<Option<u64>>, wit_storage::StorageError>> {
+        *self.reads_latest = true;
         let writes: Vec<Write> = writes.into_iter().map(Into::into).collect();
         let committed = self.storage.commit(&writes).await;
         if let Ok(versions) = &committed {
@@ -83,6 +97,7 @@ impl wit_storage::Host for StorageImport<'_> {
         seen: Option<u64>,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
+        *self.reads_latest = true;
         // The deadline stops a guest only while it runs, so a wait ends before it.
         let until_deadline = self.deadline.saturating_duration_since(Instant::now());
         let timeout = Duration::from_millis(timeout_ms.into()).min(until_deadline);

@@ -5,28 +5,29 @@
 //! `{namespace}:version` counts versions. Writes are Lua scripts, which Redis runs
 //! atomically. All keys of a namespace must live on one node (no Redis Cluster).
 //!
-//! Reads are served from a local cache that Redis keeps true (see [`cache`]), so a warm
-//! `get` costs no round trip. A `rediss://` URL makes the link TLS (rustls), verifying the
+//! Reads are served from a local cache that Redis keeps true, so a warm `get` costs no
+//! round trip. The connection turns on Redis's server-assisted client-side caching
+//! (`CLIENT TRACKING` over RESP3): once this connection has read a record, Redis pushes an
+//! invalidation down the same connection when anyone changes it. Replies and pushes arrive
+//! in one ordered stream and are applied in that order, so whatever this host learns from
+//! Redis after a write (a lease released, a version moved on) comes after that write's
+//! invalidation: a cached record is never older than what the host has seen happen, and
+//! `get` itself may use the cache. That is the order the single-flight refresh relies on
+//! across processes. The rest of the cache's rules are [`super::cache`]'s. A `rediss://` URL makes the link TLS (rustls), verifying the
 //! server against the Mozilla roots, or against the CA file `sslrootcert=PATH` names.
 
-mod cache;
-
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, Script};
+use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
 
+use super::cache::{self, RecordCache};
 use super::split_param;
 use super::{Entry, KeyPage, Storage, StorageError, StorageResult, Write};
-use cache::RecordCache;
 
 /// Reconnection attempts a call makes while Redis is unreachable (100 ms, then 200 ms apart).
 const RECONNECT_RETRIES: usize = 2;
-
-/// How many records the cache holds unless the URL says (`?cache=N`, 0 for none).
-const DEFAULT_CACHE_RECORDS: usize = 10_000;
 
 const PUT: &str = r"
 local current = redis.call('HGET', KEYS[1], 'v')
@@ -99,23 +100,15 @@ impl RedisStorage {
     /// The cache needs Redis 6 or later (RESP3 and `CLIENT TRACKING`).
     pub async fn connect(url: &str) -> StorageResult<Self> {
         let (url, namespace) = split_param(url, "namespace");
-        let (url, cache) = split_param(&url, "cache");
+        let (url, cache) = cache::from_url(&url, "redis")?;
+        let cache = cache.map(Arc::new);
         let (url, root_cert) = split_param(&url, "sslrootcert");
         let namespace = namespace.unwrap_or_else(|| "tokenvault".into());
         if namespace.is_empty() || namespace.contains(char::is_whitespace) {
             return Err(StorageError::Unavailable("redis: namespace must be a non-empty word".into()));
         }
-        let cache_records = match cache {
-            None => DEFAULT_CACHE_RECORDS,
-            Some(n) => n.parse().map_err(|_| {
-                StorageError::Unavailable(format!(
-                    "redis: cache={n} is not a number of records (0 turns the cache off)"
-                ))
-            })?,
-        };
         let invalid_url = || StorageError::Unavailable("redis: the storage URL is not a valid connection URL".into());
         let mut info = url.as_str().into_connection_info().map_err(|_| invalid_url())?;
-        let cache = NonZeroUsize::new(cache_records).map(|records| Arc::new(RecordCache::new(records)));
         if cache.is_some() {
             // Invalidations arrive as RESP3 pushes on the connection that read the key.
             let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
@@ -125,7 +118,10 @@ impl RedisStorage {
             "redis ({}, db {}, namespace {namespace}, {})",
             info.addr(),
             info.redis_settings().db(),
-            if cache.is_some() { format!("cache of {cache_records} records") } else { "no cache".into() }
+            match &cache {
+                Some(cache) => format!("cache of {} records", cache.capacity()),
+                None => "no cache".into(),
+            }
         );
         let client = match root_cert {
             None => redis::Client::open(info).map_err(|_| invalid_url())?,
@@ -150,7 +146,7 @@ impl RedisStorage {
         if let Some(cache) = &cache {
             let cache = cache.clone();
             config = config.set_push_sender(move |push: PushInfo| {
-                cache.on_push(&push);
+                apply_push(&cache, &push);
                 Ok::<(), std::convert::Infallible>(())
             });
         }
@@ -214,18 +210,34 @@ impl RedisStorage {
     }
 }
 
+/// Apply a message Redis (or the client library) pushed on the connection. Called in the
+/// connection's read order, before any reply that came after it is delivered.
+fn apply_push(cache: &RecordCache, push: &PushInfo) {
+    match (&push.kind, push.data.first()) {
+        (PushKind::Invalidate, Some(Value::Array(keys))) => {
+            for key in keys {
+                match key {
+                    Value::BulkString(key) => cache.forget(key),
+                    _ => cache.forget_all(),
+                }
+            }
+        }
+        // A flush of the database (a null key list), or anything not understood.
+        (PushKind::Invalidate, _) => cache.forget_all(),
+        (PushKind::Disconnection, _) => cache.forget_all(),
+        _ => {}
+    }
+}
+
 #[async_trait::async_trait]
 impl Storage for RedisStorage {
+    /// From the cache when it holds the record (its order makes that as good as a read).
     async fn get(&self, key: &str) -> StorageResult<Option<Entry>> {
         let record = self.record(key);
-        let Some(cache) = &self.cache else { return self.read(&record).await };
-        if let Some(entry) = cache.get(record.as_bytes()) {
-            return Ok(entry);
+        match &self.cache {
+            Some(cache) => cache.read_through(record.as_bytes(), self.read(&record)).await,
+            None => self.read(&record).await,
         }
-        let ticket = cache.ticket();
-        let entry = self.read(&record).await?;
-        cache.keep(record.as_bytes(), entry.clone(), ticket);
-        Ok(entry)
     }
 
     async fn put(&self, key: &str, value: &[u8], expected: Option<u64>) -> StorageResult<u64> {
@@ -439,6 +451,22 @@ mod tests {
         let v2 = there.put("k", b"2", Some(v1)).await.unwrap();
         assert!(reads_until(&here, "k", |v| v == Some(v2)).await, "served the copy from before the disconnection");
         namespace.clean().await;
+    }
+
+    #[test]
+    fn pushes_invalidate_what_they_name_and_a_flush_or_disconnection_everything() {
+        let cache = RecordCache::new(std::num::NonZeroUsize::new(4).unwrap());
+        let keep = |key: &[u8]| cache.keep(key, Some(Entry { value: vec![1], version: 1 }), cache.ticket(key));
+        let invalidate = |keys: Value| PushInfo { kind: PushKind::Invalidate, data: vec![keys] };
+        keep(b"a");
+        keep(b"b");
+        apply_push(&cache, &invalidate(Value::Array(vec![Value::BulkString(b"a".to_vec())])));
+        assert_eq!((cache.get(b"a"), cache.records_held()), (None, 1), "only what was named goes");
+        apply_push(&cache, &invalidate(Value::Nil));
+        assert_eq!(cache.records_held(), 0, "a flush empties it");
+        keep(b"a");
+        apply_push(&cache, &PushInfo { kind: PushKind::Disconnection, data: vec![] });
+        assert_eq!(cache.records_held(), 0, "a disconnection empties it");
     }
 
     #[tokio::test]
