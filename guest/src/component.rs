@@ -2,7 +2,7 @@
 //! imports. No token logic lives here.
 
 use crate::model;
-use crate::platform::{Entry, HttpError, KeyPage, Platform, SealingKey, StorageError, Write};
+use crate::platform::{Entry, HttpError, KeyPage, Platform, ResponseTimeout, SealingKey, StorageError, Write};
 use crate::vault::Vault;
 
 wit_bindgen::generate!({
@@ -266,7 +266,7 @@ impl Platform for Imports {
 
 use wasip2::http::types::{
     ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
-    Scheme,
+    RequestOptions, Scheme,
 };
 use wasip2::io::streams::StreamError;
 
@@ -306,7 +306,13 @@ fn http_call(request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpE
     outgoing.set_path_with_query(parts.uri.path_and_query().map(|p| p.as_str())).map_err(failed("set the path"))?;
     let outgoing_body = outgoing.body().map_err(failed("open the request body"))?;
 
-    let future = wasip2::http::outgoing_handler::handle(outgoing, None).map_err(http_error)?;
+    let options = parts.extensions.get::<ResponseTimeout>().map(|ResponseTimeout(timeout)| {
+        let options = RequestOptions::new();
+        // A host that cannot honour it keeps its own limit.
+        let _ = options.set_first_byte_timeout(Some(timeout.as_nanos().try_into().unwrap_or(u64::MAX)));
+        options
+    });
+    let future = wasip2::http::outgoing_handler::handle(outgoing, options).map_err(http_error)?;
     let written = write_body(outgoing_body, &body);
     // A denied request first shows as a body write error; the response says why.
     let response = await_response(&future)?;

@@ -30,6 +30,11 @@ impl std::fmt::Display for HttpError {
 
 impl std::error::Error for HttpError {}
 
+/// Put in a request's extensions, asks the host to give up when the response has not begun
+/// within this long (the host may hold it to less; without it, the host's own limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseTimeout(pub std::time::Duration);
+
 pub trait Platform {
     fn storage_get(&self, key: &str) -> Result<Option<Entry>, StorageError>;
     fn storage_put(&self, key: &str, value: &[u8], expected: Option<u64>) -> Result<u64, StorageError>;
@@ -55,6 +60,7 @@ pub trait Platform {
     /// Pause, e.g. before retrying a write while storage is unavailable.
     fn sleep_ms(&self, ms: u64);
 
+    /// Send `request`, honouring a [`ResponseTimeout`] in its extensions.
     fn http(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError>;
 }
 

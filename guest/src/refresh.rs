@@ -1,12 +1,14 @@
 //! Refreshing: one upstream refresh however many callers find a token due (a lease in
 //! storage), the renewed tokens saved before anything else, and background refresh.
 
+use std::time::Duration;
+
 use crate::expiry;
 use crate::model::events::{EventFailure, EventType};
 use crate::model::storage::{DUE_INDEX_KEY, DUE_PREFIX};
 use crate::model::*;
 use crate::oauth;
-use crate::platform::{Platform, StorageError};
+use crate::platform::{Platform, ResponseTimeout, StorageError};
 use crate::record::{self, ProviderRecord, TokenRecord};
 use crate::tokens::ensure_active;
 use crate::vault::{MAX_ATTEMPTS, Put, Vault, storage_error, too_contended};
@@ -20,6 +22,11 @@ const WAIT_FOR_OTHERS_MS: u64 = 20_000;
 /// read the token again at least this often: a holder that saved the token but could not
 /// release its lease must not hold them up for the lease's whole life.
 const RECHECK_MS: u64 = 1_000;
+/// How long a refresh waits for the token endpoint to begin answering. Every caller that
+/// needs the connection waits behind the lease meanwhile, so a provider that hangs is given
+/// up on well before the host's general limit (15 s by default); token endpoints answer in
+/// well under a second.
+const REFRESH_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pauses between attempts to save a refreshed token while storage is unavailable.
 const SAVE_RETRY_PAUSES_MS: [u64; 3] = [50, 250, 1_000];
 
@@ -241,7 +248,10 @@ impl<P: Platform> Vault<P> {
         version: u64,
         provider: &ProviderRecord,
     ) -> Result<TokenSet> {
-        let http = |request| self.platform().http(request);
+        let http = |mut request: oauth2::HttpRequest| {
+            request.extensions_mut().insert(ResponseTimeout(REFRESH_RESPONSE_TIMEOUT));
+            self.platform().http(request)
+        };
         let renewed = match token.kind {
             ConnectionKind::User => oauth::refresh(provider, token.refresh_token.as_deref().unwrap_or_default(), &http),
             ConnectionKind::Client => oauth::client_credentials(provider, &token.requested_scopes, &http),
@@ -491,6 +501,17 @@ mod tests {
         let key = record::lease_key(&key());
         let current = platform.storage_get(&key).unwrap().map(|e| e.version);
         platform.storage_put(&key, &serde_json::to_vec(&lease).unwrap(), current).unwrap();
+    }
+
+    #[test]
+    fn a_refresh_asks_the_host_to_give_up_on_a_silent_token_endpoint_soon() {
+        let vault = vault();
+        vault.store(&key(), grant("at-1", Some("rt-1"), Some(100))).unwrap();
+        vault.platform().respond(json(200, ROTATED));
+        vault.refresh(&key()).unwrap();
+        let requests = vault.platform().requests.borrow();
+        let asked = requests.last().unwrap().extensions().get::<ResponseTimeout>();
+        assert_eq!(asked, Some(&ResponseTimeout(REFRESH_RESPONSE_TIMEOUT)));
     }
 
     #[test]

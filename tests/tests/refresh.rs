@@ -188,3 +188,35 @@ async fn every_provider_fault_is_a_provider_error_and_the_token_survives() {
     assert_ne!(renewed.access_token, response["access_token"].as_str().unwrap());
     assert_eq!(server.refresh_stats(), (1, 0, 0));
 }
+
+/// A refresh holds the connection's lease while it waits for the token endpoint, and every
+/// caller that needs the connection waits behind it. A provider that hangs is given up on
+/// after the refresh's own response timeout (5 s), not the host's (15 s): a caller waiting
+/// behind it refreshes as soon as that ends, against a provider answering again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_stuck_at_the_provider_holds_its_waiters_only_until_the_refresh_timeout() {
+    let server = OAuthServer::start(600);
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open_vault(dir.path(), &[&server.origin()]).await;
+    vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
+    vault.store(&key("frank"), &grant_of(&server.grant("vault-basic"))).await.unwrap();
+
+    // The provider's next answer comes after 25 s; the ones after it at once.
+    server.fault(serde_json::json!({ "delay_ms": 25_000, "status": 503 }));
+    let timed_refresh = |vault: tokenvault::Vault| async move {
+        let started = std::time::Instant::now();
+        (vault.refresh(&key("frank")).await, started.elapsed())
+    };
+    let stuck = tokio::spawn(timed_refresh(vault.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiter = tokio::spawn(timed_refresh(vault.clone()));
+    let ((stuck, stuck_took), (waited, waited_took)) = (stuck.await.unwrap(), waiter.await.unwrap());
+
+    let err = stuck.unwrap_err();
+    assert_eq!(err.kind(), "provider-error", "{err}");
+    assert!(waited.is_ok(), "the waiter refreshed once the lease was free: {:?}", waited.err());
+    // The host's own timeout would have ended the stuck refresh only after 15 s.
+    assert!(stuck_took < Duration::from_secs(10), "the stuck refresh held on for {stuck_took:?}");
+    assert!(waited_took < Duration::from_secs(10), "the waiter waited {waited_took:?}");
+    assert_eq!(server.refresh_stats(), (1, 0, 0), "one refresh reached the grant logic");
+}
