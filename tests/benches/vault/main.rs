@@ -647,7 +647,7 @@ async fn serve() -> String {
         drop(product.get(&key("library")).await.unwrap());
     })
     .await;
-    out.push_str(&format!("\nBeside it, in this process:\n\n{}", table(&library, None)));
+    out.push_str(&format!("\nBeside it, in the bench's process:\n\n{}", table(&library, None)));
     out
 }
 
