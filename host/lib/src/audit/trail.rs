@@ -388,7 +388,14 @@ impl AuditSink for Trail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::MemoryStorage;
+    use crate::storage::{MemoryStorage, UNCACHED_PREFIX};
+
+    #[test]
+    fn every_key_of_the_trail_is_one_no_cache_keeps() {
+        for key in [entry_key(1), tenant_key("acme", 1), HEAD_KEY.into()] {
+            assert!(key.starts_with(UNCACHED_PREFIX), "{key}");
+        }
+    }
 
     fn event(at_ms: u64, tenant: Option<&str>, action: &str) -> AuditRecord {
         AuditRecord {

@@ -33,6 +33,11 @@ pub use tokenvault_model::storage::{Entry, KeyPage, StorageError, Write, escape_
 
 pub type StorageResult<T> = Result<T, StorageError>;
 
+/// Records whose keys begin with this (the audit trail's) are written by nearly every call
+/// and read only by the host that lists them: no cache keeps them, and a store that tells
+/// other hosts of each change (PostgreSQL's notifications) does not tell of these.
+pub const UNCACHED_PREFIX: &str = "audit";
+
 #[async_trait::async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// The record as the store holds it: never older than anything this host has learned
@@ -41,7 +46,8 @@ pub trait Storage: Send + Sync + 'static {
     /// The record, perhaps from a copy this process keeps (PostgreSQL's cache), which a
     /// write by another host reaches a moment after it commits (see [`cache`]): for reads
     /// that lead to no write, or whose write is a compare-and-swap that a stale version
-    /// only makes fail. The default is [`Storage::get`].
+    /// only makes fail. Keys under [`UNCACHED_PREFIX`] are always read from the store.
+    /// The default is [`Storage::get`].
     async fn get_cached(&self, key: &str) -> StorageResult<Option<Entry>> {
         self.get(key).await
     }

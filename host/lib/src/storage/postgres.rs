@@ -32,7 +32,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 use super::cache::{self, RecordCache};
-use super::{Entry, KeyPage, Storage, StorageError, StorageResult, Write, split_param};
+use super::{Entry, KeyPage, Storage, StorageError, StorageResult, UNCACHED_PREFIX, Write, split_param};
 
 /// How often the listening connection is asked whether it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -190,12 +190,14 @@ impl PostgresStorage {
                      version BIGINT NOT NULL
                  );
                  -- Every write names its key to the hosts that cache records (a key too long
-                 -- for a notification's payload names nothing: they forget everything).
+                 -- for a notification's payload names nothing: they forget everything), but
+                 -- for the audit trail's, which no host caches.
                  CREATE OR REPLACE FUNCTION \"{schema}\".tokenvault_notify() RETURNS trigger
                  LANGUAGE plpgsql AS $fn$
                  DECLARE
                      changed text := CASE WHEN TG_OP = 'DELETE' THEN OLD.key ELSE NEW.key END;
                  BEGIN
+                     IF starts_with(changed, '{UNCACHED_PREFIX}') THEN RETURN NULL; END IF;
                      PERFORM pg_notify('{channel}', CASE WHEN octet_length(changed) < 7900 THEN changed ELSE '' END);
                      RETURN NULL;
                  END $fn$;
@@ -403,8 +405,8 @@ impl Storage for PostgresStorage {
 
     async fn get_cached(&self, key: &str) -> StorageResult<Option<Entry>> {
         match &self.cache {
-            Some(cache) => cache.read_through(key.as_bytes(), self.get(key)).await,
-            None => self.get(key).await,
+            Some(cache) if !key.starts_with(UNCACHED_PREFIX) => cache.read_through(key.as_bytes(), self.get(key)).await,
+            _ => self.get(key).await,
         }
     }
 
@@ -595,6 +597,43 @@ mod tests {
         assert_eq!(reads(&here), before);
         let v4 = there.put("k", b"4", None).await.unwrap();
         assert!(cached_reads_until(&here, "k", |v| v == Some(v4)).await, "the other host's create was never seen");
+        schema.drop_schema().await;
+    }
+
+    /// The audit trail is written by nearly every call and cached by no host: its writes
+    /// notify no one, and a cached read of it reads the database.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_audit_trails_writes_notify_no_one() {
+        let Some(schema) = Schema::new("storage::postgres::audit_unnotified") else { return };
+        let (here, there) = (schema.host("").await, schema.host("").await);
+        let cache = here.cache.as_ref().unwrap();
+        let hold = |key: &str| cache.keep(key.as_bytes(), None, cache.ticket(key.as_bytes()));
+        let forgotten = async |key: &str| {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while cache.get(key.as_bytes()).is_some() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            cache.get(key.as_bytes()).is_none()
+        };
+        let audit = format!("{UNCACHED_PREFIX}/1");
+        let (v_audit, v_k) = (there.put(&audit, b"1", None).await.unwrap(), there.put("k", b"1", None).await.unwrap());
+        // Notifications come in commit order: once a later write's has come, those before it have.
+        hold("marker");
+        there.put("marker", b"", None).await.unwrap();
+        assert!(forgotten("marker").await, "the marker's notification never came");
+
+        hold(&audit);
+        hold("k");
+        there.put(&audit, b"2", Some(v_audit)).await.unwrap();
+        there.put("k", b"2", Some(v_k)).await.unwrap();
+        assert!(forgotten("k").await, "the record's notification never came");
+        assert!(cache.get(audit.as_bytes()).is_some(), "the trail's write was notified");
+
+        let before = reads(&here);
+        for _ in 0..2 {
+            assert_eq!(here.get_cached(&audit).await.unwrap().unwrap().value, b"2");
+        }
+        assert_eq!(reads(&here) - before, 2, "the trail was read from a cache");
         schema.drop_schema().await;
     }
 
