@@ -341,6 +341,15 @@ impl Tokenvault {
         Tokenvault { data_dir: tempfile::tempdir().unwrap(), args, env: Vec::new(), runs: Default::default() }
     }
 
+    /// A host with a data directory of its own on a shared store (`--storage`), given the
+    /// store's master key (base64) in its environment.
+    pub fn on_store(allowed: &[&str], storage_url: &str, master_key: &str) -> Self {
+        let mut tv = Tokenvault::new(allowed);
+        tv.args.extend(["--storage".into(), storage_url.into()]);
+        tv.env.push((tokenvault::keys::MASTER_KEY_ENV.into(), master_key.into()));
+        tv
+    }
+
     /// A new API key for `tenant`: the key and its id.
     pub fn api_key(&self, tenant: &str) -> (String, String) {
         let made = self.run(&["apikey", "create", tenant], None).json();

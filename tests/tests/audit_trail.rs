@@ -4,7 +4,7 @@
 //! database itself.
 
 use serde_json::{Value, json};
-use tokenvault::keys::{MASTER_KEY_ENV, MasterKey};
+use tokenvault::keys::MasterKey;
 use tokenvault::storage::StorageUrl;
 use tokenvault_tests::{OAuthServer, Tokenvault, canary};
 
@@ -43,13 +43,8 @@ async fn two_services_on_postgres_keep_one_trail_that_names_who_asked() {
     let server = OAuthServer::start(3600);
     let schema = tokenvault_tests::random_value("tv_audit_").replace('-', "_");
     let storage_url = format!("{url}?schema={schema}");
-    let master = MasterKey::generate().unwrap();
-    let host = || {
-        let mut tv = Tokenvault::new(&[&server.origin()]);
-        tv.args.extend(["--storage".into(), storage_url.clone()]);
-        tv.env.push((MASTER_KEY_ENV.into(), master.to_base64()));
-        tv
-    };
+    let master = MasterKey::generate().unwrap().to_base64();
+    let host = || Tokenvault::on_store(&[&server.origin()], &storage_url, &master);
     let (a, b) = (host(), host());
     let served_a = a.serve();
     let operator = served_a.first_key.clone().unwrap();

@@ -303,12 +303,7 @@ async fn a_rotation_through_one_serve_reaches_another_on_postgres() {
     let schema = tokenvault_tests::random_value("tv_keys_").replace('-', "_");
     let storage_url = format!("{url}?schema={schema}");
     let master = MasterKey::generate().unwrap();
-    let host = |master: &MasterKey| {
-        let mut tv = Tokenvault::new(&[]);
-        tv.args = vec!["--storage".into(), storage_url.clone()];
-        tv.env.push((MASTER_KEY_ENV.into(), master.to_base64()));
-        tv
-    };
+    let host = |master: &MasterKey| Tokenvault::on_store(&[], &storage_url, &master.to_base64());
     let (a, b) = (host(&master), host(&master));
     let served_a = a.serve();
     let key = served_a.first_key.clone().expect("the first service prints an operator key");

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokenvault::keys::{MASTER_KEY_ENV, MasterKey};
+use tokenvault::keys::MasterKey;
 use tokenvault_tests::{OAuthServer, Served, Tokenvault};
 
 const CONNECTION: &str = "/v1/tenants/acme/users/alice/connections/idp/default";
@@ -37,12 +37,7 @@ fn a_change_through_one_host_reaches_the_other_hosts_cache_within_a_moment() {
     let schema = tokenvault_tests::random_value("tv_shared_").replace('-', "_");
     let storage_url = format!("{url}?schema={schema}");
     let master = MasterKey::generate().unwrap().to_base64();
-    let host = || {
-        let mut tv = Tokenvault::new(&[&server.origin()]);
-        tv.args.extend(["--storage".into(), storage_url.clone()]);
-        tv.env.push((MASTER_KEY_ENV.into(), master.clone()));
-        tv
-    };
+    let host = || Tokenvault::on_store(&[&server.origin()], &storage_url, &master);
     let (a, b) = (host(), host());
     let served_a = a.serve();
     let operator = served_a.first_key.clone().unwrap();

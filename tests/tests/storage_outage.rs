@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokenvault::keys::{MASTER_KEY_ENV, MasterKey};
+use tokenvault::keys::MasterKey;
 use tokenvault_tests::postgres::OwnPostgres;
 use tokenvault_tests::redis::OwnRedis;
 use tokenvault_tests::{OAuthServer, Served, Tokenvault};
@@ -50,12 +50,7 @@ fn redis_going_down_fails_calls_with_storage_and_loses_no_acknowledged_write() {
 fn outage(storage_url: &str, stop_storage: &mut dyn FnMut(), start_storage: &mut dyn FnMut()) {
     let server = OAuthServer::start(3600);
     let master = MasterKey::generate().unwrap().to_base64();
-    let host = || {
-        let mut tv = Tokenvault::new(&[&server.origin()]);
-        tv.args.extend(["--storage".into(), storage_url.to_owned()]);
-        tv.env.push((MASTER_KEY_ENV.into(), master.clone()));
-        tv
-    };
+    let host = || Tokenvault::on_store(&[&server.origin()], storage_url, &master);
     let (tv, other) = (host(), host());
     let served = tv.serve();
     let operator = served.first_key.clone().unwrap();

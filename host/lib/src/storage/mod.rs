@@ -335,6 +335,24 @@ pub mod conformance {
         assert!(results.iter().all(|r| matches!(r, Ok(_) | Err(StorageError::Conflict))));
         assert_eq!(storage.get("race").await.unwrap().unwrap().version, winners[0]);
     }
+
+    /// For stores that cache: two hosts on one store, `here` reading through its cache. It
+    /// reads its own writes at once, and after losing a race to `there`, the winner.
+    pub async fn cached_reads_see_own_writes_and_the_winner(here: &dyn Storage, there: &dyn Storage) {
+        let mut version = here.put("k", b"0", None).await.unwrap();
+        for round in 0..100 {
+            assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, version);
+            version = here.put("k", round.to_string().as_bytes(), Some(version)).await.unwrap();
+            assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, version, "round {round}");
+        }
+        for round in 0..50 {
+            assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, version);
+            let winner = there.put("k", b"there", Some(version)).await.unwrap();
+            assert_eq!(here.put("k", b"here", Some(version)).await, Err(StorageError::Conflict));
+            assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, winner, "round {round}");
+            version = winner;
+        }
+    }
 }
 
 #[cfg(test)]

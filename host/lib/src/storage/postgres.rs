@@ -641,19 +641,7 @@ mod tests {
     async fn a_host_reads_its_own_writes_at_once_and_a_lost_race_reads_the_winner() {
         let Some(schema) = Schema::new("storage::postgres::own_writes") else { return };
         let (here, there) = (schema.host("").await, schema.host("").await);
-        let mut version = here.put("k", b"0", None).await.unwrap();
-        for round in 0..100 {
-            assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, version);
-            version = here.put("k", round.to_string().as_bytes(), Some(version)).await.unwrap();
-            assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, version, "round {round}");
-        }
-        for round in 0..50 {
-            assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, version);
-            let winner = there.put("k", b"there", Some(version)).await.unwrap();
-            assert_eq!(here.put("k", b"here", Some(version)).await, Err(StorageError::Conflict));
-            assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, winner, "round {round}");
-            version = winner;
-        }
+        conformance::cached_reads_see_own_writes_and_the_winner(&here, &there).await;
         schema.drop_schema().await;
     }
 

@@ -422,19 +422,8 @@ mod tests {
     async fn a_host_reads_its_own_writes_at_once_and_a_lost_race_reads_the_winner() {
         let Some(namespace) = Namespace::new("storage::redis::own_writes") else { return };
         let (here, there) = (namespace.host("").await, namespace.host("").await);
-        let mut version = here.put("k", b"0", None).await.unwrap();
-        for round in 0..200 {
-            assert_eq!(here.get("k").await.unwrap().unwrap().version, version);
-            version = here.put("k", round.to_string().as_bytes(), Some(version)).await.unwrap();
-            assert_eq!(here.get("k").await.unwrap().unwrap().version, version, "round {round}");
-        }
-        for round in 0..50 {
-            assert_eq!(here.get("k").await.unwrap().unwrap().version, version);
-            let winner = there.put("k", b"there", Some(version)).await.unwrap();
-            assert_eq!(here.put("k", b"here", Some(version)).await, Err(StorageError::Conflict));
-            assert_eq!(here.get("k").await.unwrap().unwrap().version, winner, "round {round}");
-            version = winner;
-        }
+        // Redis's `get` is the cached read (get_cached is get).
+        conformance::cached_reads_see_own_writes_and_the_winner(&here, &there).await;
         namespace.clean().await;
     }
 
