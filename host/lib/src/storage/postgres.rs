@@ -556,6 +556,32 @@ mod tests {
         false
     }
 
+    /// Put an entry for `key` in `host`'s cache, as a read would.
+    fn hold(host: &PostgresStorage, key: &str) {
+        let cache = host.cache.as_ref().unwrap();
+        cache.keep(key.as_bytes(), None, cache.ticket(key.as_bytes()));
+    }
+
+    /// Whether a notification takes `key` out of `host`'s cache within 2 s.
+    async fn forgotten(host: &PostgresStorage, key: &str) -> bool {
+        let cache = host.cache.as_ref().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while cache.get(key.as_bytes()).is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        cache.get(key.as_bytes()).is_none()
+    }
+
+    /// Wait until `here` has had the notification of every write committed so far, its own
+    /// included: they come in commit order, so once a marker `there` writes now is
+    /// forgotten, every earlier one has arrived.
+    async fn caught_up(here: &PostgresStorage, there: &PostgresStorage) {
+        let marker = unique_name("marker");
+        hold(here, &marker);
+        there.put(&marker, b"", None).await.unwrap();
+        assert!(forgotten(here, &marker).await, "the marker's notification never came");
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn conformance() {
         let Some(schema) = Schema::new("storage::postgres::conformance") else { return };
@@ -576,6 +602,8 @@ mod tests {
         let Some(schema) = Schema::new("storage::postgres::cached_read") else { return };
         let (here, there) = (schema.host("").await, schema.host("").await);
         let v1 = here.put("k", b"1", None).await.unwrap();
+        // The notification of its own write would take the first read back out.
+        caught_up(&here, &there).await;
         let before = reads(&here);
         for _ in 0..50 {
             assert_eq!(here.get_cached("k").await.unwrap().unwrap().version, v1);
@@ -606,27 +634,16 @@ mod tests {
     async fn the_audit_trails_writes_notify_no_one() {
         let Some(schema) = Schema::new("storage::postgres::audit_unnotified") else { return };
         let (here, there) = (schema.host("").await, schema.host("").await);
-        let cache = here.cache.as_ref().unwrap();
-        let hold = |key: &str| cache.keep(key.as_bytes(), None, cache.ticket(key.as_bytes()));
-        let forgotten = async |key: &str| {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while cache.get(key.as_bytes()).is_some() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            cache.get(key.as_bytes()).is_none()
-        };
         let audit = format!("{UNCACHED_PREFIX}/1");
         let (v_audit, v_k) = (there.put(&audit, b"1", None).await.unwrap(), there.put("k", b"1", None).await.unwrap());
-        // Notifications come in commit order: once a later write's has come, those before it have.
-        hold("marker");
-        there.put("marker", b"", None).await.unwrap();
-        assert!(forgotten("marker").await, "the marker's notification never came");
+        caught_up(&here, &there).await;
 
-        hold(&audit);
-        hold("k");
+        hold(&here, &audit);
+        hold(&here, "k");
         there.put(&audit, b"2", Some(v_audit)).await.unwrap();
         there.put("k", b"2", Some(v_k)).await.unwrap();
-        assert!(forgotten("k").await, "the record's notification never came");
+        assert!(forgotten(&here, "k").await, "the record's notification never came");
+        let cache = here.cache.as_ref().unwrap();
         assert!(cache.get(audit.as_bytes()).is_some(), "the trail's write was notified");
 
         let before = reads(&here);
