@@ -557,6 +557,39 @@ impl tokenvault::storage::Storage for FlakyStorage {
     }
 }
 
+/// Two `serve` processes, each with a data directory of its own, on one new schema of the
+/// test PostgreSQL, the OAuth server's `idp` provider put through the first.
+pub struct TwoServices {
+    pub storage_url: String,
+    pub a: Tokenvault,
+    pub b: Tokenvault,
+    pub served_a: Served,
+    pub served_b: Served,
+    /// The operator key the first printed.
+    pub operator: String,
+}
+
+impl TwoServices {
+    /// None, said on stderr for `test`, when `TOKENVAULT_TEST_POSTGRES` is not set.
+    pub fn on_postgres(server: &OAuthServer, test: &str) -> Option<TwoServices> {
+        let Ok(url) = std::env::var("TOKENVAULT_TEST_POSTGRES") else {
+            eprintln!("SKIPPED {test}: TOKENVAULT_TEST_POSTGRES is not set");
+            return None;
+        };
+        let schema = random_value("tv_").replace('-', "_");
+        let storage_url = format!("{url}?schema={schema}");
+        let master = tokenvault::keys::MasterKey::generate().unwrap().to_base64();
+        let host = || Tokenvault::on_store(&[&server.origin()], &storage_url, &master);
+        let (a, b) = (host(), host());
+        let served_a = a.serve();
+        let operator = served_a.first_key.clone().expect("a fresh service prints its first key");
+        let served_b = b.serve();
+        let provider = served_a.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body()));
+        assert_eq!(provider.0, 200, "{}", provider.1);
+        Some(TwoServices { storage_url, a, b, served_a, served_b, operator })
+    }
+}
+
 /// `tokenvault serve` on a free loopback port, its stdout and logs collected as they come.
 /// Stopped with SIGTERM when dropped (or by [`Served::stop`]).
 pub struct Served {

@@ -4,9 +4,8 @@
 //! database itself.
 
 use serde_json::{Value, json};
-use tokenvault::keys::MasterKey;
 use tokenvault::storage::StorageUrl;
-use tokenvault_tests::{OAuthServer, Tokenvault, canary};
+use tokenvault_tests::{OAuthServer, Tokenvault, TwoServices, canary};
 
 const CONNECTION: &str = "/v1/tenants/acme/users/alice/connections/idp/default";
 
@@ -36,20 +35,12 @@ fn url_escape(text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_services_on_postgres_keep_one_trail_that_names_who_asked() {
-    let Ok(url) = std::env::var("TOKENVAULT_TEST_POSTGRES") else {
-        eprintln!("SKIPPED audit_trail::two_services_on_postgres…: TOKENVAULT_TEST_POSTGRES is not set");
+    let server = OAuthServer::start(3600);
+    let test = "audit_trail::two_services_on_postgres…";
+    let Some(TwoServices { storage_url, a, b, served_a, served_b, operator }) = TwoServices::on_postgres(&server, test)
+    else {
         return;
     };
-    let server = OAuthServer::start(3600);
-    let schema = tokenvault_tests::random_value("tv_audit_").replace('-', "_");
-    let storage_url = format!("{url}?schema={schema}");
-    let master = MasterKey::generate().unwrap().to_base64();
-    let host = || Tokenvault::on_store(&[&server.origin()], &storage_url, &master);
-    let (a, b) = (host(), host());
-    let served_a = a.serve();
-    let operator = served_a.first_key.clone().unwrap();
-    let served_b = b.serve();
-    assert_eq!(served_a.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body())).0, 200);
     let grant = server.grant("vault-basic");
     assert_eq!(served_b.call("PUT", CONNECTION, Some(&operator), Some(&grant)).0, 200);
     let acme = a.run(&["apikey", "create", "acme"], None).json();

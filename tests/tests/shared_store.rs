@@ -6,8 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokenvault::keys::MasterKey;
-use tokenvault_tests::{OAuthServer, Served, Tokenvault};
+use tokenvault_tests::{OAuthServer, Served, TwoServices};
 
 const CONNECTION: &str = "/v1/tenants/acme/users/alice/connections/idp/default";
 
@@ -29,20 +28,12 @@ fn answers_within_a_moment(served: &Served, key: &str, what: &str, done: impl Fn
 
 #[test]
 fn a_change_through_one_host_reaches_the_other_hosts_cache_within_a_moment() {
-    let Ok(url) = std::env::var("TOKENVAULT_TEST_POSTGRES") else {
-        eprintln!("SKIPPED shared_store: TOKENVAULT_TEST_POSTGRES is not set");
+    let server = OAuthServer::start(3600);
+    let Some(TwoServices { a, b: _b, served_a, served_b, operator, .. }) =
+        TwoServices::on_postgres(&server, "shared_store")
+    else {
         return;
     };
-    let server = OAuthServer::start(3600);
-    let schema = tokenvault_tests::random_value("tv_shared_").replace('-', "_");
-    let storage_url = format!("{url}?schema={schema}");
-    let master = MasterKey::generate().unwrap().to_base64();
-    let host = || Tokenvault::on_store(&[&server.origin()], &storage_url, &master);
-    let (a, b) = (host(), host());
-    let served_a = a.serve();
-    let operator = served_a.first_key.clone().unwrap();
-    let served_b = b.serve();
-    assert_eq!(served_a.call("PUT", "/v1/providers/idp", Some(&operator), Some(&server.provider_body())).0, 200);
     let stored =
         |access_token: &str| json!({ "access_token": access_token, "token_type": "bearer", "expires_in": 3600 });
     assert_eq!(served_a.call("PUT", CONNECTION, Some(&operator), Some(&stored("at-1"))).0, 200);
