@@ -201,6 +201,33 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", hex::encode(bytes))
 }
 
+/// Whether `check` holds within `limit`, asked every millisecond.
+#[cfg(test)]
+pub(crate) async fn holds_within(limit: std::time::Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// Read `key` through `storage`'s cache until `done` holds of its version; false after 2 s
+/// (well under the cache's `MAX_AGE`: only the store telling of a change can have made it
+/// true). Errors (a reconnection) retry.
+#[cfg(test)]
+pub(crate) async fn cached_reads_until(storage: &dyn Storage, key: &str, done: impl Fn(Option<u64>) -> bool) -> bool {
+    holds_within(
+        std::time::Duration::from_secs(2),
+        async || matches!(storage.get_cached(key).await, Ok(entry) if done(entry.as_ref().map(|e| e.version))),
+    )
+    .await
+}
+
 /// One conformance suite, run against every backend: `conformance::run(storage)` panics,
 /// naming the broken promise, where a backend breaks the contract. Public with the
 /// `testing` feature, for embedders who bring their own [`Storage`].

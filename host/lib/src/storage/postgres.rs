@@ -150,7 +150,7 @@ impl PostgresStorage {
         };
         config.ssl_mode(if tls.is_some() { SslMode::Require } else { SslMode::Disable });
         let table = format!("\"{schema}\".tokenvault_records");
-        let channel = format!("tokenvault_{schema}");
+        let channel = channel_of(&schema);
         let mut storage = PostgresStorage {
             statements: Statements {
                 get: format!("SELECT value, version FROM {table} WHERE key = $1"),
@@ -218,8 +218,13 @@ impl PostgresStorage {
         if let Some(cache) = cache.map(Arc::new) {
             // Nothing is kept until this host listens.
             cache.pause();
-            let listening = listen(&storage.connector, &cache, &channel, &storage.schema).await?;
-            let listener = tokio::spawn(keep_listening(storage.connector.clone(), cache.clone(), channel, listening));
+            let listening = listen(&storage.connector, &cache, &storage.schema).await?;
+            let listener = tokio::spawn(keep_listening(
+                storage.connector.clone(),
+                cache.clone(),
+                storage.schema.clone(),
+                listening,
+            ));
             storage.listener = Some(listener.abort_handle());
             storage.cache = Some(cache);
         }
@@ -314,19 +319,23 @@ where
     })
 }
 
-/// A connection listening on `channel` for `cache`, the cache resumed: its client and the
-/// task driving it.
+/// The channel the trigger notifies of changes to `schema`'s records.
+fn channel_of(schema: &str) -> String {
+    format!("tokenvault_{schema}")
+}
+
+/// A connection listening on `schema`'s channel for `cache`, the cache resumed: its client
+/// and the task driving it.
 async fn listen(
     connector: &Connector,
     cache: &Arc<RecordCache>,
-    channel: &str,
     schema: &str,
 ) -> StorageResult<(Client, JoinHandle<()>)> {
     let mut connector = connector.clone();
     // Named, so an operator can tell it in pg_stat_activity.
     connector.config.application_name(format!("tokenvault listener {schema}"));
     let (client, driver) = connector.connect(Some(cache.clone())).await?;
-    if let Err(e) = client.batch_execute(&format!("LISTEN \"{channel}\"")).await {
+    if let Err(e) = client.batch_execute(&format!("LISTEN \"{}\"", channel_of(schema))).await {
         driver.abort();
         return Err(unavailable(e));
     }
@@ -343,10 +352,9 @@ async fn listen(
 async fn keep_listening(
     connector: Connector,
     cache: Arc<RecordCache>,
-    channel: String,
+    schema: String,
     mut listening: (Client, JoinHandle<()>),
 ) {
-    let schema = channel.trim_start_matches("tokenvault_").to_owned();
     loop {
         let (client, driver) = listening;
         loop {
@@ -363,7 +371,7 @@ async fn keep_listening(
         let mut wait = RELISTEN_MIN;
         listening = loop {
             tokio::time::sleep(wait).await;
-            match listen(&connector, &cache, &channel, &schema).await {
+            match listen(&connector, &cache, &schema).await {
                 Ok(listening) => break listening,
                 Err(e) => {
                     tracing::warn!(error = %e, "postgres: could not listen for changes");
@@ -492,10 +500,9 @@ impl Drop for PostgresStorage {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
-    use std::time::Instant;
 
     use super::*;
-    use crate::storage::{conformance, test_server, unique_name};
+    use crate::storage::{cached_reads_until, conformance, holds_within, test_server, unique_name};
 
     /// A schema of its own on the test server, dropped when the test ends.
     struct Schema {
@@ -541,21 +548,6 @@ mod tests {
         host.server_reads.load(Ordering::Relaxed)
     }
 
-    /// Read `key` through the cache until `done` holds of it; false after 2 s (well under
-    /// the cache's `MAX_AGE`: only a notification can have made it true).
-    async fn cached_reads_until(host: &PostgresStorage, key: &str, done: impl Fn(Option<u64>) -> bool) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if let Ok(entry) = host.get_cached(key).await
-                && done(entry.map(|e| e.version))
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        false
-    }
-
     /// Put an entry for `key` in `host`'s cache, as a read would.
     fn hold(host: &PostgresStorage, key: &str) {
         let cache = host.cache.as_ref().unwrap();
@@ -565,11 +557,7 @@ mod tests {
     /// Whether a notification takes `key` out of `host`'s cache within 2 s.
     async fn forgotten(host: &PostgresStorage, key: &str) -> bool {
         let cache = host.cache.as_ref().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while cache.get(key.as_bytes()).is_some() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        cache.get(key.as_bytes()).is_none()
+        holds_within(Duration::from_secs(2), async || cache.get(key.as_bytes()).is_none()).await
     }
 
     /// Wait until `here` has had the notification of every write committed so far, its own
@@ -673,17 +661,13 @@ mod tests {
         let v2 = there.put("k", b"2", Some(v1)).await.unwrap();
         assert!(cached_reads_until(&here, "k", |v| v == Some(v2)).await, "served the copy from before the cut");
         // It listens again within a moment, and then keeps what it reads.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        let cached_again = holds_within(Duration::from_secs(5), async || {
             here.get_cached("k").await.unwrap();
             let before = reads(&here);
             here.get_cached("k").await.unwrap();
-            if reads(&here) == before {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never cached again after the cut");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            reads(&here) == before
+        });
+        assert!(cached_again.await, "never cached again after the cut");
         let v3 = there.put("k", b"3", Some(v2)).await.unwrap();
         assert!(cached_reads_until(&here, "k", |v| v == Some(v3)).await, "a write after it listened again was missed");
         schema.drop_schema().await;

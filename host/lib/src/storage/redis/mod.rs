@@ -316,10 +316,10 @@ impl Storage for RedisStorage {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
-    use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::storage::{conformance, test_server, unique_name};
+    // Redis's `get` is its cached read: `get_cached` is `get`.
+    use crate::storage::{cached_reads_until, conformance, test_server, unique_name};
 
     /// A namespace of its own on the test server, emptied when the test ends.
     struct Namespace {
@@ -347,21 +347,6 @@ mod tests {
         }
     }
 
-    /// Read `key` until `done` holds of it; false after 2 s (well under the cache's
-    /// `MAX_AGE`: only an invalidation can have made it true). Errors (a reconnection) retry.
-    async fn reads_until(host: &RedisStorage, key: &str, done: impl Fn(Option<u64>) -> bool) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if let Ok(entry) = host.get(key).await
-                && done(entry.map(|e| e.version))
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        false
-    }
-
     #[tokio::test(flavor = "multi_thread")]
     async fn conformance() {
         let Some(namespace) = Namespace::new("storage::redis::conformance") else { return };
@@ -385,15 +370,15 @@ mod tests {
         assert_eq!(here.server_reads.load(Ordering::Relaxed), 1, "one read, then the cache");
 
         let v2 = there.put("k", b"2", Some(v1)).await.unwrap();
-        assert!(reads_until(&here, "k", |v| v == Some(v2)).await, "the other host's write was never seen");
+        assert!(cached_reads_until(&here, "k", |v| v == Some(v2)).await, "the other host's write was never seen");
         there.delete("k", v2).await.unwrap();
-        assert!(reads_until(&here, "k", |v| v.is_none()).await, "the other host's delete was never seen");
+        assert!(cached_reads_until(&here, "k", |v| v.is_none()).await, "the other host's delete was never seen");
         // Absence was kept too, and a create by the other host invalidates it.
         let reads = here.server_reads.load(Ordering::Relaxed);
         assert_eq!(here.get("k").await.unwrap(), None);
         assert_eq!(here.server_reads.load(Ordering::Relaxed), reads);
         let v3 = there.put("k", b"3", None).await.unwrap();
-        assert!(reads_until(&here, "k", |v| v == Some(v3)).await, "the other host's create was never seen");
+        assert!(cached_reads_until(&here, "k", |v| v == Some(v3)).await, "the other host's create was never seen");
         namespace.clean().await;
     }
 
@@ -409,10 +394,10 @@ mod tests {
             let lease = holder.put("lease", b"held", None).await.unwrap();
             // The waiter has both cached: the token as it was, and the lease as held.
             assert_eq!(waiter.get("token").await.unwrap().unwrap().version, token);
-            assert!(reads_until(&waiter, "lease", |v| v == Some(lease)).await);
+            assert!(cached_reads_until(&waiter, "lease", |v| v == Some(lease)).await);
             token = holder.put("token", round.to_string().as_bytes(), Some(token)).await.unwrap();
             holder.delete("lease", lease).await.unwrap();
-            assert!(reads_until(&waiter, "lease", |v| v.is_none()).await);
+            assert!(cached_reads_until(&waiter, "lease", |v| v.is_none()).await);
             assert_eq!(waiter.get("token").await.unwrap().unwrap().version, token, "round {round}");
         }
         namespace.clean().await;
@@ -438,7 +423,10 @@ mod tests {
             redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut there.conn.clone()).await.unwrap();
         // Written while `here` has no connection, so no invalidation can reach it.
         let v2 = there.put("k", b"2", Some(v1)).await.unwrap();
-        assert!(reads_until(&here, "k", |v| v == Some(v2)).await, "served the copy from before the disconnection");
+        assert!(
+            cached_reads_until(&here, "k", |v| v == Some(v2)).await,
+            "served the copy from before the disconnection"
+        );
         namespace.clean().await;
     }
 
