@@ -94,7 +94,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::storage::MemoryStorage;
+    use crate::storage::{Counted, MemoryStorage};
 
     fn memory() -> Arc<dyn Storage> {
         Arc::new(MemoryStorage::default())
@@ -137,36 +137,6 @@ mod tests {
             result.unwrap();
         }
         assert_eq!(published_at.elapsed(), Duration::ZERO);
-    }
-
-    /// Counts reads.
-    #[derive(Default)]
-    struct Counted {
-        inner: MemoryStorage,
-        gets: std::sync::atomic::AtomicUsize,
-    }
-
-    #[async_trait::async_trait]
-    impl Storage for Counted {
-        async fn get(&self, key: &str) -> StorageResult<Option<super::super::Entry>> {
-            self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.inner.get(key).await
-        }
-        async fn put(&self, key: &str, value: &[u8], expected: Option<u64>) -> StorageResult<u64> {
-            self.inner.put(key, value, expected).await
-        }
-        async fn delete(&self, key: &str, expected: u64) -> StorageResult<()> {
-            self.inner.delete(key, expected).await
-        }
-        async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<super::super::KeyPage> {
-            self.inner.list(prefix, cursor, limit).await
-        }
-        async fn commit(&self, writes: &[super::super::Write]) -> StorageResult<Vec<Option<u64>>> {
-            self.inner.commit(writes).await
-        }
-        fn describe(&self) -> String {
-            "counted".into()
-        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -201,6 +201,44 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", hex::encode(bytes))
 }
 
+/// In-memory storage that counts its reads: those of the store itself and those that may
+/// come from a cache.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Counted {
+    inner: MemoryStorage,
+    pub gets: std::sync::atomic::AtomicUsize,
+    pub cached_gets: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(test)]
+#[async_trait::async_trait]
+impl Storage for Counted {
+    async fn get(&self, key: &str) -> StorageResult<Option<Entry>> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.get(key).await
+    }
+    async fn get_cached(&self, key: &str) -> StorageResult<Option<Entry>> {
+        self.cached_gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, value: &[u8], expected: Option<u64>) -> StorageResult<u64> {
+        self.inner.put(key, value, expected).await
+    }
+    async fn delete(&self, key: &str, expected: u64) -> StorageResult<()> {
+        self.inner.delete(key, expected).await
+    }
+    async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<KeyPage> {
+        self.inner.list(prefix, cursor, limit).await
+    }
+    async fn commit(&self, writes: &[Write]) -> StorageResult<Vec<Option<u64>>> {
+        self.inner.commit(writes).await
+    }
+    fn describe(&self) -> String {
+        "counted".into()
+    }
+}
+
 /// Whether `check` holds within `limit`, asked every millisecond.
 #[cfg(test)]
 pub(crate) async fn holds_within(limit: std::time::Duration, mut check: impl AsyncFnMut() -> bool) -> bool {

@@ -115,3 +115,50 @@ impl wit_storage::Host for StorageImport<'_> {
         Ok(self.counted(listed))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::storage::Counted;
+
+    /// Reads through a cache until the call first writes or waits, however it does.
+    #[tokio::test]
+    async fn a_call_reads_through_the_cache_until_it_first_writes_or_waits() {
+        for first in ["put", "delete", "commit", "wait-for-change"] {
+            let counted = Arc::new(Counted::default());
+            let storage: Arc<dyn Storage> = counted.clone();
+            let version = storage.put("k", b"1", None).await.unwrap();
+            let (changes, metrics, mut reads_latest) = (Changes::default(), Metrics::default(), false);
+            let mut import = StorageImport {
+                storage: &storage,
+                changes: &changes,
+                deadline: Instant::now() + Duration::from_secs(30),
+                metrics: &metrics,
+                reads_latest: &mut reads_latest,
+            };
+            let reads = || (counted.cached_gets.load(Ordering::Relaxed), counted.gets.load(Ordering::Relaxed));
+            for _ in 0..2 {
+                wit_storage::Host::get(&mut import, "k".into()).await.unwrap().unwrap();
+            }
+            assert_eq!(reads(), (2, 0), "{first}: the reads before it");
+            match first {
+                "put" => {
+                    wit_storage::Host::put(&mut import, "other".into(), b"x".to_vec(), None).await.map(|r| r.map(drop))
+                }
+                "delete" => wit_storage::Host::delete(&mut import, "k".into(), version).await,
+                "commit" => {
+                    let write = wit_storage::Write::Put(("other".into(), b"x".to_vec(), None));
+                    wit_storage::Host::commit(&mut import, vec![write]).await.map(|r| r.map(drop))
+                }
+                _ => wit_storage::Host::wait_for_change(&mut import, "k".into(), Some(version + 1), 0).await,
+            }
+            .unwrap()
+            .unwrap();
+            let before = reads();
+            wit_storage::Host::get(&mut import, "k".into()).await.unwrap().unwrap();
+            assert_eq!(reads(), (before.0, before.1 + 1), "{first}: a read after it came from a cache");
+        }
+    }
+}
