@@ -135,7 +135,7 @@ impl RecordCache {
         }
     }
 
-    /// Drop `key`, and any read of anything in flight.
+    /// Drop `key`, and any read in flight of a key of its slot.
     pub fn forget(&self, key: &[u8]) {
         let mut state = self.state.lock().unwrap();
         state.generations[slot(key)] += 1;
