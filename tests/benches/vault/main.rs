@@ -533,8 +533,9 @@ async fn stores() -> String {
 
 /// `tokenvault serve` (release build, its own process) under load: `GET …/token` over
 /// kept-alive HTTP/1.1 connections, 1, 16 and 64 clients for 5 s each, on SQLite and on
-/// PostgreSQL with its record cache and without (`cache=0`); its resident memory once warm and after 10⁶ requests; on the same PostgreSQL,
-/// the hand-written broker of `node-broker/` (Fastify, node-postgres, AES-256-GCM, two
+/// PostgreSQL with its record cache and without (`cache=0`); its resident memory once warm
+/// and after 10⁶ requests (not again without the cache); on the same PostgreSQL, the
+/// hand-written broker of `node-broker/` (Fastify, node-postgres, AES-256-GCM, two
 /// workers) under the same load; beside them, a fresh-instance `get` through the library
 /// in this process, so the HTTP layer's cost shows.
 async fn serve() -> String {
@@ -572,19 +573,22 @@ async fn serve() -> String {
     let dir = tempfile::tempdir().unwrap();
     let token_url = "http://127.0.0.1:9/token";
     let path = "/v1/tenants/acme/users/alice/connections/idp/default/token";
+    // (backend, storage URL parameters, name, whether its memory is measured)
     let cases = [
-        ("sqlite", "", "tokenvault, SQLite"),
-        ("postgres", "&cache=0", "tokenvault, PostgreSQL, cache=0"),
-        ("postgres", "", "tokenvault, PostgreSQL"),
+        ("sqlite", "", "tokenvault, SQLite", true),
+        ("postgres", "&cache=0", "tokenvault, PostgreSQL, cache=0", false),
+        ("postgres", "", "tokenvault, PostgreSQL", true),
     ];
-    for (backend, params, server) in cases {
+    for (backend, params, server, measure_memory) in cases {
         let (_, store) = Filler::store(backend, dir.path(), &postgres_url, "serve");
-        let mut cli = tokenvault_tests::Tokenvault::new(&["http://127.0.0.1:9"]);
-        if let Filler::Postgres(url, schema) = &store {
-            cli.args.extend(["--storage".to_owned(), format!("{url}?schema={schema}{params}")]);
-            let master = tokenvault::keys::MasterKey::generate().unwrap();
-            cli.env.push((tokenvault::keys::MASTER_KEY_ENV.into(), master.to_base64()));
-        }
+        let egress = ["http://127.0.0.1:9"];
+        let cli = match &store {
+            Filler::Postgres(url, schema) => {
+                let master = tokenvault::keys::MasterKey::generate().unwrap().to_base64();
+                tokenvault_tests::Tokenvault::on_store(&egress, &format!("{url}?schema={schema}{params}"), &master)
+            }
+            _ => tokenvault_tests::Tokenvault::new(&egress),
+        };
         let served = cli.serve_with(&["--refresh-every", "0"]);
         let operator = served.first_key.clone().expect("a fresh service prints its first key");
         let body = serde_json::json!({ "token_url": token_url, "client_id": "bench", "client_secret": "bench-secret" });
@@ -597,7 +601,7 @@ async fn serve() -> String {
 
         load(address, path, &key, 16, Duration::from_secs(2)).await;
         measure(server, address, path, &key).await;
-        if !params.is_empty() {
+        if !measure_memory {
             drop(served);
             store.drop_schema().await;
             continue;
