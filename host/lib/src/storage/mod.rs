@@ -240,7 +240,7 @@ impl Storage for Counted {
 }
 
 /// Whether `check` holds within `limit`, asked every millisecond.
-#[cfg(test)]
+#[cfg(all(test, any(feature = "postgres", feature = "redis")))]
 pub(crate) async fn holds_within(limit: std::time::Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;
     loop {
@@ -257,7 +257,7 @@ pub(crate) async fn holds_within(limit: std::time::Duration, mut check: impl Asy
 /// Read `key` through `storage`'s cache until `done` holds of its version; false after 2 s
 /// (well under the cache's `MAX_AGE`: only the store telling of a change can have made it
 /// true). Errors (a reconnection) retry.
-#[cfg(test)]
+#[cfg(all(test, any(feature = "postgres", feature = "redis")))]
 pub(crate) async fn cached_reads_until(storage: &dyn Storage, key: &str, done: impl Fn(Option<u64>) -> bool) -> bool {
     holds_within(
         std::time::Duration::from_secs(2),

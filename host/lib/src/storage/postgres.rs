@@ -150,7 +150,6 @@ impl PostgresStorage {
         };
         config.ssl_mode(if tls.is_some() { SslMode::Require } else { SslMode::Disable });
         let table = format!("\"{schema}\".tokenvault_records");
-        let channel = channel_of(&schema);
         let mut storage = PostgresStorage {
             statements: Statements {
                 get: format!("SELECT value, version FROM {table} WHERE key = $1"),
@@ -178,41 +177,7 @@ impl PostgresStorage {
             server_reads: Default::default(),
         };
         let (client, _) = storage.connector.connect(None).await?;
-        client
-            .batch_execute(&format!(
-                "BEGIN;
-                 SELECT pg_advisory_xact_lock(7140591);
-                 CREATE SCHEMA IF NOT EXISTS \"{schema}\";
-                 CREATE SEQUENCE IF NOT EXISTS \"{schema}\".tokenvault_version;
-                 CREATE TABLE IF NOT EXISTS {table} (
-                     key TEXT COLLATE \"C\" PRIMARY KEY,
-                     value BYTEA NOT NULL,
-                     version BIGINT NOT NULL
-                 );
-                 -- Every write names its key to the hosts that cache records (a key too long
-                 -- for a notification's payload names nothing: they forget everything), but
-                 -- for the audit trail's, which no host caches.
-                 CREATE OR REPLACE FUNCTION \"{schema}\".tokenvault_notify() RETURNS trigger
-                 LANGUAGE plpgsql AS $fn$
-                 DECLARE
-                     changed text := CASE WHEN TG_OP = 'DELETE' THEN OLD.key ELSE NEW.key END;
-                 BEGIN
-                     IF starts_with(changed, '{UNCACHED_PREFIX}') THEN RETURN NULL; END IF;
-                     PERFORM pg_notify('{channel}', CASE WHEN octet_length(changed) < 7900 THEN changed ELSE '' END);
-                     RETURN NULL;
-                 END $fn$;
-                 DO $do$ BEGIN
-                     IF NOT EXISTS (SELECT 1 FROM pg_trigger
-                                    WHERE tgname = 'tokenvault_notify' AND tgrelid = '{table}'::regclass) THEN
-                         CREATE TRIGGER tokenvault_notify AFTER INSERT OR UPDATE OR DELETE ON {table}
-                         FOR EACH ROW EXECUTE FUNCTION \"{schema}\".tokenvault_notify();
-                     END IF;
-                 END $do$;
-                 COMMIT;",
-                schema = storage.schema
-            ))
-            .await
-            .map_err(unavailable)?;
+        client.batch_execute(&schema_sql(&storage.schema)).await.map_err(unavailable)?;
         let prepared = storage.prepare(&client).await?;
         *storage.shared.lock().await = Some(Arc::new(Connection { client, prepared }));
         if let Some(cache) = cache.map(Arc::new) {
@@ -317,6 +282,15 @@ where
             tracing::warn!(error = %e, "postgres connection closed");
         }
     })
+}
+
+/// The statements that create `schema`'s table, sequence and trigger (shared with the
+/// Node.js package, which runs the same file).
+fn schema_sql(schema: &str) -> String {
+    include_str!("postgres.sql")
+        .replace("{schema}", schema)
+        .replace("{channel}", &channel_of(schema))
+        .replace("{uncached}", UNCACHED_PREFIX)
 }
 
 /// The channel the trigger notifies of changes to `schema`'s records.

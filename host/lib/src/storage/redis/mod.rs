@@ -29,53 +29,14 @@ use super::{Entry, KeyPage, Storage, StorageError, StorageResult, Write};
 /// Reconnection attempts a call makes while Redis is unreachable (100 ms, then 200 ms apart).
 const RECONNECT_RETRIES: usize = 2;
 
-const PUT: &str = r"
-local current = redis.call('HGET', KEYS[1], 'v')
-if ARGV[2] == '' then
-  if current then return -1 end
-elseif current ~= ARGV[2] then
-  return -1
-end
-local version = redis.call('INCR', KEYS[2])
-redis.call('HSET', KEYS[1], 'v', version, 'd', ARGV[1])
-redis.call('ZADD', KEYS[3], 0, ARGV[3])
-return version
-";
-
-const DELETE: &str = r"
-if redis.call('HGET', KEYS[1], 'v') ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-return 1
-";
+// The write scripts are files of their own: the Node.js package runs `commit.lua` too.
+const PUT: &str = include_str!("put.lua");
+const DELETE: &str = include_str!("delete.lua");
 
 /// KEYS: the version counter, the index, then one record per write; ARGV: four per write
 /// (`p` or `d`, the expected version or '', the value, the storage key). Every expectation
 /// is checked before anything is written.
-const COMMIT: &str = r"
-local n = #KEYS - 2
-for i = 1, n do
-  local current = redis.call('HGET', KEYS[i + 2], 'v')
-  if ARGV[4 * i - 3] == 'p' and ARGV[4 * i - 2] == '' then
-    if current then return false end
-  elseif current ~= ARGV[4 * i - 2] then
-    return false
-  end
-end
-local versions = {}
-for i = 1, n do
-  if ARGV[4 * i - 3] == 'p' then
-    versions[i] = redis.call('INCR', KEYS[1])
-    redis.call('HSET', KEYS[i + 2], 'v', versions[i], 'd', ARGV[4 * i - 1])
-    redis.call('ZADD', KEYS[2], 0, ARGV[4 * i])
-  else
-    versions[i] = 0
-    redis.call('DEL', KEYS[i + 2])
-    redis.call('ZREM', KEYS[2], ARGV[4 * i])
-  end
-end
-return versions
-";
+const COMMIT: &str = include_str!("commit.lua");
 
 pub struct RedisStorage {
     conn: ConnectionManager,
