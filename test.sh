@@ -27,11 +27,12 @@ if [ -z "${TOKENVAULT_TEST_CHROMIUM:-}" ] && ! command -v chromium >/dev/null; t
     fi
 fi
 
-# npm packages, exactly as each lock file pins them (npm ci refuses a lock out of step).
-for dir in tests/oauth-server tests/node-host tests/browser; do
+# npm packages, exactly as each lock file pins them (npm ci refuses a lock out of step). The
+# Node.js package's own folder needs only its build tools: its install scripts are not run.
+for dir in tests/oauth-server tests/browser host/node; do
     if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
         say "npm ci in $dir"
-        npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+        npm ci --prefix "$dir" --ignore-scripts --no-audit --no-fund --loglevel=error
     fi
 done
 # PyPI packages, pinned with hashes by each requirements.txt.

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
+use tokenvault::storage::StorageUrl;
+use tokenvault::{ConnectionKey, Options, TokenGrant, Vault};
 
 pub mod canary;
 pub mod postgres;
@@ -20,7 +22,7 @@ pub fn tests_dir(name: &str) -> PathBuf {
 
 /// Run `install` in `dir` unless `installed` exists there. Test binaries run in parallel,
 /// so installs run under a file lock in that folder.
-fn install_once(dir: &Path, installed: &str, install: &mut Command) {
+pub fn install_once(dir: &Path, installed: &str, install: &mut Command) {
     let lock = std::fs::File::create(dir.join(".install.lock")).expect("create install lock");
     lock.lock().expect("take install lock");
     if !dir.join(installed).exists() {
@@ -799,5 +801,128 @@ impl Browser {
         };
         canary::record(source, &format!("{}\n{}", page.location.as_deref().unwrap_or_default(), page.body));
         page
+    }
+}
+
+/// A data directory whose `rust.db` (its keyring wrapped by `master.key`) holds one connection written by
+/// the Rust host, and `plan.json` saying what it holds and what another host should write.
+pub async fn interop_dir(server: &OAuthServer) -> (tempfile::TempDir, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = json!({"tenant": "acme", "user": "dora", "provider": "idp", "name": "default"});
+    let plan = json!({
+        "rust_wrote": {"key": key, "access_token": random_value("rust-at-"), "refresh_token": random_value("rust-rt-")},
+        "other_writes": {"key": {"tenant": "acme", "user": "emil", "provider": "idp", "name": "default"},
+            "access_token": random_value("other-at-"), "refresh_token": random_value("other-rt-")},
+    });
+    let vault = open_sqlite_vault(dir.path(), "rust.db").await;
+    vault.put_provider(&provider_config(server, "idp", "vault-basic")).await.unwrap();
+    let grant = TokenGrant {
+        access_token: plan["rust_wrote"]["access_token"].as_str().unwrap().into(),
+        token_type: "Bearer".into(),
+        expires_in: Some(3600),
+        refresh_token: Some(plan["rust_wrote"]["refresh_token"].as_str().unwrap().into()),
+        scope: None,
+    };
+    vault.store(&connection_key(&key), &grant).await.unwrap();
+    drop(vault); // closes the SQLite file, folding its write-ahead log into it
+    std::fs::write(dir.path().join("plan.json"), plan.to_string()).unwrap();
+    (dir, plan)
+}
+
+/// A vault on the SQLite file `db` of data directory `dir`.
+pub async fn open_sqlite_vault(dir: &Path, db: &str) -> Vault {
+    let mut options = Options::from_data_dir(dir).unwrap();
+    options.storage = StorageUrl::Sqlite(dir.join(db));
+    options.cache_dir = None;
+    Vault::open(&options).await.unwrap()
+}
+
+/// A connection key as the JSON of `plan.json` spells it.
+pub fn connection_key(key: &Value) -> ConnectionKey {
+    let field = |name: &str| key[name].as_str().unwrap();
+    ConnectionKey::new(field("tenant"), field("user"), field("provider"), field("name"))
+}
+
+/// Calls each host process of a single-flight test makes at once.
+pub const GETS_PER_PROCESS: usize = 50;
+
+/// Host processes on `storage_url` fire `GETS_PER_PROCESS` concurrent `get`s each at one
+/// expired token: the OAuth server must see exactly one refresh and no invalid_grant, and
+/// every caller receive the same new access token. `hosts` makes the processes from the
+/// arguments each takes (`DATA_DIR STORAGE_URL ALLOWED_ORIGIN TENANT USER PROVIDER GETS`, as
+/// `vault_worker` does): each reads the connection once, prints `ready`, waits for a line on
+/// stdin, then prints one line per get (the access token, or `error KIND`).
+pub async fn single_flight_across_processes(storage_url: &str, hosts: impl Fn(&[String]) -> Vec<Command>) {
+    let server = OAuthServer::start(600);
+    let dir = tempfile::tempdir().unwrap();
+
+    // Set up through an in-process host: provider, and a token that expires in 4 s (due at
+    // 2 s, with the buffer at half the lifetime): the workers read it once while it is fresh.
+    // Every host of a shared store is given the same master key: here, one file in the
+    // data directory they share.
+    let master_key = dir.path().join(tokenvault::keys::MASTER_KEY_FILE);
+    tokenvault::keys::MasterKey::generate().unwrap().write_new(&master_key).unwrap();
+    let mut options = tokenvault::Options::from_data_dir(dir.path()).unwrap();
+    options.storage = StorageUrl::parse(storage_url).unwrap();
+    options.allow_outbound(&[server.origin()]).unwrap();
+    let vault = tokenvault::Vault::open(&options).await.unwrap();
+    vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
+    let mut response = server.grant("vault-basic");
+    response["expires_in"] = 4.into();
+    let original = response["access_token"].as_str().unwrap().to_owned();
+    let key = ConnectionKey::new("acme", "alice", "idp", "default");
+    vault.store(&key, &grant_of(&response)).await.unwrap();
+    let expires = std::time::Instant::now() + std::time::Duration::from_secs(4);
+
+    // The workers share the data directory (master key, compiled component) and the storage.
+    let args: Vec<String> = [dir.path().to_str().unwrap(), storage_url, &server.origin(), "acme", "alice", "idp"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain([GETS_PER_PROCESS.to_string()])
+        .collect();
+    let mut workers: Vec<_> = hosts(&args)
+        .into_iter()
+        .map(|mut host| host.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap())
+        .collect();
+    let processes = workers.len();
+    let mut outputs: Vec<_> = workers.iter_mut().map(|w| BufReader::new(w.stdout.take().unwrap())).collect();
+    for output in &mut outputs {
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+    }
+    assert_eq!(server.refresh_stats(), (0, 0, 0), "the workers' warm-up gets came too late");
+    std::thread::sleep(
+        expires.saturating_duration_since(std::time::Instant::now()) + std::time::Duration::from_millis(100),
+    );
+    for worker in &mut workers {
+        worker.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    }
+    let mut tokens = Vec::new();
+    for (worker, output) in workers.iter_mut().zip(outputs) {
+        tokens.extend(output.lines().map(Result::unwrap));
+        assert!(worker.wait().unwrap().success());
+    }
+
+    assert_eq!(tokens.len(), processes * GETS_PER_PROCESS);
+    let first = &tokens[0];
+    assert!(tokens.iter().all(|t| t == first), "callers got different answers: {:?}", {
+        let mut distinct = tokens.clone();
+        distinct.sort();
+        distinct.dedup();
+        distinct.into_iter().map(|t| if t.starts_with("error") { t } else { "<token>".into() }).collect::<Vec<_>>()
+    });
+    assert!(!first.starts_with("error"), "{first}");
+    assert_ne!(first, &original, "the token was not refreshed");
+    assert_eq!(server.refresh_stats(), (1, 0, 0), "(refreshes ok, failed, invalid_grant) at the provider");
+    // And the result was stored: one more get is served from storage.
+    assert_eq!(&vault.get(&key).await.unwrap().access_token, first);
+    assert_eq!(server.refresh_stats().0, 1);
+
+    // Leave the shared server as we found it.
+    let storage = &vault.services().storage;
+    for key in storage.list("", None, 1000).await.unwrap().keys {
+        let version = storage.get(&key).await.unwrap().unwrap().version;
+        storage.delete(&key, version).await.unwrap();
     }
 }
