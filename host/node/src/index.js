@@ -10,7 +10,7 @@ import { MessageChannel, Worker } from 'node:worker_threads';
 import { parseOrigins } from './egress.js';
 import { ConfigError, IntegrityError, Keys, masterKeySource } from './keys.js';
 import { capMemory } from './memory-cap.js';
-import { StorageConflict, openStorage } from './storage.js';
+import { SqliteStorage, StorageConflict, openStorage, writesOf } from './storage.js';
 import { Trail, auditRecord } from './trail.js';
 import { compact } from './transfer.js';
 
@@ -136,6 +136,8 @@ class Sandbox {
         allowedOrigins: this.settings.allowedOrigins,
         httpTimeoutsMs: this.settings.httpTimeoutsMs,
         memoryBytes: this.settings.memoryBytes,
+        // A worker opens the SQLite file itself rather than ask this thread for each record.
+        sqlitePath: this.settings.storage instanceof SqliteStorage ? this.settings.storage.path : undefined,
       },
       transferList: [port2],
       // What the component writes to stdout and stderr is dropped, as the Rust host drops it.
@@ -144,13 +146,26 @@ class Sandbox {
     });
     worker.stdout.resume();
     worker.stderr.resume();
-    const entry = { worker, port: port1 };
+    // `audits`: the current call's audit entries being written; `onResult`: its end.
+    const entry = { worker, port: port1, audits: [], onResult: undefined };
     entry.ready = new Promise((resolve, reject) => {
       worker.once('message', resolve);
       worker.once('error', (e) => reject(new TokenvaultError('sandbox', `a worker failed to start: ${e.message}`)));
     });
-    port1.on('message', async ({ op, args }) => {
-      const reply = await this.#answer(op, args);
+    // One ordered channel carries the worker's import calls, its audit events and its
+    // results, so a call's events are always seen before its result.
+    port1.on('message', async (message) => {
+      if (message.op === 'emit') {
+        const written = this.settings.trail.record(auditRecord(message.args[0], this.settings.actor));
+        written.catch(() => {}); // its failure is the call's, reported when the call ends
+        entry.audits.push(written);
+        return;
+      }
+      if (message.result !== undefined) {
+        entry.onResult?.(message);
+        return;
+      }
+      const reply = await this.#answer(message.op, message.args);
       port1.postMessage(compact(reply));
       Atomics.store(signal, 0, 1);
       Atomics.notify(signal, 0);
@@ -161,7 +176,7 @@ class Sandbox {
 
   /** One import call of the component: `{ ok }`, `{ err }` (its error case) or `{ fatal }`. */
   async #answer(op, args) {
-    const { storage, keys, trail, actor } = this.settings;
+    const { storage, keys } = this.settings;
     try {
       switch (op) {
         case 'get': {
@@ -174,28 +189,18 @@ class Sandbox {
           return { ok: await storage.delete(args[0], args[1]) };
         case 'list':
           return { ok: await storage.list(args[0], args[1], args[2]) };
-        case 'commit': {
-          const writes = args[0].map(({ tag, val }) =>
-            tag === 'put'
-              ? { key: val[0], value: val[1], expected: val[2] }
-              : { key: val[0], delete: true, expected: val[1] },
-          );
-          return { ok: await storage.commit(writes) };
-        }
+        case 'commit':
+          return { ok: await storage.commit(writesOf(args[0])) };
         case 'waitForChange':
           return { ok: await storage.waitForChange(args[0], args[1], args[2]) };
         case 'activeKey':
           return { ok: await keys.active() };
         case 'keyById':
           return { ok: await keys.byId(args[0]) };
-        case 'emit':
-          await trail.record(auditRecord(args[0], actor));
-          return { ok: undefined };
         default:
           return { fatal: `unknown host call ${op}` };
       }
     } catch (e) {
-      if (op === 'emit') return { fatal: e.message }; // nothing is handed out unaudited
       if (op === 'activeKey' || op === 'keyById') return { err: e.message };
       if (e instanceof StorageConflict) return { err: { tag: 'conflict' } };
       return { err: { tag: 'unavailable', val: e.message } };
@@ -241,7 +246,7 @@ class Sandbox {
     const finish = (replace) => {
       finished = true;
       clearTimeout(timer);
-      worker.off('message', onMessage);
+      entry.onResult = undefined;
       worker.off('error', onError);
       if (replace) {
         worker.terminate();
@@ -250,24 +255,29 @@ class Sandbox {
       this.idle.push(replace ? this.#spawn() : entry); // close() stops it once calls are done
       this.#next();
     };
-    const onMessage = (message) => {
-      if (message.id !== id || finished) return;
+    entry.onResult = async (message) => {
+      if (message.result !== id || finished) return;
+      const audits = entry.audits.splice(0);
       finish(false);
-      if ('ok' in message) job.resolve(message.ok);
+      // Nothing is handed out unaudited: the call's events must be in the trail first.
+      const unwritten = (await Promise.allSettled(audits)).find((a) => a.status === 'rejected');
+      if (unwritten) job.reject(new TokenvaultError('storage', unwritten.reason.message));
+      else if ('ok' in message) job.resolve(message.ok);
       else if ('err' in message) job.reject(vaultError(message.err));
       else job.reject(new TokenvaultError('sandbox', `the call was stopped: ${message.trap}`));
     };
     const onError = (e) => {
       if (finished) return;
+      entry.audits.length = 0;
       finish(true);
       job.reject(new TokenvaultError('sandbox', `the call failed: ${e.message}`));
     };
     const timer = setTimeout(() => {
       if (finished) return;
+      entry.audits.length = 0;
       finish(true);
       job.reject(new TokenvaultError('sandbox', `the call ran past its deadline of ${this.settings.deadlineMs} ms`));
     }, this.settings.deadlineMs);
-    worker.on('message', onMessage);
     worker.on('error', onError);
     worker.postMessage({ id, iface: job.iface, fn: job.fn, args: job.args });
   }

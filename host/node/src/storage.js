@@ -130,31 +130,19 @@ export class MemoryStorage extends Base {
   }
 }
 
-/** One SQLite file, shared with other processes (of any host) as the Rust host shares it. */
-export class SqliteStorage extends Base {
-  static async open(path) {
-    if (!path) throw new StorageUnavailable('sqlite: the URL names no file (sqlite://PATH)');
-    const { default: Database } = await import('better-sqlite3');
-    let db;
-    try {
-      mkdirSync(dirname(path), { recursive: true });
-      // Made private before SQLite opens it: SQLite gives the log and its index its mode.
-      closeSync(openSync(path, 'a', 0o600));
-      db = new Database(path, { timeout: 10_000 });
-      db.pragma('journal_mode = WAL');
-      db.pragma('synchronous = NORMAL');
-      db.exec(readFileSync(dist('sqlite.sql'), 'utf8'));
-    } catch (e) {
-      db?.close();
-      throw new StorageUnavailable(`sqlite: ${path}: ${e.message}`);
-    }
-    return new SqliteStorage(db, path);
-  }
-
-  constructor(db, path) {
-    super();
+/**
+ * A connection to one SQLite file, shared with other connections and processes (of any
+ * host) as the Rust host shares it: WAL, writes in `BEGIN IMMEDIATE` transactions, versions
+ * from one counter row. Synchronous: the vault's thread wraps it in `SqliteStorage`, and each
+ * worker opens one of its own, so a worker reads and writes the file without a round trip to
+ * the vault's thread.
+ */
+export class SqliteConnection {
+  /** Open `path` (its schema already made) with `Database` (better-sqlite3's class). */
+  constructor(Database, path) {
+    const db = new Database(path, { timeout: 10_000 });
+    db.pragma('synchronous = NORMAL');
     this.db = db;
-    this.path = path;
     const statement = (sql) => db.prepare(sql).safeIntegers(true);
     this.statements = {
       get: statement('SELECT value, version FROM tokenvault_records WHERE key = ?'),
@@ -168,26 +156,25 @@ export class SqliteStorage extends Base {
       ),
     };
     // BEGIN IMMEDIATE: the file's write lock first, so two processes never deadlock upgrading.
-    this.writeAll = db
-      .transaction((writes) =>
-        writes.map((w) => {
-          const s = this.statements;
-          let version;
-          let changed;
-          if (w.delete) {
-            changed = s.delete.run(w.key, w.expected).changes;
-          } else {
-            version = s.next.get().last;
-            changed = (
-              w.expected === undefined
-                ? s.insert.run(w.key, Buffer.from(w.value), version)
-                : s.update.run(Buffer.from(w.value), version, w.key, w.expected)
-            ).changes;
-          }
-          if (changed !== 1) throw new StorageConflict();
-          return version;
-        }),
-      ).immediate;
+    this.writeAll = db.transaction((writes) =>
+      writes.map((w) => {
+        const s = this.statements;
+        let version;
+        let changed;
+        if (w.delete) {
+          changed = s.delete.run(w.key, w.expected).changes;
+        } else {
+          version = s.next.get().last;
+          changed = (
+            w.expected === undefined
+              ? s.insert.run(w.key, Buffer.from(w.value), version)
+              : s.update.run(Buffer.from(w.value), version, w.key, w.expected)
+          ).changes;
+        }
+        if (changed !== 1) throw new StorageConflict();
+        return version;
+      }),
+    ).immediate;
   }
 
   #run(f) {
@@ -199,20 +186,16 @@ export class SqliteStorage extends Base {
     }
   }
 
-  async get(key) {
+  get(key) {
     const row = this.#run(() => this.statements.get.get(key));
     return row && { value: new Uint8Array(row.value), version: row.version };
   }
 
-  async commit(writes) {
-    try {
-      return this.#run(() => this.writeAll(writes));
-    } finally {
-      this.wrote(writes.map((w) => w.key));
-    }
+  commit(writes) {
+    return this.#run(() => this.writeAll(writes));
   }
 
-  async list(prefix, cursor, limit) {
+  list(prefix, cursor, limit) {
     const rows = this.#run(() =>
       this.statements.list.all(prefix, prefix, prefix, cursor ?? null, cursor ?? null, BigInt(limit)),
     );
@@ -222,13 +205,68 @@ export class SqliteStorage extends Base {
     );
   }
 
+  close() {
+    this.db.close();
+  }
+}
+
+/** The SQLite file, for the vault's thread. */
+export class SqliteStorage extends Base {
+  static async open(path) {
+    if (!path) throw new StorageUnavailable('sqlite: the URL names no file (sqlite://PATH)');
+    const { default: Database } = await import('better-sqlite3');
+    let setup;
+    try {
+      mkdirSync(dirname(path), { recursive: true });
+      // Made private before SQLite opens it: SQLite gives the log and its index its mode.
+      closeSync(openSync(path, 'a', 0o600));
+      setup = new Database(path, { timeout: 10_000 });
+      setup.pragma('journal_mode = WAL');
+      setup.exec(readFileSync(dist('sqlite.sql'), 'utf8'));
+      setup.close();
+      return new SqliteStorage(new SqliteConnection(Database, path), path);
+    } catch (e) {
+      if (setup?.open) setup.close();
+      throw new StorageUnavailable(`sqlite: ${path}: ${e.message}`);
+    }
+  }
+
+  constructor(connection, path) {
+    super();
+    this.connection = connection;
+    this.path = path;
+  }
+
+  async get(key) {
+    return this.connection.get(key);
+  }
+
+  async commit(writes) {
+    try {
+      return this.connection.commit(writes);
+    } finally {
+      this.wrote(writes.map((w) => w.key));
+    }
+  }
+
+  async list(prefix, cursor, limit) {
+    return this.connection.list(prefix, cursor, limit);
+  }
+
   describe() {
     return `sqlite (${this.path})`;
   }
 
   async close() {
-    this.db.close();
+    this.connection.close();
   }
+}
+
+/** The component's `commit` writes (`{ tag: 'put' | 'delete', val }`) as the backends take them. */
+export function writesOf(witWrites) {
+  return witWrites.map(({ tag, val }) =>
+    tag === 'put' ? { key: val[0], value: val[1], expected: val[2] } : { key: val[0], delete: true, expected: val[1] },
+  );
 }
 
 /** Take `name=value` out of a URL's query: the URL without it, and the value. */

@@ -1,9 +1,9 @@
 // A sandbox worker: runs calls into the component, one at a time, in instances never shared
-// between tenants (see `kept` below). The component calls its
-// imports synchronously; the storage, keyring and audit ones are answered by the thread that
-// opened the vault, which this worker waits for on a shared flag. Outgoing HTTP goes through
-// preview2-shim behind the origin allow-list. The thread that opened the vault ends this
-// worker when a call runs past its deadline.
+// between tenants (see `kept` below). The component calls its imports synchronously: storage
+// and keyring calls go to the thread that opened the vault, which this worker waits for on a
+// shared flag; audit events and results go to it on the same ordered channel without waiting.
+// Outgoing HTTP goes through preview2-shim behind the origin allow-list. The thread that
+// opened the vault ends this worker when a call runs past its deadline.
 
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 
@@ -16,9 +16,11 @@ import * as random from '@bytecodealliance/preview2-shim/random';
 import * as sockets from '@bytecodealliance/preview2-shim/sockets';
 
 import { allowListedHandler } from './egress.js';
+import { POLL_INTERVAL_MS, SqliteConnection, StorageConflict, writesOf } from './storage.js';
 import { compact } from './transfer.js';
 
-const { componentUrl, coreModules, hostPort, flag, allowedOrigins, httpTimeoutsMs, memoryBytes } = workerData;
+const { componentUrl, coreModules, hostPort, flag, allowedOrigins, httpTimeoutsMs, memoryBytes, sqlitePath } =
+  workerData;
 const signal = new Int32Array(flag);
 
 // The tokenvault component imports neither files nor sockets; a component that does (the
@@ -37,6 +39,49 @@ function host(op, ...args) {
   if (message.fatal !== undefined) throw new Error(message.fatal); // traps the call
   if ('err' in message) throw { payload: message.err }; // jco: the import's result is err
   return message.ok;
+}
+
+/** The storage import, answered by the vault's thread. */
+function storageOfTheVaultThread() {
+  return {
+    get: (key) => host('get', key),
+    put: (key, value, expected) => host('put', key, value, expected),
+    delete: (key, expected) => host('delete', key, expected),
+    list: (prefix, cursor, limit) => host('list', prefix, cursor, limit),
+    commit: (writes) => host('commit', writes),
+    waitForChange: (key, seen, timeoutMs) => host('waitForChange', key, seen, timeoutMs),
+  };
+}
+
+/** The storage import over this worker's own connection to the SQLite file. */
+async function storageInThisWorker() {
+  const { default: Database } = await import('better-sqlite3');
+  const file = new SqliteConnection(Database, sqlitePath);
+  const run = (f) => {
+    try {
+      return f();
+    } catch (e) {
+      throw { payload: e instanceof StorageConflict ? { tag: 'conflict' } : { tag: 'unavailable', val: e.message } };
+    }
+  };
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  return {
+    get: (key) => run(() => file.get(key)),
+    put: (key, value, expected) => run(() => file.commit([{ key, value, expected }])[0]),
+    delete: (key, expected) => run(() => void file.commit([{ key, delete: true, expected }])),
+    list: (prefix, cursor, limit) => run(() => file.list(prefix, cursor, limit)),
+    commit: (writes) => run(() => file.commit(writesOf(writes))),
+    // Reads the record every POLL_INTERVAL_MS, sleeping in between.
+    waitForChange: (key, seen, timeoutMs) =>
+      run(() => {
+        const deadline = performance.now() + timeoutMs;
+        while (file.get(key)?.version === seen) {
+          const left = deadline - performance.now();
+          if (left <= 0) return;
+          Atomics.wait(pause, 0, 0, Math.min(POLL_INTERVAL_MS, left));
+        }
+      }),
+  };
 }
 
 // Keys the vault's thread gave, kept a second: a rotation still reaches every worker within
@@ -83,19 +128,14 @@ const imports = {
   'wasi:sockets/udp-create-socket': sockets.udpCreateSocket,
   'wasi:random/insecure-seed': random.insecureSeed,
   'wasi:random/random': random.random,
-  'tokenvault:vault/storage': {
-    get: (key) => host('get', key),
-    put: (key, value, expected) => host('put', key, value, expected),
-    delete: (key, expected) => host('delete', key, expected),
-    list: (prefix, cursor, limit) => host('list', prefix, cursor, limit),
-    commit: (writes) => host('commit', writes),
-    waitForChange: (key, seen, timeoutMs) => host('waitForChange', key, seen, timeoutMs),
-  },
+  'tokenvault:vault/storage': sqlitePath === undefined ? storageOfTheVaultThread() : await storageInThisWorker(),
   'tokenvault:vault/keyring': {
     activeKey: () => remembered('active', () => host('activeKey')),
     keyById: (id) => remembered(`id:${id}`, () => host('keyById', id)),
   },
-  'tokenvault:vault/audit': { emit: (event) => host('emit', event) },
+  // An event is sent without waiting: the vault's thread writes it to the trail and holds
+  // the call's result until it is written (the component emits once its work is done).
+  'tokenvault:vault/audit': { emit: (event) => hostPort.postMessage({ op: 'emit', args: [compact(event)] }) },
 };
 
 // jco's instantiation tries `WebAssembly.promising` (JS promise integration) for values this
@@ -135,15 +175,15 @@ parentPort.on('message', async ({ id, iface, fn, args }) => {
     entry = kept.get(tenant) ?? (await fresh());
     kept.delete(tenant);
     const value = entry.instance[iface][fn](...args);
-    parentPort.postMessage({ id, ok: compact(value) });
+    hostPort.postMessage({ result: id, ok: compact(value) });
   } catch (e) {
     if (e?.payload !== undefined && !(e instanceof WebAssembly.RuntimeError)) {
-      parentPort.postMessage({ id, err: e.payload }); // the export's error case
+      hostPort.postMessage({ result: id, err: e.payload }); // the export's error case
     } else {
       // A trap (memory exhausted, stack, unreachable) or a host failure that trapped the call.
       const used = Math.max(0, ...(entry?.memories ?? []).map((m) => m.buffer.byteLength));
       const memory = `memory in use: ${mib(used)} MiB of its ${mib(memoryBytes)} MiB cap`;
-      parentPort.postMessage({ id, trap: `${e?.message ?? e} (${memory})` });
+      hostPort.postMessage({ result: id, trap: `${e?.message ?? e} (${memory})` });
       return;
     }
   }

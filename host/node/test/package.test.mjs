@@ -131,6 +131,29 @@ test('store, get, refresh with rotation, list and remove on the embedded SQLite 
   }
 });
 
+test('a token is not handed out when its audit entry cannot be written', async () => {
+  const dataDir = temporaryDir();
+  let vault = await openVault({ dataDir });
+  await vault.providers.put(provider);
+  const grant = await realGrant();
+  await vault.store(key('ines'), grant);
+  await vault.close();
+  // The trail's head record, garbled: no entry can be appended after it.
+  const { default: Database } = await import('better-sqlite3');
+  const db = new Database(join(dataDir, 'vault.db'));
+  db.prepare("UPDATE tokenvault_records SET value = x'7b' WHERE key = 'audit-head'").run();
+  db.close();
+  vault = await openVault({ dataDir });
+  try {
+    const refused = await failure(vault.get(key('ines')));
+    assert.equal(refused.kind, 'storage', refused.message);
+    assert.match(refused.message, /audit trail/);
+    assertClean(refused.message, 'the audit error');
+  } finally {
+    await vault.close();
+  }
+});
+
 test('a connect flow: begin, the user at the provider, complete', async () => {
   const vault = await openVault({ storage: 'memory:', dataDir: temporaryDir(), allowedOrigins: [issuer] });
   try {
