@@ -47,6 +47,18 @@ pub fn python_venv(dir: &Path) -> PathBuf {
     dir.join(".venv/bin/python")
 }
 
+/// The Node.js package's folder (`host/node`) with its build tools (jco) installed; their
+/// install scripts are not needed to build, so they are not run.
+pub fn node_package_dir() -> PathBuf {
+    let dir = tests_dir("../host/node");
+    install_once(
+        &dir,
+        "node_modules/@bytecodealliance/jco/package.json",
+        Command::new("npm").args(["ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]),
+    );
+    dir
+}
+
 /// A random number below `n`.
 pub fn random_below(n: u64) -> u64 {
     let mut bytes = [0u8; 8];

@@ -5,18 +5,13 @@
 //! appended to, and Rust and Node.js processes race one expired token on SQLite and on
 //! PostgreSQL.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tokenvault::audit::Trail;
 use tokenvault_tests::{
-    OAuthServer, connection_key, install_once, interop_dir, open_sqlite_vault, random_value,
+    OAuthServer, connection_key, interop_dir, node_package_dir, open_sqlite_vault, random_value,
     single_flight_across_processes,
 };
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
 
 /// Run `command`, failing with its output if it fails; its output.
 fn run(command: &mut Command) -> String {
@@ -24,18 +19,6 @@ fn run(command: &mut Command) -> String {
     let shown = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{command:?} failed:\n{shown}");
     shown
-}
-
-/// The package folder with its build tools (jco) installed; their install scripts are not
-/// needed to build, so they are not run.
-fn node_package_dir() -> PathBuf {
-    let dir = workspace().join("host/node");
-    install_once(
-        &dir,
-        "node_modules/@bytecodealliance/jco/package.json",
-        Command::new("npm").args(["ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]),
-    );
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -29,14 +29,12 @@ export class StorageUnavailable extends Error {}
 
 /** Open the store a storage URL names: `memory:`, `sqlite://PATH`, `postgres://…`, `redis://…`. */
 export async function openStorage(url) {
-  if (typeof url !== 'string') throw new StorageUnavailable('storage: give a storage URL');
+  if (typeof url !== 'string') throw new TypeError('storage must be a storage URL');
   if (url === 'memory:' || url === 'memory://') return new MemoryStorage();
   if (url.startsWith('sqlite://')) return SqliteStorage.open(url.slice('sqlite://'.length));
   if (url.startsWith('postgres://') || url.startsWith('postgresql://')) return PostgresStorage.connect(url);
   if (url.startsWith('redis://') || url.startsWith('rediss://')) return RedisStorage.connect(url);
-  throw new StorageUnavailable(
-    'storage: the URL must start with memory:, sqlite://, postgres:// or redis:// (rediss:// for TLS)',
-  );
+  throw new TypeError('storage: the URL must start with memory:, sqlite://, postgres:// or redis:// (rediss:// for TLS)');
 }
 
 /** Whether every write holds its expectation against `current(key)` (a version or undefined). */

@@ -220,7 +220,11 @@ test('the memory cap and the deadline stop a call, and the vault goes on serving
 });
 
 test('bad input is refused with a clear error', async () => {
-  await assert.rejects(openVault({ storage: 'mysql://x' }), (e) => e.kind === 'storage' && /sqlite/.test(e.message));
+  await assert.rejects(openVault({ storage: 'mysql://x' }), (e) => e instanceof TypeError && /sqlite:\/\//.test(e.message));
+  await assert.rejects(
+    openVault({ storage: 'postgres://nobody@127.0.0.1:1/none', masterKey: Buffer.alloc(32).toString('base64') }),
+    (e) => e.kind === 'storage',
+  );
   await assert.rejects(openVault({ dataDir: temporaryDir(), allowedOrigins: ['github.com'] }), TypeError);
   await assert.rejects(openVault({ dataDir: temporaryDir(), memoryLimitMib: 0 }), TypeError);
   // A shared store needs the master key every host is given.

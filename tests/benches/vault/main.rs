@@ -5,7 +5,8 @@
 //! Suites: `get` (warm, fresh, native and floor), `startup`, `ops` (store, list, refresh),
 //! `concurrency` (throughput, memory per instance), `scale` (10³ to 10⁶ records on SQLite
 //! and PostgreSQL), `coalesce` (1,000 gets of one expired token;
-//! `BENCH_POOL_SLOTS` sets its pool size), `python` (Fernet + Redis), `keys` (re-encryption
+//! `BENCH_POOL_SLOTS` sets its pool size), `python` (Fernet + Redis), `node` (the npm package's
+//! `get` against this host's and against node:crypto AES-256-GCM + Redis), `keys` (re-encryption
 //! after a rotation, SQLite and PostgreSQL), `proxy` (a proxied call against a direct one),
 //! `audit` (a `get` recorded in the audit trail against one recorded in memory), `due`
 //! (background refresh over 10⁵ and 10⁶ connections, 1 % of them due), `stores` (a `get`
@@ -31,7 +32,7 @@ use support::*;
 use tokenvault::storage::StorageUrl;
 use tokenvault::{SandboxLimits, Vault};
 
-const SUITES: [&str; 13] = [
+const SUITES: [&str; 14] = [
     "get",
     "startup",
     "ops",
@@ -39,6 +40,7 @@ const SUITES: [&str; 13] = [
     "scale",
     "coalesce",
     "python",
+    "node",
     "keys",
     "proxy",
     "audit",
@@ -69,6 +71,7 @@ fn main() {
                 "scale" => scale().await,
                 "coalesce" => coalesce().await,
                 "python" => python().await,
+                "node" => node().await,
                 "keys" => keys().await,
                 "proxy" => proxy().await,
                 "audit" => audit().await,
@@ -1034,6 +1037,64 @@ async fn python() -> String {
         target("Python / tokenvault warm get", ratio(python_t, samples[3].1.median()), 5.0, false),
         ratio(python_t, samples[2].1.median()),
         ratio(python_t, samples[4].1.median()),
+    )
+}
+
+/// A warm `get` through the Node.js package (`host/node`, built from this component) on
+/// Redis, against this host's warm `get` on the same Redis (both keeping the audit trail
+/// there) and against what a Node.js service writes by hand: AES-256-GCM (node:crypto) JSON
+/// in Redis (ioredis), unaudited.
+async fn node() -> String {
+    let redis = std::env::var("TOKENVAULT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let package = tokenvault_tests::node_package_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("tokenvault.wasm");
+    std::fs::write(&component, tokenvault::COMPONENT_WASM).unwrap();
+    let built = std::process::Command::new("node").arg("build.mjs").arg(&component).current_dir(&package).status();
+    assert!(built.unwrap().success(), "node build.mjs failed");
+
+    // This host keeps its audit trail in the same Redis, as the package does.
+    let storage = StorageUrl::parse(&format!("{redis}?namespace=bench{}", std::process::id())).unwrap();
+    let storage = storage.open().await.unwrap();
+    let trail = Arc::new(tokenvault::audit::Trail::new(storage.clone()));
+    let services = tokenvault::Services { audit: trail, ..services(dir.path(), storage).await };
+    let product = vault(dir.path(), services, None, SandboxLimits::default(), None);
+    product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
+    let key = key("floor");
+    product.store(&key, &grant(1)).await.unwrap();
+    let mut warm = product.session("acme").await.unwrap();
+
+    let mut samples = vec![
+        ("Node.js: AES-256-GCM + ioredis get, decrypt, parse", Sample::default()),
+        ("Node.js: ioredis get alone", Sample::default()),
+        ("Node.js: tokenvault package get (Redis backend, audit trail in Redis)", Sample::default()),
+        ("Rust: tokenvault get, warm instance (Redis backend, audit trail in Redis)", Sample::default()),
+    ];
+    for _ in 0..3 {
+        let output = std::process::Command::new("node")
+            .arg(tokenvault_tests::tests_dir("benches/node/get.mjs"))
+            .args([&redis, "1000"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let times: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        for (i, series) in ["aes_gcm_redis_get", "redis_get_only", "tokenvault_get"].into_iter().enumerate() {
+            let ns = times[series].as_array().unwrap().iter().map(|t| Duration::from_nanos(t.as_u64().unwrap()));
+            samples[i].1.0.extend(ns);
+        }
+        let ours = interleaved(&["warm"], 1, 3000, async |_| drop(warm.get(&key).await.unwrap())).await;
+        samples[3].1.0.extend(ours[0].1.0.iter());
+    }
+    product.remove(&key).await.unwrap();
+    product.remove_provider("idp").await.unwrap();
+    let package_t = samples[2].1.median();
+    format!(
+        "## The Node.js package (same Redis, one caller, 3 × 3,000 calls each)\n\n{}\n\
+         - Node.js package / Rust host get: **{:.2}**\n\
+         - Node.js package / hand-written AES-256-GCM + ioredis get: **{:.2}**\n",
+        table(&samples, Some(samples[3].0)),
+        ratio(package_t, samples[3].1.median()),
+        ratio(package_t, samples[0].1.median()),
     )
 }
 
