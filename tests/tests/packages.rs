@@ -79,7 +79,7 @@ async fn the_node_package_installs_from_its_tarball_and_serves() {
         .env_remove("TOKENVAULT_MASTER_KEY")
         .current_dir(&project));
     println!("{shown}");
-    assert!(shown.contains("ℹ pass 9") && shown.contains("ℹ fail 0"), "nine tests passed:\n{shown}");
+    assert!(shown.contains("ℹ pass 10") && shown.contains("ℹ fail 0"), "ten tests passed:\n{shown}");
 
     // What the Node.js host stored in the Rust host's SQLite file, this host opens; the audit
     // entries both appended make one unbroken chain.

@@ -73,8 +73,13 @@ async function failure(promise) {
   assert.fail('the call succeeded');
 }
 
+/** What the package showed where no value may be: checked again at the end against every
+ * secret the OAuth server issued. */
+const shown = [];
+
 /** No canary in `text`. */
 function assertClean(text, what) {
+  shown.push(String(text));
   for (const canary of canaries) assert.equal(String(text).includes(canary), false, `${what} holds a value`);
 }
 
@@ -90,6 +95,7 @@ test('store, get, refresh with rotation, list and remove on the embedded SQLite 
     const grant = await realGrant();
 
     const info = await vault.store(key('alice'), grant);
+    assertClean(JSON.stringify(info), 'store');
     assert.equal(info.provider, 'idp');
     assert.equal(info.hasRefreshToken, true);
     assert.equal(info.status, 'active');
@@ -119,6 +125,7 @@ test('store, get, refresh with rotation, list and remove on the embedded SQLite 
     assertClean(JSON.stringify(await vault.providers.list()), 'the provider list');
 
     const receipt = await vault.remove(key('alice'));
+    assertClean(JSON.stringify(receipt), 'the removal receipt');
     assert.deepEqual(receipt.upstream, { tag: 'revoked' }, JSON.stringify(receipt));
     const gone = await failure(vault.get(key('alice')));
     assert.equal(gone.kind, 'not-found');
@@ -164,12 +171,15 @@ test('a connect flow: begin, the user at the provider, complete', async () => {
     const { location } = await call('POST', '/__test/authorize', { url: started.url });
     const query = new URL(location).search;
     const connected = await vault.complete(query);
+    assertClean(JSON.stringify(connected), 'complete');
     assert.deepEqual(connected.key, key('bob'));
     assert.equal(connected.info.hasRefreshToken, true);
     const token = await vault.get(key('bob'));
     canaries.push(token.accessToken, token.refreshToken);
     // A flow completes once.
-    assert.equal((await failure(vault.complete(query))).kind, 'invalid-input');
+    const replayed = await failure(vault.complete(query));
+    assert.equal(replayed.kind, 'invalid-input');
+    assertClean(replayed.message, 'the replay error');
   } finally {
     await vault.close();
   }
@@ -288,4 +298,14 @@ test("one SQLite file with the Rust host: each reads what the other stored", asy
   } finally {
     await vault.close();
   }
+});
+
+// Last: nothing shown above holds any value the OAuth server handed out (tokens,
+// authorization codes), including those this file never saw itself.
+test('no output or error holds a value the provider issued', async () => {
+  const issued = await call('GET', '/__test/issued');
+  assert.ok(issued.length > 10, `the server issued ${issued.length} values`);
+  const everything = shown.join('\n');
+  assert.ok(shown.length >= 10, `${shown.length} outputs recorded`);
+  for (const value of issued) assert.equal(everything.includes(value), false, 'an output holds an issued value');
 });
