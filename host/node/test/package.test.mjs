@@ -229,6 +229,21 @@ test('the memory cap and the deadline stop a call, and the vault goes on serving
   }
 });
 
+test('instances are never shared between tenants', async () => {
+  // `remember` reports the marks earlier calls left in its instance's memory, then leaves
+  // one naming its tenant. One worker, so every call goes to the same thread.
+  const vault = await openVault({ storage: 'memory:', dataDir: temporaryDir(), componentDir: sandboxComponent, workers: 1 });
+  const remember = (tenant) => vault.get({ tenant, user: 'remember', provider: 'p' });
+  try {
+    assert.equal((await remember('acme')).accessToken, 'residue: []');
+    assert.equal((await remember('acme')).accessToken, 'residue: [acme]', 'a tenant keeps its instance for get');
+    assert.equal((await remember('globex')).accessToken, 'residue: []', "another tenant's instance is fresh");
+    assert.equal((await remember('acme')).accessToken, 'residue: [acme,acme]');
+  } finally {
+    await vault.close();
+  }
+});
+
 test('bad input is refused with a clear error', async () => {
   await assert.rejects(openVault({ storage: 'mysql://x' }), (e) => e instanceof TypeError && /sqlite:\/\//.test(e.message));
   await assert.rejects(
