@@ -47,6 +47,14 @@ pub fn python_venv(dir: &Path) -> PathBuf {
     dir.join(".venv/bin/python")
 }
 
+/// Run `command`; its stdout and stderr, or a failure showing them when it fails.
+pub fn output_of(command: &mut Command) -> String {
+    let output = command.output().unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    let shown = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{command:?} failed:\n{shown}");
+    shown
+}
+
 /// The Node.js package's folder (`host/node`) with its build tools (jco) installed; their
 /// install scripts are not needed to build, so they are not run.
 pub fn node_package_dir() -> PathBuf {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tokenvault_tests::{OAuthServer, interop_dir, python_venv, tests_dir};
+use tokenvault_tests::{OAuthServer, interop_dir, output_of, python_venv, tests_dir};
 
 /// The component this host embeds, as a file for the other hosts to load.
 fn component_file(dir: &Path) -> PathBuf {
@@ -16,15 +16,13 @@ fn component_file(dir: &Path) -> PathBuf {
 
 /// Run a suite with the environment its tests read; fail with its output if it fails.
 fn run_suite(command: &mut Command, server: &OAuthServer, component: &Path, interop: &Path) -> String {
-    let output = command
-        .env("TOKENVAULT_COMPONENT", component)
-        .env("OAUTH_ISSUER", &server.issuer)
-        .env("OAUTH_BASIC_SECRET", &server.basic_secret)
-        .env("TOKENVAULT_INTEROP_DIR", interop)
-        .output()
-        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
-    let shown = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "{command:?} failed:\n{shown}");
+    let shown = output_of(
+        command
+            .env("TOKENVAULT_COMPONENT", component)
+            .env("OAUTH_ISSUER", &server.issuer)
+            .env("OAUTH_BASIC_SECRET", &server.basic_secret)
+            .env("TOKENVAULT_INTEROP_DIR", interop),
+    );
     println!("{shown}");
     shown
 }

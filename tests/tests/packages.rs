@@ -9,17 +9,9 @@ use std::process::Command;
 
 use tokenvault::audit::Trail;
 use tokenvault_tests::{
-    OAuthServer, connection_key, interop_dir, node_package_dir, open_sqlite_vault, random_value,
+    OAuthServer, connection_key, interop_dir, node_package_dir, open_sqlite_vault, output_of, random_value,
     single_flight_across_processes,
 };
-
-/// Run `command`, failing with its output if it fails; its output.
-fn run(command: &mut Command) -> String {
-    let output = command.output().unwrap_or_else(|e| panic!("run {command:?}: {e}"));
-    let shown = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "{command:?} failed:\n{shown}");
-    shown
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_node_package_installs_from_its_tarball_and_serves() {
@@ -30,19 +22,23 @@ async fn the_node_package_installs_from_its_tarball_and_serves() {
     let component = work.path().join("tokenvault.wasm");
     std::fs::write(&component, tokenvault::COMPONENT_WASM).unwrap();
     let sandbox = work.path().join("sandbox-component");
-    run(Command::new("node")
-        .arg("build.mjs")
-        .arg(env!("TOKENVAULT_SANDBOX_COMPONENT_PATH"))
-        .arg("--out")
-        .arg(&sandbox)
-        .current_dir(&package));
+    output_of(
+        Command::new("node")
+            .arg("build.mjs")
+            .arg(env!("TOKENVAULT_SANDBOX_COMPONENT_PATH"))
+            .arg("--out")
+            .arg(&sandbox)
+            .current_dir(&package),
+    );
 
     // Packed as `npm publish` would pack it (its prepack script builds dist/ from the component).
-    run(Command::new("npm")
-        .args(["pack", "--loglevel=error", "--pack-destination"])
-        .arg(work.path())
-        .env("TOKENVAULT_COMPONENT", &component)
-        .current_dir(&package));
+    output_of(
+        Command::new("npm")
+            .args(["pack", "--loglevel=error", "--pack-destination"])
+            .arg(work.path())
+            .env("TOKENVAULT_COMPONENT", &component)
+            .current_dir(&package),
+    );
     let tarball = work.path().join("tokenvault-0.1.0.tgz");
     assert!(tarball.exists(), "npm pack made no {}", tarball.display());
 
@@ -50,10 +46,12 @@ async fn the_node_package_installs_from_its_tarball_and_serves() {
     std::fs::create_dir(&project).unwrap();
     std::fs::write(project.join("package.json"), r#"{ "name": "uses-tokenvault", "private": true, "type": "module" }"#)
         .unwrap();
-    run(Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
-        .arg(&tarball)
-        .current_dir(&project));
+    output_of(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+            .arg(&tarball)
+            .current_dir(&project),
+    );
     for file in ["package.test.mjs", "race.mjs"] {
         std::fs::copy(package.join("test").join(file), project.join(file)).unwrap();
     }
@@ -67,19 +65,21 @@ async fn the_node_package_installs_from_its_tarball_and_serves() {
     let redis = std::env::var("TOKENVAULT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let postgres = format!("{postgres}?schema={}", random_value("node_"));
     let redis = format!("{redis}?namespace={}", random_value("node-"));
-    let shown = run(Command::new("node")
-        .args(["--test", "--test-reporter=spec", "package.test.mjs"])
-        .env("OAUTH_ISSUER", &server.issuer)
-        .env("OAUTH_BASIC_SECRET", &server.basic_secret)
-        .env("TOKENVAULT_TEST_POSTGRES_STORAGE", &postgres)
-        .env("TOKENVAULT_TEST_REDIS_STORAGE", &redis)
-        .env("TOKENVAULT_SANDBOX_COMPONENT_DIR", &sandbox)
-        .env("TOKENVAULT_SHARED_DIR", &shared)
-        .env("TOKENVAULT_INTEROP_DIR", interop.path())
-        .env_remove("TOKENVAULT_MASTER_KEY")
-        .current_dir(&project));
+    let shown = output_of(
+        Command::new("node")
+            .args(["--test", "--test-reporter=spec", "package.test.mjs"])
+            .env("OAUTH_ISSUER", &server.issuer)
+            .env("OAUTH_BASIC_SECRET", &server.basic_secret)
+            .env("TOKENVAULT_TEST_POSTGRES_STORAGE", &postgres)
+            .env("TOKENVAULT_TEST_REDIS_STORAGE", &redis)
+            .env("TOKENVAULT_SANDBOX_COMPONENT_DIR", &sandbox)
+            .env("TOKENVAULT_SHARED_DIR", &shared)
+            .env("TOKENVAULT_INTEROP_DIR", interop.path())
+            .env_remove("TOKENVAULT_MASTER_KEY")
+            .current_dir(&project),
+    );
     println!("{shown}");
-    assert!(shown.contains("ℹ pass 10") && shown.contains("ℹ fail 0"), "ten tests passed:\n{shown}");
+    assert!(shown.contains("ℹ pass 11") && shown.contains("ℹ fail 0"), "eleven tests passed:\n{shown}");
 
     // What the Node.js host stored in the Rust host's SQLite file, this host opens; the audit
     // entries both appended make one unbroken chain.

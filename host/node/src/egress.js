@@ -32,11 +32,12 @@ const NS_PER_MS = 1_000_000n;
 /** `wasi:http/outgoing-handler` over preview2-shim's, behind the allow-list. */
 export function allowListedHandler(http, allowedOrigins, timeoutsMs) {
   const allowed = new Set(allowedOrigins);
-  const limits = {
-    Connect: BigInt(timeoutsMs.connect) * NS_PER_MS,
-    FirstByte: BigInt(timeoutsMs.response) * NS_PER_MS,
-    BetweenBytes: BigInt(timeoutsMs.response) * NS_PER_MS,
-  };
+  // [the option's getter, its setter, the host's limit]
+  const limits = [
+    ['connectTimeout', 'setConnectTimeout', BigInt(timeoutsMs.connect) * NS_PER_MS],
+    ['firstByteTimeout', 'setFirstByteTimeout', BigInt(timeoutsMs.response) * NS_PER_MS],
+    ['betweenBytesTimeout', 'setBetweenBytesTimeout', BigInt(timeoutsMs.response) * NS_PER_MS],
+  ];
   return {
     handle(request, options) {
       const scheme = request.scheme();
@@ -49,9 +50,9 @@ export function allowListedHandler(http, allowedOrigins, timeoutsMs) {
       }
       if (!requested || !allowed.has(requested)) throw { payload: { tag: 'HTTP-request-denied' } };
       const clamped = options ?? new http.types.RequestOptions();
-      for (const [name, limit] of Object.entries(limits)) {
-        const asked = clamped[`${name[0].toLowerCase()}${name.slice(1)}Timeout`]();
-        if (asked === undefined || asked > limit) clamped[`set${name}Timeout`](limit);
+      for (const [get, set, limit] of limits) {
+        const asked = clamped[get]();
+        if (asked === undefined || asked > limit) clamped[set](limit);
       }
       return http.outgoingHandler.handle(request, clamped);
     },

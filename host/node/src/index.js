@@ -120,6 +120,8 @@ class Sandbox {
     this.component = component;
     this.queue = [];
     this.running = new Set();
+    /** Calls started, which numbers each. */
+    this.calls = 0;
     this.closed = false;
     this.idle = Array.from({ length: settings.workers }, () => this.#spawn());
   }
@@ -179,10 +181,8 @@ class Sandbox {
     const { storage, keys } = this.settings;
     try {
       switch (op) {
-        case 'get': {
-          const entry = await storage.get(args[0]);
-          return { ok: entry && { value: entry.value, version: entry.version } };
-        }
+        case 'get':
+          return { ok: await storage.get(args[0]) };
         case 'put':
           return { ok: await storage.put(args[0], args[1], args[2]) };
         case 'delete':
@@ -241,7 +241,7 @@ class Sandbox {
       return;
     }
     const { worker } = entry;
-    const id = Math.random();
+    const id = (this.calls += 1);
     let finished = false;
     const finish = (replace) => {
       finished = true;

@@ -1006,17 +1006,11 @@ async fn python() -> String {
         ("tokenvault: get, warm instance (Redis backend, cache=0)", Sample::default()),
     ];
     for _ in 0..3 {
-        let output = std::process::Command::new(&python)
-            .arg(venv_dir.join("fernet_redis.py"))
-            .args([&redis, "3000"])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let times: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        for (i, series) in ["get_decrypt_parse", "get_only"].into_iter().enumerate() {
-            let ns = times[series].as_array().unwrap().iter().map(|t| Duration::from_nanos(t.as_u64().unwrap()));
-            samples[i].1.0.extend(ns);
-        }
+        external_times(
+            std::process::Command::new(&python).arg(venv_dir.join("fernet_redis.py")).args([&redis, "3000"]),
+            &["get_decrypt_parse", "get_only"],
+            &mut samples,
+        );
         let ours = interleaved(&["fresh", "warm", "warm, cache=0"], 1, 3000, async |case| match case {
             0 => drop(product.get(&key).await.unwrap()),
             1 => drop(warm.get(&key).await.unwrap()),
@@ -1071,17 +1065,13 @@ async fn node() -> String {
         ("Rust: tokenvault get, warm instance (Redis backend, audit trail in Redis)", Sample::default()),
     ];
     for _ in 0..3 {
-        let output = std::process::Command::new("node")
-            .arg(tokenvault_tests::tests_dir("benches/node/get.mjs"))
-            .args([&redis, "1000"])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let times: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        for (i, series) in ["aes_gcm_redis_get", "redis_get_only", "tokenvault_get"].into_iter().enumerate() {
-            let ns = times[series].as_array().unwrap().iter().map(|t| Duration::from_nanos(t.as_u64().unwrap()));
-            samples[i].1.0.extend(ns);
-        }
+        external_times(
+            std::process::Command::new("node")
+                .arg(tokenvault_tests::tests_dir("benches/node/get.mjs"))
+                .args([&redis, "1000"]),
+            &["aes_gcm_redis_get", "redis_get_only", "tokenvault_get"],
+            &mut samples,
+        );
         let ours = interleaved(&["warm"], 1, 3000, async |_| drop(warm.get(&key).await.unwrap())).await;
         samples[3].1.0.extend(ours[0].1.0.iter());
     }

@@ -340,3 +340,15 @@ fn rss_in(status: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Run a script of another language that prints its per-call times in nanoseconds as JSON
+/// (`{"SERIES": [ns, …], …}`), and add series `names[i]` to `samples[i]`.
+pub fn external_times(command: &mut std::process::Command, names: &[&str], samples: &mut [(&str, Sample)]) {
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let times: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for (name, sample) in names.iter().zip(samples) {
+        let ns = times[name].as_array().unwrap().iter().map(|t| Duration::from_nanos(t.as_u64().unwrap()));
+        sample.1.0.extend(ns);
+    }
+}
