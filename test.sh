@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what is missing (the wasm target,
-# Chromium, the pinned npm and PyPI packages), starts this machine's PostgreSQL and Redis when
-# they are installed but down, then runs `cargo test --workspace`, or `cargo test ARGS…`.
+# Chromium, the pinned npm packages; the packages' test makes its virtualenv from PyPI itself),
+# starts this machine's PostgreSQL and Redis when they are installed but down, then runs
+# `cargo test --workspace`, or `cargo test ARGS…`.
 #   ./test.sh                            everything
 #   ./test.sh -p tokenvault-tests --test serve    one test binary
 set -euo pipefail
@@ -35,14 +36,6 @@ for dir in tests/oauth-server tests/browser host/node; do
         npm ci --prefix "$dir" --ignore-scripts --no-audit --no-fund --loglevel=error
     fi
 done
-# PyPI packages, pinned with hashes by each requirements.txt.
-for dir in tests/python-host; do
-    if [ ! -f "$dir/.venv/installed" ] || [ "$dir/requirements.txt" -nt "$dir/.venv/installed" ]; then
-        say "making the virtualenv in $dir"
-        tests/python-venv.sh "$dir"
-    fi
-done
-
 # The shared-storage tests use this machine's PostgreSQL and Redis (README, Testing).
 export TOKENVAULT_TEST_POSTGRES="${TOKENVAULT_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}"
 export TOKENVAULT_TEST_REDIS="${TOKENVAULT_TEST_REDIS:-redis://127.0.0.1:6379}"

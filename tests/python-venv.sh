@@ -1,6 +1,6 @@
 #!/bin/sh
 # Creates DIR/.venv with the packages DIR/requirements.txt pins (with hashes). Used by
-# test.sh and, on first use, by the test harness (python-host) and the benchmarks.
+# the benchmarks on first use.
 #   tests/python-venv.sh DIR
 set -eu
 cd "$1"

@@ -40,8 +40,16 @@ pub fn ensure_npm_packages(dir: &Path, marker_package: &str) {
 }
 
 /// The virtual environment of a folder with a requirements.txt (pinned with hashes), its
-/// packages installed on first use; returns its interpreter. Python 3.9+ is needed.
+/// packages installed on first use and again when the requirements change; returns its
+/// interpreter. Python 3.9+ is needed.
 pub fn python_venv(dir: &Path) -> PathBuf {
+    let modified = |path: PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    if let (Some(pinned), Some(installed)) =
+        (modified(dir.join("requirements.txt")), modified(dir.join(".venv/installed")))
+        && pinned > installed
+    {
+        std::fs::remove_file(dir.join(".venv/installed")).unwrap();
+    }
     let script = tests_dir("python-venv.sh");
     install_once(dir, ".venv/installed", Command::new("sh").arg(script).arg(dir));
     dir.join(".venv/bin/python")
@@ -876,10 +884,9 @@ pub async fn single_flight_across_processes(storage_url: &str, hosts: impl Fn(&[
     let server = OAuthServer::start(600);
     let dir = tempfile::tempdir().unwrap();
 
-    // Set up through an in-process host: provider, and a token that expires in 4 s (due at
-    // 2 s, with the buffer at half the lifetime): the workers read it once while it is fresh.
-    // Every host of a shared store is given the same master key: here, one file in the
-    // data directory they share.
+    // Set up through an in-process host: provider, and a fresh token, which each worker reads
+    // once as it starts. Every host of a shared store is given the same master key: here, one
+    // file in the data directory they share.
     let master_key = dir.path().join(tokenvault::keys::MASTER_KEY_FILE);
     tokenvault::keys::MasterKey::generate().unwrap().write_new(&master_key).unwrap();
     let mut options = tokenvault::Options::from_data_dir(dir.path()).unwrap();
@@ -888,11 +895,9 @@ pub async fn single_flight_across_processes(storage_url: &str, hosts: impl Fn(&[
     let vault = tokenvault::Vault::open(&options).await.unwrap();
     vault.put_provider(&provider_config(&server, "idp", "vault-basic")).await.unwrap();
     let mut response = server.grant("vault-basic");
-    response["expires_in"] = 4.into();
     let original = response["access_token"].as_str().unwrap().to_owned();
     let key = ConnectionKey::new("acme", "alice", "idp", "default");
     vault.store(&key, &grant_of(&response)).await.unwrap();
-    let expires = std::time::Instant::now() + std::time::Duration::from_secs(4);
 
     // The workers share the data directory (master key, compiled component) and the storage.
     let args: Vec<String> = [dir.path().to_str().unwrap(), storage_url, &server.origin(), "acme", "alice", "idp"]
@@ -911,10 +916,12 @@ pub async fn single_flight_across_processes(storage_url: &str, hosts: impl Fn(&[
         output.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "ready");
     }
-    assert_eq!(server.refresh_stats(), (0, 0, 0), "the workers' warm-up gets came too late");
-    std::thread::sleep(
-        expires.saturating_duration_since(std::time::Instant::now()) + std::time::Duration::from_millis(100),
-    );
+    // Once all are ready (however long each took to start), the same tokens again, expiring
+    // in a second: every worker's next get finds them expired.
+    assert_eq!(server.refresh_stats(), (0, 0, 0), "the workers' warm-up gets refreshed");
+    response["expires_in"] = 1.into();
+    vault.store(&key, &grant_of(&response)).await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
     for worker in &mut workers {
         worker.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     }

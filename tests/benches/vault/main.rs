@@ -5,7 +5,7 @@
 //! Suites: `get` (warm, fresh, native and floor), `startup`, `ops` (store, list, refresh),
 //! `concurrency` (throughput, memory per instance), `scale` (10³ to 10⁶ records on SQLite
 //! and PostgreSQL), `coalesce` (1,000 gets of one expired token;
-//! `BENCH_POOL_SLOTS` sets its pool size), `python` (Fernet + Redis), `node` (the npm package's
+//! `BENCH_POOL_SLOTS` sets its pool size), `python` (Fernet + Redis, and the Python package), `node` (the npm package's
 //! `get` against this host's and against node:crypto AES-256-GCM + Redis), `keys` (re-encryption
 //! after a rotation, SQLite and PostgreSQL), `proxy` (a proxied call against a direct one),
 //! `audit` (a `get` recorded in the audit trail against one recorded in memory), `due`
@@ -980,12 +980,26 @@ async fn coalesce() -> String {
     out
 }
 
-/// A `get` against the approach it replaces: Python, Fernet-encrypted JSON in Redis.
+/// A `get` against the approach it replaces: Python, Fernet-encrypted JSON in Redis; and a
+/// warm `get` through the Python package (`host/python`, from its source folder, with this
+/// component) on the same Redis, against this host's warm `get` keeping its audit trail
+/// there too, as the package does.
 async fn python() -> String {
     let redis = std::env::var("TOKENVAULT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let venv_dir = tokenvault_tests::tests_dir("benches/python");
     let python = tokenvault_tests::python_venv(&venv_dir);
     let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("tokenvault.wasm");
+    std::fs::write(&component, tokenvault::COMPONENT_WASM).unwrap();
+    let built = std::process::Command::new(&python)
+        .arg("build.py")
+        .arg("--component")
+        .arg(&component)
+        .args(["--egress", env!("TOKENVAULT_EGRESS_COMPONENT_PATH"), "--data-only"])
+        .current_dir(tokenvault_tests::tests_dir("../host/python"))
+        .status();
+    assert!(built.unwrap().success(), "python build.py failed");
+
     let namespace = format!("bench{}", std::process::id());
     let storage = StorageUrl::parse(&format!("{redis}?namespace={namespace}")).unwrap().open().await.unwrap();
     let product = vault(dir.path(), services(dir.path(), storage.clone()).await, None, SandboxLimits::default(), None);
@@ -997,40 +1011,54 @@ async fn python() -> String {
     let uncached = StorageUrl::parse(&format!("{redis}?namespace={namespace}&cache=0")).unwrap().open().await.unwrap();
     let uncached = vault(dir.path(), services(dir.path(), uncached).await, None, SandboxLimits::default(), None);
     let mut uncached_warm = uncached.session("acme").await.unwrap();
+    // And with its audit trail in the same Redis, as the package keeps it.
+    let trail = Arc::new(tokenvault::audit::Trail::new(storage.clone()));
+    let audited = tokenvault::Services { audit: trail, ..services(dir.path(), storage).await };
+    let audited = vault(dir.path(), audited, None, SandboxLimits::default(), None);
+    let mut audited_warm = audited.session("acme").await.unwrap();
 
     let mut samples = vec![
         ("Python: Fernet + redis-py get, decrypt, parse", Sample::default()),
         ("Python: redis-py get alone", Sample::default()),
+        ("Python: tokenvault package get (Redis backend, audit trail in Redis)", Sample::default()),
         ("tokenvault: get, fresh instance (Redis backend)", Sample::default()),
         ("tokenvault: get, warm instance (Redis backend)", Sample::default()),
         ("tokenvault: get, warm instance (Redis backend, cache=0)", Sample::default()),
+        ("tokenvault: get, warm instance (Redis backend, audit trail in Redis)", Sample::default()),
     ];
     for _ in 0..3 {
         external_times(
-            std::process::Command::new(&python).arg(venv_dir.join("fernet_redis.py")).args([&redis, "3000"]),
-            &["get_decrypt_parse", "get_only"],
+            std::process::Command::new(&python).arg(venv_dir.join("get.py")).args([&redis, "3000"]),
+            &["get_decrypt_parse", "get_only", "tokenvault_get"],
             &mut samples,
         );
-        let ours = interleaved(&["fresh", "warm", "warm, cache=0"], 1, 3000, async |case| match case {
+        let cases = ["fresh", "warm", "warm, cache=0", "warm, trail in Redis"];
+        let ours = interleaved(&cases, 1, 3000, async |case| match case {
             0 => drop(product.get(&key).await.unwrap()),
             1 => drop(warm.get(&key).await.unwrap()),
-            _ => drop(uncached_warm.get(&key).await.unwrap()),
+            2 => drop(uncached_warm.get(&key).await.unwrap()),
+            _ => drop(audited_warm.get(&key).await.unwrap()),
         })
         .await;
-        for (sample, ours) in samples[2..].iter_mut().zip(&ours) {
+        for (sample, ours) in samples[3..].iter_mut().zip(&ours) {
             sample.1.0.extend(ours.1.0.iter());
         }
     }
     product.remove(&key).await.unwrap();
     product.remove_provider("idp").await.unwrap();
     let python_t = samples[0].1.median();
+    let package_t = samples[2].1.median();
     format!(
-        "## Against Python + Fernet + Redis (same Redis, one caller, 3 × 3,000 calls each)\n\n{}\n{}\
-         - for reference, Python / tokenvault fresh-instance get: {:.2}; warm get without the cache: {:.2}\n",
+        "## Against Python + Fernet + Redis, and the Python package (same Redis, one caller, 3 × 3,000 calls each)\n\n{}\n{}\
+         - for reference, Python / tokenvault fresh-instance get: {:.2}; warm get without the cache: {:.2}\n\
+         - Python package / Rust host get (both keeping the audit trail in Redis): **{:.2}**\n\
+         - Python package / hand-written Fernet + redis-py get: **{:.2}**\n",
         table(&samples, Some(samples[0].0)),
-        target("Python / tokenvault warm get", ratio(python_t, samples[3].1.median()), 5.0, false),
-        ratio(python_t, samples[2].1.median()),
-        ratio(python_t, samples[4].1.median()),
+        target("Python / tokenvault warm get", ratio(python_t, samples[4].1.median()), 5.0, false),
+        ratio(python_t, samples[3].1.median()),
+        ratio(python_t, samples[5].1.median()),
+        ratio(package_t, samples[6].1.median()),
+        ratio(package_t, python_t),
     )
 }
 

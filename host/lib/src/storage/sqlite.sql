@@ -1,6 +1,6 @@
 -- The SQLite storage format: one row per record, versions from one counter row. The Rust
 -- host (sqlite.rs), the Node.js package (host/node, which copies this file when it is built)
--- and the Python host (tests/python-host) all create and read this, so a file one wrote, the
+-- and the Python package (host/python, likewise) all create and read this, so a file one wrote, the
 -- others open.
 CREATE TABLE IF NOT EXISTS tokenvault_records (
     key TEXT PRIMARY KEY NOT NULL,
