@@ -2,8 +2,8 @@
 //! tarball installed into a new project, the wheel into a new virtualenv, and each
 //! package's test file run there, importing the installed `tokenvault`, against the real
 //! OAuth server, PostgreSQL and Redis. Then the Rust host reads what each stored in a shared
-//! SQLite file and verifies the audit chain they appended to, and Rust, Node.js and Python
-//! processes race one expired token on SQLite and on PostgreSQL.
+//! SQLite file and verifies the audit chain they appended to, and `tokenvault serve`, Node.js
+//! and Python processes race one expired token on SQLite and on PostgreSQL.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -160,12 +160,13 @@ async fn the_node_package_installs_from_its_tarball_and_serves() {
         Command::new("node")
             .args(["--test", "--test-reporter=spec", "package.test.mjs"])
             .env("TOKENVAULT_SANDBOX_COMPONENT_DIR", project.join("sandbox-component"))
+            .env("TOKENVAULT_CLI", tokenvault_bin())
             .current_dir(project),
         &server,
         interop.path(),
         "node_",
     );
-    assert!(shown.contains("ℹ pass 11") && shown.contains("ℹ fail 0"), "eleven tests passed:\n{shown}");
+    assert!(shown.contains("ℹ pass 12") && shown.contains("ℹ fail 0"), "twelve tests passed:\n{shown}");
     rust_reads_what_the_other_host_stored(interop.path(), &plan).await;
 }
 
@@ -188,9 +189,10 @@ async fn the_python_package_installs_from_its_wheel_and_serves() {
     rust_reads_what_the_other_host_stored(interop.path(), &plan).await;
 }
 
-/// Rust, Node.js and Python processes on one store race one expired token: one refresh for all.
+/// `tokenvault serve`, a Node.js process and a Python process on one store race one expired
+/// token, 50 callers each: one refresh for all.
 #[tokio::test(flavor = "multi_thread")]
-async fn rust_node_and_python_processes_share_one_refresh() {
+async fn serve_node_and_python_processes_share_one_refresh() {
     let node = node_project();
     let (python, python_dir) = python_project();
     let work = tempfile::tempdir().unwrap();
@@ -198,13 +200,13 @@ async fn rust_node_and_python_processes_share_one_refresh() {
     let sqlite = format!("sqlite://{}", work.path().join("shared.db").display());
     for storage in [sqlite, postgres] {
         single_flight_across_processes(&storage, |args| {
-            let mut rust = Command::new(env!("CARGO_BIN_EXE_vault_worker"));
-            rust.args(args);
+            let mut serve = Command::new(env!("CARGO_BIN_EXE_serve_worker"));
+            serve.args(args);
             let mut node_host = Command::new("node");
             node_host.arg("race.mjs").args(args).current_dir(node);
             let mut python_host = Command::new(python);
             python_host.arg("race.py").args(args).current_dir(python_dir);
-            vec![rust, node_host, python_host]
+            vec![serve, node_host, python_host]
         })
         .await;
     }

@@ -3,6 +3,7 @@
 // runs it with the environment below, against the real OAuth server of the Rust tests.
 
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +26,8 @@ const sandboxComponent = required('TOKENVAULT_SANDBOX_COMPONENT_DIR');
 const shared = required('TOKENVAULT_SHARED_DIR');
 /** The Rust host's data directory: `rust.db`, its `master.key`, and `plan.json`. */
 const interopDir = required('TOKENVAULT_INTEROP_DIR');
+/** The Rust host's CLI. */
+const cli = required('TOKENVAULT_CLI');
 
 /** Every value this run handed out or made up: none may appear where a value must not. */
 const canaries = [basicSecret];
@@ -310,6 +313,33 @@ test("one SQLite file with the Rust host: each reads what the other stored", asy
       (await vault.list(key.tenant, key.user)).map((c) => c.provider),
       [key.provider],
     );
+  } finally {
+    await vault.close();
+  }
+});
+
+test('a key rotation by the Rust host reaches an open vault', async () => {
+  const dataDir = temporaryDir();
+  const tokenvault = (...args) => JSON.parse(execFileSync(cli, ['--data-dir', dataDir, ...args], { encoding: 'utf8' }));
+  const vault = await openVault({ dataDir });
+  try {
+    await vault.providers.put(provider);
+    await vault.store(key('kim'), { access_token: 'sealed-before' });
+    const rotated = tokenvault('keys', 'rotate');
+    await vault.store(key('lou'), { access_token: 'sealed-at-once' }); // under either key: both are live
+    await new Promise((resolve) => setTimeout(resolve, 3_500)); // the keyring is read again after 2 s (+ a worker's 1 s)
+    await vault.store(key('max'), { access_token: 'sealed-after' });
+    let counts = Object.fromEntries(tokenvault('keys', 'ls').map((k) => [k.id, k.records]));
+    assert.ok(counts[rotated.id] >= 1, `nothing was sealed with the new key: ${JSON.stringify(counts)}`);
+    assert.equal(tokenvault('keys', 'reencrypt').failed, 0);
+    counts = Object.fromEntries(tokenvault('keys', 'ls').map((k) => [k.id, k.records]));
+    assert.deepEqual(
+      Object.entries(counts).filter(([id]) => id !== rotated.id).map(([, n]) => n),
+      [0],
+    );
+    for (const [user, token] of [['kim', 'sealed-before'], ['lou', 'sealed-at-once'], ['max', 'sealed-after']]) {
+      assert.equal((await vault.get(key(user))).accessToken, token);
+    }
   } finally {
     await vault.close();
   }

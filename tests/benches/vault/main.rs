@@ -1000,7 +1000,7 @@ async fn python() -> String {
         .status();
     assert!(built.unwrap().success(), "python build.py failed");
 
-    let namespace = format!("bench{}", std::process::id());
+    let namespace = format!("bench-python{}", std::process::id());
     let storage = StorageUrl::parse(&format!("{redis}?namespace={namespace}")).unwrap().open().await.unwrap();
     let product = vault(dir.path(), services(dir.path(), storage.clone()).await, None, SandboxLimits::default(), None);
     product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
@@ -1076,7 +1076,7 @@ async fn node() -> String {
     assert!(built.unwrap().success(), "node build.mjs failed");
 
     // This host keeps its audit trail in the same Redis, as the package does.
-    let storage = StorageUrl::parse(&format!("{redis}?namespace=bench{}", std::process::id())).unwrap();
+    let storage = StorageUrl::parse(&format!("{redis}?namespace=bench-node{}", std::process::id())).unwrap();
     let storage = storage.open().await.unwrap();
     let trail = Arc::new(tokenvault::audit::Trail::new(storage.clone()));
     let services = tokenvault::Services { audit: trail, ..services(dir.path(), storage).await };

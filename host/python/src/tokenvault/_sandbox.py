@@ -413,10 +413,13 @@ def _host_function(func_type: Any, implementation: Callable[..., Any]) -> Callab
             if isinstance(result_type, ResultType) and isinstance(result_type.err, VariantType):
                 return _lower(result_type, "err", _lower(result_type.err, "unavailable", message))
             return _lower(result_type, "err", message)
-        if not isinstance(result_type, ResultType):
+        if not returns:
             return None
-        return _lower(result_type, "ok", to_wit(value))
+        return Variant("ok", to_wit(value)) if tagged else to_wit(value)
 
+    # Worked out once: wasmtime-py's `_tagged` builds sets of classes on every use.
+    returns = isinstance(result_type, ResultType)
+    tagged = returns and result_type._tagged()
     return call
 
 
