@@ -127,12 +127,27 @@ test('store, get, refresh with rotation, list and remove on the embedded SQLite 
     assertClean(JSON.stringify(listed), 'list');
     assertClean(JSON.stringify(await vault.providers.list()), 'the provider list');
 
+    const linked = await vault.getOrLink(key('alice'));
+    assert.equal(linked.tag, 'token');
+    assert.equal(linked.val.accessToken, again.accessToken);
+
     const receipt = await vault.remove(key('alice'));
     assertClean(JSON.stringify(receipt), 'the removal receipt');
     assert.deepEqual(receipt.upstream, { tag: 'revoked' }, JSON.stringify(receipt));
     const gone = await failure(vault.get(key('alice')));
     assert.equal(gone.kind, 'not-found');
     assertClean(gone.message, 'an error');
+    const link = await vault.getOrLink(key('alice'));
+    assert.equal(link.tag, 'link');
+    assert.ok(link.val.expiresAt > Date.now() / 1000);
+
+    await vault.store(key('alice'), await realGrant());
+    const receipts = await vault.revokeAll('acme', 'alice');
+    assert.deepEqual(
+      receipts.map((r) => [r.provider, r.upstream.tag]),
+      [['idp', 'revoked']],
+    );
+    assert.deepEqual(await vault.list('acme', 'alice'), []);
 
     // What the file holds is sealed: no value in the database or its log.
     for (const name of readdirSync(dataDir)) assertClean(readFileSync(join(dataDir, name)).toString('latin1'), name);

@@ -132,10 +132,21 @@ def test_store_get_refresh_list_remove_on_the_embedded_sqlite_default(tmp_path: 
         assert_clean(listed, "list")
         assert_clean(vault.providers.list(), "the provider list")
 
+        linked = vault.get_or_link(key("alice"))
+        assert isinstance(linked, tokenvault.TokenSet) and linked.access_token == again.access_token
+
         receipt = vault.remove(key("alice"))
         assert_clean(receipt, "the removal receipt")
         assert receipt.upstream == "revoked", receipt
         assert failure(vault.get, key("alice")).kind == "not-found"
+        link = vault.get_or_link(key("alice"))
+        assert isinstance(link, tokenvault.ConnectLink) and link.expires_at > time.time()
+        assert link.code not in repr(link)
+
+        vault.store(key("alice"), real_grant())
+        receipts = vault.revoke_all("acme", "alice")
+        assert [(r.provider, r.upstream) for r in receipts] == [("idp", "revoked")], receipts
+        assert vault.list("acme", "alice") == []
 
     # What the files hold is sealed: no value in the database, its log, or anything else there.
     for path in (p for p in tmp_path.rglob("*") if p.is_file()):

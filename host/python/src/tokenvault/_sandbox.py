@@ -135,7 +135,8 @@ class _Session:
     store: Store
     instance: Any
     filter_handle: Func
-    funcs: dict[tuple[str, str], tuple[Func, Any]] = field(default_factory=dict)
+    # An export's function, its result type, and whether wasmtime-py tags that result.
+    funcs: dict[tuple[str, str], tuple[Func, Any, bool]] = field(default_factory=dict)
 
 
 @dataclass
@@ -184,7 +185,7 @@ class Sandbox:
         self._local.call = call
         session.store.set_epoch_deadline(self._deadline_ticks)
         try:
-            func, result_type = self._func(session, interface, function)
+            func, result_type, tagged = self._func(session, interface, function)
             result = func(session.store, *(to_wit(a) for a in args))
         except WasmtimeError as e:
             # A trapped instance is never used again (it is not put back in the cache).
@@ -205,7 +206,7 @@ class Sandbox:
         if call.audit_error is not None:
             raise CallError("storage", call.audit_error)
         if isinstance(result_type, ResultType):
-            if result_type._tagged():
+            if tagged:
                 if result.tag == "err":
                     raise _error(result.payload)
                 result = result.payload
@@ -237,7 +238,7 @@ class Sandbox:
             raise CallError("config", "the egress component exports no outgoing handler")
         return _Session(store, instance, handle)
 
-    def _func(self, session: _Session, interface: str, function: str) -> tuple[Func, Any]:
+    def _func(self, session: _Session, interface: str, function: str) -> tuple[Func, Any, bool]:
         found = session.funcs.get((interface, function))
         if found is None:
             store, instance = session.store, session.instance
@@ -246,7 +247,9 @@ class Sandbox:
             func = instance.get_func(store, index) if index is not None else None
             if func is None:
                 raise CallError("config", f"the component exports no {interface}.{function}")
-            found = session.funcs[(interface, function)] = (func, func.type(store).result)
+            result_type = func.type(store).result
+            tagged = isinstance(result_type, ResultType) and result_type._tagged()
+            found = session.funcs[(interface, function)] = (func, result_type, tagged)
         return found
 
     # -- imports -------------------------------------------------------------------------
