@@ -678,9 +678,7 @@ impl Tokenvault {
             if let Some(key) = line.strip_prefix("First API key (operator): ") {
                 first_key = Some(key.trim().to_owned());
             }
-            if let Some(rest) = line.strip_prefix("tokenvault is serving ") {
-                url = Some(rest.split_whitespace().next().unwrap().to_owned());
-            }
+            url = url.or_else(|| served_url(&line));
         }
         // Redirects are answers to check, not to follow.
         let agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().new_agent();
@@ -774,6 +772,11 @@ impl Drop for Served {
             self.stop();
         }
     }
+}
+
+/// The base URL `tokenvault serve` names in the line that says it is serving, if `line` is it.
+pub fn served_url(line: &str) -> Option<String> {
+    Some(line.strip_prefix("tokenvault is serving ")?.split_whitespace().next()?.to_owned())
 }
 
 /// A cookie-keeping client of one service's pages (see [`Served::browser`]).

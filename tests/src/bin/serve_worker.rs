@@ -37,8 +37,8 @@ fn main() {
     let mut printed = BufReader::new(serve.stdout.take().unwrap()).lines();
     let base = loop {
         let line = printed.next().expect("serve stopped before it served").expect("serve's output");
-        if let Some(rest) = line.strip_prefix("tokenvault is serving ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
+        if let Some(url) = tokenvault_tests::served_url(&line) {
+            break url;
         }
     };
     std::thread::spawn(move || printed.for_each(drop)); // keep serve's stdout drained

@@ -2,7 +2,8 @@
 Rust host's backends (the SQL and Lua come from its source, copied into the package's
 ``data/`` when it is built), so processes of every host can share one store.
 
-Every backend has the same interface: ``get``, ``commit`` (all of a list of writes or none),
+Every backend has the same interface: ``get``, ``commit`` (all of a list of writes or none;
+a backend supplies ``_commit``, and the shared ``commit`` wakes waiters after it),
 ``put``, ``delete``, ``list``, ``wait_for_change``, ``describe``, ``close``. A write whose
 expected version does not hold raises ``StorageConflict``, a failing backend
 ``StorageUnavailable``. All are safe to use from several threads.
@@ -89,6 +90,15 @@ class Storage:
         raise NotImplementedError
 
     def commit(self, writes: list[Write]) -> list[int | None]:
+        """All of ``writes`` or none: their new versions (None for a delete). This process's
+        waiters are woken afterwards, whatever the outcome."""
+        try:
+            return self._commit(writes)
+        finally:
+            with self._changed:
+                self._changed.notify_all()
+
+    def _commit(self, writes: list[Write]) -> list[int | None]:
         raise NotImplementedError
 
     def list(self, prefix: str, cursor: str | None, limit: int) -> Page:
@@ -107,11 +117,6 @@ class Storage:
 
     def delete(self, key: str, expected: int) -> None:
         self.commit([Write(key, None, expected)])
-
-    def _wrote(self) -> None:
-        """Wake this process's waiters (after a write, whatever its outcome)."""
-        with self._changed:
-            self._changed.notify_all()
 
     def wait_for_change(self, key: str, seen: int | None, timeout_ms: int) -> None:
         """Return once ``key``'s version is no longer ``seen``, or after ``timeout_ms``."""
@@ -139,25 +144,22 @@ class MemoryStorage(Storage):
     def get(self, key: str) -> Entry | None:
         return self._records.get(key)
 
-    def commit(self, writes: list[Write]) -> list[int | None]:
-        try:
-            with self._lock:
-                for w in writes:
-                    current = self._records.get(w.key)
-                    if (current and current[1]) != w.expected:
-                        raise StorageConflict()
-                versions: list[int | None] = []
-                for w in writes:
-                    if w.value is None:
-                        del self._records[w.key]
-                        versions.append(None)
-                    else:
-                        self._last += 1
-                        self._records[w.key] = (bytes(w.value), self._last)
-                        versions.append(self._last)
-                return versions
-        finally:
-            self._wrote()
+    def _commit(self, writes: list[Write]) -> list[int | None]:
+        with self._lock:
+            for w in writes:
+                current = self._records.get(w.key)
+                if (current and current[1]) != w.expected:
+                    raise StorageConflict()
+            versions: list[int | None] = []
+            for w in writes:
+                if w.value is None:
+                    del self._records[w.key]
+                    versions.append(None)
+                else:
+                    self._last += 1
+                    self._records[w.key] = (bytes(w.value), self._last)
+                    versions.append(self._last)
+            return versions
 
     def list(self, prefix: str, cursor: str | None, limit: int) -> Page:
         with self._lock:
@@ -219,7 +221,7 @@ class SqliteStorage(Storage):
         )
         return None if row is None else (bytes(row[0]), row[1])
 
-    def commit(self, writes: list[Write]) -> list[int | None]:
+    def _commit(self, writes: list[Write]) -> list[int | None]:
         def write_all(db: sqlite3.Connection) -> list[int | None]:
             # BEGIN IMMEDIATE: the file's write lock first, so two processes never deadlock upgrading.
             db.execute("BEGIN IMMEDIATE")
@@ -231,10 +233,7 @@ class SqliteStorage(Storage):
             db.execute("COMMIT")
             return versions
 
-        try:
-            return self._run(write_all)
-        finally:
-            self._wrote()
+        return self._run(write_all)
 
     @staticmethod
     def _apply(db: sqlite3.Connection, w: Write) -> int | None:
@@ -366,17 +365,14 @@ class PostgresStorage(Storage):
             raise StorageConflict()
         return int(row[0])
 
-    def commit(self, writes: list[Write]) -> list[int | None]:
+    def _commit(self, writes: list[Write]) -> list[int | None]:
         def write_all(db: Any) -> list[int | None]:
             if len(writes) == 1:
                 return [self._apply(db, writes[0])]
             with db.transaction():
                 return [self._apply(db, w) for w in writes]
 
-        try:
-            return self._run(write_all)
-        finally:
-            self._wrote()
+        return self._run(write_all)
 
     def list(self, prefix: str, cursor: str | None, limit: int) -> Page:
         rows = self._run(lambda db: db.execute(self._sql["list"], {"p": prefix, "c": cursor, "l": limit}).fetchall())
@@ -411,7 +407,7 @@ class RedisStorage(Storage):
             options["ssl_ca_certs"] = rootcert
         self.namespace = namespace
         self._client = redis.Redis.from_url(rest, **options)
-        self._commit = self._client.register_script(data_file("redis-commit.lua"))
+        self._commit_script = self._client.register_script(data_file("redis-commit.lua"))
         self._run(lambda c: c.ping())
 
     def _record(self, key: str) -> str:
@@ -427,18 +423,15 @@ class RedisStorage(Storage):
         value, version = self._run(lambda c: c.hmget(self._record(key), "d", "v"))
         return None if value is None or version is None else (bytes(value), int(version))
 
-    def commit(self, writes: list[Write]) -> list[int | None]:
+    def _commit(self, writes: list[Write]) -> list[int | None]:
         keys = [f"{self.namespace}:version", f"{self.namespace}:index", *(self._record(w.key) for w in writes)]
         args: list[Any] = []
         for w in writes:
             args += ["d" if w.value is None else "p", "" if w.expected is None else str(w.expected), w.value or b"", w.key]
-        try:
-            versions = self._run(lambda c: self._commit(keys=keys, args=args, client=c))
-            if versions is None:
-                raise StorageConflict()
-            return [None if w.value is None else int(v) for w, v in zip(writes, versions)]
-        finally:
-            self._wrote()
+        versions = self._run(lambda c: self._commit_script(keys=keys, args=args, client=c))
+        if versions is None:
+            raise StorageConflict()
+        return [None if w.value is None else int(v) for w, v in zip(writes, versions)]
 
     def list(self, prefix: str, cursor: str | None, limit: int) -> Page:
         low = f"[{prefix}" if cursor is None else f"({cursor}"
