@@ -350,10 +350,7 @@ async fn audit() -> String {
         let (url, filler) = Filler::store(backend, dir.path(), &postgres_url, "audit");
         let storage = url.open().await.unwrap();
         let in_memory = services(dir.path(), storage.clone()).await;
-        let trailed = tokenvault::Services {
-            audit: std::sync::Arc::new(tokenvault::audit::Trail::new(storage.clone())),
-            ..in_memory.clone()
-        };
+        let trailed = trailed_services(dir.path(), storage.clone()).await;
         let memory_vault = vault(dir.path(), in_memory, None, SandboxLimits::default(), None);
         let trail_vault = vault(dir.path(), trailed, None, SandboxLimits::default(), None);
         memory_vault.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
@@ -1012,9 +1009,7 @@ async fn python() -> String {
     let uncached = vault(dir.path(), services(dir.path(), uncached).await, None, SandboxLimits::default(), None);
     let mut uncached_warm = uncached.session("acme").await.unwrap();
     // And with its audit trail in the same Redis, as the package keeps it.
-    let trail = Arc::new(tokenvault::audit::Trail::new(storage.clone()));
-    let audited = tokenvault::Services { audit: trail, ..services(dir.path(), storage).await };
-    let audited = vault(dir.path(), audited, None, SandboxLimits::default(), None);
+    let audited = vault(dir.path(), trailed_services(dir.path(), storage).await, None, SandboxLimits::default(), None);
     let mut audited_warm = audited.session("acme").await.unwrap();
 
     let mut samples = vec![
@@ -1078,9 +1073,7 @@ async fn node() -> String {
     // This host keeps its audit trail in the same Redis, as the package does.
     let storage = StorageUrl::parse(&format!("{redis}?namespace=bench-node{}", std::process::id())).unwrap();
     let storage = storage.open().await.unwrap();
-    let trail = Arc::new(tokenvault::audit::Trail::new(storage.clone()));
-    let services = tokenvault::Services { audit: trail, ..services(dir.path(), storage).await };
-    let product = vault(dir.path(), services, None, SandboxLimits::default(), None);
+    let product = vault(dir.path(), trailed_services(dir.path(), storage).await, None, SandboxLimits::default(), None);
     product.put_provider(&provider("http://127.0.0.1:9/token")).await.unwrap();
     let key = key("floor");
     product.store(&key, &grant(1)).await.unwrap();

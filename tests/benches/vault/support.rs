@@ -172,6 +172,11 @@ pub async fn services(dir: &Path, storage: Arc<dyn Storage>) -> Services {
     }
 }
 
+/// As `services`, with the audit trail kept in `storage` itself, as `serve` keeps it.
+pub async fn trailed_services(dir: &Path, storage: Arc<dyn Storage>) -> Services {
+    Services { audit: Arc::new(tokenvault::audit::Trail::new(storage.clone())), ..services(dir, storage).await }
+}
+
 pub async fn memory_services(dir: &Path) -> Services {
     services(dir, Arc::new(MemoryStorage::default())).await
 }
