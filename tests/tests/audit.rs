@@ -42,11 +42,12 @@ async fn a_call_that_cannot_be_audited_is_refused_unless_the_operator_serves_on(
     assert_eq!(err.kind(), "storage", "{text}");
     assert!(text.contains("audit log") && text.contains("nothing was handed out"), "{text}");
     assert!(!text.contains(&access));
-    // A session's instance is stopped at the event the same way, and the next call gets a
-    // fresh one.
+    // A session's instance, and a warm one, is stopped at the event the same way, and the
+    // next call gets a fresh one.
     let mut session = vault.session("acme").await.unwrap();
     for _ in 0..2 {
         assert_eq!(session.get(&key()).await.unwrap_err().kind(), "storage");
+        assert_eq!(vault.get_warm(&key()).await.unwrap_err().kind(), "storage", "and a warm instance's");
     }
     assert_eq!(vault.services().audit.events_lost(), 0, "refused, not lost");
     drop((session, vault));

@@ -199,3 +199,29 @@ async fn a_fresh_instance_in_a_reused_slot_holds_nothing_of_the_previous_call() 
     assert_eq!(session.get(&remember("acme")).await.unwrap().access_token, "residue: []");
     assert_eq!(session.get(&remember("acme")).await.unwrap().access_token, "residue: [acme]");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_instance_serves_later_calls_of_its_own_tenant_only() {
+    let limits =
+        SandboxLimits { max_instances: 4, warm_instances: 2, deadline: Duration::from_secs(1), ..Default::default() };
+    let vault = sandboxed_vault(limits).await;
+    let residue = async |tenant: &str| {
+        vault.get_warm(&ConnectionKey::new(tenant, "remember", "idp", "default")).await.unwrap().access_token
+    };
+    // A tenant's first call gets a fresh instance, its next ones the instance it left idle;
+    // never another tenant's.
+    assert_eq!(residue("acme").await, "residue: []");
+    assert_eq!(residue("globex").await, "residue: []");
+    assert_eq!(residue("acme").await, "residue: [acme]");
+    assert_eq!(residue("globex").await, "residue: [globex]");
+    // Two are kept: a third tenant's instance pushes out the one used least recently.
+    assert_eq!(residue("initech").await, "residue: []");
+    assert_eq!(residue("acme").await, "residue: []", "acme's idle instance was dropped");
+    assert_eq!(residue("initech").await, "residue: [initech]");
+    // A call that traps takes its instance with it.
+    let spin = ConnectionKey::new("acme", "spin", "idp", "default");
+    let spun = tokio::time::timeout(NEVER, vault.get_warm(&spin)).await.unwrap();
+    let message = expect_sandbox_error(spun, "spin in a warm instance");
+    assert!(message.contains("deadline"), "{message}");
+    assert_eq!(residue("acme").await, "residue: []", "the trapped instance is not kept");
+}

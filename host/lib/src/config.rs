@@ -48,11 +48,19 @@ pub struct SandboxLimits {
     pub deadline: Duration,
     /// Instances alive at once (the pooling allocator's size).
     pub max_instances: u32,
+    /// Instances [`crate::Vault::get_warm`] keeps idle between calls, each holding one of
+    /// `max_instances` (at most half of them are kept).
+    pub warm_instances: u32,
 }
 
 impl Default for SandboxLimits {
     fn default() -> Self {
-        SandboxLimits { memory_bytes: 64 << 20, deadline: Duration::from_secs(30), max_instances: 256 }
+        SandboxLimits {
+            memory_bytes: 64 << 20,
+            deadline: Duration::from_secs(30),
+            max_instances: 256,
+            warm_instances: 32,
+        }
     }
 }
 

@@ -2,10 +2,11 @@
 //! instance in its own `Store` for every call, with a memory cap and a deadline. A trap
 //! fails that call alone; its store (and instance) is dropped with it.
 
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -31,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::storage::{Changes, Storage, StorageImport};
 
 use crate::bindings::exports::tokenvault::vault::{connect, keys, providers, proxy, tokens, webhooks};
-use crate::bindings::tokenvault::vault::{audit, keyring, storage as wit_storage};
+use crate::bindings::tokenvault::vault::{audit, keyring, storage as wit_storage, types as wit};
 
 /// The component this host was built with.
 pub const COMPONENT_WASM: &[u8] = include_bytes!(env!("TOKENVAULT_COMPONENT_PATH"));
@@ -62,7 +63,36 @@ pub(crate) struct Runtime {
     pub(crate) egress: Arc<Egress>,
     pub(crate) sandbox: SandboxLimits,
     pub(crate) metrics: Arc<Metrics>,
+    /// Instances left idle by [`crate::Vault::get_warm`], each with its tenant, the least
+    /// recently used first; at most [`Runtime::warm_capacity`].
+    warm: Mutex<VecDeque<(String, Instance)>>,
     _ticker: EpochTicker,
+}
+
+/// An instance kept for more than one call of one tenant: a [`crate::Session`]'s, or an
+/// idle one of the warm pool. Fields drop in order: the instance returns to the pool
+/// before its slot's permit does.
+pub(crate) struct Instance {
+    store: Store<HostState>,
+    tokens: tokens::Guest,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Instance {
+    /// `get` on this instance, with the full deadline, for `actor`. After a trap (an
+    /// `Err`) the instance must not be used again.
+    pub(crate) async fn get(
+        &mut self,
+        actor: Option<&Actor>,
+        deadline: Duration,
+        key: &wit::ConnectionKey,
+    ) -> wasmtime::Result<std::result::Result<wit::TokenSet, wit::Error>> {
+        let state = self.store.data_mut();
+        state.deadline = Instant::now() + deadline;
+        state.reads_latest = false;
+        state.actor = actor.cloned();
+        self.tokens.call_get(&mut self.store, key).await
+    }
 }
 
 /// The data of one call's store.
@@ -81,7 +111,7 @@ pub(crate) struct HostState {
     /// reads go to the store itself, never a cached copy (see [`StorageImport`]).
     pub(crate) reads_latest: bool,
     /// Who the call is for, named on its audit events.
-    actor: Option<Actor>,
+    pub(crate) actor: Option<Actor>,
     metrics: Arc<Metrics>,
 }
 
@@ -161,8 +191,44 @@ impl Runtime {
             egress: Arc::new(Egress::new(egress, metrics.clone())?),
             sandbox,
             metrics,
+            warm: Mutex::default(),
             _ticker: ticker,
         })
+    }
+
+    /// An [`Instance`] made now, for `actor`.
+    pub(crate) async fn instance(&self, actor: Option<&Actor>) -> Result<Instance> {
+        let (slot, mut store, exports) = self.instantiate(actor).await?;
+        let tokens = exports.tokens(&mut store)?;
+        Ok(Instance { store, tokens, _slot: slot })
+    }
+
+    /// Idle instances kept at most: those of `warm_instances`, leaving at least half the
+    /// pool's slots to calls.
+    fn warm_capacity(&self) -> usize {
+        self.sandbox.warm_instances.min(self.sandbox.max_instances / 2) as usize
+    }
+
+    /// The idle instance of `tenant` used last, if one is kept.
+    pub(crate) fn take_warm(&self, tenant: &str) -> Option<Instance> {
+        let mut warm = self.warm.lock().expect("the warm pool's lock is never poisoned");
+        let at = warm.iter().rposition(|(of, _)| of == tenant)?;
+        warm.remove(at).map(|(_, instance)| instance)
+    }
+
+    /// Keep `instance` idle for `tenant`'s next call, dropping the least recently used
+    /// one when the pool is full.
+    pub(crate) fn keep_warm(&self, tenant: &str, instance: Instance) {
+        let capacity = self.warm_capacity();
+        if capacity == 0 {
+            return;
+        }
+        let dropped = {
+            let mut warm = self.warm.lock().expect("the warm pool's lock is never poisoned");
+            warm.push_back((tenant.to_owned(), instance));
+            (warm.len() > capacity).then(|| warm.pop_front())
+        };
+        drop(dropped); // outside the lock: a store's drop resets its memory
     }
 
     /// A fresh instance in a fresh store, for one call (or one [`crate::Session`]), and the

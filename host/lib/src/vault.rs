@@ -1,19 +1,18 @@
 //! The typed API embedders call. Each call runs in a fresh instance of the component.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::audit::{Actor, Attributed};
-use crate::bindings::exports::tokenvault::vault::tokens as wit_tokens;
 use crate::bindings::tokenvault::vault::types as wit;
 use crate::config::Options;
 use crate::config::SandboxLimits;
 use crate::error::{Error, Result};
 use crate::http::EgressPolicy;
 use crate::metrics::Metrics;
-use crate::runtime::{COMPONENT_WASM, Exports, HostState, Runtime, Services, sandbox_error};
+use crate::runtime::{COMPONENT_WASM, Exports, HostState, Instance, Runtime, Services, sandbox_error};
 use tokenvault_model::events::{Event, SignedDelivery, WebhookConfig, WebhookInfo};
 use tokenvault_model::storage::ReencryptPage;
 use tokenvault_model::*;
@@ -365,26 +364,29 @@ pub struct Session {
     instance: Option<Instance>,
 }
 
-/// Fields drop in order: the instance returns to the pool before its slot's permit does.
-struct Instance {
-    store: wasmtime::Store<HostState>,
-    tokens: wit_tokens::Guest,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl Vault {
-    async fn instance(&self) -> Result<Instance> {
-        let (slot, mut store, vault) = self.instantiate().await?;
-        let tokens = vault.tokens(&mut store)?;
-        Ok(Instance { store, tokens, _slot: slot })
-    }
-}
-
 impl Vault {
     /// A [`Session`] for `tenant`, its instance made now.
     pub async fn session(&self, tenant: &str) -> Result<Session> {
-        let instance = Some(self.instance().await?);
+        let instance = Some(self.runtime.instance(self.actor.as_ref()).await?);
         Ok(Session { vault: self.clone(), tenant: tenant.to_owned(), instance })
+    }
+
+    /// Like [`Vault::get`], on an instance that an earlier `get_warm` of the same tenant
+    /// left idle when there is one (any handle's: each call names its own actor), and
+    /// leaving its instance idle in turn. Up to [`SandboxLimits::warm_instances`] are kept,
+    /// the least recently used dropped first; an instance that trapped is never kept.
+    /// What one call leaves in an instance's memory a later call of the same tenant could
+    /// see, never another tenant's: use [`Vault::get`] where even that must not be.
+    pub async fn get_warm(&self, key: &ConnectionKey) -> Result<TokenSet> {
+        let mut instance = match self.runtime.take_warm(&key.tenant) {
+            Some(instance) => instance,
+            None => self.runtime.instance(self.actor.as_ref()).await?,
+        };
+        let outcome = instance.get(self.actor.as_ref(), self.runtime.sandbox.deadline, &key.clone().into()).await;
+        if outcome.is_ok() {
+            self.runtime.keep_warm(&key.tenant, instance);
+        }
+        finish(outcome)
     }
 }
 
@@ -394,14 +396,12 @@ impl Session {
         if key.tenant != self.tenant {
             return Err(Error::invalid_input("this session serves another tenant"));
         }
-        let Instance { store, tokens, .. } = match &mut self.instance {
+        let vault = &self.vault;
+        let instance = match &mut self.instance {
             Some(instance) => instance,
-            empty => empty.insert(self.vault.instance().await?),
+            empty => empty.insert(vault.runtime.instance(vault.actor.as_ref()).await?),
         };
-        let state = store.data_mut();
-        state.deadline = Instant::now() + self.vault.runtime.sandbox.deadline;
-        state.reads_latest = false;
-        let outcome = tokens.call_get(&mut *store, &key.clone().into()).await;
+        let outcome = instance.get(vault.actor.as_ref(), vault.runtime.sandbox.deadline, &key.clone().into()).await;
         if outcome.is_err() {
             self.instance = None; // it trapped
         }

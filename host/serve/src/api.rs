@@ -174,7 +174,7 @@ async fn get_token(
     State(state): State<AppState>,
     Path(path): Path<ConnectionPath>,
 ) -> ApiResult<TokenSet> {
-    Ok(Json(caller.vault(&state).get(&path.key(&caller)?).await?))
+    Ok(Json(caller.vault(&state).get_warm(&path.key(&caller)?).await?))
 }
 
 /// Refresh now, whatever the expiry.

@@ -313,6 +313,22 @@ pub mod conformance {
         assert_eq!(storage.get("c/b").await.unwrap(), None);
         assert_eq!(storage.commit(&[]).await, Ok(vec![]));
         assert_eq!(storage.list("c/", None, 10).await.unwrap().keys, ["c/a", "c/new"]);
+
+        // Creations in a row (an audit append's; PostgreSQL makes them in one statement):
+        // each its own version, as stored. One of them already present, and nothing of the
+        // commit is written.
+        let existing = [put("c/r1", b"1", None), put("c/new", b"x", None), put("c/r2", b"2", None)];
+        assert_eq!(storage.commit(&existing).await, Err(StorageError::Conflict), "a run over an existing key");
+        assert_eq!(storage.get("c/r1").await.unwrap(), None, "nothing of a refused run is written");
+        let run = ["c/r1", "c/r2", "c/r3"];
+        let versions = storage.commit(&run.map(|key| put(key, key.as_bytes(), None))).await.unwrap();
+        assert_eq!(versions.len(), 3);
+        for (key, version) in run.iter().zip(&versions) {
+            let stored = storage.get(key).await.unwrap().unwrap();
+            assert_eq!((stored.value, Some(stored.version)), (key.as_bytes().to_vec(), *version), "{key}");
+            storage.delete(key, stored.version).await.unwrap();
+        }
+        assert!(versions[0] != versions[1] && versions[1] != versions[2] && versions[0] != versions[2]);
         storage
             .commit(&[
                 Write::Delete { key: "c/a".into(), expected: a2 },

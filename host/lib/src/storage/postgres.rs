@@ -4,9 +4,10 @@
 //! `UPDATE … WHERE version = $expected`), atomic on its own; versions come from one
 //! sequence, so they are never reused. Tables are created on first use, idempotently and
 //! under an advisory lock so that hosts starting together do not race. A commit of several
-//! writes is a transaction on a second connection of its own: the first carries every
-//! other call, pipelined, where a transaction would take in its neighbours' statements.
-//! Each connection prepares its statements once, so a call is one round trip.
+//! writes is one call of the function `tokenvault_commit` (postgres.sql), which applies them
+//! in order or, at the first whose condition fails, none; commits go on a second connection
+//! of their own, so that one waiting for its fsync holds up no read. Each connection
+//! prepares its statements once, so a call, a commit included, is one round trip.
 //!
 //! [`Storage::get_cached`] is served from a cache of records kept per process (see
 //! [`super::cache`]; `?cache=N` records, 10,000 unless the URL says, 0 for none). A trigger
@@ -46,12 +47,15 @@ const RELISTEN_MAX: Duration = Duration::from_secs(5);
 /// identifiers.
 const MAX_SCHEMA: usize = 48;
 
+/// The SQLSTATE `tokenvault_commit` raises when a write's condition fails.
+const CONFLICT: &str = "TV409";
+
 pub struct PostgresStorage {
     connector: Connector,
     schema: String,
     shared: Mutex<Option<Arc<Connection>>>,
-    /// For commits, one at a time.
-    transactions: Mutex<Option<Connection>>,
+    /// For commits, so that one waiting on its fsync holds up no read.
+    committing: Mutex<Option<Arc<Connection>>>,
     statements: Statements,
     cache: Option<Arc<RecordCache>>,
     /// Keeps `cache` true while it runs; stopped when the storage is dropped.
@@ -81,6 +85,7 @@ struct Prepared {
     update: Statement,
     delete: Statement,
     list: Statement,
+    commit: Statement,
 }
 
 /// SQL with the schema filled in.
@@ -90,6 +95,7 @@ struct Statements {
     update: String,
     delete: String,
     list: String,
+    commit: String,
 }
 
 fn unavailable(err: tokio_postgres::Error) -> StorageError {
@@ -166,11 +172,12 @@ impl PostgresStorage {
                     "SELECT key FROM {table} WHERE key >= $1 AND starts_with(key, $1) AND ($2::text IS NULL OR key > $2) \
                      ORDER BY key LIMIT $3"
                 ),
+                commit: format!("SELECT \"{schema}\".tokenvault_commit($1, $2, $3)"),
             },
             connector: Connector { config, tls },
             schema,
             shared: Mutex::new(None),
-            transactions: Mutex::new(None),
+            committing: Mutex::new(None),
             cache: None,
             listener: None,
             #[cfg(test)]
@@ -198,7 +205,12 @@ impl PostgresStorage {
 
     /// The shared connection, opened again if it was lost.
     async fn shared(&self) -> StorageResult<Arc<Connection>> {
-        let mut slot = self.shared.lock().await;
+        self.connection(&self.shared).await
+    }
+
+    /// The connection in `slot`, opened again if it was lost.
+    async fn connection(&self, slot: &Mutex<Option<Arc<Connection>>>) -> StorageResult<Arc<Connection>> {
+        let mut slot = slot.lock().await;
         if let Some(connection) = slot.as_ref().filter(|c| !c.client.is_closed()) {
             return Ok(connection.clone());
         }
@@ -222,15 +234,16 @@ impl PostgresStorage {
 
     async fn prepare(&self, client: &Client) -> StorageResult<Prepared> {
         let statements = &self.statements;
-        let (get, insert, update, delete, list) = tokio::try_join!(
+        let (get, insert, update, delete, list, commit) = tokio::try_join!(
             client.prepare(&statements.get),
             client.prepare(&statements.insert),
             client.prepare(&statements.update),
             client.prepare(&statements.delete),
             client.prepare(&statements.list),
+            client.prepare(&statements.commit),
         )
         .map_err(unavailable)?;
-        Ok(Prepared { get, insert, update, delete, list })
+        Ok(Prepared { get, insert, update, delete, list, commit })
     }
 }
 
@@ -356,25 +369,6 @@ async fn keep_listening(
     }
 }
 
-impl Prepared {
-    /// One write inside `tx`: its new version, or `Conflict`.
-    async fn apply(&self, tx: &tokio_postgres::Transaction<'_>, write: &Write) -> StorageResult<Option<u64>> {
-        let written = match write {
-            Write::Put { key, value, expected: None } => {
-                tx.query_opt(&self.insert, &[key, value]).await.map(|row| row.map(|r| Some(r.get::<_, i64>(0) as u64)))
-            }
-            Write::Put { key, value, expected: Some(expected) } => tx
-                .query_opt(&self.update, &[key, value, &(*expected as i64)])
-                .await
-                .map(|row| row.map(|r| Some(r.get::<_, i64>(0) as u64))),
-            Write::Delete { key, expected } => {
-                tx.execute(&self.delete, &[key, &(*expected as i64)]).await.map(|n| (n == 1).then_some(None))
-            }
-        };
-        written.map_err(unavailable)?.ok_or(StorageError::Conflict)
-    }
-}
-
 #[async_trait::async_trait]
 impl Storage for PostgresStorage {
     async fn get(&self, key: &str) -> StorageResult<Option<Entry>> {
@@ -419,24 +413,29 @@ impl Storage for PostgresStorage {
     }
 
     async fn commit(&self, writes: &[Write]) -> StorageResult<Vec<Option<u64>>> {
-        let mut slot = self.transactions.lock().await;
-        if slot.as_ref().is_none_or(|t| t.client.is_closed()) {
-            *slot = Some(self.open().await?);
+        let Connection { client, prepared } = &*self.connection(&self.committing).await?;
+        // One statement, its writes as three arrays (postgres.sql's tokenvault_commit).
+        let mut keys = Vec::with_capacity(writes.len());
+        let mut values = Vec::with_capacity(writes.len());
+        let mut expected = Vec::with_capacity(writes.len());
+        for write in writes {
+            let (value, version) = match write {
+                Write::Put { value, expected, .. } => (Some(value.as_slice()), expected.map(|v| v as i64)),
+                Write::Delete { expected, .. } => (None, Some(*expected as i64)),
+            };
+            keys.push(write.key());
+            values.push(value);
+            expected.push(version);
         }
-        let Connection { client, prepared } = slot.as_mut().expect("opened above");
-        let prepared = &*prepared;
-        let committed = async {
-            let tx = client.transaction().await.map_err(unavailable)?;
-            // Sent together (tokio-postgres pipelines the statements of one connection), so a
-            // commit costs a few round trips whatever its size.
-            let applied = futures_util::future::join_all(writes.iter().map(|w| prepared.apply(&tx, w))).await;
-            let versions = applied.into_iter().collect::<StorageResult<Vec<_>>>()?; // a refusal rolls back on drop
-            tx.commit().await.map_err(unavailable)?;
-            Ok(versions)
-        }
-        .await;
+        let committed = client.query_one(&prepared.commit, &[&keys, &values, &expected]).await;
         writes.iter().for_each(|write| self.forget(write.key()));
-        committed
+        match committed {
+            Ok(row) => Ok(row.get::<_, Vec<Option<i64>>>(0).into_iter().map(|v| v.map(|v| v as u64)).collect()),
+            Err(e) if e.as_db_error().is_some_and(|refusal| refusal.code().code() == CONFLICT) => {
+                Err(StorageError::Conflict)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     fn describe(&self) -> String {
