@@ -282,6 +282,8 @@ function splitParam(url, name) {
 
 /** The longest schema name: its notification channel must fit PostgreSQL's 63-byte names. */
 const MAX_SCHEMA = 48;
+/** The SQLSTATE postgres.sql's tokenvault_commit raises when a write's condition fails. */
+const CONFLICT_SQLSTATE = 'TV409';
 
 /** PostgreSQL, on the Rust host's table, sequence and change trigger. */
 export class PostgresStorage extends Base {
@@ -334,13 +336,10 @@ export class PostgresStorage extends Base {
     this.schema = schema;
     this.host = new URL(url.replace(/^postgres(ql)?:/, 'http:')).host;
     const table = `"${schema}".tokenvault_records`;
-    const sequence = `nextval('"${schema}".tokenvault_version')`;
     this.sql = {
       get: `SELECT value, version FROM ${table} WHERE key = $1`,
-      insert: `INSERT INTO ${table} (key, value, version) VALUES ($1, $2, ${sequence}) ON CONFLICT (key) DO NOTHING RETURNING version`,
-      update: `UPDATE ${table} SET value = $2, version = ${sequence} WHERE key = $1 AND version = $3 RETURNING version`,
-      delete: `DELETE FROM ${table} WHERE key = $1 AND version = $2`,
       list: `SELECT key FROM ${table} WHERE key >= $1 AND starts_with(key, $1) AND ($2::text IS NULL OR key > $2) ORDER BY key LIMIT $3`,
+      commit: `SELECT "${schema}".tokenvault_commit($1::text[], $2::bytea[], $3::bigint[]) AS versions`,
     };
   }
 
@@ -357,42 +356,19 @@ export class PostgresStorage extends Base {
     return rows[0] && { value: new Uint8Array(rows[0].value), version: BigInt(rows[0].version) };
   }
 
-  async #apply(client, w) {
-    if (w.delete) {
-      const { rowCount } = await this.#query(client, this.sql.delete, [w.key, String(w.expected)]);
-      if (rowCount !== 1) throw new StorageConflict();
-      return undefined;
-    }
-    const value = Buffer.from(w.value);
-    const { rows } =
-      w.expected === undefined
-        ? await this.#query(client, this.sql.insert, [w.key, value])
-        : await this.#query(client, this.sql.update, [w.key, value, String(w.expected)]);
-    if (rows.length !== 1) throw new StorageConflict();
-    return BigInt(rows[0].version);
-  }
-
   async commit(writes) {
+    // One statement: postgres.sql's tokenvault_commit, which raises TV409 on a conflict.
+    const arrays = [
+      writes.map((w) => w.key),
+      writes.map((w) => (w.delete ? null : Buffer.from(w.value))),
+      writes.map((w) => (w.expected === undefined ? null : String(w.expected))),
+    ];
     try {
-      if (writes.length === 1) return [await this.#apply(this.pool, writes[0])];
-      let client;
-      try {
-        client = await this.pool.connect();
-      } catch (e) {
-        throw new StorageUnavailable(`postgres: ${e.code ?? e.message}`);
-      }
-      try {
-        await this.#query(client, 'BEGIN');
-        const versions = [];
-        for (const w of writes) versions.push(await this.#apply(client, w));
-        await this.#query(client, 'COMMIT');
-        return versions;
-      } catch (e) {
-        await client.query('ROLLBACK').catch(() => {});
-        throw e;
-      } finally {
-        client.release();
-      }
+      const { rows } = await this.pool.query({ text: this.sql.commit, values: arrays });
+      return rows[0].versions.map((v) => (v === null ? undefined : BigInt(v)));
+    } catch (e) {
+      if (e.code === CONFLICT_SQLSTATE) throw new StorageConflict();
+      throw new StorageUnavailable(`postgres: ${e.code ?? e.message}`);
     } finally {
       this.wrote(writes.map((w) => w.key));
     }

@@ -27,6 +27,8 @@ POLL_INTERVAL_SECONDS = 0.02
 UNCACHED_PREFIX = "audit"
 # The longest schema name: its notification channel must fit PostgreSQL's 63-byte names.
 MAX_SCHEMA = 48
+# The SQLSTATE postgres.sql's tokenvault_commit raises when a write's condition fails.
+CONFLICT_SQLSTATE = "TV409"
 
 T = TypeVar("T")
 
@@ -313,13 +315,11 @@ class PostgresStorage(Storage):
         self.schema = schema
         self.host = urlsplit(url).hostname or "localhost"
         connection: dict[str, Any] = {"autocommit": True, "connect_timeout": 5, **tls}
-        table, sequence = f'"{schema}".tokenvault_records', f"nextval('\"{schema}\".tokenvault_version')"
+        table = f'"{schema}".tokenvault_records'
         self._sql = {
             "get": f"SELECT value, version FROM {table} WHERE key = %s",
-            "insert": f"INSERT INTO {table} (key, value, version) VALUES (%s, %s, {sequence}) ON CONFLICT (key) DO NOTHING RETURNING version",
-            "update": f"UPDATE {table} SET value = %s, version = {sequence} WHERE key = %s AND version = %s RETURNING version",
-            "delete": f"DELETE FROM {table} WHERE key = %s AND version = %s",
             "list": f"SELECT key FROM {table} WHERE key >= %(p)s AND starts_with(key, %(p)s) AND (%(c)s::text IS NULL OR key > %(c)s) ORDER BY key LIMIT %(l)s",
+            "commit": f'SELECT "{schema}".tokenvault_commit(%s::text[], %s::bytea[], %s::bigint[])',
         }
         # The schema is made on a connection of its own, which also fails fast on a bad URL.
         ddl = data_file("postgres.sql").replace("{schema}", schema).replace("{channel}", f"tokenvault_{schema}")
@@ -352,27 +352,20 @@ class PostgresStorage(Storage):
         row = self._run(lambda db: db.execute(self._sql["get"], (key,)).fetchone())
         return None if row is None else (bytes(row[0]), int(row[1]))
 
-    def _apply(self, db: Any, w: Write) -> int | None:
-        if w.value is None:
-            if db.execute(self._sql["delete"], (w.key, w.expected)).rowcount != 1:
-                raise StorageConflict()
-            return None
-        if w.expected is None:
-            row = db.execute(self._sql["insert"], (w.key, w.value)).fetchone()
-        else:
-            row = db.execute(self._sql["update"], (w.value, w.key, w.expected)).fetchone()
-        if row is None:
-            raise StorageConflict()
-        return int(row[0])
-
     def _commit(self, writes: list[Write]) -> list[int | None]:
-        def write_all(db: Any) -> list[int | None]:
-            if len(writes) == 1:
-                return [self._apply(db, writes[0])]
-            with db.transaction():
-                return [self._apply(db, w) for w in writes]
+        # One statement: postgres.sql's tokenvault_commit, which raises TV409 on a conflict.
+        arrays = ([w.key for w in writes], [w.value for w in writes], [w.expected for w in writes])
 
-        return self._run(write_all)
+        def call(db: Any) -> list[int | None]:
+            try:
+                (versions,) = db.execute(self._sql["commit"], arrays).fetchone()
+            except self._errors as e:
+                if getattr(e, "sqlstate", None) == CONFLICT_SQLSTATE:
+                    raise StorageConflict() from None
+                raise
+            return [None if v is None else int(v) for v in versions]
+
+        return self._run(call)
 
     def list(self, prefix: str, cursor: str | None, limit: int) -> Page:
         rows = self._run(lambda db: db.execute(self._sql["list"], {"p": prefix, "c": cursor, "l": limit}).fetchall())
