@@ -1,6 +1,7 @@
 //! The sandbox: one wasmtime `Engine`, the component pre-instantiated, and a fresh
-//! instance in its own `Store` for every call, with a memory cap and a deadline. A trap
-//! fails that call alone; its store (and instance) is dropped with it.
+//! instance in its own `Store` for every call (but a [`crate::Session`]'s `get`s, and
+//! [`crate::Vault::get_warm`]'s, on an instance kept for its tenant), with a memory cap and
+//! a deadline. A trap fails that call alone; its store (and instance) is dropped with it.
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
@@ -97,7 +98,7 @@ impl Instance {
 
 /// The data of one call's store.
 pub(crate) struct HostState {
-    /// When the running call is interrupted; reset by each call on a [`crate::Session`].
+    /// When the running call is interrupted; reset by each call on a kept [`Instance`].
     pub(crate) deadline: Instant,
     wasi: WasiCtx,
     table: ResourceTable,

@@ -1,4 +1,5 @@
-//! The typed API embedders call. Each call runs in a fresh instance of the component.
+//! The typed API embedders call. Each call runs in a fresh instance of the component, but
+//! those of a [`Session`] and [`Vault::get_warm`], which reuse one of the same tenant's.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -347,6 +347,7 @@ export class PostgresStorage extends Base {
     try {
       return await client.query({ text, values });
     } catch (e) {
+      if (e.code === CONFLICT_SQLSTATE) throw new StorageConflict(); // tokenvault_commit's refusal
       throw new StorageUnavailable(`postgres: ${e.code ?? e.message}`);
     }
   }
@@ -364,11 +365,8 @@ export class PostgresStorage extends Base {
       writes.map((w) => (w.expected === undefined ? null : String(w.expected))),
     ];
     try {
-      const { rows } = await this.pool.query({ text: this.sql.commit, values: arrays });
+      const { rows } = await this.#query(this.pool, this.sql.commit, arrays);
       return rows[0].versions.map((v) => (v === null ? undefined : BigInt(v)));
-    } catch (e) {
-      if (e.code === CONFLICT_SQLSTATE) throw new StorageConflict();
-      throw new StorageUnavailable(`postgres: ${e.code ?? e.message}`);
     } finally {
       this.wrote(writes.map((w) => w.key));
     }

@@ -298,7 +298,6 @@ class PostgresStorage(Storage):
             from psycopg_pool import ConnectionPool
         except ImportError:
             raise StorageUnavailable("postgres: install tokenvault[postgres] (psycopg) for PostgreSQL storage") from None
-        self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
         conninfo, params = _split_params(url, "schema", "cache", "sslmode", "sslrootcert")
         schema = params.get("schema", "public")
         if not (0 < len(schema) <= MAX_SCHEMA and all(c.islower() or c.isdigit() or c == "_" for c in schema)):
@@ -346,6 +345,8 @@ class PostgresStorage(Storage):
         except StorageConflict:
             raise
         except Exception as e:
+            if getattr(e, "sqlstate", None) == CONFLICT_SQLSTATE:  # tokenvault_commit's refusal
+                raise StorageConflict() from None
             raise StorageUnavailable(f"postgres: {self._reason(e)}") from None
 
     def get(self, key: str) -> Entry | None:
@@ -356,16 +357,8 @@ class PostgresStorage(Storage):
         # One statement: postgres.sql's tokenvault_commit, which raises TV409 on a conflict.
         arrays = ([w.key for w in writes], [w.value for w in writes], [w.expected for w in writes])
 
-        def call(db: Any) -> list[int | None]:
-            try:
-                (versions,) = db.execute(self._sql["commit"], arrays).fetchone()
-            except self._errors as e:
-                if getattr(e, "sqlstate", None) == CONFLICT_SQLSTATE:
-                    raise StorageConflict() from None
-                raise
-            return [None if v is None else int(v) for v in versions]
-
-        return self._run(call)
+        (versions,) = self._run(lambda db: db.execute(self._sql["commit"], arrays).fetchone())
+        return [None if v is None else int(v) for v in versions]
 
     def list(self, prefix: str, cursor: str | None, limit: int) -> Page:
         rows = self._run(lambda db: db.execute(self._sql["list"], {"p": prefix, "c": cursor, "l": limit}).fetchall())
