@@ -1,11 +1,13 @@
 // The audit trail, appended as the Rust host appends it: one hash chain in the vault's
 // storage, shared by every host on the store, which `tokenvault audit verify` checks.
 //
-// Each entry is `HASH\nJSON` at `audit/{2^64-1 - seq}` (20 digits, so listing reads newest
-// first), JSON holding its position, the previous entry's hash and the event; HASH is the
-// hex SHA-256 of the JSON bytes. The head record (`audit-head`) names the last entry; an
-// append is one commit that moves the head with compare-and-swap and creates the entries.
-// Events that arrive while an append is in flight go together in the next one.
+// Each entry is `HASH\nJSON`, JSON holding its position, the previous entry's hash and the
+// event; HASH is the hex SHA-256 of the JSON bytes. An append's entries are one row, joined
+// by `\n`, at `audit/{2^64-1 - last}` (20 digits, so listing reads newest first), and the
+// row is listed under each of its tenants as an empty record. The head record
+// (`audit-head`) names the last entry; an append is one commit that moves the head with
+// compare-and-swap and creates the row. Events that arrive while an append is in flight go
+// together in the next one.
 
 import { createHash } from 'node:crypto';
 
@@ -85,17 +87,22 @@ export class Trail {
       const { head, version } = this.#head ?? (await this.#loadHead());
       this.#head = undefined;
       const next = { ...head };
-      const writes = [];
+      const entries = [];
+      const tenants = new Set();
       for (const record of records) {
         next.last += 1;
-        const json = Buffer.from(JSON.stringify({ seq: next.last, prev: next.hash, ...record }));
+        const json = JSON.stringify({ seq: next.last, prev: next.hash, ...record });
         const hash = createHash('sha256').update(json).digest('hex');
-        const seq = BigInt(next.last);
-        writes.push({ key: entryKey(seq), value: Buffer.concat([Buffer.from(`${hash}\n`), json]), expected: undefined });
-        if (record.tenant !== undefined) writes.push({ key: tenantKey(record.tenant, seq), value: Buffer.alloc(0) });
+        entries.push(`${hash}\n${json}`);
+        if (record.tenant !== undefined) tenants.add(record.tenant);
         next.hash = hash;
       }
-      writes.unshift({ key: HEAD_KEY, value: Buffer.from(JSON.stringify(next)), expected: version });
+      const last = BigInt(next.last);
+      const writes = [
+        { key: HEAD_KEY, value: Buffer.from(JSON.stringify(next)), expected: version },
+        { key: entryKey(last), value: Buffer.from(entries.join('\n')), expected: undefined },
+        ...[...tenants].map((tenant) => ({ key: tenantKey(tenant, last), value: Buffer.alloc(0) })),
+      ];
       try {
         const [headVersion] = await this.storage.commit(writes);
         this.#head = { head: next, version: headVersion };

@@ -2,22 +2,27 @@
 //! hash chain.
 //!
 //! Each entry holds its position (`seq`), the hash of the entry before it and the event,
-//! stored as `HASH\nJSON` where HASH is the hex SHA-256 of the JSON bytes. The head record
-//! names the last entry and its hash, and the checkpoint the chain starts from (the
-//! first entry kept and the hash before it, moved by [`Trail::prune`]). An append is one
-//! [`Storage::commit`]: the head, moved with compare-and-swap, and the new entries, created
+//! stored as `HASH\nJSON` where HASH is the hex SHA-256 of the JSON bytes. An append stores
+//! its entries together in one row, keyed by the last one's position, as consecutive
+//! entries joined by `\n` (one entry per row is the same format). The head record names
+//! the last entry and its hash, and the checkpoint the chain starts from (the first entry
+//! kept and the hash before it, moved by [`Trail::prune`]). An append is one
+//! [`Storage::commit`]: the head, moved with compare-and-swap, and the new row, created
 //! only if absent; so hosts appending at once each get their own positions, a loser takes
-//! the head again, and no crash leaves an entry without its head or a head without its
-//! entries. Calls that arrive while an append is in flight go together in the next one:
-//! one commit for many events.
+//! the head again, and no crash leaves a row without its head or a head without its row.
+//! A task of its own appends, one commit after another while events wait: those that
+//! arrive while an append is in flight go together in the next one (one commit, and one
+//! row, for many events), and each call waits only for the commit that holds its event.
 //!
-//! Entries are keyed by `u64::MAX - seq`, so storage's ascending listing reads newest
-//! first; a tenant's events are also listed under an index of empty records.
+//! Rows are keyed by `u64::MAX - last`, so storage's ascending listing reads newest first;
+//! a row holding a tenant's events is also listed under that tenant's index, as an empty
+//! record with the same position.
 //!
 //! [`Trail::verify`] finds an entry edited, removed or moved, and one added behind the
 //! head. Anyone who can write the store can still rewrite a chain consistently from some
 //! entry on; keep [`Verification::head`] somewhere else to catch that.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +38,7 @@ const TENANT_PREFIX: &str = "audit-tenant/";
 const HEAD_KEY: &str = "audit-head";
 /// The hash before the first entry.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-/// Events in one commit at most.
+/// Events in one append, and so in one row, at most.
 const BATCH: usize = 256;
 /// Records read at once, by a page of the trail or by a verification.
 const READ_AHEAD: usize = 64;
@@ -41,6 +46,8 @@ const READ_AHEAD: usize = 64;
 const SCAN_LIMIT: usize = 5_000;
 /// Attempts at an append whose head keeps moving before it is given up.
 const ATTEMPTS: usize = 100;
+/// Between a page of the trail's cursor and the position it stopped at within its row.
+const WITHIN_ROW: char = '@';
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Head {
@@ -67,17 +74,68 @@ struct Chained {
     record: AuditRecord,
 }
 
+/// An entry as read from its row: the hash it claims, the hash of its content, and the
+/// content; none when it cannot be read.
+type Decoded<'a> = Option<(&'a str, String, Chained)>;
+
+/// A row as read: the position of its last entry, and the entries it holds, oldest first.
+struct Row<'a> {
+    last: u64,
+    entries: Vec<Decoded<'a>>,
+}
+
+impl<'a> Row<'a> {
+    fn decode(last: u64, stored: &'a [u8]) -> Self {
+        let lines: Vec<&[u8]> = stored.split(|b| *b == b'\n').collect();
+        let entries = lines
+            .chunks(2)
+            .map(|entry| match entry {
+                [claimed, json] => Some((
+                    std::str::from_utf8(claimed).ok()?,
+                    hex::encode(Sha256::digest(json)),
+                    serde_json::from_slice(json).ok()?,
+                )),
+                _ => None,
+            })
+            .collect();
+        Row { last, entries }
+    }
+
+    /// Its entries from position `from` on, each with its position: counted back from the
+    /// row's key, so entries missing from a row leave the positions before them empty.
+    fn from(self, from: u64) -> impl Iterator<Item = (u64, Option<Decoded<'a>>)> {
+        let held = self.entries.len() as u64;
+        let mut entries = self.entries.into_iter();
+        // Entries before `from`, where a row holds more than it should, are not read.
+        let before = (self.last + 1).saturating_sub(held);
+        entries.by_ref().take(from.saturating_sub(before) as usize).for_each(drop);
+        (from..=self.last).map(move |at| (at, if at < before { None } else { entries.next() }))
+    }
+}
+
 struct Pending {
     record: AuditRecord,
     done: oneshot::Sender<Result<(), AuditUnavailable>>,
 }
 
+/// Events waiting for an append, and whether a task is appending them.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    appending: bool,
+}
+
+/// What the appending task shares with the callers whose events it appends.
+struct Appends {
+    storage: Arc<dyn Storage>,
+    queue: Mutex<Queue>,
+    /// The head as this host last wrote it, and its version: the next append's guess.
+    head: Mutex<Option<(Head, u64)>>,
+}
+
 pub struct Trail {
     storage: Arc<dyn Storage>,
-    /// Events waiting for the next append.
-    pending: Mutex<Vec<Pending>>,
-    /// Held by the caller appending; the head as this host last wrote it, and its version.
-    head: tokio::sync::Mutex<Option<(Head, u64)>>,
+    appends: Arc<Appends>,
 }
 
 /// What [`Trail::verify`] found.
@@ -102,10 +160,12 @@ pub struct Break {
     pub problem: String,
 }
 
+/// The key of the row whose last entry is at `seq`.
 fn entry_key(seq: u64) -> String {
     format!("{ENTRY_PREFIX}{:020}", u64::MAX - seq)
 }
 
+/// The key that lists the row ending at `seq` under `tenant`'s index.
 fn tenant_key(tenant: &str, seq: u64) -> String {
     format!("{TENANT_PREFIX}{}/{:020}", escape_key_part(tenant), u64::MAX - seq)
 }
@@ -116,6 +176,7 @@ fn seq_of(key: &str) -> Option<u64> {
     Some(u64::MAX - inverted)
 }
 
+/// An entry as stored, and its hash.
 fn encode(seq: u64, prev: &str, record: &AuditRecord) -> (String, Vec<u8>) {
     let json = serde_json::to_vec(&Chained { seq, prev: prev.to_owned(), record: record.clone() })
         .expect("an audit record serializes");
@@ -127,33 +188,66 @@ fn encode(seq: u64, prev: &str, record: &AuditRecord) -> (String, Vec<u8>) {
     (hash, stored)
 }
 
-/// An entry as stored: the hash it claims, the hash of its content, and the content.
-fn decode(stored: &[u8]) -> Option<(&str, String, Chained)> {
-    let split = stored.iter().position(|b| *b == b'\n')?;
-    let claimed = std::str::from_utf8(&stored[..split]).ok()?;
-    let json = &stored[split + 1..];
-    Some((claimed, hex::encode(Sha256::digest(json)), serde_json::from_slice(json).ok()?))
-}
-
 fn storage_error(err: StorageError) -> Error {
     Error::storage(err.to_string())
 }
 
-impl Trail {
-    pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Trail { storage, pending: Mutex::default(), head: tokio::sync::Mutex::default() }
+/// Where a page of [`Trail::read`] goes on: after the row at a key, or within it, below
+/// a position.
+fn cursor(key: &str, below: Option<u64>) -> String {
+    match below {
+        Some(seq) => format!("{key}{WITHIN_ROW}{seq}"),
+        None => key.to_owned(),
     }
+}
 
-    /// The head as stored, and its version; an empty chain's when there is none yet.
-    async fn load_head(&self) -> Result<(Head, Option<u64>), Error> {
-        match self.storage.get(HEAD_KEY).await.map_err(storage_error)? {
-            None => Ok((Head::empty(), None)),
-            Some(Entry { value, version }) => {
-                let head = serde_json::from_slice(&value)
-                    .map_err(|_| Error::storage("the audit trail's head record cannot be read"))?;
-                Ok((head, Some(version)))
+/// The head as stored, and its version; an empty chain's when there is none yet.
+async fn load_head(storage: &dyn Storage) -> Result<(Head, Option<u64>), Error> {
+    match storage.get(HEAD_KEY).await.map_err(storage_error)? {
+        None => Ok((Head::empty(), None)),
+        Some(Entry { value, version }) => {
+            let head = serde_json::from_slice(&value)
+                .map_err(|_| Error::storage("the audit trail's head record cannot be read"))?;
+            Ok((head, Some(version)))
+        }
+    }
+}
+
+impl Appends {
+    /// Append what waits, a batch at a time, until nothing does; a task of its own, started
+    /// by the event that found none running.
+    async fn drain(self: Arc<Self>) {
+        // Dropped unfinished (its runtime stopping, or a panic): the events still waiting
+        // are answered as abandoned, and the next event starts a new task.
+        struct Unfinished<'a>(&'a Appends);
+        impl Drop for Unfinished<'_> {
+            fn drop(&mut self) {
+                let mut queue = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
+                queue.pending.clear();
+                queue.appending = false;
             }
         }
+        let unfinished = Unfinished(&self);
+        let mut cached = self.head.lock().unwrap().take();
+        loop {
+            let batch: Vec<Pending> = {
+                let mut queue = self.queue.lock().unwrap();
+                if queue.pending.is_empty() {
+                    // The head goes back before another task may start and look for it.
+                    *self.head.lock().unwrap() = cached;
+                    queue.appending = false;
+                    break;
+                }
+                let n = queue.pending.len().min(BATCH);
+                queue.pending.drain(..n).collect()
+            };
+            let (records, waiting): (Vec<AuditRecord>, Vec<_>) = batch.into_iter().map(|p| (p.record, p.done)).unzip();
+            let appended = self.append(&mut cached, &records).await;
+            for done in waiting {
+                let _ = done.send(appended.clone());
+            }
+        }
+        std::mem::forget(unfinished);
     }
 
     /// Append `records` after the head (the cached one first, then the stored one when
@@ -163,24 +257,34 @@ impl Trail {
         for _ in 0..ATTEMPTS {
             let (head, version) = match cached.take() {
                 Some((head, version)) => (head, Some(version)),
-                None => self.load_head().await.map_err(|e| unavailable(&e))?,
+                None => load_head(&*self.storage).await.map_err(|e| unavailable(&e))?,
             };
             let mut next = head.clone();
-            let mut writes = vec![Write::Put { key: HEAD_KEY.into(), value: Vec::new(), expected: version }];
+            let mut row = Vec::new();
+            let mut tenants = BTreeSet::new();
             for record in records {
                 next.last += 1;
                 let (hash, stored) = encode(next.last, &next.hash, record);
-                writes.push(Write::Put { key: entry_key(next.last), value: stored, expected: None });
-                if let Some(tenant) = &record.tenant {
-                    writes.push(Write::Put { key: tenant_key(tenant, next.last), value: Vec::new(), expected: None });
+                if !row.is_empty() {
+                    row.push(b'\n');
                 }
+                row.extend_from_slice(&stored);
+                tenants.extend(record.tenant.as_deref());
                 next.hash = hash;
             }
-            writes[0] = Write::Put {
-                key: HEAD_KEY.into(),
-                value: serde_json::to_vec(&next).expect("a head serializes"),
-                expected: version,
-            };
+            let mut writes = vec![
+                Write::Put {
+                    key: HEAD_KEY.into(),
+                    value: serde_json::to_vec(&next).expect("a head serializes"),
+                    expected: version,
+                },
+                Write::Put { key: entry_key(next.last), value: row, expected: None },
+            ];
+            writes.extend(tenants.into_iter().map(|tenant| Write::Put {
+                key: tenant_key(tenant, next.last),
+                value: Vec::new(),
+                expected: None,
+            }));
             match self.storage.commit(&writes).await {
                 Ok(versions) => {
                     *cached = Some((next, versions[0].expect("a put has a version")));
@@ -191,6 +295,13 @@ impl Trail {
             }
         }
         Err(unavailable(&"its head kept moving under other hosts' appends"))
+    }
+}
+
+impl Trail {
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        let appends = Appends { storage: storage.clone(), queue: Mutex::default(), head: Mutex::default() };
+        Trail { storage, appends: Arc::new(appends) }
     }
 
     /// Records at `keys`, read `READ_AHEAD` at a time, in order.
@@ -211,10 +322,35 @@ impl Trail {
         Ok(found)
     }
 
+    /// The rows whose last entry lies in `from..=to`, oldest first, each with its position.
+    async fn rows_ending_within(&self, from: u64, to: u64) -> Result<Vec<(u64, Entry)>, Error> {
+        // Ascending keys are descending positions: list from the key after `to`'s.
+        let mut listed = Vec::new();
+        let mut after = entry_key(to.saturating_add(1));
+        'listing: loop {
+            let page = self.storage.list(ENTRY_PREFIX, Some(&after), READ_AHEAD as u32).await.map_err(storage_error)?;
+            for key in &page.keys {
+                match seq_of(key) {
+                    Some(seq) if seq < from => break 'listing,
+                    Some(seq) => listed.push((seq, key.clone())),
+                    None => {} // not a row's key: `verify` finds the positions it lacks
+                }
+            }
+            match page.cursor {
+                Some(cursor) => after = cursor,
+                None => break,
+            }
+        }
+        let (seqs, keys): (Vec<u64>, Vec<String>) = listed.into_iter().rev().unzip();
+        let rows = self.get_all(keys).await?;
+        // A row gone since it was listed was pruned: it is not the chain's any more.
+        Ok(seqs.into_iter().zip(rows).filter_map(|(seq, row)| Some((seq, row?))).collect())
+    }
+
     /// Check the chain from its checkpoint to its head; `progress` is told how many
     /// entries of how many are checked.
     pub async fn verify(&self, mut progress: impl FnMut(u64, u64)) -> Result<Verification, Error> {
-        let (head, _) = self.load_head().await?;
+        let (head, _) = load_head(&*self.storage).await?;
         let total = head.last + 1 - head.first;
         let mut verification =
             Verification { entries: 0, first: head.first, last: head.last, head: head.hash.clone(), broken: None };
@@ -222,76 +358,90 @@ impl Trail {
         let mut prev = head.first_prev.clone();
         let mut seq = head.first;
         while seq <= head.last {
-            let end = head.last.min(seq + READ_AHEAD as u64 * 4 - 1);
-            let entries = self.get_all((seq..=end).map(entry_key).collect()).await?;
-            for (at, entry) in (seq..=end).zip(entries) {
-                let problem = match entry.as_ref().map(|e| decode(&e.value)) {
-                    None => Some("is missing: it was removed".to_owned()),
-                    Some(None) => Some("cannot be read: it was edited".to_owned()),
-                    Some(Some((claimed, actual, _))) if claimed != actual => {
-                        Some("was edited: its content does not match its hash".to_owned())
+            // A row holds one append, `BATCH` entries at most: one ends in this window.
+            let rows = self.rows_ending_within(seq, head.last.min(seq + BATCH as u64 - 1)).await?;
+            if rows.is_empty() {
+                verification.broken = broken(seq, "is missing: it was removed".into());
+                return Ok(verification);
+            }
+            for (last, row) in &rows {
+                for (at, entry) in Row::decode(*last, &row.value).from(seq) {
+                    let problem = match entry {
+                        None => Some("is missing: it was removed".to_owned()),
+                        Some(None) => Some("cannot be read: it was edited".to_owned()),
+                        Some(Some((claimed, actual, _))) if claimed != actual => {
+                            Some("was edited: its content does not match its hash".to_owned())
+                        }
+                        Some(Some((_, _, chained))) if chained.seq != at => {
+                            Some(format!("holds entry {}: entries were moved", chained.seq))
+                        }
+                        Some(Some((_, _, chained))) if chained.prev != prev => Some(if at == head.first {
+                            "does not follow the trail's checkpoint: it or the checkpoint was rewritten".to_owned()
+                        } else {
+                            format!("does not follow entry {}: one of the two was rewritten", at - 1)
+                        }),
+                        Some(Some((_, actual, _))) => {
+                            prev = actual;
+                            None
+                        }
+                    };
+                    if let Some(problem) = problem {
+                        verification.broken = broken(at, problem);
+                        return Ok(verification);
                     }
-                    Some(Some((_, _, chained))) if chained.seq != at => {
-                        Some(format!("holds entry {}: entries were moved", chained.seq))
-                    }
-                    Some(Some((_, _, chained))) if chained.prev != prev => Some(if at == head.first {
-                        "does not follow the trail's checkpoint: it or the checkpoint was rewritten".to_owned()
-                    } else {
-                        format!("does not follow entry {}: one of the two was rewritten", at - 1)
-                    }),
-                    Some(Some((_, actual, _))) => {
-                        prev = actual;
-                        None
-                    }
-                };
-                if let Some(problem) = problem {
-                    verification.broken = broken(at, problem);
-                    return Ok(verification);
+                    verification.entries += 1;
                 }
-                verification.entries += 1;
+                seq = last + 1;
             }
             progress(verification.entries, total);
-            seq = end + 1;
         }
         if prev != head.hash {
             verification.broken = broken(head.last, "does not match the trail's head: the head was rewritten".into());
-        } else if self.storage.get(&entry_key(head.last + 1)).await.map_err(storage_error)?.is_some() {
+            return Ok(verification);
+        }
+        let newest = self.storage.list(ENTRY_PREFIX, None, 1).await.map_err(storage_error)?;
+        if newest.keys.first().and_then(|key| seq_of(key)).is_some_and(|seq| seq > head.last) {
             verification.broken = broken(head.last + 1, "lies beyond the trail's head: it was added behind it".into());
         }
         Ok(verification)
     }
 
     /// Delete the entries older than `before_ms` from the start of the chain, a page at a
-    /// time, moving the checkpoint past them so that what is kept still verifies. Returns
-    /// how many were deleted.
+    /// time (whole rows: an append's events are as old as each other), moving the
+    /// checkpoint past them so that what is kept still verifies. Returns how many were
+    /// deleted.
     pub async fn prune(&self, before_ms: u64) -> Result<u64, Error> {
         let mut pruned = 0;
         loop {
-            let (head, Some(version)) = self.load_head().await? else { return Ok(pruned) };
+            let (head, Some(version)) = load_head(&*self.storage).await? else { return Ok(pruned) };
             if head.first > head.last {
                 return Ok(pruned);
             }
-            let end = head.last.min(head.first + BATCH as u64 - 1);
-            let entries = self.get_all((head.first..=end).map(entry_key).collect()).await?;
+            let rows = self.rows_ending_within(head.first, head.last.min(head.first + BATCH as u64 - 1)).await?;
             let mut next = head.clone();
             let mut writes = vec![];
             let mut tenants = vec![];
-            for (seq, entry) in (head.first..=end).zip(entries) {
-                let Some(entry) = entry else { break };
-                let Some((_, hash, chained)) = decode(&entry.value) else { break };
-                if chained.record.at_ms >= before_ms {
-                    break;
+            let mut removed = 0;
+            'rows: for (last, row) in &rows {
+                let mut old = BTreeSet::new();
+                let mut hash = None;
+                for (_, entry) in Row::decode(*last, &row.value).from(next.first) {
+                    // A broken row stays, for `verify` to report.
+                    let Some(Some((_, actual, chained))) = entry else { break 'rows };
+                    if chained.record.at_ms >= before_ms {
+                        break 'rows;
+                    }
+                    old.extend(chained.record.tenant);
+                    hash = Some(actual);
                 }
-                writes.push(Write::Delete { key: entry_key(seq), expected: entry.version });
-                if let Some(tenant) = &chained.record.tenant {
-                    tenants.push(tenant_key(tenant, seq));
-                }
-                (next.first, next.first_prev) = (seq + 1, hash);
+                writes.push(Write::Delete { key: entry_key(*last), expected: row.version });
+                tenants.extend(old.into_iter().map(|tenant| tenant_key(&tenant, *last)));
+                removed += last + 1 - next.first;
+                (next.first, next.first_prev) = (last + 1, hash.unwrap_or(next.first_prev));
             }
             if writes.is_empty() {
                 return Ok(pruned);
             }
-            let removed = writes.len() as u64;
             for (key, entry) in tenants.iter().zip(self.get_all(tenants.clone()).await?) {
                 if let Some(entry) = entry {
                     writes.push(Write::Delete { key: key.clone(), expected: entry.version });
@@ -312,31 +462,56 @@ impl Trail {
     }
 }
 
+/// Where a page stands while [`Trail::read`] fills it.
+struct Reading<'q> {
+    query: &'q AuditQuery,
+    page: AuditPage,
+    scanned: usize,
+}
+
+impl Reading<'_> {
+    /// Take the events of the row listed at `key` (below position `below`, if given),
+    /// newest first; true once the page is complete.
+    fn take(&mut self, key: &str, row: &Row, below: Option<u64>) -> bool {
+        let held = row.entries.len() as u64;
+        for (i, entry) in row.entries.iter().enumerate().rev() {
+            let Some(at) = (row.last + 1 + i as u64).checked_sub(held) else { break };
+            if below.is_some_and(|below| at >= below) {
+                continue;
+            }
+            self.scanned += 1;
+            // Unreadable: `verify` reports that.
+            let Some((_, _, chained)) = entry else { continue };
+            if self.query.after_ms.is_some_and(|after| chained.record.at_ms <= after) {
+                self.page.cursor = None;
+                return true;
+            }
+            if self.query.filter.matches(&chained.record) {
+                self.page.events.push(AuditEntry { id: at, record: chained.record.clone() });
+                if self.page.events.len() >= self.query.limit {
+                    self.page.cursor = Some(cursor(key, (i > 0).then_some(at)));
+                    return true;
+                }
+            }
+        }
+        self.page.cursor = Some(key.to_owned());
+        false
+    }
+}
+
 #[async_trait::async_trait]
 impl AuditSink for Trail {
     async fn record(&self, record: &AuditRecord) -> Result<(), AuditUnavailable> {
-        let (done, mut outcome) = oneshot::channel();
-        self.pending.lock().unwrap().push(Pending { record: record.clone(), done });
-        let mut head = self.head.lock().await;
-        loop {
-            // Whoever appended before took this event and answered it, or it still waits.
-            match outcome.try_recv() {
-                Ok(appended) => return appended,
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    return Err(AuditUnavailable("the audit trail's append was abandoned".into()));
-                }
-                Err(oneshot::error::TryRecvError::Empty) => {}
-            }
-            let (records, waiting): (Vec<AuditRecord>, Vec<_>) = {
-                let mut pending = self.pending.lock().unwrap();
-                let n = pending.len().min(BATCH);
-                pending.drain(..n).map(|p| (p.record, p.done)).unzip()
-            };
-            let appended = self.append(&mut head, &records).await;
-            for done in waiting {
-                let _ = done.send(appended.clone());
-            }
+        let (done, outcome) = oneshot::channel();
+        let start = {
+            let mut queue = self.appends.queue.lock().unwrap();
+            queue.pending.push(Pending { record: record.clone(), done });
+            !std::mem::replace(&mut queue.appending, true)
+        };
+        if start {
+            tokio::spawn(self.appends.clone().drain());
         }
+        outcome.await.unwrap_or_else(|_| Err(AuditUnavailable("the audit trail's append was abandoned".into())))
     }
 
     fn describe(&self) -> String {
@@ -348,39 +523,52 @@ impl AuditSink for Trail {
             Some(tenant) => format!("{TENANT_PREFIX}{}/", escape_key_part(tenant)),
             None => ENTRY_PREFIX.to_owned(),
         };
-        if query.cursor.as_deref().is_some_and(|c| !c.starts_with(&prefix) || seq_of(c).is_none()) {
-            return Err(Error::invalid_input("cursor is not one this query gave"));
-        }
-        let mut page = AuditPage { events: Vec::new(), cursor: query.cursor.clone() };
-        let mut scanned = 0;
-        loop {
-            let keys =
-                self.storage.list(&prefix, page.cursor.as_deref(), READ_AHEAD as u32).await.map_err(storage_error)?;
-            let seqs: Vec<u64> = keys.keys.iter().filter_map(|k| seq_of(k)).collect();
-            let entries = self.get_all(seqs.iter().copied().map(entry_key).collect()).await?;
-            for ((key, seq), entry) in keys.keys.iter().zip(seqs).zip(entries) {
-                page.cursor = Some(key.clone());
-                scanned += 1;
-                // Gone since it was listed (pruned), or unreadable: `verify` reports that.
-                let Some((_, _, chained)) = entry.as_ref().and_then(|e| decode(&e.value)) else { continue };
-                if query.after_ms.is_some_and(|after| chained.record.at_ms <= after) {
-                    page.cursor = None;
-                    return Ok(Some(page));
+        // A cursor is the key of the row the last page ended in, and where within it.
+        let (after, below) = match query.cursor.as_deref() {
+            None => (None, None),
+            Some(cursor) => {
+                let (key, below) = match cursor.rsplit_once(WITHIN_ROW) {
+                    Some((key, below)) if below.bytes().all(|b| b.is_ascii_digit()) => (key, Some(below)),
+                    _ => (cursor, None),
+                };
+                let below = below.map(str::parse::<u64>).transpose().ok().flatten();
+                if !key.starts_with(&prefix) || seq_of(key).is_none() || (below.is_none() && key != cursor) {
+                    return Err(Error::invalid_input("cursor is not one this query gave"));
                 }
-                if query.filter.matches(&chained.record) {
-                    page.events.push(AuditEntry { id: seq, record: chained.record });
-                    if page.events.len() >= query.limit {
-                        return Ok(Some(page));
-                    }
+                (Some(key.to_owned()), below)
+            }
+        };
+        let mut reading = Reading { query, page: AuditPage { events: Vec::new(), cursor: None }, scanned: 0 };
+        let row_of = |key: &str| entry_key(seq_of(key).expect("a listed key names a position"));
+        if let (Some(key), Some(below)) = (&after, below) {
+            // The rest of the row the last page stopped within.
+            if let Some(row) = self.storage.get(&row_of(key)).await.map_err(storage_error)? {
+                let row = Row::decode(seq_of(key).expect("checked above"), &row.value);
+                if reading.take(key, &row, Some(below)) {
+                    return Ok(Some(reading.page));
+                }
+            }
+        }
+        let mut after = after;
+        loop {
+            let keys = self.storage.list(&prefix, after.as_deref(), READ_AHEAD as u32).await.map_err(storage_error)?;
+            let listed: Vec<(&String, u64)> = keys.keys.iter().filter_map(|k| Some((k, seq_of(k)?))).collect();
+            let rows = self.get_all(listed.iter().map(|(key, _)| row_of(key)).collect()).await?;
+            for ((key, seq), row) in listed.into_iter().zip(rows) {
+                // Gone since it was listed: pruned.
+                let Some(row) = row else { continue };
+                if reading.take(key, &Row::decode(seq, &row.value), None) {
+                    return Ok(Some(reading.page));
                 }
             }
             if keys.cursor.is_none() {
-                page.cursor = None;
-                return Ok(Some(page));
+                reading.page.cursor = None;
+                return Ok(Some(reading.page));
             }
-            if scanned >= SCAN_LIMIT {
-                return Ok(Some(page));
+            if reading.scanned >= SCAN_LIMIT {
+                return Ok(Some(reading.page));
             }
+            after = keys.cursor;
         }
     }
 }
@@ -395,6 +583,11 @@ mod tests {
         for key in [entry_key(1), tenant_key("acme", 1), HEAD_KEY.into()] {
             assert!(key.starts_with(UNCACHED_PREFIX), "{key}");
         }
+    }
+
+    /// The one entry of a row that holds one.
+    fn decode(stored: &[u8]) -> Decoded<'_> {
+        Row::decode(0, stored).entries.into_iter().next().flatten()
     }
 
     fn event(at_ms: u64, tenant: Option<&str>, action: &str) -> AuditRecord {
@@ -442,6 +635,8 @@ mod tests {
 
         let verified = trail.verify(|_, _| {}).await.unwrap();
         assert_eq!((verified.entries, verified.first, verified.last, verified.broken), (202, 1, 202, None));
+        let rows = storage.list(ENTRY_PREFIX, None, 300).await.unwrap().keys.len();
+        assert!(rows < 10, "events that waited together went in one row: {rows} rows");
 
         let (newest, cursor) = ids(&trail, &query(None, 3)).await;
         assert_eq!(newest, [202, 201, 200]);
@@ -457,6 +652,67 @@ mod tests {
         assert_eq!(ids(&trail, &since).await, (vec![202, 201], None));
         let foreign = AuditQuery { cursor: Some(entry_key(10)), ..query(Some("acme"), 10) };
         assert!(trail.read(&foreign).await.is_err(), "a cursor of another scope");
+    }
+
+    /// Memory storage whose commits never finish while `stall` is set.
+    #[derive(Default)]
+    struct Stalling {
+        inner: MemoryStorage,
+        stall: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for Stalling {
+        async fn get(&self, key: &str) -> crate::storage::StorageResult<Option<Entry>> {
+            self.inner.get(key).await
+        }
+        async fn put(&self, key: &str, value: &[u8], expected: Option<u64>) -> crate::storage::StorageResult<u64> {
+            self.inner.put(key, value, expected).await
+        }
+        async fn delete(&self, key: &str, expected: u64) -> crate::storage::StorageResult<()> {
+            self.inner.delete(key, expected).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            cursor: Option<&str>,
+            limit: u32,
+        ) -> crate::storage::StorageResult<crate::storage::KeyPage> {
+            self.inner.list(prefix, cursor, limit).await
+        }
+        async fn commit(&self, writes: &[Write]) -> crate::storage::StorageResult<Vec<Option<u64>>> {
+            if self.stall.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            self.inner.commit(writes).await
+        }
+        fn describe(&self) -> String {
+            "stalling".into()
+        }
+    }
+
+    #[test]
+    fn an_append_cut_off_with_its_runtime_leaves_the_trail_appendable() {
+        let storage = Arc::new(Stalling::default());
+        storage.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+        let trail = Trail::new(storage.clone());
+        let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let first = runtime();
+        let stalled = event(1, Some("acme"), "token-get");
+        let waited = first.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_millis(50), trail.record(&stalled)).await
+        });
+        assert!(waited.is_err(), "the commit stalls");
+        // The appending task goes with its runtime, its commit unfinished.
+        drop(first);
+        storage.stall.store(false, std::sync::atomic::Ordering::SeqCst);
+        runtime().block_on(async {
+            let second = event(2, None, "token-get");
+            let appended = tokio::time::timeout(std::time::Duration::from_secs(10), trail.record(&second));
+            appended.await.expect("a new task appends").unwrap();
+            let verified = trail.verify(|_, _| {}).await.unwrap();
+            assert_eq!((verified.entries, verified.broken), (1, None));
+        });
     }
 
     /// Rewrite the stored bytes of entry `seq` with `edit`, as someone with the database would.
@@ -544,6 +800,134 @@ mod tests {
         // The checkpoint is part of what is checked.
         tamper(&*storage, 301, |v| Some(String::from_utf8(v).unwrap().replace("alice", "bob").into_bytes())).await;
         assert_eq!(broken_at(&trail).await.unwrap().0, 301);
+    }
+
+    /// A trail of one append per size in `sizes`, each that many events (at 1 ms, 2 ms, …;
+    /// the even ones acme's, the odd ones globex's), so each a row of that many entries.
+    async fn trail_of_rows(sizes: &[usize]) -> (Arc<dyn Storage>, Trail) {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
+        let trail = Trail::new(storage.clone());
+        let mut at = 0;
+        for &size in sizes {
+            let records: Vec<AuditRecord> = (0..size)
+                .map(|_| {
+                    at += 1;
+                    event(at, Some(if at % 2 == 0 { "acme" } else { "globex" }), "token-get")
+                })
+                .collect();
+            let mut head = trail.appends.head.lock().unwrap().take();
+            trail.appends.append(&mut head, &records).await.unwrap();
+            *trail.appends.head.lock().unwrap() = head;
+        }
+        (storage, trail)
+    }
+
+    /// `edit` applied to the JSON of the `index`th entry of a row, as stored.
+    fn edit_entry(row: Vec<u8>, index: usize, edit: impl FnOnce(&str) -> String) -> Vec<u8> {
+        let mut lines: Vec<String> = String::from_utf8(row).unwrap().split('\n').map(String::from).collect();
+        lines[index * 2 + 1] = edit(&lines[index * 2 + 1]);
+        lines.join("\n").into_bytes()
+    }
+
+    async fn listed(storage: &dyn Storage, prefix: &str) -> Vec<u64> {
+        storage.list(prefix, None, 100).await.unwrap().keys.iter().filter_map(|k| seq_of(k)).collect()
+    }
+
+    #[tokio::test]
+    async fn an_append_is_one_row_listed_once_under_each_of_its_tenants() {
+        let (storage, trail) = trail_of_rows(&[3, 4, 2]).await;
+        assert_eq!(listed(&*storage, ENTRY_PREFIX).await, [9, 7, 3]);
+        assert_eq!(listed(&*storage, "audit-tenant/acme/").await, [9, 7, 3]);
+        let verified = trail.verify(|_, _| {}).await.unwrap();
+        assert_eq!((verified.entries, verified.broken), (9, None));
+
+        // Pages end within rows and go on from there.
+        let (mut pages, mut cursor) = (vec![], None);
+        loop {
+            let page = trail.read(&AuditQuery { cursor, ..query(None, 2) }).await.unwrap().unwrap();
+            pages.push(page.events.iter().map(|e| e.id).collect::<Vec<_>>());
+            cursor = page.cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!(pages, [vec![9, 8], vec![7, 6], vec![5, 4], vec![3, 2], vec![1]]);
+        let (mut acme, mut cursor) = (vec![], None);
+        loop {
+            let page = trail.read(&AuditQuery { cursor, ..query(Some("acme"), 1) }).await.unwrap().unwrap();
+            acme.extend(page.events.iter().map(|e| (e.id, e.record.tenant.clone().unwrap())));
+            cursor = page.cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!(acme, [8, 6, 4, 2].map(|id| (id, "acme".to_owned())));
+        for bad in ["audit/x", "audit/00000000000000000001@", "audit/00000000000000000001@x", "elsewhere/1@2"] {
+            let page = AuditQuery { cursor: Some(bad.into()), ..query(None, 2) };
+            assert!(trail.read(&page).await.is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_within_a_row_is_found_where_it_was_made() {
+        // Rows 1..=3, 4..=7 and 8..=9; entry 5 is the second of the middle row.
+        let mallory = |json: &str| json.replace("alice", "mallory");
+        let (storage, trail) = trail_of_rows(&[3, 4, 2]).await;
+        tamper(&*storage, 7, |row| Some(edit_entry(row, 1, mallory))).await;
+        assert_eq!(broken_at(&trail).await.unwrap(), (5, "was edited: its content does not match its hash".into()));
+
+        let (storage, trail) = trail_of_rows(&[3, 4, 2]).await;
+        let row = storage.get(&entry_key(7)).await.unwrap().unwrap().value;
+        let (_, _, mut chained) = Row::decode(7, &row).entries.remove(1).unwrap();
+        chained.record.user = Some("mallory".into());
+        let (_, rehashed) = encode(5, &chained.prev, &chained.record);
+        let rehashed = String::from_utf8(rehashed).unwrap();
+        let json = rehashed.split_once('\n').unwrap().1.to_owned();
+        let mut lines: Vec<String> = String::from_utf8(row).unwrap().split('\n').map(String::from).collect();
+        (lines[2], lines[3]) = (rehashed.split_once('\n').unwrap().0.to_owned(), json);
+        tamper(&*storage, 7, |_| Some(lines.join("\n").into_bytes())).await;
+        assert_eq!(broken_at(&trail).await.unwrap().0, 6, "the entry after it no longer follows it");
+
+        // A whole row removed, or one entry cut out of a row: named at the first position
+        // that lost its entry.
+        let (storage, trail) = trail_of_rows(&[3, 4, 2]).await;
+        tamper(&*storage, 7, |_| None).await;
+        assert_eq!(broken_at(&trail).await.unwrap(), (4, "is missing: it was removed".into()));
+        let (storage, trail) = trail_of_rows(&[3, 4, 2]).await;
+        tamper(&*storage, 7, |row| {
+            let lines: Vec<&[u8]> = row.split(|b| *b == b'\n').collect();
+            Some([&lines[..2], &lines[4..]].concat().join(&b'\n'))
+        })
+        .await;
+        assert_eq!(broken_at(&trail).await.unwrap().0, 4);
+        let (storage, trail) = trail_of_rows(&[3, 4, 2]).await;
+        tamper(&*storage, 9, |_| None).await;
+        assert_eq!(broken_at(&trail).await.unwrap(), (8, "is missing: it was removed".into()));
+
+        // A row added behind the head.
+        let (storage, trail) = trail_of_rows(&[3, 4, 2]).await;
+        let nine = storage.get(&entry_key(9)).await.unwrap().unwrap().value;
+        let (_, hash, chained) = Row::decode(9, &nine).entries.pop().unwrap().unwrap();
+        let (tenth_hash, tenth) = encode(10, &hash, &chained.record);
+        let (_, eleventh) = encode(11, &tenth_hash, &chained.record);
+        storage.put(&entry_key(11), &[tenth, eleventh].join(&b'\n'), None).await.unwrap();
+        assert_eq!(broken_at(&trail).await.unwrap().0, 10);
+    }
+
+    #[tokio::test]
+    async fn pruning_takes_whole_rows_and_their_index_records() {
+        let (storage, trail) = trail_of_rows(&[3, 4, 2]).await;
+        // Entries 6 and 7 are not old enough, so the row of 4..=7 stays whole.
+        assert_eq!(trail.prune(6).await.unwrap(), 3);
+        let verified = trail.verify(|_, _| {}).await.unwrap();
+        assert_eq!((verified.first, verified.last, verified.entries, verified.broken), (4, 9, 6, None));
+        assert_eq!(listed(&*storage, "audit-tenant/acme/").await, [9, 7]);
+        assert_eq!(trail.prune(100).await.unwrap(), 6);
+        assert_eq!(listed(&*storage, "audit-tenant/").await, Vec::<u64>::new());
+        assert_eq!(listed(&*storage, ENTRY_PREFIX).await, Vec::<u64>::new());
+        trail.record(&event(200, Some("acme"), "token-get")).await.unwrap();
+        let verified = trail.verify(|_, _| {}).await.unwrap();
+        assert_eq!((verified.first, verified.last, verified.entries, verified.broken), (10, 10, 1, None));
     }
 
     /// One change to the stored trail, made the way someone with the database would.

@@ -1,11 +1,12 @@
 """The audit trail, appended as the Rust host appends it: one hash chain in the vault's
 storage, shared by every host on the store, which ``tokenvault audit verify`` checks.
 
-Each entry is ``HASH\\nJSON`` at ``audit/{2^64-1 - seq}`` (20 digits, so listing reads newest
-first), JSON holding its position, the previous entry's hash and the event; HASH is the hex
-SHA-256 of the JSON bytes. The head record (``audit-head``) names the last entry; an append is
-one commit that moves the head with compare-and-swap and creates the entries. Events recorded
-while another thread appends go together in the next append.
+Each entry is ``HASH\\nJSON``, JSON holding its position, the previous entry's hash and the
+event; HASH is the hex SHA-256 of the JSON bytes. An append's entries are one row, joined by
+``\\n``, at ``audit/{2^64-1 - last}`` (20 digits, so listing reads newest first), and the row
+is listed under each of its tenants as an empty record. The head record (``audit-head``) names
+the last entry; an append is one commit that moves the head with compare-and-swap and creates
+the row. Events recorded while another thread appends go together in the next append.
 """
 
 from __future__ import annotations
@@ -107,17 +108,23 @@ class Trail:
                 raise AuditUnavailable(f"the audit trail: {e}") from None
             self._head = None
             following = dict(head)
-            writes = []
+            entries = []
+            tenants: dict[str, None] = {}
             for record in records:
                 following["last"] += 1
                 seq = following["last"]
                 body = json.dumps({"seq": seq, "prev": following["hash"], **record}, separators=(",", ":")).encode()
                 digest = hashlib.sha256(body).hexdigest()
-                writes.append(Write(_entry_key(seq), digest.encode() + b"\n" + body, None))
+                entries.append(digest.encode() + b"\n" + body)
                 if "tenant" in record:
-                    writes.append(Write(_tenant_key(record["tenant"], seq), b"", None))
+                    tenants[record["tenant"]] = None
                 following["hash"] = digest
-            writes.insert(0, Write(HEAD_KEY, json.dumps(following, separators=(",", ":")).encode(), version))
+            last = following["last"]
+            writes = [
+                Write(HEAD_KEY, json.dumps(following, separators=(",", ":")).encode(), version),
+                Write(_entry_key(last), b"\n".join(entries), None),
+                *(Write(_tenant_key(tenant, last), b"", None) for tenant in tenants),
+            ]
             try:
                 head_version = self._storage.commit(writes)[0]
             except StorageConflict:
