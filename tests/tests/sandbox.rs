@@ -225,3 +225,16 @@ async fn a_warm_instance_serves_later_calls_of_its_own_tenant_only() {
     assert!(message.contains("deadline"), "{message}");
     assert_eq!(residue("acme").await, "residue: []", "the trapped instance is not kept");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_instance_lives_no_longer_than_the_hosts_copy_of_the_keyring() {
+    // An instance keeps the data keys it opened records with: once the keyring's copy
+    // would have been read again (a key retired since), the instance is not reused.
+    let vault = sandboxed_vault(SandboxLimits { max_instances: 4, warm_instances: 2, ..Default::default() }).await;
+    let residue =
+        async || vault.get_warm(&ConnectionKey::new("acme", "remember", "idp", "default")).await.unwrap().access_token;
+    assert_eq!(residue().await, "residue: []");
+    assert_eq!(residue().await, "residue: [acme]");
+    tokio::time::sleep(tokenvault::keys::RELOAD_AFTER).await;
+    assert_eq!(residue().await, "residue: []", "an instance older than the keyring's copy was reused");
+}

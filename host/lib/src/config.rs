@@ -49,7 +49,8 @@ pub struct SandboxLimits {
     /// Instances alive at once (the pooling allocator's size).
     pub max_instances: u32,
     /// Instances [`crate::Vault::get_warm`] keeps idle between calls, each holding one of
-    /// `max_instances` (at most half of them are kept).
+    /// `max_instances` (at most half of them are kept), each for at most
+    /// [`crate::keys::RELOAD_AFTER`] after it was made.
     pub warm_instances: u32,
 }
 

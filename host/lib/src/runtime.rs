@@ -28,7 +28,7 @@ use crate::clock::Clock;
 use crate::config::{Options, SandboxLimits};
 use crate::error::{Error, Result};
 use crate::http::{Egress, EgressHooks, EgressPolicy};
-use crate::keys::{KeyringImport, Keys};
+use crate::keys::{KeyringImport, Keys, RELOAD_AFTER};
 use crate::metrics::Metrics;
 use crate::storage::{Changes, Storage, StorageImport};
 
@@ -76,6 +76,9 @@ pub(crate) struct Runtime {
 pub(crate) struct Instance {
     store: Store<HostState>,
     tokens: tokens::Guest,
+    /// When it was made: an instance keeps the data keys it opened records with, so the
+    /// warm pool lets it serve no longer than a host keeps its copy of the keyring.
+    made: Instant,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -201,7 +204,7 @@ impl Runtime {
     pub(crate) async fn instance(&self, actor: Option<&Actor>) -> Result<Instance> {
         let (slot, mut store, exports) = self.instantiate(actor).await?;
         let tokens = exports.tokens(&mut store)?;
-        Ok(Instance { store, tokens, _slot: slot })
+        Ok(Instance { store, tokens, made: Instant::now(), _slot: slot })
     }
 
     /// Idle instances kept at most: those of `warm_instances`, leaving at least half the
@@ -210,18 +213,24 @@ impl Runtime {
         self.sandbox.warm_instances.min(self.sandbox.max_instances / 2) as usize
     }
 
-    /// The idle instance of `tenant` used last, if one is kept.
+    /// The idle instance of `tenant` used last, if one is kept and not older than
+    /// [`RELOAD_AFTER`] (a data key retired since it opened a record is then
+    /// forgotten as soon as the keyring's copy is).
     pub(crate) fn take_warm(&self, tenant: &str) -> Option<Instance> {
-        let mut warm = self.warm.lock().expect("the warm pool's lock is never poisoned");
-        let at = warm.iter().rposition(|(of, _)| of == tenant)?;
-        warm.remove(at).map(|(_, instance)| instance)
+        let instance = {
+            let mut warm = self.warm.lock().expect("the warm pool's lock is never poisoned");
+            let at = warm.iter().rposition(|(of, _)| of == tenant)?;
+            warm.remove(at).map(|(_, instance)| instance)?
+        };
+        // Too old: dropped outside the lock, as a store's drop resets its memory.
+        (instance.made.elapsed() < RELOAD_AFTER).then_some(instance)
     }
 
     /// Keep `instance` idle for `tenant`'s next call, dropping the least recently used
-    /// one when the pool is full.
+    /// one when the pool is full; not one too old to be taken again.
     pub(crate) fn keep_warm(&self, tenant: &str, instance: Instance) {
         let capacity = self.warm_capacity();
-        if capacity == 0 {
+        if capacity == 0 || instance.made.elapsed() >= RELOAD_AFTER {
             return;
         }
         let dropped = {
