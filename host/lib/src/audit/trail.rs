@@ -134,7 +134,7 @@ struct Appends {
 }
 
 pub struct Trail {
-    storage: Arc<dyn Storage>,
+    /// The storage (`appends.storage`), and the appending task's share.
     appends: Arc<Appends>,
 }
 
@@ -318,8 +318,11 @@ impl Appends {
 
 impl Trail {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        let appends = Appends { storage: storage.clone(), queue: Mutex::default(), head: Mutex::default() };
-        Trail { storage, appends: Arc::new(appends) }
+        Trail { appends: Arc::new(Appends { storage, queue: Mutex::default(), head: Mutex::default() }) }
+    }
+
+    fn storage(&self) -> &Arc<dyn Storage> {
+        &self.appends.storage
     }
 
     /// Records at `keys`, read `READ_AHEAD` at a time, in order.
@@ -328,7 +331,7 @@ impl Trail {
         for chunk in keys.chunks(READ_AHEAD) {
             let mut reads = tokio::task::JoinSet::new();
             for (i, key) in chunk.iter().enumerate() {
-                let (storage, key) = (self.storage.clone(), key.clone());
+                let (storage, key) = (self.storage().clone(), key.clone());
                 reads.spawn(async move { (i, storage.get(&key).await) });
             }
             let mut got: Vec<(usize, _)> = reads.join_all().await;
@@ -346,7 +349,8 @@ impl Trail {
         let mut listed = Vec::new();
         let mut after = entry_key(to.saturating_add(1));
         'listing: loop {
-            let page = self.storage.list(ENTRY_PREFIX, Some(&after), READ_AHEAD as u32).await.map_err(storage_error)?;
+            let page =
+                self.storage().list(ENTRY_PREFIX, Some(&after), READ_AHEAD as u32).await.map_err(storage_error)?;
             for key in &page.keys {
                 match seq_of(key) {
                     Some(seq) if seq < from => break 'listing,
@@ -368,7 +372,7 @@ impl Trail {
     /// Check the chain from its checkpoint to its head; `progress` is told how many
     /// entries of how many are checked.
     pub async fn verify(&self, mut progress: impl FnMut(u64, u64)) -> Result<Verification, Error> {
-        let (head, _) = load_head(&*self.storage).await?;
+        let (head, _) = load_head(&**self.storage()).await?;
         let total = head.last + 1 - head.first;
         let mut verification =
             Verification { entries: 0, first: head.first, last: head.last, head: head.hash.clone(), broken: None };
@@ -417,7 +421,7 @@ impl Trail {
             verification.broken = broken(head.last, "does not match the trail's head: the head was rewritten".into());
             return Ok(verification);
         }
-        let newest = self.storage.list(ENTRY_PREFIX, None, 1).await.map_err(storage_error)?;
+        let newest = self.storage().list(ENTRY_PREFIX, None, 1).await.map_err(storage_error)?;
         if newest.keys.first().and_then(|key| seq_of(key)).is_some_and(|seq| seq > head.last) {
             verification.broken = broken(head.last + 1, "lies beyond the trail's head: it was added behind it".into());
         }
@@ -431,7 +435,7 @@ impl Trail {
     pub async fn prune(&self, before_ms: u64) -> Result<u64, Error> {
         let mut pruned = 0;
         loop {
-            let (head, Some(version)) = load_head(&*self.storage).await? else { return Ok(pruned) };
+            let (head, Some(version)) = load_head(&**self.storage()).await? else { return Ok(pruned) };
             if head.first > head.last {
                 return Ok(pruned);
             }
@@ -471,7 +475,7 @@ impl Trail {
                 expected: Some(version),
             };
             writes.insert(0, head_write);
-            match self.storage.commit(&writes).await {
+            match self.storage().commit(&writes).await {
                 Ok(_) => pruned += removed,
                 Err(StorageError::Conflict) => {} // an append moved the head: read it again
                 Err(e) => return Err(storage_error(e)),
@@ -533,7 +537,7 @@ impl AuditSink for Trail {
     }
 
     fn describe(&self) -> String {
-        format!("the trail in {}", self.storage.describe())
+        format!("the trail in {}", self.storage().describe())
     }
 
     async fn read(&self, query: &AuditQuery) -> Result<Option<AuditPage>, Error> {
@@ -560,7 +564,7 @@ impl AuditSink for Trail {
         let row_of = |key: &str| entry_key(seq_of(key).expect("a listed key names a position"));
         if let (Some(key), Some(below)) = (&after, below) {
             // The rest of the row the last page stopped within.
-            if let Some(row) = self.storage.get(&row_of(key)).await.map_err(storage_error)? {
+            if let Some(row) = self.storage().get(&row_of(key)).await.map_err(storage_error)? {
                 let row = Row::decode(seq_of(key).expect("checked above"), &row.value);
                 if reading.take(key, &row, Some(below)) {
                     return Ok(Some(reading.page));
@@ -569,7 +573,8 @@ impl AuditSink for Trail {
         }
         let mut after = after;
         loop {
-            let keys = self.storage.list(&prefix, after.as_deref(), READ_AHEAD as u32).await.map_err(storage_error)?;
+            let keys =
+                self.storage().list(&prefix, after.as_deref(), READ_AHEAD as u32).await.map_err(storage_error)?;
             let listed: Vec<(&String, u64)> = keys.keys.iter().filter_map(|k| Some((k, seq_of(k)?))).collect();
             let rows = self.get_all(listed.iter().map(|(key, _)| row_of(key)).collect()).await?;
             for ((key, seq), row) in listed.into_iter().zip(rows) {
