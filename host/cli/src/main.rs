@@ -359,6 +359,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A service logs its requests by default; a command logs only when asked.
     let default_filter = matches!(cli.command, Command::Serve { .. }).then(|| "info".to_owned());
+    let mut log_writer = None;
     if let Some(mut filter) = std::env::var("TOKENVAULT_LOG").ok().or(default_filter) {
         // The compiler traces every instruction it emits: millions of lines, minutes of
         // work. Keep it quiet unless asked for by name.
@@ -367,14 +368,24 @@ fn main() -> ExitCode {
                 ",cranelift_codegen=info,cranelift_frontend=info,wasmtime_internal_cranelift=info,regalloc2=info",
             );
         }
+        // Lines go to stderr from a thread of their own, in one write for all that arrived
+        // meanwhile: a request does not wait on a write (a service logs each one). Never
+        // dropped: a full queue makes the logging caller wait.
+        let (writer, flushed_on_drop) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("tokenvault-log")
+            .finish(std::io::BufWriter::new(std::io::stderr()));
+        log_writer = Some(flushed_on_drop);
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .init();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    drop(log_writer); // every line logged is written before the outcome is
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("{}", err.to_string().replace('\n', " "));

@@ -101,15 +101,25 @@ impl<'a> Row<'a> {
         Row { last, entries }
     }
 
-    /// Its entries from position `from` on, each with its position: counted back from the
-    /// row's key, so entries missing from a row leave the positions before them empty.
+    /// The position of its entry `index`: counted back from the row's key, so entries cut
+    /// from a row leave the positions before them empty; none before position 0.
+    fn position(&self, index: usize) -> Option<u64> {
+        (self.last + 1 + index as u64).checked_sub(self.entries.len() as u64)
+    }
+
+    /// Holds an entry for a position before `first`, which an earlier row holds: an entry
+    /// was added to it.
+    fn overfull(&self, first: u64) -> bool {
+        self.position(0).is_none_or(|at| at < first)
+    }
+
+    /// Its entries from position `from` on, each with its [`Row::position`]; none for a
+    /// position whose entry is missing.
     fn from(self, from: u64) -> impl Iterator<Item = (u64, Option<Decoded<'a>>)> {
-        let held = self.entries.len() as u64;
+        let (end, held) = (self.last + 1, self.entries.len() as u64);
         let mut entries = self.entries.into_iter();
-        // Entries before `from`, where a row holds more than it should, are not read.
-        let before = (self.last + 1).saturating_sub(held);
-        entries.by_ref().take(from.saturating_sub(before) as usize).for_each(drop);
-        (from..=self.last).map(move |at| (at, if at < before { None } else { entries.next() }))
+        entries.by_ref().take((from + held).saturating_sub(end) as usize).for_each(drop);
+        (from..end).map(move |at| (at, if at + held < end { None } else { entries.next() }))
     }
 }
 
@@ -387,7 +397,12 @@ impl Trail {
                 return Ok(verification);
             }
             for (last, row) in &rows {
-                for (at, entry) in Row::decode(*last, &row.value).from(seq) {
+                let row = Row::decode(*last, &row.value);
+                if row.overfull(seq) {
+                    verification.broken = broken(seq, "shares its row with an entry added to it".into());
+                    return Ok(verification);
+                }
+                for (at, entry) in row.from(seq) {
                     let problem = match entry {
                         None => Some("is missing: it was removed".to_owned()),
                         Some(None) => Some("cannot be read: it was edited".to_owned()),
@@ -447,7 +462,11 @@ impl Trail {
             'rows: for (last, row) in &rows {
                 let mut old = BTreeSet::new();
                 let mut hash = None;
-                for (_, entry) in Row::decode(*last, &row.value).from(next.first) {
+                let row_read = Row::decode(*last, &row.value);
+                if row_read.overfull(next.first) {
+                    break 'rows; // broken: it stays, for `verify` to report
+                }
+                for (_, entry) in row_read.from(next.first) {
                     // A broken row stays, for `verify` to report.
                     let Some(Some((_, actual, chained))) = entry else { break 'rows };
                     if chained.record.at_ms >= before_ms {
@@ -495,9 +514,8 @@ impl Reading<'_> {
     /// Take the events of the row listed at `key` (below position `below`, if given),
     /// newest first; true once the page is complete.
     fn take(&mut self, key: &str, row: &Row, below: Option<u64>) -> bool {
-        let held = row.entries.len() as u64;
         for (i, entry) in row.entries.iter().enumerate().rev() {
-            let Some(at) = (row.last + 1 + i as u64).checked_sub(held) else { break };
+            let Some(at) = row.position(i) else { break };
             if below.is_some_and(|below| at >= below) {
                 continue;
             }
@@ -889,6 +907,16 @@ mod tests {
         let (storage, trail) = trail_of_rows(&[3, 4, 2]).await;
         tamper(&*storage, 9, |_| None).await;
         assert_eq!(broken_at(&trail).await.unwrap(), (8, "is missing: it was removed".into()));
+
+        // An entry added to a row, before those it holds: a true copy of entry 3, which the
+        // row before holds; named at the row's first position, and its row not pruned.
+        let (storage, trail) = trail_of_rows(&[3, 4, 2]).await;
+        let three = storage.get(&entry_key(3)).await.unwrap().unwrap().value;
+        let copy = three.split(|b| *b == b'\n').skip(4).collect::<Vec<_>>().join(&b'\n');
+        tamper(&*storage, 7, |row| Some([copy, row].join(&b'\n'))).await;
+        assert_eq!(broken_at(&trail).await.unwrap(), (4, "shares its row with an entry added to it".into()));
+        assert_eq!(trail.prune(u64::MAX).await.unwrap(), 3, "only the row before it");
+        assert_eq!(broken_at(&trail).await.unwrap().0, 4);
 
         // A row added behind the head.
         let (storage, trail) = trail_of_rows(&[3, 4, 2]).await;
