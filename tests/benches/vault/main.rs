@@ -532,13 +532,17 @@ async fn stores() -> String {
 }
 
 /// `tokenvault serve` (release build, its own process) under load: `GET …/token` over
-/// kept-alive HTTP/1.1 connections, 1, 16 and 64 clients for 5 s each, on SQLite and on
-/// PostgreSQL with its record cache and without (`cache=0`); its resident memory once warm
-/// and after 10⁶ requests (not again without the cache); on the same PostgreSQL, the
-/// hand-written broker of `node-broker/` (Fastify, node-postgres, AES-256-GCM, two
-/// workers) under the same load; beside them, a fresh-instance `get` through the library
-/// in this process, so the HTTP layer's cost shows.
+/// kept-alive HTTP/1.1 connections, 1, 16 and 64 clients, on SQLite and on PostgreSQL with
+/// its record cache and without (`cache=0`); its resident memory once warm and after 10⁶
+/// requests (not again without the cache); on the same PostgreSQL, the hand-written broker
+/// of `node-broker/` (Fastify, node-postgres, AES-256-GCM, two workers) under the same
+/// load, in rounds alternating with `serve`'s so that both see the machine alike; beside
+/// them, a fresh-instance `get` through the library in this process, so the HTTP layer's
+/// cost shows.
 async fn serve() -> String {
+    /// Each server's time at each number of clients, in `ROUNDS` rounds.
+    const LASTING: Duration = Duration::from_secs(6);
+    const ROUNDS: u32 = 3;
     let total: u64 = std::env::var("BENCH_SERVE_REQUESTS").ok().and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
     let built = std::process::Command::new(env!("CARGO"))
         .args(["build", "--release", "-p", "tokenvault-cli"])
@@ -549,7 +553,8 @@ async fn serve() -> String {
         std::env::var("TOKENVAULT_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let mut out = String::from(
         "## `tokenvault serve` under load (`GET …/token`, kept-alive HTTP/1.1 connections, the client in the same \
-         process as the bench, on the same 2 cores; each case 5 s; audit trail in the store)\n\n\
+         process as the bench, on the same 2 cores; each case 6 s in 3 rounds, the broker's alternating with \
+         `serve`'s on PostgreSQL; audit trail in the store)\n\n\
          | server | clients | requests/s | p50 µs | p99 µs |\n|---|---:|---:|---:|---:|\n",
     );
     let mut memory = String::from(
@@ -557,17 +562,24 @@ async fn serve() -> String {
          |---|---:|---:|---:|---:|\n",
     );
     let mut rates: Vec<(&str, usize, f64, Duration)> = Vec::new();
-    let mut measure = async |server: &'static str, address: std::net::SocketAddr, path: &str, key: &str| {
+    // Each server: (name, address, API key).
+    let mut measure = async |servers: &[(&'static str, std::net::SocketAddr, &str)], path: &str| {
         for clients in [1usize, 16, 64] {
-            let lasting = Duration::from_secs(5);
-            let sample = load(address, path, key, clients, lasting).await;
-            let rate = sample.0.len() as f64 / lasting.as_secs_f64();
-            out.push_str(&format!(
-                "| {server} | {clients} | {rate:.0} | {} | {} |\n",
-                us(sample.median()),
-                us(sample.percentile(0.99))
-            ));
-            rates.push((server, clients, rate, sample.percentile(0.99)));
+            let mut samples = vec![Sample::default(); servers.len()];
+            for _ in 0..ROUNDS {
+                for ((_, address, key), sample) in servers.iter().zip(&mut samples) {
+                    sample.0.extend(load(*address, path, key, clients, LASTING / ROUNDS).await.0);
+                }
+            }
+            for ((server, _, _), sample) in servers.iter().zip(samples) {
+                let rate = sample.0.len() as f64 / LASTING.as_secs_f64();
+                out.push_str(&format!(
+                    "| {server} | {clients} | {rate:.0} | {} | {} |\n",
+                    us(sample.median()),
+                    us(sample.percentile(0.99))
+                ));
+                rates.push((server, clients, rate, sample.percentile(0.99)));
+            }
         }
     };
     let dir = tempfile::tempdir().unwrap();
@@ -600,7 +612,17 @@ async fn serve() -> String {
         let address: std::net::SocketAddr = served.url.trim_start_matches("http://").parse().unwrap();
 
         load(address, path, &key, 16, Duration::from_secs(2)).await;
-        measure(server, address, path, &key).await;
+        match &store {
+            // The reference, beside the default PostgreSQL case.
+            Filler::Postgres(url, schema) if params.is_empty() => {
+                let broker = Broker::start(url, &format!("{schema}_broker"));
+                load(broker.address, path, &broker.key, 16, Duration::from_secs(2)).await;
+                let broker_name = "hand-written broker, PostgreSQL";
+                measure(&[(server, address, key.as_str()), (broker_name, broker.address, broker.key.as_str())], path)
+                    .await;
+            }
+            _ => measure(&[(server, address, key.as_str())], path).await,
+        }
         if !measure_memory {
             drop(served);
             store.drop_schema().await;
@@ -623,11 +645,6 @@ async fn serve() -> String {
             mib(resident[2])
         ));
         drop(served);
-        if let Filler::Postgres(url, schema) = &store {
-            let broker = Broker::start(url, &format!("{schema}_broker"));
-            load(broker.address, path, &broker.key, 16, Duration::from_secs(2)).await;
-            measure("hand-written broker, PostgreSQL", broker.address, path, &broker.key).await;
-        }
         store.drop_schema().await;
     }
     let rate_of = |server: &str, clients: usize| {
