@@ -107,19 +107,17 @@ impl<'a> Row<'a> {
         (self.last + 1 + index as u64).checked_sub(self.entries.len() as u64)
     }
 
-    /// Holds an entry for a position before `first`, which an earlier row holds: an entry
+    /// Its entries from position `from`, the first its row should hold, on, each with its
+    /// [`Row::position`] (none for a position whose entry is missing); none at all when it
+    /// holds an entry for a position before `from`, which an earlier row holds: an entry
     /// was added to it.
-    fn overfull(&self, first: u64) -> bool {
-        self.position(0).is_none_or(|at| at < first)
-    }
-
-    /// Its entries from position `from` on, each with its [`Row::position`]; none for a
-    /// position whose entry is missing.
-    fn from(self, from: u64) -> impl Iterator<Item = (u64, Option<Decoded<'a>>)> {
+    fn from(self, from: u64) -> Option<impl Iterator<Item = (u64, Option<Decoded<'a>>)>> {
+        if self.position(0).is_none_or(|at| at < from) {
+            return None;
+        }
         let (end, held) = (self.last + 1, self.entries.len() as u64);
         let mut entries = self.entries.into_iter();
-        entries.by_ref().take((from + held).saturating_sub(end) as usize).for_each(drop);
-        (from..end).map(move |at| (at, if at + held < end { None } else { entries.next() }))
+        Some((from..end).map(move |at| (at, if at + held < end { None } else { entries.next() })))
     }
 }
 
@@ -397,12 +395,11 @@ impl Trail {
                 return Ok(verification);
             }
             for (last, row) in &rows {
-                let row = Row::decode(*last, &row.value);
-                if row.overfull(seq) {
+                let Some(entries) = Row::decode(*last, &row.value).from(seq) else {
                     verification.broken = broken(seq, "shares its row with an entry added to it".into());
                     return Ok(verification);
-                }
-                for (at, entry) in row.from(seq) {
+                };
+                for (at, entry) in entries {
                     let problem = match entry {
                         None => Some("is missing: it was removed".to_owned()),
                         Some(None) => Some("cannot be read: it was edited".to_owned()),
@@ -462,12 +459,9 @@ impl Trail {
             'rows: for (last, row) in &rows {
                 let mut old = BTreeSet::new();
                 let mut hash = None;
-                let row_read = Row::decode(*last, &row.value);
-                if row_read.overfull(next.first) {
-                    break 'rows; // broken: it stays, for `verify` to report
-                }
-                for (_, entry) in row_read.from(next.first) {
-                    // A broken row stays, for `verify` to report.
+                // A broken row stays, for `verify` to report.
+                let Some(entries) = Row::decode(*last, &row.value).from(next.first) else { break 'rows };
+                for (_, entry) in entries {
                     let Some(Some((_, actual, chained))) = entry else { break 'rows };
                     if chained.record.at_ms >= before_ms {
                         break 'rows;
